@@ -1,0 +1,264 @@
+//! The command line: flags in, a library call out.
+//!
+//! In: `std::env::args`. Out: the library's config types, a logging set-up, and the text
+//! each command prints. `main.rs` maps the result to an exit code ([`exit_code`]).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{
+    ColumnNames, Count, Metric, MiningConfig, MiningOptions, MiningParams, NegativeSampling,
+    NegativeStrategy, PositiveStrategy,
+};
+use crate::error::{Error, ErrorClass, Result};
+use crate::io::inspect;
+use crate::io::synthetic::{GenSpec, generate_to_file};
+use crate::pipeline::run;
+
+/// Mine hard, semi-hard and easy triplets from labelled embeddings in Parquet.
+#[derive(Debug, Parser)]
+#[command(name = "tripmine", version, about)]
+pub struct Cli {
+    /// More log detail on stderr (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for schedulers.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mine triplets and write them with a loss report.
+    Mine(Box<MineArgs>),
+    /// Write a labelled Gaussian-mixture table with overlapping classes.
+    Gen(GenArgs),
+    /// Show the schema, size, dimension and label counts of inputs.
+    Inspect(InspectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ColumnArgs {
+    /// Id column (default: `id` if present, else the row position across all inputs).
+    #[arg(long)]
+    pub id_col: Option<String>,
+    /// Label column (any integer or string type).
+    #[arg(long, default_value = "label")]
+    pub label_col: String,
+    /// Embedding column (FixedSizeList or List of float16/32/64).
+    #[arg(long, default_value = "embedding")]
+    pub embedding_col: String,
+}
+
+impl ColumnArgs {
+    fn names(&self) -> ColumnNames {
+        ColumnNames {
+            id: self.id_col.clone(),
+            label: self.label_col.clone(),
+            embedding: self.embedding_col.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct MineArgs {
+    /// Input Parquet file, folder of .parquet files, or glob; repeatable.
+    #[arg(long = "in", required = true, value_name = "PATH")]
+    pub inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub columns: ColumnArgs,
+    /// Distance: squared Euclidean, or 1 - cosine similarity.
+    #[arg(long, value_enum, default_value_t = Metric::L2sq)]
+    pub metric: Metric,
+    /// Triplet-loss margin (>= 0).
+    #[arg(long, default_value_t = 0.2, allow_negative_numbers = true)]
+    pub margin: f32,
+    /// Which positives of an anchor to use.
+    #[arg(long, value_enum, default_value_t = PositiveStrategy::Random)]
+    pub positives: PositiveStrategy,
+    /// Positives per anchor: a number or `all`.
+    #[arg(long, default_value = "1")]
+    pub num_positives: Count,
+    /// Which negatives qualify.
+    #[arg(long, value_enum, default_value_t = NegativeStrategy::Semihard)]
+    pub negatives: NegativeStrategy,
+    /// Negatives per (anchor, positive): a number or `all`.
+    #[arg(long, default_value = "5")]
+    pub num_negatives: Count,
+    /// Take qualifying negatives nearest first, or at random (seeded).
+    #[arg(long, value_enum, default_value_t = NegativeSampling::Nearest)]
+    pub sample: NegativeSampling,
+    /// Mine a seeded random subset of this many anchors.
+    #[arg(long)]
+    pub anchors_sample: Option<usize>,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Neighbours searched first per anchor (searches go deeper where needed).
+    #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
+    pub k: i64,
+    /// Deepest search per anchor (default: as deep as exactness needs).
+    #[arg(long, allow_negative_numbers = true)]
+    pub max_k: Option<i64>,
+    /// FAISS index factory string: `Flat` (exact), `IVF1024,Flat`, `HNSW32`, ...
+    #[arg(long, default_value = "Flat")]
+    pub index: String,
+    /// Threads for FAISS and rayon (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Triplet output.
+    #[arg(long, default_value = "triplets.parquet")]
+    pub out: PathBuf,
+    /// Loss report output.
+    #[arg(long, default_value = "report.parquet")]
+    pub report: PathBuf,
+    /// Also write the summary as JSON here.
+    #[arg(long)]
+    pub summary_json: Option<PathBuf>,
+    /// Never draw a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+impl MineArgs {
+    /// The validated configuration these flags describe.
+    pub fn config(&self) -> Result<MiningConfig> {
+        let count = |name: &str, v: i64| -> Result<usize> {
+            usize::try_from(v)
+                .ok()
+                .filter(|&v| v >= 1)
+                .ok_or_else(|| Error::Config(format!("--{name} must be at least 1, got {v}")))
+        };
+        let params = MiningParams {
+            metric: self.metric,
+            margin: self.margin,
+            positives: self.positives,
+            num_positives: self.num_positives,
+            negatives: self.negatives,
+            num_negatives: self.num_negatives,
+            sample: self.sample,
+            anchors_sample: self.anchors_sample,
+            seed: self.seed,
+            k: count("k", self.k)?,
+            max_k: self.max_k.map(|m| count("max-k", m)).transpose()?,
+            index: self.index.clone(),
+        };
+        MiningConfig::new(MiningOptions {
+            inputs: self.inputs.clone(),
+            columns: self.columns.names(),
+            params,
+            out: self.out.clone(),
+            report: self.report.clone(),
+            summary_json: self.summary_json.clone(),
+            threads: self.threads,
+            progress: !self.no_progress,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    #[arg(long, default_value_t = 10_000)]
+    pub rows: usize,
+    #[arg(long, default_value_t = 32)]
+    pub dim: usize,
+    #[arg(long, default_value_t = 50)]
+    pub labels: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Spread of class centres relative to the within-class spread (smaller: more overlap).
+    #[arg(long, default_value_t = 1.0)]
+    pub separation: f32,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Parquet files, folders or globs.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub columns: ColumnArgs,
+}
+
+/// Runs a parsed command, printing its result on stdout.
+pub fn execute(cli: &Cli) -> Result<()> {
+    match &cli.command {
+        Command::Mine(args) => {
+            let config = args.config()?;
+            let summary = run(&config)?;
+            println!("{summary}");
+        }
+        Command::Gen(args) => {
+            let spec = GenSpec {
+                rows: args.rows,
+                dim: args.dim,
+                labels: args.labels,
+                seed: args.seed,
+                separation: args.separation,
+            };
+            generate_to_file(&spec, &args.out)?;
+            println!(
+                "wrote {} rows x {} dims, {} labels to {}",
+                args.rows,
+                args.dim,
+                args.labels,
+                args.out.display()
+            );
+        }
+        Command::Inspect(args) => {
+            print!("{}", inspect(&args.inputs, &args.columns.names())?);
+        }
+    }
+    Ok(())
+}
+
+/// Logs go to stderr, as text or one JSON object a line; `RUST_LOG` overrides `-v`.
+pub fn init_logging(verbose: u8, format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Exit codes a scheduler can act on.
+pub mod exit_code {
+    /// A runtime failure (I/O, FAISS, internal).
+    pub const RUNTIME: u8 = 1;
+    /// Bad flags or configuration (also clap's usage errors).
+    pub const CONFIG: u8 = 2;
+    /// Bad input data.
+    pub const DATA: u8 = 3;
+}
+
+/// The exit code of an error.
+pub fn exit_code(e: &Error) -> u8 {
+    match e.class() {
+        ErrorClass::Config => exit_code::CONFIG,
+        ErrorClass::Data => exit_code::DATA,
+        ErrorClass::Runtime => exit_code::RUNTIME,
+    }
+}

@@ -1,0 +1,224 @@
+//! FAISS indexes as candidate generators.
+//!
+//! In: contiguous `f32` vectors and a factory string. Out: for each query, `k` candidate rows
+//! with FAISS's distances converted to tripmine's distance (`l2sq`, or `1 - cos`), plus a bound
+//! on how far those may be from the exact ones, so the miner can tell which part of a candidate
+//! list is complete. Exact distances are always recomputed by the miner (see `score`).
+
+use std::os::raw::c_int;
+
+use faiss::index::IndexImpl;
+use faiss::{Index, MetricType, index_factory};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::Metric;
+use crate::error::{Error, Result};
+use crate::score::dot;
+
+unsafe extern "C" {
+    // FAISS is linked with libgomp; its thread count is process-wide.
+    fn omp_set_num_threads(n: c_int);
+}
+
+/// Caps the OpenMP threads FAISS uses.
+pub fn set_faiss_threads(n: usize) {
+    // SAFETY: plain setter of the OpenMP runtime, callable at any time.
+    unsafe { omp_set_num_threads(n.min(c_int::MAX as usize) as c_int) }
+}
+
+/// Rows FAISS trains an index on at most (a seeded sample).
+const MAX_TRAIN_ROWS: usize = 100_000;
+
+/// Candidate rows of a batch of queries, `k` per query, nearest (or farthest) first.
+#[derive(Debug, Clone)]
+pub struct Candidates {
+    pub k: usize,
+    /// FAISS's distance of each candidate, in tripmine's distance.
+    pub dist: Vec<f32>,
+    /// Row of each candidate, `-1` where FAISS found fewer than `k`.
+    pub rows: Vec<i64>,
+}
+
+impl Candidates {
+    /// Query `q`'s candidates as `(approximate distance, row)`.
+    pub fn of(&self, q: usize) -> impl Iterator<Item = (f32, u32)> + '_ {
+        let r = q * self.k..(q + 1) * self.k;
+        self.dist[r.clone()]
+            .iter()
+            .zip(&self.rows[r])
+            .filter(|(_, row)| **row >= 0)
+            .map(|(d, row)| (*d, *row as u32))
+    }
+}
+
+/// Relative error bound of FAISS's float32 distances for vectors of dimension `dim`,
+/// to be multiplied by `|a|^2 + max |y|^2`. Deliberately loose: it only makes searches a
+/// little deeper, never results different.
+pub fn faiss_error_factor(dim: usize) -> f32 {
+    4.0 * (dim as f32 + 2.0) * f32::EPSILON
+}
+
+/// The index over the whole table, for the nearest neighbours of anchors.
+pub struct NeighbourIndex {
+    index: IndexImpl,
+    metric: Metric,
+    rows: usize,
+}
+
+impl NeighbourIndex {
+    /// Builds `factory` over `vectors` (already normalised for cosine), training on a seeded
+    /// sample where the index needs it.
+    pub fn build(
+        vectors: &[f32],
+        dim: usize,
+        metric: Metric,
+        factory: &str,
+        seed: u64,
+    ) -> Result<Self> {
+        let faiss_metric = match metric {
+            Metric::L2sq => MetricType::L2,
+            Metric::Cosine => MetricType::InnerProduct,
+        };
+        let mut index = index_factory(dim as u32, factory, faiss_metric)
+            .map_err(|e| Error::Config(format!("index `{factory}` cannot be built: {e}")))?;
+        let rows = vectors.len() / dim;
+        if !index.is_trained() {
+            let train = sample_rows(vectors, dim, MAX_TRAIN_ROWS, seed);
+            tracing::info!(factory, rows = train.len() / dim, "training index");
+            index.train(&train).map_err(|e| {
+                Error::Config(format!(
+                    "index `{factory}` cannot be trained on {rows} rows: {e}"
+                ))
+            })?;
+        }
+        index.add(vectors)?;
+        Ok(NeighbourIndex {
+            index,
+            metric,
+            rows,
+        })
+    }
+
+    /// The `k` nearest candidates of each query (rows of `queries`).
+    pub fn search(&mut self, queries: &[f32], k: usize) -> Result<Candidates> {
+        let k = k.min(self.rows).max(1);
+        let res = self.index.search(queries, k)?;
+        let rows = res
+            .labels
+            .iter()
+            .map(|l| l.get().map_or(-1, |r| r as i64))
+            .collect();
+        let mut dist = res.distances;
+        if self.metric == Metric::Cosine {
+            for d in dist.iter_mut() {
+                *d = 1.0 - *d;
+            }
+        }
+        Ok(Candidates { k, dist, rows })
+    }
+}
+
+/// Which end of the distance order a [`GroupIndex`] returns first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    Nearest,
+    Farthest,
+}
+
+/// An exact index over one label group, searched for its nearest or farthest members.
+///
+/// Farthest under `l2sq` is a maximum-inner-product search: `|a - p|^2 = |a|^2 + <q', p'>` with
+/// `p' = [p, |p|^2]` and `q' = [-2a, 1]`. Under cosine it is the nearest of `-a`.
+pub struct GroupIndex {
+    index: IndexImpl,
+    metric: Metric,
+    order: Order,
+    dim: usize,
+    rows: usize,
+}
+
+impl GroupIndex {
+    /// Builds the index over `members` (row-major vectors of one group).
+    pub fn build(members: &[f32], dim: usize, metric: Metric, order: Order) -> Result<Self> {
+        let rows = members.len() / dim;
+        let (index_dim, faiss_metric) = match (metric, order) {
+            (Metric::L2sq, Order::Nearest) => (dim, MetricType::L2),
+            (Metric::L2sq, Order::Farthest) => (dim + 1, MetricType::InnerProduct),
+            (Metric::Cosine, _) => (dim, MetricType::InnerProduct),
+        };
+        let mut index = index_factory(index_dim as u32, "Flat", faiss_metric)?;
+        if index_dim == dim {
+            index.add(members)?;
+        } else {
+            let mut aug = Vec::with_capacity(rows * index_dim);
+            for p in members.chunks_exact(dim) {
+                aug.extend_from_slice(p);
+                aug.push(dot(p, p) as f32);
+            }
+            index.add(&aug)?;
+        }
+        Ok(GroupIndex {
+            index,
+            metric,
+            order,
+            dim,
+            rows,
+        })
+    }
+
+    /// The `k` nearest (or farthest) members of each query, with tripmine distances; the rows
+    /// are positions within the group.
+    pub fn search(&mut self, queries: &[f32], k: usize) -> Result<Candidates> {
+        let k = k.min(self.rows).max(1);
+        let nq = queries.len() / self.dim;
+        let res = match (self.metric, self.order) {
+            (Metric::L2sq, Order::Nearest) => self.index.search(queries, k)?,
+            (Metric::L2sq, Order::Farthest) => {
+                let mut q = Vec::with_capacity(nq * (self.dim + 1));
+                for a in queries.chunks_exact(self.dim) {
+                    q.extend(a.iter().map(|x| -2.0 * x));
+                    q.push(1.0);
+                }
+                self.index.search(&q, k)?
+            }
+            (Metric::Cosine, Order::Nearest) => self.index.search(queries, k)?,
+            (Metric::Cosine, Order::Farthest) => {
+                let q: Vec<f32> = queries.iter().map(|x| -x).collect();
+                self.index.search(&q, k)?
+            }
+        };
+        let rows = res
+            .labels
+            .iter()
+            .map(|l| l.get().map_or(-1, |r| r as i64))
+            .collect();
+        let mut dist = res.distances;
+        for (i, d) in dist.iter_mut().enumerate() {
+            let q = &queries[(i / k) * self.dim..(i / k + 1) * self.dim];
+            *d = match (self.metric, self.order) {
+                (Metric::L2sq, Order::Nearest) => *d,
+                (Metric::L2sq, Order::Farthest) => dot(q, q) as f32 + *d,
+                (Metric::Cosine, Order::Nearest) => 1.0 - *d,
+                (Metric::Cosine, Order::Farthest) => 1.0 + *d,
+            };
+        }
+        Ok(Candidates { k, dist, rows })
+    }
+}
+
+/// A seeded sample of at most `max` rows, in row order.
+fn sample_rows(vectors: &[f32], dim: usize, max: usize, seed: u64) -> Vec<f32> {
+    let rows = vectors.len() / dim;
+    if rows <= max {
+        return vectors.to_vec();
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut picked = rand::seq::index::sample(&mut rng, rows, max).into_vec();
+    picked.sort_unstable();
+    let mut out = Vec::with_capacity(max * dim);
+    for r in picked {
+        out.extend_from_slice(&vectors[r * dim..(r + 1) * dim]);
+    }
+    out
+}

@@ -1,0 +1,85 @@
+//! `tripmine inspect`: what a data set holds, before mining it.
+
+use std::fmt;
+use std::fs::File;
+use std::path::PathBuf;
+
+use arrow::util::display::array_value_to_string;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::config::ColumnNames;
+use crate::error::{Error, Result};
+use crate::io::{read_table, resolve_inputs};
+
+/// Schema, size and label counts of the inputs.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    pub files: Vec<(PathBuf, u64)>,
+    /// The first file's Arrow schema, one `name: type` line a field.
+    pub schema: Vec<String>,
+    pub rows: u64,
+    pub dim: usize,
+    /// `(label, rows)`, most frequent first.
+    pub label_counts: Vec<(String, u64)>,
+}
+
+/// Reads the inputs' metadata and their label and embedding columns.
+pub fn inspect(specs: &[PathBuf], columns: &ColumnNames) -> Result<Inspection> {
+    let files = resolve_inputs(specs)?;
+    let first = File::open(&files[0]).map_err(|e| Error::io(&files[0], e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(first)
+        .map_err(|e| Error::parquet(&files[0], e))?;
+    let schema = builder
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| format!("{}: {}", f.name(), f.data_type()))
+        .collect();
+    let table = read_table(&files, columns)?;
+    let mut counts = vec![0u64; table.num_labels()];
+    for &c in &table.label_codes {
+        counts[c as usize] += 1;
+    }
+    let mut label_counts: Vec<(String, u64)> = counts
+        .iter()
+        .enumerate()
+        .map(|(code, &n)| Ok((array_value_to_string(&table.label_values, code)?, n)))
+        .collect::<Result<_>>()?;
+    // Most frequent first; the stable sort keeps label order among equals.
+    label_counts.sort_by(|a, b| b.1.cmp(&a.1));
+    Ok(Inspection {
+        files: table
+            .sources
+            .iter()
+            .map(|s| (s.path.clone(), s.rows))
+            .collect(),
+        schema,
+        rows: table.rows() as u64,
+        dim: table.dim,
+        label_counts,
+    })
+}
+
+impl fmt::Display for Inspection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "files:")?;
+        for (path, rows) in &self.files {
+            writeln!(f, "  {} ({rows} rows)", path.display())?;
+        }
+        writeln!(f, "schema:")?;
+        for line in &self.schema {
+            writeln!(f, "  {line}")?;
+        }
+        writeln!(f, "rows:      {}", self.rows)?;
+        writeln!(f, "dimension: {}", self.dim)?;
+        writeln!(f, "labels:    {}", self.label_counts.len())?;
+        const SHOWN: usize = 20;
+        for (label, n) in self.label_counts.iter().take(SHOWN) {
+            writeln!(f, "  {label:<24} {n}")?;
+        }
+        if self.label_counts.len() > SHOWN {
+            writeln!(f, "  ... and {} more", self.label_counts.len() - SHOWN)?;
+        }
+        Ok(())
+    }
+}

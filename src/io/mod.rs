@@ -1,0 +1,14 @@
+//! Parquet in and out.
+//!
+//! In: input paths (files, folders, globs) and column names. Out: a [`Table`] of contiguous
+//! `f32` vectors with ids and labels in their input types; on the way back, atomic Parquet
+//! writers ([`ParquetSink`], [`write_parquet`]) and the generated example tables ([`synthetic`]).
+
+mod inspect;
+mod read;
+pub mod synthetic;
+mod write;
+
+pub use inspect::{Inspection, inspect};
+pub use read::{SourceFile, Table, read_table, resolve_inputs};
+pub use write::{AtomicPath, ParquetSink, write_atomic, write_parquet};

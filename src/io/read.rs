@@ -1,0 +1,593 @@
+//! Streaming Parquet reader: only the id, label and embedding columns, batch by batch.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, FixedSizeListArray, GenericListArray, OffsetSizeTrait,
+    PrimitiveArray, UInt64Array,
+};
+use arrow::compute::{CastOptions, cast_with_options, concat, take};
+use arrow::datatypes::{DataType, Float16Type, Float32Type, Float64Type};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::config::ColumnNames;
+use crate::error::{Error, Result};
+
+/// Where a row came from, for error messages.
+const MEMORY: &str = "<memory>";
+
+/// One input file and how many rows it gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    pub rows: u64,
+}
+
+/// Labelled embeddings held in memory: vectors as one contiguous row-major `f32` buffer.
+#[derive(Debug, Clone)]
+pub struct Table {
+    /// Row ids, in their input type (row positions as `UInt64` when there is no id column).
+    pub ids: ArrayRef,
+    /// Labels, in their input type.
+    pub labels: ArrayRef,
+    /// Dense label code of every row; codes follow the sorted order of the label values.
+    pub label_codes: Vec<u32>,
+    /// The distinct labels, `label_values[code]`, in their input type.
+    pub label_values: ArrayRef,
+    /// `rows x dim` values, row-major.
+    pub vectors: Vec<f32>,
+    pub dim: usize,
+    /// The files the rows came from, in order (empty for a table built in memory).
+    pub sources: Vec<SourceFile>,
+}
+
+impl Table {
+    /// Builds a table from arrays already in memory (a trainer's batch, a test).
+    ///
+    /// `ids` defaults to row positions; `vectors` holds `labels.len() * dim` finite values.
+    pub fn from_arrays(
+        ids: Option<ArrayRef>,
+        labels: ArrayRef,
+        vectors: Vec<f32>,
+        dim: usize,
+    ) -> Result<Table> {
+        let rows = labels.len();
+        if dim == 0 || vectors.len() != rows * dim {
+            return Err(Error::BadData(format!(
+                "{} vector values do not make {rows} rows of dimension {dim}",
+                vectors.len()
+            )));
+        }
+        let ids = match ids {
+            Some(ids) if ids.len() != rows => {
+                return Err(Error::BadData(format!(
+                    "{} ids for {rows} labels",
+                    ids.len()
+                )));
+            }
+            Some(ids) => ids,
+            None => Arc::new(UInt64Array::from_iter_values(0..rows as u64)),
+        };
+        let path = Path::new(MEMORY);
+        check_no_nulls(path, "id", &ids, 0)?;
+        check_no_nulls(path, "label", &labels, 0)?;
+        if let Some(pos) = vectors.iter().position(|x| !x.is_finite()) {
+            return Err(Error::BadValue {
+                file: path.into(),
+                column: "embedding".into(),
+                row: (pos / dim) as u64,
+                reason: format!("value {} is not finite", vectors[pos]),
+            });
+        }
+        Table::assemble(ids, labels, vectors, dim, Vec::new(), path)
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.label_codes.len()
+    }
+
+    /// Number of distinct labels.
+    pub fn num_labels(&self) -> usize {
+        self.label_values.len()
+    }
+
+    /// The vector of row `i`.
+    #[inline]
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.vectors[i * self.dim..(i + 1) * self.dim]
+    }
+
+    fn assemble(
+        ids: ArrayRef,
+        labels: ArrayRef,
+        vectors: Vec<f32>,
+        dim: usize,
+        sources: Vec<SourceFile>,
+        first_file: &Path,
+    ) -> Result<Table> {
+        if labels.is_empty() {
+            return Err(Error::BadData("the input has no rows".into()));
+        }
+        let (label_codes, label_values) = encode_labels(&labels, first_file)?;
+        if label_values.len() < 2 {
+            return Err(Error::BadData(format!(
+                "the input has {} distinct label(s); mining needs at least two",
+                label_values.len()
+            )));
+        }
+        Ok(Table {
+            ids,
+            labels,
+            label_codes,
+            label_values,
+            vectors,
+            dim,
+            sources,
+        })
+    }
+}
+
+/// Expands files, folders (their `.parquet` files, by name) and globs, in the order given.
+pub fn resolve_inputs(specs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for spec in specs {
+        if spec.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(spec)
+                .map_err(|e| Error::io(spec, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "parquet"))
+                .collect();
+            if found.is_empty() {
+                return Err(Error::NoInput(format!(
+                    "folder {} holds no .parquet file",
+                    spec.display()
+                )));
+            }
+            found.sort();
+            files.extend(found);
+        } else if spec.is_file() {
+            files.push(spec.clone());
+        } else {
+            let pattern = spec.to_string_lossy();
+            let is_glob = pattern.contains(['*', '?', '[']);
+            if !is_glob {
+                return Err(Error::NoInput(format!(
+                    "{}: no such file or folder",
+                    spec.display()
+                )));
+            }
+            let mut found: Vec<PathBuf> = glob::glob(&pattern)
+                .map_err(|e| Error::Config(format!("bad glob `{pattern}`: {e}")))?
+                .filter_map(|p| p.ok())
+                .filter(|p| p.is_file())
+                .collect();
+            if found.is_empty() {
+                return Err(Error::NoInput(format!("glob `{pattern}` matches no file")));
+            }
+            found.sort();
+            files.extend(found);
+        }
+    }
+    Ok(files)
+}
+
+/// Reads the three columns of every input file into a [`Table`], batch by batch.
+pub fn read_table(specs: &[PathBuf], columns: &ColumnNames) -> Result<Table> {
+    let files = resolve_inputs(specs)?;
+    let mut reader = TableReader::new(columns);
+    for file in &files {
+        reader.read_file(file)?;
+    }
+    reader.finish(&files[0])
+}
+
+/// Accumulates rows across files, checking types and values as they stream by.
+struct TableReader<'a> {
+    columns: &'a ColumnNames,
+    ids: Vec<ArrayRef>,
+    labels: Vec<ArrayRef>,
+    vectors: Vec<f32>,
+    /// Dimension and where it was first seen.
+    dim: Option<(usize, PathBuf, u64)>,
+    /// Id and label types of the first file; later files must match.
+    types: Option<(Option<DataType>, DataType)>,
+    sources: Vec<SourceFile>,
+    rows: u64,
+}
+
+impl<'a> TableReader<'a> {
+    fn new(columns: &'a ColumnNames) -> Self {
+        TableReader {
+            columns,
+            ids: Vec::new(),
+            labels: Vec::new(),
+            vectors: Vec::new(),
+            dim: None,
+            types: None,
+            sources: Vec::new(),
+            rows: 0,
+        }
+    }
+
+    fn read_file(&mut self, path: &Path) -> Result<()> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(path, e))?;
+        let schema = builder.schema().clone();
+        let find = |name: &str| schema.index_of(name).ok();
+        let missing = |name: &str| Error::MissingColumn {
+            file: path.into(),
+            column: name.into(),
+            available: schema
+                .fields()
+                .iter()
+                .map(|f| format!("{} ({})", f.name(), f.data_type()))
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        let id_idx = match &self.columns.id {
+            Some(name) => Some(find(name).ok_or_else(|| missing(name))?),
+            None => find("id"),
+        };
+        let label_idx = find(&self.columns.label).ok_or_else(|| missing(&self.columns.label))?;
+        let emb_idx =
+            find(&self.columns.embedding).ok_or_else(|| missing(&self.columns.embedding))?;
+        let id_name = self.columns.id.as_deref().unwrap_or("id");
+
+        // Check the column types once per file, before decoding any data.
+        let id_type = id_idx.map(|i| schema.field(i).data_type().clone());
+        let label_type = schema.field(label_idx).data_type().clone();
+        if let Some(t) = &id_type {
+            check_key_type(path, id_name, t)?;
+        }
+        check_key_type(path, &self.columns.label, &label_type)?;
+        check_embedding_type(
+            path,
+            &self.columns.embedding,
+            schema.field(emb_idx).data_type(),
+        )?;
+        match &self.types {
+            None => self.types = Some((id_type, label_type)),
+            Some((first_id, first_label)) => {
+                if first_id.is_some() != id_type.is_some() {
+                    return Err(Error::BadData(format!(
+                        "{}: the id column `{id_name}` is {} here but {} in the first input",
+                        path.display(),
+                        if id_type.is_some() {
+                            "present"
+                        } else {
+                            "absent"
+                        },
+                        if first_id.is_some() {
+                            "present"
+                        } else {
+                            "absent"
+                        },
+                    )));
+                }
+                for (name, first, now) in [
+                    (id_name, first_id.clone(), id_type.clone()),
+                    (
+                        self.columns.label.as_str(),
+                        Some(first_label.clone()),
+                        Some(label_type.clone()),
+                    ),
+                ] {
+                    if let (Some(first), Some(now)) = (first, now)
+                        && first != now
+                    {
+                        return Err(Error::UnsupportedType {
+                            file: path.into(),
+                            column: name.into(),
+                            found: now.to_string(),
+                            expected: format!("{first}, as in the first input"),
+                        });
+                    }
+                }
+            }
+        }
+
+        let mut roots: Vec<usize> = [id_idx, Some(label_idx), Some(emb_idx)]
+            .into_iter()
+            .flatten()
+            .collect();
+        roots.sort_unstable();
+        roots.dedup();
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+        let file_rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(8192)
+            .build()
+            .map_err(|e| Error::parquet(path, e))?;
+
+        let mut row_in_file = 0u64;
+        for batch in reader {
+            let batch = batch.map_err(|e| Error::Parquet {
+                path: path.into(),
+                source: e.into(),
+            })?;
+            let col = |name: &str| {
+                batch
+                    .column_by_name(name)
+                    .cloned()
+                    .ok_or_else(|| missing(name))
+            };
+            let labels = col(&self.columns.label)?;
+            check_no_nulls(path, &self.columns.label, &labels, row_in_file)?;
+            let ids = match id_idx {
+                Some(_) => {
+                    let ids = col(id_name)?;
+                    check_no_nulls(path, id_name, &ids, row_in_file)?;
+                    ids
+                }
+                None => Arc::new(UInt64Array::from_iter_values(
+                    self.rows..self.rows + batch.num_rows() as u64,
+                )),
+            };
+            let emb = col(&self.columns.embedding)?;
+            self.append_embeddings(path, &emb, row_in_file, file_rows)?;
+            self.ids.push(ids);
+            self.labels.push(labels);
+            row_in_file += batch.num_rows() as u64;
+            self.rows += batch.num_rows() as u64;
+        }
+        self.sources.push(SourceFile {
+            path: path.into(),
+            rows: row_in_file,
+        });
+        tracing::debug!(file = %path.display(), rows = row_in_file, "read input file");
+        Ok(())
+    }
+
+    fn append_embeddings(
+        &mut self,
+        path: &Path,
+        emb: &ArrayRef,
+        first_row: u64,
+        file_rows: u64,
+    ) -> Result<()> {
+        let name = self.columns.embedding.clone();
+        let bad = |row: usize, reason: String| Error::BadValue {
+            file: path.into(),
+            column: name.clone(),
+            row: first_row + row as u64,
+            reason,
+        };
+        if let Some(row) = first_null(emb.as_ref()) {
+            return Err(bad(row, "embedding is null".into()));
+        }
+        // Row extents into the flat child values.
+        let (values, extents): (ArrayRef, Vec<(usize, usize)>) = match emb.data_type() {
+            DataType::FixedSizeList(_, size) => {
+                let list: &FixedSizeListArray = emb.as_fixed_size_list();
+                let size = *size as usize;
+                (
+                    list.values().clone(),
+                    (0..list.len()).map(|i| (i * size, size)).collect(),
+                )
+            }
+            DataType::List(_) => list_extents(emb.as_list::<i32>()),
+            DataType::LargeList(_) => list_extents(emb.as_list::<i64>()),
+            other => unreachable!("checked before reading: {other}"),
+        };
+        if let Some(pos) = first_null(values.as_ref()) {
+            let row = extents
+                .iter()
+                .position(|(s, l)| pos >= *s && pos < s + l)
+                .unwrap_or(0);
+            return Err(bad(row, "embedding has a null element".into()));
+        }
+        let flat: Vec<f32> = match values.data_type() {
+            DataType::Float32 => values.as_primitive::<Float32Type>().values().to_vec(),
+            DataType::Float16 => to_f32(values.as_primitive::<Float16Type>(), |x| x.to_f32()),
+            DataType::Float64 => to_f32(values.as_primitive::<Float64Type>(), |x| x as f32),
+            other => unreachable!("checked before reading: {other}"),
+        };
+        for (row, &(start, len)) in extents.iter().enumerate() {
+            let dim = match &self.dim {
+                Some((dim, _, _)) => *dim,
+                None => {
+                    if len == 0 {
+                        return Err(bad(row, "embedding is empty".into()));
+                    }
+                    self.dim = Some((len, path.into(), first_row + row as u64));
+                    self.vectors.reserve(file_rows as usize * len);
+                    len
+                }
+            };
+            if len != dim {
+                let (_, first_file, first_row) = self.dim.as_ref().expect("set above");
+                return Err(bad(
+                    row,
+                    format!(
+                        "embedding has dimension {len}, but row {first_row} of {} has dimension {dim}",
+                        first_file.display()
+                    ),
+                ));
+            }
+            let v = &flat[start..start + len];
+            if let Some(x) = v.iter().find(|x| !x.is_finite()) {
+                return Err(bad(
+                    row,
+                    format!("embedding holds a non-finite value ({x})"),
+                ));
+            }
+            self.vectors.extend_from_slice(v);
+        }
+        Ok(())
+    }
+
+    fn finish(self, first_file: &Path) -> Result<Table> {
+        if self.rows == 0 {
+            return Err(Error::BadData("the input has no rows".into()));
+        }
+        let ids = concat_all(&self.ids)?;
+        let labels = concat_all(&self.labels)?;
+        let dim = self.dim.map(|d| d.0).unwrap_or(0);
+        Table::assemble(ids, labels, self.vectors, dim, self.sources, first_file)
+    }
+}
+
+fn concat_all(parts: &[ArrayRef]) -> Result<ArrayRef> {
+    let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+    Ok(concat(&refs)?)
+}
+
+fn list_extents<O: OffsetSizeTrait>(list: &GenericListArray<O>) -> (ArrayRef, Vec<(usize, usize)>) {
+    let offsets = list.value_offsets();
+    let base = offsets[0].as_usize();
+    let values = list
+        .values()
+        .slice(base, offsets[offsets.len() - 1].as_usize() - base);
+    let extents = offsets
+        .windows(2)
+        .map(|w| (w[0].as_usize() - base, (w[1] - w[0]).as_usize()))
+        .collect();
+    (values, extents)
+}
+
+fn to_f32<T: arrow::datatypes::ArrowPrimitiveType>(
+    a: &PrimitiveArray<T>,
+    f: impl Fn(T::Native) -> f32,
+) -> Vec<f32> {
+    a.values().iter().map(|&x| f(x)).collect()
+}
+
+fn first_null(a: &dyn Array) -> Option<usize> {
+    if a.null_count() == 0 {
+        return None;
+    }
+    (0..a.len()).find(|&i| a.is_null(i))
+}
+
+fn check_no_nulls(path: &Path, column: &str, a: &ArrayRef, first_row: u64) -> Result<()> {
+    match first_null(a.as_ref()) {
+        None => Ok(()),
+        Some(row) => Err(Error::BadValue {
+            file: path.into(),
+            column: column.into(),
+            row: first_row + row as u64,
+            reason: "value is null".into(),
+        }),
+    }
+}
+
+fn is_integer(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+    )
+}
+
+fn is_string(t: &DataType) -> bool {
+    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+}
+
+/// Ids and labels: integers or strings (also dictionary-encoded).
+fn check_key_type(path: &Path, column: &str, t: &DataType) -> Result<()> {
+    let ok = match t {
+        DataType::Dictionary(_, v) => is_integer(v) || is_string(v),
+        t => is_integer(t) || is_string(t),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::UnsupportedType {
+            file: path.into(),
+            column: column.into(),
+            found: t.to_string(),
+            expected: "an integer or string type".into(),
+        })
+    }
+}
+
+fn check_embedding_type(path: &Path, column: &str, t: &DataType) -> Result<()> {
+    let child = match t {
+        DataType::FixedSizeList(f, _) | DataType::List(f) | DataType::LargeList(f) => {
+            Some(f.data_type())
+        }
+        _ => None,
+    };
+    match child {
+        Some(DataType::Float16 | DataType::Float32 | DataType::Float64) => Ok(()),
+        _ => Err(Error::UnsupportedType {
+            file: path.into(),
+            column: column.into(),
+            found: t.to_string(),
+            expected: "FixedSizeList or List of float16, float32 or float64".into(),
+        }),
+    }
+}
+
+/// Dense codes in sorted label order, and the distinct labels in their input type.
+fn encode_labels(labels: &ArrayRef, file: &Path) -> Result<(Vec<u32>, ArrayRef)> {
+    let logical = match labels.data_type() {
+        DataType::Dictionary(_, v) => v.as_ref().clone(),
+        t => t.clone(),
+    };
+    let strict = CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    // `first[c]` is the first row holding the label of code `c`.
+    let (codes, first): (Vec<u32>, Vec<u32>) = if is_integer(&logical) {
+        let as_i64 = cast_with_options(labels, &DataType::Int64, &strict).map_err(|e| {
+            Error::UnsupportedType {
+                file: file.into(),
+                column: "label".into(),
+                found: format!("{} ({e})", labels.data_type()),
+                expected: "labels that fit in a 64-bit signed integer".into(),
+            }
+        })?;
+        dense_codes(
+            as_i64
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .values()
+                .iter()
+                .copied(),
+        )
+    } else {
+        let as_str = cast_with_options(labels, &DataType::Utf8, &strict)?;
+        dense_codes(
+            as_str
+                .as_string::<i32>()
+                .iter()
+                .map(|s| s.unwrap_or_default()),
+        )
+    };
+    let first = UInt64Array::from_iter_values(first.iter().map(|&r| r as u64));
+    let values = take(labels.as_ref(), &first, None)?;
+    Ok((codes, values))
+}
+
+/// Codes by sorted distinct value; also the first row of each value.
+fn dense_codes<K: Ord + std::hash::Hash + Copy>(
+    keys: impl Iterator<Item = K> + Clone,
+) -> (Vec<u32>, Vec<u32>) {
+    let mut first_row: HashMap<K, u32> = HashMap::new();
+    for (row, k) in keys.clone().enumerate() {
+        first_row.entry(k).or_insert(row as u32);
+    }
+    let mut distinct: Vec<(K, u32)> = first_row.into_iter().collect();
+    distinct.sort_unstable();
+    let code_of: HashMap<K, u32> = distinct
+        .iter()
+        .enumerate()
+        .map(|(c, (k, _))| (*k, c as u32))
+        .collect();
+    let codes = keys.map(|k| code_of[&k]).collect();
+    (codes, distinct.into_iter().map(|(_, r)| r).collect())
+}

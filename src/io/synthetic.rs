@@ -1,0 +1,125 @@
+//! A labelled Gaussian-mixture table with overlapping classes, for examples, tests and benches.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, Int64Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::error::{Error, Result};
+use crate::io::ParquetSink;
+
+/// Shape of a generated table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenSpec {
+    pub rows: usize,
+    pub dim: usize,
+    pub labels: usize,
+    pub seed: u64,
+    /// Spread of class centres relative to the within-class spread (1.0 each): small values
+    /// make classes overlap, so hard, semi-hard and easy triplets all occur.
+    pub separation: f32,
+}
+
+impl GenSpec {
+    fn validate(&self) -> Result<()> {
+        if self.rows < 2 || self.dim < 1 || self.labels < 2 {
+            return Err(Error::Config(format!(
+                "gen needs rows >= 2, dim >= 1 and labels >= 2 (got {} x {}, {} labels)",
+                self.rows, self.dim, self.labels
+            )));
+        }
+        if !self.separation.is_finite() || self.separation < 0.0 {
+            return Err(Error::Config(
+                "separation must be a finite number >= 0".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The schema of generated tables: `id: Int64, label: Int64, embedding: FixedSizeList<Float32>`.
+pub fn gen_schema(dim: usize) -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("label", DataType::Int64, false),
+        Field::new(
+            "embedding",
+            DataType::FixedSizeList(
+                Arc::new(Field::new("item", DataType::Float32, false)),
+                dim as i32,
+            ),
+            false,
+        ),
+    ]))
+}
+
+/// Generates the table in memory, in batches of at most `batch_rows` rows.
+pub fn generate(spec: &GenSpec, batch_rows: usize) -> Result<Vec<RecordBatch>> {
+    let mut batches = Vec::new();
+    generate_each(spec, batch_rows, |b| {
+        batches.push(b);
+        Ok(())
+    })?;
+    Ok(batches)
+}
+
+/// Generates the table batch by batch, handing each to `sink`, so memory stays bounded.
+///
+/// Vectors are scaled by `1/sqrt(dim)` so squared distances are O(1) whatever the dimension,
+/// which keeps the default margin of 0.2 meaningful.
+pub fn generate_each(
+    spec: &GenSpec,
+    batch_rows: usize,
+    mut sink: impl FnMut(RecordBatch) -> Result<()>,
+) -> Result<()> {
+    spec.validate()?;
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    let scale = 1.0 / (spec.dim as f32).sqrt();
+    let centres: Vec<f32> = (0..spec.labels * spec.dim)
+        .map(|_| Distribution::<f32>::sample(&StandardNormal, &mut rng) * spec.separation * scale)
+        .collect::<Vec<f32>>();
+    let schema = gen_schema(spec.dim);
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    let mut start = 0usize;
+    while start < spec.rows {
+        let len = batch_rows.max(1).min(spec.rows - start);
+        let mut labels = Vec::with_capacity(len);
+        let mut values = Vec::with_capacity(len * spec.dim);
+        for _ in 0..len {
+            let label = rng.random_range(0..spec.labels);
+            labels.push(label as i64);
+            let centre = &centres[label * spec.dim..(label + 1) * spec.dim];
+            for &c in centre {
+                let noise: f32 = StandardNormal.sample(&mut rng);
+                values.push(c + noise * scale);
+            }
+        }
+        let ids = Int64Array::from_iter_values(start as i64..(start + len) as i64);
+        let embedding = FixedSizeListArray::try_new(
+            item.clone(),
+            spec.dim as i32,
+            Arc::new(Float32Array::from(values)),
+            None,
+        )?;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(ids),
+            Arc::new(Int64Array::from(labels)),
+            Arc::new(embedding),
+        ];
+        sink(RecordBatch::try_new(schema.clone(), columns)?)?;
+        start += len;
+    }
+    Ok(())
+}
+
+/// Generates the table and writes it to `out` (atomically).
+pub fn generate_to_file(spec: &GenSpec, out: &Path) -> Result<()> {
+    let mut sink = ParquetSink::create(out, gen_schema(spec.dim))?;
+    generate_each(spec, 65_536, |b| sink.write(&b))?;
+    sink.finish()
+}

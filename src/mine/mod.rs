@@ -1,0 +1,212 @@
+//! Triplet mining over a table in memory.
+//!
+//! In: a [`Table`] and validated [`MiningParams`]. Out: blocks of [`Triplet`]s (row positions
+//! and exact distances) with one [`AnchorRecord`] per anchor, in anchor order.
+//!
+//! With an exact index every set equals what an exhaustive search over the whole table gives:
+//! FAISS only proposes candidates; their distances are recomputed exactly, and a candidate list
+//! is trusted only below the distance where rows FAISS did not return could start (its last
+//! distance less an error bound). An anchor whose selection reaches past that point is searched
+//! again deeper, up to a full scan.
+
+mod negatives;
+mod positives;
+
+use std::borrow::Cow;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use crate::config::{Metric, MiningParams};
+use crate::error::Result;
+use crate::index::{NeighbourIndex, faiss_error_factor};
+use crate::io::Table;
+use crate::score::{dot, normalize_rows};
+
+/// One mined triplet, by row position, with exact distances.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Triplet {
+    pub anchor: u32,
+    pub positive: u32,
+    pub negative: u32,
+    pub d_ap: f32,
+    pub d_an: f32,
+    /// Position of the negative among the anchor's neighbours (all other rows, by distance
+    /// then row), 0 = nearest.
+    pub negative_rank: u32,
+}
+
+/// What happened to one anchor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnchorRecord {
+    pub anchor: u32,
+    /// Label code of the anchor.
+    pub label: u32,
+    /// Whether it has any positive (another row with its label).
+    pub has_positive: bool,
+    /// Triplets emitted for it.
+    pub triplets: u32,
+    /// Whether `max_k` stopped its search before its window was covered.
+    pub capped: bool,
+    /// Whether its nearest other-label row lies within `d(a, hardest positive) + margin`;
+    /// `None` without a positive, or when a capped search found no other-label row.
+    pub violating_neighbour: Option<bool>,
+}
+
+/// The output of one block of anchors.
+#[derive(Debug, Clone, Default)]
+pub struct MinedBlock {
+    pub triplets: Vec<Triplet>,
+    pub anchors: Vec<AnchorRecord>,
+}
+
+/// Anchors mined per block: bounds the memory of candidate lists and of output batches.
+pub const ANCHOR_BLOCK: usize = 8192;
+
+/// Holds the index and the per-label groups; mines anchors block by block.
+pub struct Miner<'t> {
+    table: &'t Table,
+    params: MiningParams,
+    /// The table's vectors, normalised for cosine.
+    vectors: Cow<'t, [f32]>,
+    /// Squared norm of every row (for FAISS's error bound).
+    norms_sq: Vec<f32>,
+    max_norm_sq: f32,
+    /// Rows of every label code, in row order.
+    groups: Vec<Vec<u32>>,
+    index: NeighbourIndex,
+}
+
+impl<'t> Miner<'t> {
+    /// Validates `params` and builds the index over `table`.
+    pub fn new(table: &'t Table, params: &MiningParams) -> Result<Self> {
+        params.validate()?;
+        let dim = table.dim;
+        let vectors: Cow<'t, [f32]> = match params.metric {
+            Metric::L2sq => Cow::Borrowed(&table.vectors),
+            Metric::Cosine => {
+                let mut v = table.vectors.clone();
+                normalize_rows(&mut v, dim);
+                Cow::Owned(v)
+            }
+        };
+        let norms_sq: Vec<f32> = vectors.par_chunks(dim).map(|r| dot(r, r) as f32).collect();
+        let max_norm_sq = norms_sq.iter().copied().fold(0.0, f32::max);
+        let mut groups = vec![Vec::new(); table.num_labels()];
+        for (row, &code) in table.label_codes.iter().enumerate() {
+            groups[code as usize].push(row as u32);
+        }
+        let started = std::time::Instant::now();
+        let index =
+            NeighbourIndex::build(&vectors, dim, params.metric, &params.index, params.seed)?;
+        tracing::info!(
+            index = %params.index,
+            rows = table.rows(),
+            dim,
+            seconds = started.elapsed().as_secs_f64(),
+            "index built"
+        );
+        Ok(Miner {
+            table,
+            params: params.clone(),
+            vectors,
+            norms_sq,
+            max_norm_sq,
+            groups,
+            index,
+        })
+    }
+
+    /// The anchors to mine, in row order: every row, or a seeded sample.
+    pub fn anchors(&self) -> Vec<u32> {
+        let n = self.table.rows();
+        match self.params.anchors_sample {
+            Some(m) if m < n => {
+                let mut rng = ChaCha8Rng::seed_from_u64(mix(self.params.seed, u64::MAX, 0, 0));
+                let mut picked: Vec<u32> = rand::seq::index::sample(&mut rng, n, m)
+                    .into_iter()
+                    .map(|r| r as u32)
+                    .collect();
+                picked.sort_unstable();
+                picked
+            }
+            _ => (0..n as u32).collect(),
+        }
+    }
+
+    /// Mines one block of anchors (given in row order); triplets come ordered by anchor,
+    /// positive row, `d_an`, negative row.
+    pub fn mine_block(&mut self, anchors: &[u32]) -> Result<MinedBlock> {
+        let plans = positives::plan(self, anchors)?;
+        negatives::mine(self, plans)
+    }
+
+    /// Mines every anchor.
+    pub fn mine_all(&mut self) -> Result<MinedBlock> {
+        let mut all = MinedBlock::default();
+        for block in self.anchors().chunks(ANCHOR_BLOCK) {
+            let mined = self.mine_block(block)?;
+            all.triplets.extend(mined.triplets);
+            all.anchors.extend(mined.anchors);
+        }
+        Ok(all)
+    }
+
+    #[inline]
+    fn row(&self, i: u32) -> &[f32] {
+        let d = self.table.dim;
+        &self.vectors[i as usize * d..(i as usize + 1) * d]
+    }
+
+    #[inline]
+    fn distance(&self, a: u32, b: u32) -> f32 {
+        self.params.metric.distance(self.row(a), self.row(b))
+    }
+
+    #[inline]
+    fn label(&self, row: u32) -> u32 {
+        self.table.label_codes[row as usize]
+    }
+
+    /// How far FAISS's distance for anchor `a` may be from the exact one.
+    #[inline]
+    fn faiss_slack(&self, a: u32) -> f32 {
+        faiss_error_factor(self.table.dim + 1) * (self.norms_sq[a as usize] + self.max_norm_sq)
+    }
+
+    /// The vectors of `rows`, gathered into one contiguous buffer (FAISS queries).
+    fn gather(&self, rows: impl Iterator<Item = u32>) -> Vec<f32> {
+        let mut out = Vec::new();
+        for r in rows {
+            out.extend_from_slice(self.row(r));
+        }
+        out
+    }
+}
+
+/// Seeds for per-(anchor, positive) random choices: independent of threads and blocks.
+fn mix(seed: u64, a: u64, b: u64, stream: u64) -> u64 {
+    fn splitmix(mut z: u64) -> u64 {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    splitmix(splitmix(splitmix(splitmix(seed) ^ a) ^ b) ^ stream)
+}
+
+/// A seeded generator for one anchor (and positive) and purpose.
+fn rng_for(seed: u64, anchor: u32, positive: u32, stream: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(mix(seed, anchor as u64, positive as u64, stream))
+}
+
+/// Sorts `(distance, row)` pairs ascending, ties by row.
+fn sort_nearest(list: &mut [(f32, u32)]) {
+    list.sort_unstable_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
+}
+
+/// Sorts `(distance, row)` pairs descending, ties by the smaller row.
+fn sort_farthest(list: &mut [(f32, u32)]) {
+    list.sort_unstable_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+}

@@ -1,0 +1,213 @@
+//! Negative selection: for every (anchor, positive), the qualifying negatives, nearest first
+//! or sampled, searched as deep as exactness needs.
+
+use rayon::prelude::*;
+
+use super::positives::AnchorPlan;
+use super::{AnchorRecord, MinedBlock, Miner, Triplet, rng_for, sort_nearest};
+use crate::config::{NegativeSampling, NegativeStrategy};
+use crate::error::Result;
+use crate::score::TripletKind;
+
+/// Random stream of negative sampling.
+const STREAM_NEGATIVE: u64 = 2;
+
+/// Candidate entries held at once by one search (distances and rows of all pending anchors).
+const SEARCH_BUDGET: usize = 1 << 22;
+
+/// An anchor's resolved output.
+struct Resolved {
+    triplets: Vec<Triplet>,
+    violating_neighbour: Option<bool>,
+}
+
+/// Mines the negatives of every planned anchor of a block.
+pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> {
+    let n = m.table.rows();
+    let mut done: Vec<Option<(Resolved, bool)>> = (0..plans.len()).map(|_| None).collect();
+    let mut pending: Vec<usize> = (0..plans.len())
+        .filter(|&i| plans[i].hardest.is_some())
+        .collect();
+    let mut k = m.params.k;
+    let max_k = m.params.max_k.unwrap_or(usize::MAX);
+    while !pending.is_empty() {
+        let capped = k >= max_k;
+        if k.saturating_mul(2) > n && !capped {
+            // Deep enough that a scan of every row is cheaper than FAISS, and exact.
+            let resolved: Vec<Resolved> = pending
+                .par_iter()
+                .map(|&i| {
+                    let a = plans[i].anchor;
+                    let mut list: Vec<(f32, u32)> = (0..n as u32)
+                        .filter(|&r| r != a)
+                        .map(|r| (m.distance(a, r), r))
+                        .collect();
+                    sort_nearest(&mut list);
+                    resolve(m, &plans[i], &list, f32::INFINITY).expect("a full list is complete")
+                })
+                .collect();
+            for (i, r) in pending.iter().zip(resolved) {
+                done[*i] = Some((r, false));
+            }
+            break;
+        }
+        let mut still = Vec::new();
+        let chunk = (SEARCH_BUDGET / k).max(1);
+        for part in pending.chunks(chunk) {
+            let queries = m.gather(part.iter().map(|&i| plans[i].anchor));
+            let cands = m.index.search(&queries, k)?;
+            let m = &*m;
+            let tried: Vec<Option<Resolved>> = part
+                .par_iter()
+                .enumerate()
+                .map(|(q, &i)| {
+                    let a = plans[i].anchor;
+                    let mut got = 0;
+                    let mut bound = f32::NEG_INFINITY;
+                    let mut list: Vec<(f32, u32)> = Vec::with_capacity(cands.k);
+                    for (approx, r) in cands.of(q) {
+                        got += 1;
+                        bound = bound.max(approx);
+                        if r != a {
+                            list.push((m.distance(a, r), r));
+                        }
+                    }
+                    sort_nearest(&mut list);
+                    // Rows FAISS did not return are at least `bound - slack` away. A list
+                    // shorter than asked holds every row the index can give.
+                    let radius = if capped || got < cands.k || cands.k >= n {
+                        f32::INFINITY
+                    } else {
+                        bound - m.faiss_slack(a)
+                    };
+                    resolve(m, &plans[i], &list, radius)
+                })
+                .collect();
+            for (&i, r) in part.iter().zip(tried) {
+                match r {
+                    Some(r) => done[i] = Some((r, capped)),
+                    None => still.push(i),
+                }
+            }
+        }
+        if !still.is_empty() {
+            tracing::debug!(anchors = still.len(), k, "searching deeper");
+        }
+        pending = still;
+        k = k.saturating_mul(4).min(max_k);
+    }
+
+    let mut block = MinedBlock::default();
+    for (plan, outcome) in plans.into_iter().zip(done) {
+        let (triplets, violating_neighbour, capped) = match outcome {
+            Some((r, capped)) => (r.triplets, r.violating_neighbour, capped),
+            None => (Vec::new(), None, false),
+        };
+        block.anchors.push(AnchorRecord {
+            anchor: plan.anchor,
+            label: plan.label,
+            has_positive: plan.hardest.is_some(),
+            triplets: triplets.len() as u32,
+            capped,
+            violating_neighbour,
+        });
+        block.triplets.extend(triplets);
+    }
+    Ok(block)
+}
+
+/// Selects the negatives of every positive of `plan` from `list` (all other rows with
+/// `d < radius`, plus possibly some beyond, sorted by distance then row), or `None` when
+/// a selection reaches past `radius` and the anchor must be searched deeper.
+fn resolve(m: &Miner, plan: &AnchorPlan, list: &[(f32, u32)], radius: f32) -> Option<Resolved> {
+    let margin = m.params.margin;
+    let label = plan.label;
+    // Entries below the radius are exactly the nearest rows; only they can be ranked.
+    let trusted = list.partition_point(|x| x.0 < radius);
+    let trusted = if radius == f32::INFINITY {
+        list.len()
+    } else {
+        trusted
+    };
+    let hardest = plan.hardest.expect("planned anchors have a positive");
+    let violating_neighbour = match list[..trusted].iter().find(|x| m.label(x.1) != label) {
+        Some(&(d, _)) => Some(TripletKind::classify(hardest, d, margin) != TripletKind::Easy),
+        None if radius == f32::INFINITY => None,
+        None => return None,
+    };
+
+    let strategy = m.params.negatives;
+    let limit = m.params.num_negatives.limit();
+    let mut triplets = Vec::new();
+    let mut qualifying: Vec<usize> = Vec::new();
+    for &(d_ap, p) in &plan.positives {
+        let hi = band_end(strategy, d_ap, margin);
+        let want_all = m.params.sample == NegativeSampling::Random || limit == usize::MAX;
+        qualifying.clear();
+        for (rank, &(d, r)) in list[..trusted].iter().enumerate() {
+            if d > hi {
+                break;
+            }
+            if m.label(r) != label && qualifies(strategy, d_ap, d, margin) {
+                qualifying.push(rank);
+                if !want_all && qualifying.len() == limit {
+                    break;
+                }
+            }
+        }
+        let enough = !want_all && qualifying.len() == limit;
+        if !(enough || hi < radius || radius == f32::INFINITY) {
+            return None;
+        }
+        if m.params.sample == NegativeSampling::Random && qualifying.len() > limit {
+            let mut rng = rng_for(m.params.seed, plan.anchor, p, STREAM_NEGATIVE);
+            let mut picked: Vec<usize> =
+                rand::seq::index::sample(&mut rng, qualifying.len(), limit)
+                    .into_iter()
+                    .map(|j| qualifying[j])
+                    .collect();
+            // Ranks follow (distance, row) order, so sorting them orders the output by d_an.
+            picked.sort_unstable();
+            qualifying = picked;
+        }
+        triplets.extend(qualifying.iter().map(|&rank| Triplet {
+            anchor: plan.anchor,
+            positive: p,
+            negative: list[rank].1,
+            d_ap,
+            d_an: list[rank].0,
+            negative_rank: rank as u32,
+        }));
+    }
+    Some(Resolved {
+        triplets,
+        violating_neighbour,
+    })
+}
+
+/// Whether a negative at distance `d_an` qualifies for the strategy.
+#[inline]
+fn qualifies(strategy: NegativeStrategy, d_ap: f32, d_an: f32, margin: f32) -> bool {
+    let kind = TripletKind::classify(d_ap, d_an, margin);
+    match strategy {
+        NegativeStrategy::Hard => kind == TripletKind::Hard,
+        NegativeStrategy::Semihard => kind == TripletKind::Semihard,
+        NegativeStrategy::Easy => kind == TripletKind::Easy,
+        NegativeStrategy::Violating => kind != TripletKind::Easy,
+        NegativeStrategy::Hardest => true,
+    }
+}
+
+/// A distance beyond which no negative qualifies (slightly loose, for `f32` rounding of
+/// `d_an - d_ap`).
+#[inline]
+fn band_end(strategy: NegativeStrategy, d_ap: f32, margin: f32) -> f32 {
+    match strategy {
+        NegativeStrategy::Hard => d_ap,
+        NegativeStrategy::Semihard | NegativeStrategy::Violating => {
+            let hi = d_ap as f64 + margin as f64;
+            (hi + hi.abs() * 1e-6) as f32 + f32::MIN_POSITIVE
+        }
+        NegativeStrategy::Easy | NegativeStrategy::Hardest => f32::INFINITY,
+    }
+}

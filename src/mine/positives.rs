@@ -1,0 +1,258 @@
+//! Positive selection: for each anchor, the chosen rows of its own label and the distance of
+//! its hardest positive (needed by the data-set health figure whatever the strategy).
+
+use std::collections::BTreeMap;
+
+use rayon::prelude::*;
+
+use super::{Miner, rng_for, sort_farthest, sort_nearest};
+use crate::config::PositiveStrategy;
+use crate::error::Result;
+use crate::index::{GroupIndex, Order};
+
+/// Groups up to this size are searched by computing every distance; larger ones through an
+/// exact FAISS index (a batched matrix product), with the same exactness rule as negatives.
+const SMALL_GROUP: usize = 256;
+
+/// Random stream of positive sampling.
+const STREAM_POSITIVE: u64 = 1;
+
+/// An anchor with its chosen positives.
+#[derive(Debug, Clone)]
+pub(super) struct AnchorPlan {
+    pub anchor: u32,
+    pub label: u32,
+    /// `(d(a, p), p)`, ordered by row.
+    pub positives: Vec<(f32, u32)>,
+    /// `d(a, hardest positive)`; `None` when the anchor has no positive.
+    pub hardest: Option<f32>,
+}
+
+/// Chooses the positives of every anchor in `anchors`.
+pub(super) fn plan(m: &Miner, anchors: &[u32]) -> Result<Vec<AnchorPlan>> {
+    let mut by_label: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (i, &a) in anchors.iter().enumerate() {
+        by_label.entry(m.label(a)).or_default().push(i);
+    }
+    let mut plans: Vec<Option<AnchorPlan>> = vec![None; anchors.len()];
+    for (label, idx) in by_label {
+        let group = &m.groups[label as usize];
+        let of_label: Vec<u32> = idx.iter().map(|&i| anchors[i]).collect();
+        let label_plans = if group.len() <= SMALL_GROUP {
+            plan_small_group(m, label, group, &of_label)
+        } else {
+            plan_large_group(m, label, group, &of_label)?
+        };
+        for (i, p) in idx.into_iter().zip(label_plans) {
+            plans[i] = Some(p);
+        }
+    }
+    Ok(plans
+        .into_iter()
+        .map(|p| p.expect("every anchor planned"))
+        .collect())
+}
+
+fn wanted(m: &Miner) -> usize {
+    match m.params.positives {
+        PositiveStrategy::All => usize::MAX,
+        _ => m.params.num_positives.limit(),
+    }
+}
+
+/// Every distance computed directly.
+fn plan_small_group(m: &Miner, label: u32, group: &[u32], anchors: &[u32]) -> Vec<AnchorPlan> {
+    let n = wanted(m);
+    anchors
+        .par_iter()
+        .map(|&a| {
+            let mut all: Vec<(f32, u32)> = group
+                .iter()
+                .filter(|&&p| p != a)
+                .map(|&p| (m.distance(a, p), p))
+                .collect();
+            let hardest = all.iter().map(|x| x.0).reduce(f32::max);
+            let mut chosen = match m.params.positives {
+                PositiveStrategy::Hardest => {
+                    sort_farthest(&mut all);
+                    all.truncate(n);
+                    all
+                }
+                PositiveStrategy::Easiest => {
+                    sort_nearest(&mut all);
+                    all.truncate(n);
+                    all
+                }
+                PositiveStrategy::Random => random_positives(m, group, a, n)
+                    .into_iter()
+                    .map(|p| (m.distance(a, p), p))
+                    .collect(),
+                PositiveStrategy::All => all,
+            };
+            chosen.sort_unstable_by_key(|x| x.1);
+            AnchorPlan {
+                anchor: a,
+                label,
+                positives: chosen,
+                hardest,
+            }
+        })
+        .collect()
+}
+
+/// Extremes through a FAISS index over the group; random and all need no search.
+fn plan_large_group(
+    m: &Miner,
+    label: u32,
+    group: &[u32],
+    anchors: &[u32],
+) -> Result<Vec<AnchorPlan>> {
+    let n = wanted(m);
+    let strategy = m.params.positives;
+    let far_need = if strategy == PositiveStrategy::Hardest {
+        n
+    } else {
+        1
+    };
+    let farthest = extremes(m, group, anchors, Order::Farthest, far_need)?;
+    let nearest = if strategy == PositiveStrategy::Easiest {
+        Some(extremes(m, group, anchors, Order::Nearest, n)?)
+    } else {
+        None
+    };
+    Ok(anchors
+        .par_iter()
+        .enumerate()
+        .map(|(i, &a)| {
+            let hardest = farthest[i].first().map(|x| x.0);
+            let mut chosen: Vec<(f32, u32)> = match strategy {
+                PositiveStrategy::Hardest => farthest[i].clone(),
+                PositiveStrategy::Easiest => nearest.as_ref().expect("searched")[i].clone(),
+                PositiveStrategy::Random => random_positives(m, group, a, n)
+                    .into_iter()
+                    .map(|p| (m.distance(a, p), p))
+                    .collect(),
+                PositiveStrategy::All => group
+                    .iter()
+                    .filter(|&&p| p != a)
+                    .map(|&p| (m.distance(a, p), p))
+                    .collect(),
+            };
+            chosen.sort_unstable_by_key(|x| x.1);
+            AnchorPlan {
+                anchor: a,
+                label,
+                positives: chosen,
+                hardest,
+            }
+        })
+        .collect())
+}
+
+/// A seeded choice of `n` rows of `group` other than `a` (all of them if fewer).
+fn random_positives(m: &Miner, group: &[u32], a: u32, n: usize) -> Vec<u32> {
+    let others = group.len() - 1;
+    let pos_a = group.binary_search(&a).expect("anchor is in its group");
+    let at = |i: usize| group[if i < pos_a { i } else { i + 1 }];
+    if n >= others {
+        return (0..others).map(at).collect();
+    }
+    let mut rng = rng_for(m.params.seed, a, 0, STREAM_POSITIVE);
+    rand::seq::index::sample(&mut rng, others, n)
+        .into_iter()
+        .map(at)
+        .collect()
+}
+
+/// The `need` nearest (or farthest) other members of the group for each anchor, exactly:
+/// `(d, row)` in that order, ties by the smaller row.
+fn extremes(
+    m: &Miner,
+    group: &[u32],
+    anchors: &[u32],
+    order: Order,
+    need: usize,
+) -> Result<Vec<Vec<(f32, u32)>>> {
+    let g = group.len();
+    let sort = |list: &mut Vec<(f32, u32)>| match order {
+        Order::Nearest => sort_nearest(list),
+        Order::Farthest => sort_farthest(list),
+    };
+    let full = |a: u32| {
+        let mut list: Vec<(f32, u32)> = group
+            .iter()
+            .filter(|&&p| p != a)
+            .map(|&p| (m.distance(a, p), p))
+            .collect();
+        sort(&mut list);
+        list.truncate(need);
+        list
+    };
+    let mut out: Vec<Option<Vec<(f32, u32)>>> = vec![None; anchors.len()];
+    let mut pending: Vec<usize> = (0..anchors.len()).collect();
+    let mut index = None;
+    let mut k = need.saturating_add(16).min(g);
+    while !pending.is_empty() {
+        if need >= g - 1 || k.saturating_mul(2) > g {
+            let done: Vec<Vec<(f32, u32)>> =
+                pending.par_iter().map(|&i| full(anchors[i])).collect();
+            for (i, list) in pending.iter().zip(done) {
+                out[*i] = Some(list);
+            }
+            break;
+        }
+        let index = match &mut index {
+            Some(ix) => ix,
+            None => index.insert(GroupIndex::build(
+                &m.gather(group.iter().copied()),
+                m.table.dim,
+                m.params.metric,
+                order,
+            )?),
+        };
+        let queries = m.gather(pending.iter().map(|&i| anchors[i]));
+        let cands = index.search(&queries, k)?;
+        let tried: Vec<Option<Vec<(f32, u32)>>> = pending
+            .par_iter()
+            .enumerate()
+            .map(|(q, &i)| {
+                let a = anchors[i];
+                let slack = m.faiss_slack(a);
+                let mut bound = match order {
+                    Order::Nearest => f32::NEG_INFINITY,
+                    Order::Farthest => f32::INFINITY,
+                };
+                let mut list = Vec::with_capacity(k);
+                for (approx, pos) in cands.of(q) {
+                    bound = match order {
+                        Order::Nearest => bound.max(approx),
+                        Order::Farthest => bound.min(approx),
+                    };
+                    let p = group[pos as usize];
+                    if p != a {
+                        list.push((m.distance(a, p), p));
+                    }
+                }
+                sort(&mut list);
+                list.truncate(need);
+                // Members FAISS did not return are at least `bound - slack` away (at most
+                // `bound + slack` for farthest): the list is exact if its last entry beats that.
+                let trusted = |d: f32| match order {
+                    Order::Nearest => d < bound - slack,
+                    Order::Farthest => d > bound + slack,
+                };
+                (list.len() == need && list.last().is_some_and(|x| trusted(x.0))).then_some(list)
+            })
+            .collect();
+        let mut still = Vec::new();
+        for (i, r) in pending.into_iter().zip(tried) {
+            match r {
+                Some(list) => out[i] = Some(list),
+                None => still.push(i),
+            }
+        }
+        pending = still;
+        k = k.saturating_mul(4).min(g);
+    }
+    Ok(out.into_iter().map(|o| o.expect("resolved")).collect())
+}

@@ -1,0 +1,321 @@
+//! One mining job from end to end: read, index, mine and score, write, report.
+//!
+//! In: a validated [`MiningConfig`]. Out: the triplet and report Parquet files (renamed into
+//! place together only once both are complete), an optional JSON summary, and a [`Summary`].
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, Float32Array, RecordBatch, StringArray, UInt32Array};
+use arrow::compute::take;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+use crate::config::{MiningConfig, MiningParams};
+use crate::error::{Error, Result};
+use crate::index::set_faiss_threads;
+use crate::io::{AtomicPath, ParquetSink, Table, read_table, write_atomic, write_parquet};
+use crate::mine::{ANCHOR_BLOCK, Miner, Triplet};
+use crate::report::{Report, ReportBuilder, Totals};
+use crate::score::{TripletKind, triplet_loss};
+
+/// Seconds spent in each stage.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Timings {
+    pub read: f64,
+    pub index: f64,
+    /// Mining, scoring and writing the triplets (they stream together).
+    pub mine: f64,
+    pub report: f64,
+    pub total: f64,
+}
+
+/// What a run did, for people (its `Display`) and machines (`--summary-json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub tripmine_version: String,
+    pub inputs: Vec<PathBuf>,
+    pub rows: u64,
+    pub dim: usize,
+    pub labels: usize,
+    pub params: MiningParams,
+    pub exact: bool,
+    pub out: PathBuf,
+    pub report: PathBuf,
+    pub totals: Totals,
+    pub seconds: Timings,
+}
+
+/// Runs a mining job as configured.
+pub fn run(config: &MiningConfig) -> Result<Summary> {
+    let mut pool = rayon::ThreadPoolBuilder::new();
+    if let Some(n) = config.threads {
+        set_faiss_threads(n);
+        pool = pool.num_threads(n);
+    }
+    let pool = pool
+        .build()
+        .map_err(|e| Error::Config(format!("cannot start {:?} threads: {e}", config.threads)))?;
+    pool.install(|| run_in_pool(config))
+}
+
+fn run_in_pool(config: &MiningConfig) -> Result<Summary> {
+    let started = Instant::now();
+    let mut seconds = Timings::default();
+    let show = config.progress && std::io::stderr().is_terminal();
+
+    let spinner = progress(show, None, "reading");
+    let table = read_table(&config.inputs, &config.columns)?;
+    spinner.finish_and_clear();
+    seconds.read = started.elapsed().as_secs_f64();
+    tracing::info!(
+        stage = "read",
+        rows = table.rows(),
+        dim = table.dim,
+        labels = table.num_labels(),
+        files = table.sources.len(),
+        seconds = seconds.read,
+        "input read"
+    );
+
+    let t = Instant::now();
+    let spinner = progress(show, None, "building index");
+    let mut miner = Miner::new(&table, &config.params)?;
+    spinner.finish_and_clear();
+    seconds.index = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let anchors = miner.anchors();
+    let bar = progress(show, Some(anchors.len() as u64), "mining");
+    let schema = triplet_schema(&table);
+    let mut sink = ParquetSink::create(&config.out, schema.clone())?;
+    let mut report = ReportBuilder::default();
+    let margin = config.params.margin;
+    for block in anchors.chunks(ANCHOR_BLOCK) {
+        let mined = miner.mine_block(block)?;
+        sink.write(&triplet_batch(&table, &schema, &mined.triplets, margin)?)?;
+        report.add(
+            &mined.triplets,
+            &mined.anchors,
+            |r| table.label_codes[r as usize],
+            margin,
+        );
+        bar.inc(block.len() as u64);
+    }
+    bar.finish_and_clear();
+    let triplets_file = sink.close()?;
+    seconds.mine = t.elapsed().as_secs_f64();
+    tracing::info!(
+        stage = "mine",
+        anchors = anchors.len(),
+        seconds = seconds.mine,
+        "mined"
+    );
+
+    let t = Instant::now();
+    let Report { batch, totals } = report.finish(&table.label_values)?;
+    let report_file = AtomicPath::new(&config.report)?;
+    write_parquet(report_file.tmp(), &batch)?;
+    seconds.report = t.elapsed().as_secs_f64();
+    seconds.total = started.elapsed().as_secs_f64();
+
+    let summary = Summary {
+        tripmine_version: env!("CARGO_PKG_VERSION").into(),
+        inputs: table.sources.iter().map(|s| s.path.clone()).collect(),
+        rows: table.rows() as u64,
+        dim: table.dim,
+        labels: table.num_labels(),
+        params: config.params.clone(),
+        exact: config.params.exact_index(),
+        out: config.out.clone(),
+        report: config.report.clone(),
+        totals,
+        seconds,
+    };
+    // Every output is complete: rename them into place.
+    triplets_file.commit()?;
+    report_file.commit()?;
+    if let Some(path) = &config.summary_json {
+        let json = serde_json::to_vec_pretty(&summary).expect("summary serialises");
+        write_atomic(path, &json)?;
+    }
+    tracing::info!(
+        stage = "done",
+        triplets = summary.totals.triplets,
+        seconds = summary.seconds.total,
+        "finished"
+    );
+    Ok(summary)
+}
+
+/// A progress bar (or spinner without a length) on stderr, hidden unless `show`.
+fn progress(show: bool, len: Option<u64>, message: &'static str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = match len {
+        Some(n) => ProgressBar::new(n).with_style(
+            ProgressStyle::with_template(
+                "{msg:>10} [{bar:40}] {pos}/{len} anchors ({per_sec}, eta {eta})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        ),
+        None => {
+            let s = ProgressBar::new_spinner();
+            s.enable_steady_tick(std::time::Duration::from_millis(120));
+            s
+        }
+    };
+    bar.set_draw_target(ProgressDrawTarget::stderr());
+    bar.with_message(message)
+}
+
+/// Schema of the triplet output; ids and labels keep their input types.
+pub fn triplet_schema(table: &Table) -> SchemaRef {
+    let id = table.ids.data_type().clone();
+    let label = table.labels.data_type().clone();
+    Arc::new(Schema::new(vec![
+        Field::new("anchor_id", id.clone(), false),
+        Field::new("positive_id", id.clone(), false),
+        Field::new("negative_id", id, false),
+        Field::new("anchor_label", label.clone(), false),
+        Field::new("negative_label", label, false),
+        Field::new("d_ap", DataType::Float32, false),
+        Field::new("d_an", DataType::Float32, false),
+        Field::new("loss", DataType::Float32, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("negative_rank", DataType::UInt32, false),
+    ]))
+}
+
+/// The output rows of `triplets`.
+pub fn triplet_batch(
+    table: &Table,
+    schema: &SchemaRef,
+    triplets: &[Triplet],
+    margin: f32,
+) -> Result<RecordBatch> {
+    let rows = |f: fn(&Triplet) -> u32| UInt32Array::from_iter_values(triplets.iter().map(f));
+    let (anchors, positives, negatives) = (
+        rows(|t| t.anchor),
+        rows(|t| t.positive),
+        rows(|t| t.negative),
+    );
+    let columns: Vec<ArrayRef> = vec![
+        take(&table.ids, &anchors, None)?,
+        take(&table.ids, &positives, None)?,
+        take(&table.ids, &negatives, None)?,
+        take(&table.labels, &anchors, None)?,
+        take(&table.labels, &negatives, None)?,
+        Arc::new(Float32Array::from_iter_values(
+            triplets.iter().map(|t| t.d_ap),
+        )),
+        Arc::new(Float32Array::from_iter_values(
+            triplets.iter().map(|t| t.d_an),
+        )),
+        Arc::new(Float32Array::from_iter_values(
+            triplets
+                .iter()
+                .map(|t| triplet_loss(t.d_ap, t.d_an, margin)),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            triplets
+                .iter()
+                .map(|t| TripletKind::classify(t.d_ap, t.d_an, margin).as_str()),
+        )),
+        Arc::new(rows(|t| t.negative_rank)),
+    ];
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = &self.totals;
+        let p = &self.params;
+        let fig = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.4}"));
+        let share = |x: u64| {
+            if t.triplets == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.1}%", 100.0 * x as f64 / t.triplets as f64)
+            }
+        };
+        writeln!(
+            f,
+            "tripmine {}: {} triplets from {} anchors in {:.1} s",
+            self.tripmine_version, t.triplets, t.anchors, self.seconds.total
+        )?;
+        writeln!(
+            f,
+            "  input      {} rows x {} dims, {} labels, {} file(s)",
+            self.rows,
+            self.dim,
+            self.labels,
+            self.inputs.len()
+        )?;
+        writeln!(
+            f,
+            "  index      {} ({}), metric {:?}, margin {}",
+            p.index,
+            if self.exact { "exact" } else { "approximate" },
+            p.metric,
+            p.margin
+        )?;
+        writeln!(
+            f,
+            "  strategy   positives {:?} x {}, negatives {:?} x {} ({:?})",
+            p.positives, p.num_positives, p.negatives, p.num_negatives, p.sample
+        )?;
+        writeln!(
+            f,
+            "  anchors    {} mined: {} without positive, {} without qualifying negative, {} capped by max-k",
+            t.anchors, t.anchors_without_positive, t.anchors_without_negative, t.anchors_capped
+        )?;
+        writeln!(
+            f,
+            "  kinds      hard {} ({}), semihard {} ({}), easy {} ({})",
+            t.hard,
+            share(t.hard),
+            t.semihard,
+            share(t.semihard),
+            t.easy,
+            share(t.easy)
+        )?;
+        writeln!(
+            f,
+            "  loss       mean {}  p50 {}  p90 {}  p99 {}  max {}  active {}",
+            fig(t.loss_mean),
+            fig(t.loss_p50),
+            fig(t.loss_p90),
+            fig(t.loss_p99),
+            fig(t.loss_max),
+            fig(t.active_fraction)
+        )?;
+        writeln!(
+            f,
+            "  distances  mean d_ap {}  mean d_an {}",
+            fig(t.d_ap_mean),
+            fig(t.d_an_mean)
+        )?;
+        writeln!(
+            f,
+            "  health     {} of anchors have an other-label nearest neighbour within d(a, hardest positive) + margin",
+            fig(t.neighbour_violation_share)
+        )?;
+        writeln!(
+            f,
+            "  outputs    {} and {}",
+            self.out.display(),
+            self.report.display()
+        )?;
+        write!(
+            f,
+            "  seconds    read {:.2}, index {:.2}, mine+write {:.2}, report {:.2}",
+            self.seconds.read, self.seconds.index, self.seconds.mine, self.seconds.report
+        )
+    }
+}

@@ -1,0 +1,295 @@
+//! The loss report: per-label and overall figures of a mining run.
+//!
+//! In: the mined triplets and per-anchor records (row positions, label codes) and the table's
+//! distinct labels. Out: a [`Report`]: one Arrow batch (one row per label, then an overall row
+//! whose label is null) computed as a polars group-by, and the overall figures for the summary.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float64Array, RecordBatch, UInt32Array, UInt64Array};
+use arrow::compute::take;
+use arrow::datatypes::{Field, Schema};
+use polars::prelude::*;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::mine::{AnchorRecord, Triplet};
+use crate::score::{TripletKind, triplet_loss};
+
+/// Overall figures of a run (the report's last row).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Totals {
+    pub anchors: u64,
+    pub anchors_without_positive: u64,
+    pub anchors_without_negative: u64,
+    pub anchors_capped: u64,
+    pub triplets: u64,
+    pub hard: u64,
+    pub semihard: u64,
+    pub easy: u64,
+    /// Share of triplets with a positive loss.
+    pub active_fraction: Option<f64>,
+    pub loss_mean: Option<f64>,
+    pub loss_p50: Option<f64>,
+    pub loss_p90: Option<f64>,
+    pub loss_p99: Option<f64>,
+    pub loss_max: Option<f64>,
+    pub d_ap_mean: Option<f64>,
+    pub d_an_mean: Option<f64>,
+    /// Data-set health: share of anchors (with a positive) whose nearest other-label row is
+    /// within `d(a, hardest positive) + margin`. Independent of the mining strategy.
+    pub neighbour_violation_share: Option<f64>,
+}
+
+/// The report, ready to write.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub batch: RecordBatch,
+    pub totals: Totals,
+}
+
+/// The per-triplet and per-anchor columns the report is computed from, gathered block by block.
+#[derive(Debug, Default)]
+pub struct ReportBuilder {
+    t_label: Vec<u32>,
+    t_loss: Vec<f32>,
+    t_kind: Vec<u32>,
+    t_d_ap: Vec<f32>,
+    t_d_an: Vec<f32>,
+    a_label: Vec<u32>,
+    a_no_positive: Vec<u32>,
+    a_no_negative: Vec<u32>,
+    a_capped: Vec<u32>,
+    a_violating: Vec<Option<u32>>,
+}
+
+const COUNT_COLUMNS: [&str; 8] = [
+    "anchors",
+    "anchors_without_positive",
+    "anchors_without_negative",
+    "anchors_capped",
+    "triplets",
+    "hard",
+    "semihard",
+    "easy",
+];
+const FIGURE_COLUMNS: [&str; 9] = [
+    "active_fraction",
+    "loss_mean",
+    "loss_p50",
+    "loss_p90",
+    "loss_p99",
+    "loss_max",
+    "d_ap_mean",
+    "d_an_mean",
+    "neighbour_violation_share",
+];
+
+impl ReportBuilder {
+    /// Adds one mined block.
+    pub fn add(
+        &mut self,
+        triplets: &[Triplet],
+        anchors: &[AnchorRecord],
+        label_of: impl Fn(u32) -> u32,
+        margin: f32,
+    ) {
+        for t in triplets {
+            self.t_label.push(label_of(t.anchor));
+            self.t_loss.push(triplet_loss(t.d_ap, t.d_an, margin));
+            self.t_kind
+                .push(TripletKind::classify(t.d_ap, t.d_an, margin) as u32);
+            self.t_d_ap.push(t.d_ap);
+            self.t_d_an.push(t.d_an);
+        }
+        for a in anchors {
+            self.a_label.push(a.label);
+            self.a_no_positive.push(!a.has_positive as u32);
+            self.a_no_negative
+                .push((a.has_positive && a.triplets == 0) as u32);
+            self.a_capped.push(a.capped as u32);
+            self.a_violating
+                .push(a.violating_neighbour.map(|v| v as u32));
+        }
+    }
+
+    /// Groups by label; `label_values[code]` gives the label column in its input type.
+    pub fn finish(self, label_values: &ArrayRef) -> Result<Report> {
+        self.compute(label_values)
+            .map_err(|e| Error::Report(e.to_string()))?
+    }
+
+    fn compute(self, label_values: &ArrayRef) -> PolarsResult<Result<Report>> {
+        let triplets = df!(
+            "label" => self.t_label,
+            "loss" => self.t_loss,
+            "kind" => self.t_kind,
+            "d_ap" => self.t_d_ap,
+            "d_an" => self.t_d_an,
+        )?
+        .lazy();
+        let anchors = df!(
+            "label" => self.a_label,
+            "no_positive" => self.a_no_positive,
+            "no_negative" => self.a_no_negative,
+            "capped" => self.a_capped,
+            "violating" => self.a_violating,
+        )?
+        .lazy();
+
+        let triplet_aggs = || {
+            let kind = |k: TripletKind| col("kind").eq(lit(k as u32)).cast(DataType::UInt64).sum();
+            let q = |p: f64| {
+                col("loss")
+                    .cast(DataType::Float64)
+                    .quantile(lit(p), QuantileMethod::Linear)
+            };
+            vec![
+                len().cast(DataType::UInt64).alias("triplets"),
+                kind(TripletKind::Hard).alias("hard"),
+                kind(TripletKind::Semihard).alias("semihard"),
+                kind(TripletKind::Easy).alias("easy"),
+                col("loss")
+                    .gt(lit(0.0f32))
+                    .cast(DataType::Float64)
+                    .mean()
+                    .alias("active_fraction"),
+                col("loss")
+                    .cast(DataType::Float64)
+                    .mean()
+                    .alias("loss_mean"),
+                q(0.5).alias("loss_p50"),
+                q(0.9).alias("loss_p90"),
+                q(0.99).alias("loss_p99"),
+                col("loss").cast(DataType::Float64).max().alias("loss_max"),
+                col("d_ap")
+                    .cast(DataType::Float64)
+                    .mean()
+                    .alias("d_ap_mean"),
+                col("d_an")
+                    .cast(DataType::Float64)
+                    .mean()
+                    .alias("d_an_mean"),
+            ]
+        };
+        let anchor_aggs = || {
+            let sum = |c: &str| col(c).cast(DataType::UInt64).sum();
+            vec![
+                len().cast(DataType::UInt64).alias("anchors"),
+                sum("no_positive").alias("anchors_without_positive"),
+                sum("no_negative").alias("anchors_without_negative"),
+                sum("capped").alias("anchors_capped"),
+                col("violating")
+                    .cast(DataType::Float64)
+                    .mean()
+                    .alias("neighbour_violation_share"),
+            ]
+        };
+
+        let per_label = anchors
+            .clone()
+            .group_by([col("label")])
+            .agg(anchor_aggs())
+            .join(
+                triplets
+                    .clone()
+                    .group_by([col("label")])
+                    .agg(triplet_aggs()),
+                [col("label")],
+                [col("label")],
+                JoinArgs::new(JoinType::Left),
+            )
+            .sort(["label"], Default::default())
+            .collect()?;
+        let overall_anchors = anchors.select(anchor_aggs()).collect()?;
+        let overall_triplets = triplets.select(triplet_aggs()).collect()?;
+
+        // Label column: the label of each group's code, then null for the overall row.
+        let codes: Vec<Option<u32>> = per_label
+            .column("label")?
+            .u32()?
+            .iter()
+            .chain(std::iter::once(None))
+            .collect();
+        let label_column = match take(label_values.as_ref(), &UInt32Array::from(codes), None) {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        let mut fields = vec![Field::new("label", label_values.data_type().clone(), true)];
+        let mut columns: Vec<ArrayRef> = vec![label_column];
+
+        let overall = |name: &str| -> PolarsResult<Column> {
+            if overall_anchors.schema().contains(name) {
+                Ok(overall_anchors.column(name)?.clone())
+            } else {
+                Ok(overall_triplets.column(name)?.clone())
+            }
+        };
+        let mut totals = Totals::default();
+        for name in COUNT_COLUMNS {
+            let mut values: Vec<u64> = per_label
+                .column(name)?
+                .cast(&DataType::UInt64)?
+                .u64()?
+                .iter()
+                .map(|v| v.unwrap_or(0))
+                .collect();
+            let total = overall(name)?
+                .cast(&DataType::UInt64)?
+                .u64()?
+                .get(0)
+                .unwrap_or(0);
+            values.push(total);
+            *count_field(&mut totals, name) = total;
+            fields.push(Field::new(name, arrow::datatypes::DataType::UInt64, false));
+            columns.push(Arc::new(UInt64Array::from(values)));
+        }
+        for name in FIGURE_COLUMNS {
+            let mut values: Vec<Option<f64>> = per_label
+                .column(name)?
+                .cast(&DataType::Float64)?
+                .f64()?
+                .iter()
+                .collect();
+            let total = overall(name)?.cast(&DataType::Float64)?.f64()?.get(0);
+            values.push(total);
+            *figure_field(&mut totals, name) = total;
+            fields.push(Field::new(name, arrow::datatypes::DataType::Float64, true));
+            columns.push(Arc::new(Float64Array::from(values)));
+        }
+        let batch = match RecordBatch::try_new(Arc::new(Schema::new(fields)), columns) {
+            Ok(b) => b,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        Ok(Ok(Report { batch, totals }))
+    }
+}
+
+fn count_field<'a>(t: &'a mut Totals, name: &str) -> &'a mut u64 {
+    match name {
+        "anchors" => &mut t.anchors,
+        "anchors_without_positive" => &mut t.anchors_without_positive,
+        "anchors_without_negative" => &mut t.anchors_without_negative,
+        "anchors_capped" => &mut t.anchors_capped,
+        "triplets" => &mut t.triplets,
+        "hard" => &mut t.hard,
+        "semihard" => &mut t.semihard,
+        "easy" => &mut t.easy,
+        other => unreachable!("no count {other}"),
+    }
+}
+
+fn figure_field<'a>(t: &'a mut Totals, name: &str) -> &'a mut Option<f64> {
+    match name {
+        "active_fraction" => &mut t.active_fraction,
+        "loss_mean" => &mut t.loss_mean,
+        "loss_p50" => &mut t.loss_p50,
+        "loss_p90" => &mut t.loss_p90,
+        "loss_p99" => &mut t.loss_p99,
+        "loss_max" => &mut t.loss_max,
+        "d_ap_mean" => &mut t.d_ap_mean,
+        "d_an_mean" => &mut t.d_an_mean,
+        "neighbour_violation_share" => &mut t.neighbour_violation_share,
+        other => unreachable!("no figure {other}"),
+    }
+}

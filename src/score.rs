@@ -1,0 +1,152 @@
+//! Exact scoring: distances recomputed from the stored vectors, triplet kind and loss.
+//!
+//! In: two rows of the stored (for cosine, normalised) vectors, or a triplet's two distances.
+//! Out: `d` as an `f32`, the [`TripletKind`] and the loss. Every ranking in the miner uses these
+//! distances, never an index's approximate ones, so results do not depend on FAISS's arithmetic.
+
+use crate::config::Metric;
+
+/// Squared Euclidean distance, accumulated in `f64` over four lanes, rounded once to `f32`.
+#[inline]
+pub fn l2sq(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [0f64; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..4 {
+            let d = x[l] as f64 - y[l] as f64;
+            acc[l] += d * d;
+        }
+    }
+    let mut tail = 0f64;
+    for (x, y) in ra.iter().zip(rb) {
+        let d = *x as f64 - *y as f64;
+        tail += d * d;
+    }
+    ((acc[0] + acc[1]) + (acc[2] + acc[3]) + tail) as f32
+}
+
+/// Inner product, accumulated in `f64` over four lanes.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f64 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [0f64; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..4 {
+            acc[l] += x[l] as f64 * y[l] as f64;
+        }
+    }
+    let mut tail = 0f64;
+    for (x, y) in ra.iter().zip(rb) {
+        tail += *x as f64 * *y as f64;
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
+impl Metric {
+    /// The exact distance between two stored vectors (for cosine, already unit length).
+    #[inline]
+    pub fn distance(self, a: &[f32], b: &[f32]) -> f32 {
+        match self {
+            Metric::L2sq => l2sq(a, b),
+            // Clamped: rounding can make 1 - cos slightly negative for near-duplicates.
+            Metric::Cosine => ((1.0 - dot(a, b)) as f32).max(0.0),
+        }
+    }
+}
+
+/// Scales every `dim`-long row of `data` to unit L2 norm (zero rows stay zero).
+pub fn normalize_rows(data: &mut [f32], dim: usize) {
+    use rayon::prelude::*;
+    data.par_chunks_mut(dim).for_each(|row| {
+        let norm = dot(row, row).sqrt();
+        if norm > 0.0 {
+            for x in row.iter_mut() {
+                *x = (*x as f64 / norm) as f32;
+            }
+        }
+    });
+}
+
+/// The kind of a triplet, by `t = d(a, n) - d(a, p)`, as pytorch-metric-learning defines them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TripletKind {
+    /// `t <= 0`: the negative is at least as close as the positive.
+    Hard,
+    /// `0 < t <= margin`.
+    Semihard,
+    /// `t > margin`: the loss is zero.
+    Easy,
+}
+
+impl TripletKind {
+    /// Classifies a triplet from its two distances.
+    #[inline]
+    pub fn classify(d_ap: f32, d_an: f32, margin: f32) -> TripletKind {
+        let t = d_an - d_ap;
+        if t <= 0.0 {
+            TripletKind::Hard
+        } else if t <= margin {
+            TripletKind::Semihard
+        } else {
+            TripletKind::Easy
+        }
+    }
+
+    /// The name written to the output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TripletKind::Hard => "hard",
+            TripletKind::Semihard => "semihard",
+            TripletKind::Easy => "easy",
+        }
+    }
+}
+
+/// `max(0, d_ap - d_an + margin)`.
+#[inline]
+pub fn triplet_loss(d_ap: f32, d_an: f32, margin: f32) -> f32 {
+    (d_ap - d_an + margin).max(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive_l2sq(a: &[f32], b: &[f32]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+            .sum()
+    }
+
+    #[test]
+    fn l2sq_matches_the_textbook_formula_for_every_length() {
+        for len in 0..19 {
+            let a: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos()).collect();
+            let want = naive_l2sq(&a, &b);
+            assert!((l2sq(&a, &b) as f64 - want).abs() <= 1e-6 * want.max(1.0));
+        }
+    }
+
+    #[test]
+    fn cosine_distance_of_a_vector_to_itself_is_zero() {
+        let mut v = vec![3.0f32, -4.0, 12.0, 0.5, 1.0];
+        normalize_rows(&mut v, 5);
+        assert_eq!(Metric::Cosine.distance(&v, &v), 0.0);
+    }
+
+    #[test]
+    fn kinds_follow_the_margin_bands() {
+        assert_eq!(TripletKind::classify(1.0, 1.0, 0.2), TripletKind::Hard);
+        assert_eq!(TripletKind::classify(1.0, 0.5, 0.2), TripletKind::Hard);
+        assert_eq!(TripletKind::classify(1.0, 1.1, 0.2), TripletKind::Semihard);
+        assert_eq!(TripletKind::classify(1.0, 1.5, 0.2), TripletKind::Easy);
+        assert_eq!(triplet_loss(1.0, 1.5, 0.2), 0.0);
+        assert!((triplet_loss(1.0, 0.5, 0.2) - 0.7).abs() < 1e-6);
+    }
+}
