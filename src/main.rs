@@ -1,9 +1,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tripmine::cli::{Cli, execute, exit_code, init_logging};
+use tripmine::cli::{Cli, execute, exit_code, init_logging, reexec_with_passive_openmp};
 
 fn main() -> ExitCode {
+    reexec_with_passive_openmp();
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.log_format);
     match execute(&cli) {

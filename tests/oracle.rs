@@ -2,10 +2,12 @@
 
 mod common;
 
-use common::{blob_table, grid_table, Oracle};
-use tripmine::config::{Count, Metric, MiningParams, NegativeSampling, NegativeStrategy, PositiveStrategy};
-use tripmine::mine::Miner;
+use common::{Oracle, blob_table, grid_table};
 use tripmine::Table;
+use tripmine::config::{
+    Count, Metric, MiningParams, NegativeSampling, NegativeStrategy, PositiveStrategy,
+};
+use tripmine::mine::Miner;
 
 const NEGATIVES: [NegativeStrategy; 5] = [
     NegativeStrategy::Hard,
@@ -18,8 +20,15 @@ const NEGATIVES: [NegativeStrategy; 5] = [
 fn assert_matches_oracle(table: &Table, oracle: &Oracle, params: &MiningParams) {
     let mined = Miner::new(table, params).unwrap().mine_all().unwrap();
     let (want_triplets, want_anchors) = oracle.mine(params);
-    assert_eq!(mined.anchors, want_anchors, "anchor records differ for {params:?}");
-    assert_eq!(mined.triplets.len(), want_triplets.len(), "triplet count differs for {params:?}");
+    assert_eq!(
+        mined.anchors, want_anchors,
+        "anchor records differ for {params:?}"
+    );
+    assert_eq!(
+        mined.triplets.len(),
+        want_triplets.len(),
+        "triplet count differs for {params:?}"
+    );
     for (got, want) in mined.triplets.iter().zip(&want_triplets) {
         assert_eq!(got, want, "first differing triplet for {params:?}");
     }
@@ -28,7 +37,11 @@ fn assert_matches_oracle(table: &Table, oracle: &Oracle, params: &MiningParams) 
 /// Every deterministic strategy against the oracle, with shallow and deep first searches.
 fn sweep(table: &Table, metric: Metric, margin: f32, ks: &[usize]) {
     let oracle = Oracle::new(table, metric);
-    for positives in [PositiveStrategy::Hardest, PositiveStrategy::Easiest, PositiveStrategy::All] {
+    for positives in [
+        PositiveStrategy::Hardest,
+        PositiveStrategy::Easiest,
+        PositiveStrategy::All,
+    ] {
         for num_positives in [Count::AtMost(1), Count::AtMost(2)] {
             if positives == PositiveStrategy::All && num_positives != Count::AtMost(1) {
                 continue;
@@ -91,7 +104,11 @@ fn large_label_groups_use_exact_extremes() {
             (PositiveStrategy::Hardest, Count::AtMost(40)),
             (PositiveStrategy::Easiest, Count::AtMost(3)),
         ] {
-            for negatives in [NegativeStrategy::Semihard, NegativeStrategy::Hard, NegativeStrategy::Easy] {
+            for negatives in [
+                NegativeStrategy::Semihard,
+                NegativeStrategy::Hard,
+                NegativeStrategy::Easy,
+            ] {
                 let params = MiningParams {
                     metric,
                     margin: if metric == Metric::L2sq { 2.0 } else { 0.05 },
@@ -131,18 +148,33 @@ fn random_positives_are_a_seeded_subset_of_the_label() {
             .collect();
         chosen.dedup();
         assert_eq!(chosen.len(), group.len().min(3), "anchor {a}");
-        assert!(chosen.windows(2).all(|w| w[0].1 < w[1].1), "positives in row order");
+        assert!(
+            chosen.windows(2).all(|w| w[0].1 < w[1].1),
+            "positives in row order"
+        );
         for c in &chosen {
-            assert!(group.contains(c), "anchor {a}: {c:?} is not a positive with its exact distance");
+            assert!(
+                group.contains(c),
+                "anchor {a}: {c:?} is not a positive with its exact distance"
+            );
         }
     }
     let again = Miner::new(&table, &params).unwrap().mine_all().unwrap();
     assert_eq!(mined.triplets, again.triplets, "same seed, same choice");
-    let other = Miner::new(&table, &MiningParams { seed: 7, ..params.clone() })
-        .unwrap()
-        .mine_all()
-        .unwrap();
-    assert_ne!(mined.triplets, other.triplets, "another seed, another choice");
+    let other = Miner::new(
+        &table,
+        &MiningParams {
+            seed: 7,
+            ..params.clone()
+        },
+    )
+    .unwrap()
+    .mine_all()
+    .unwrap();
+    assert_ne!(
+        mined.triplets, other.triplets,
+        "another seed, another choice"
+    );
 }
 
 #[test]
@@ -174,10 +206,20 @@ fn random_negatives_are_a_seeded_subset_of_the_qualifying_ones() {
                     (t.negative_rank, t.d_an, t.negative)
                 })
                 .collect();
-            assert_eq!(got.len(), qualifying.len().min(4), "anchor {a}, {negatives:?}");
-            assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "ordered by d_an then row");
+            assert_eq!(
+                got.len(),
+                qualifying.len().min(4),
+                "anchor {a}, {negatives:?}"
+            );
+            assert!(
+                got.windows(2).all(|w| w[0].0 < w[1].0),
+                "ordered by d_an then row"
+            );
             for g in &got {
-                assert!(qualifying.contains(g), "anchor {a}: {g:?} does not qualify ({negatives:?})");
+                assert!(
+                    qualifying.contains(g),
+                    "anchor {a}: {g:?} does not qualify ({negatives:?})"
+                );
             }
         }
     }
@@ -197,10 +239,16 @@ fn anchors_sample_is_a_seeded_subset_mined_like_the_full_run() {
     assert_eq!(anchors.len(), 40);
     assert!(anchors.windows(2).all(|w| w[0] < w[1]));
     let sampled = Miner::new(&table, &params).unwrap().mine_all().unwrap();
-    let full = Miner::new(&table, &MiningParams { anchors_sample: None, ..params.clone() })
-        .unwrap()
-        .mine_all()
-        .unwrap();
+    let full = Miner::new(
+        &table,
+        &MiningParams {
+            anchors_sample: None,
+            ..params.clone()
+        },
+    )
+    .unwrap()
+    .mine_all()
+    .unwrap();
     let from_full: Vec<_> = full
         .triplets
         .iter()
@@ -208,7 +256,9 @@ fn anchors_sample_is_a_seeded_subset_mined_like_the_full_run() {
         .copied()
         .collect();
     assert_eq!(sampled.triplets, from_full);
-    let other = Miner::new(&table, &MiningParams { seed: 4, ..params }).unwrap().anchors();
+    let other = Miner::new(&table, &MiningParams { seed: 4, ..params })
+        .unwrap()
+        .anchors();
     assert_ne!(anchors, other);
 }
 
@@ -227,10 +277,16 @@ fn max_k_caps_deep_searches_and_counts_them() {
     let capped = mined.anchors.iter().filter(|a| a.capped).count();
     assert!(capped > 0);
     assert!(mined.anchors.iter().all(|a| a.triplets <= 8));
-    let uncapped = Miner::new(&table, &MiningParams { max_k: None, ..params })
-        .unwrap()
-        .mine_all()
-        .unwrap();
+    let uncapped = Miner::new(
+        &table,
+        &MiningParams {
+            max_k: None,
+            ..params
+        },
+    )
+    .unwrap()
+    .mine_all()
+    .unwrap();
     assert!(uncapped.anchors.iter().all(|a| !a.capped));
     assert!(uncapped.triplets.len() > mined.triplets.len());
 }
@@ -240,8 +296,16 @@ fn anchors_alone_in_their_label_have_no_positive() {
     use std::sync::Arc;
     let labels = Arc::new(arrow::array::StringArray::from(vec!["a", "a", "b", "c"]));
     let table = Table::from_arrays(None, labels, vec![0.0, 1.0, 2.0, 3.0], 1).unwrap();
-    let mined = Miner::new(&table, &MiningParams::default()).unwrap().mine_all().unwrap();
-    let without: Vec<u32> = mined.anchors.iter().filter(|a| !a.has_positive).map(|a| a.anchor).collect();
+    let mined = Miner::new(&table, &MiningParams::default())
+        .unwrap()
+        .mine_all()
+        .unwrap();
+    let without: Vec<u32> = mined
+        .anchors
+        .iter()
+        .filter(|a| !a.has_positive)
+        .map(|a| a.anchor)
+        .collect();
     assert_eq!(without, vec![2, 3]);
     assert!(mined.triplets.iter().all(|t| t.anchor < 2));
 }

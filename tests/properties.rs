@@ -37,7 +37,11 @@ fn params_strategy() -> impl Strategy<Value = MiningParams> {
             Just(PositiveStrategy::Easiest),
             Just(PositiveStrategy::All)
         ],
-        prop_oneof![Just(Count::AtMost(1)), Just(Count::AtMost(2)), Just(Count::All)],
+        prop_oneof![
+            Just(Count::AtMost(1)),
+            Just(Count::AtMost(2)),
+            Just(Count::All)
+        ],
         prop_oneof![
             Just(NegativeStrategy::Hard),
             Just(NegativeStrategy::Semihard),
@@ -45,19 +49,27 @@ fn params_strategy() -> impl Strategy<Value = MiningParams> {
             Just(NegativeStrategy::Violating),
             Just(NegativeStrategy::Hardest)
         ],
-        prop_oneof![Just(Count::AtMost(1)), Just(Count::AtMost(3)), Just(Count::All)],
+        prop_oneof![
+            Just(Count::AtMost(1)),
+            Just(Count::AtMost(3)),
+            Just(Count::All)
+        ],
         1usize..12,
     )
-        .prop_map(|(metric, margin, positives, num_positives, negatives, num_negatives, k)| MiningParams {
-            metric,
-            margin,
-            positives,
-            num_positives,
-            negatives,
-            num_negatives,
-            k,
-            ..Default::default()
-        })
+        .prop_map(
+            |(metric, margin, positives, num_positives, negatives, num_negatives, k)| {
+                MiningParams {
+                    metric,
+                    margin,
+                    positives,
+                    num_positives,
+                    negatives,
+                    num_negatives,
+                    k,
+                    ..Default::default()
+                }
+            },
+        )
 }
 
 proptest! {

@@ -46,7 +46,7 @@ pub fn inspect(specs: &[PathBuf], columns: &ColumnNames) -> Result<Inspection> {
         .map(|(code, &n)| Ok((array_value_to_string(&table.label_values, code)?, n)))
         .collect::<Result<_>>()?;
     // Most frequent first; the stable sort keeps label order among equals.
-    label_counts.sort_by(|a, b| b.1.cmp(&a.1));
+    label_counts.sort_by_key(|x| std::cmp::Reverse(x.1));
     Ok(Inspection {
         files: table
             .sources

@@ -76,6 +76,8 @@ pub struct Miner<'t> {
     /// Rows of every label code, in row order.
     groups: Vec<Vec<u32>>,
     index: NeighbourIndex,
+    /// Search depth the next block starts at (adapted from the previous block).
+    start_k: usize,
 }
 
 impl<'t> Miner<'t> {
@@ -115,6 +117,7 @@ impl<'t> Miner<'t> {
             max_norm_sq,
             groups,
             index,
+            start_k: params.k,
         })
     }
 

@@ -28,8 +28,10 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
     let mut pending: Vec<usize> = (0..plans.len())
         .filter(|&i| plans[i].hardest.is_some())
         .collect();
-    let mut k = m.params.k;
     let max_k = m.params.max_k.unwrap_or(usize::MAX);
+    let mut k = m.start_k.min(max_k);
+    // How many anchors each search depth resolved, to start the next block deep enough.
+    let mut resolved_at: Vec<(usize, usize)> = Vec::new();
     while !pending.is_empty() {
         let capped = k >= max_k;
         if k.saturating_mul(2) > n && !capped {
@@ -46,6 +48,7 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
                     resolve(m, &plans[i], &list, f32::INFINITY).expect("a full list is complete")
                 })
                 .collect();
+            resolved_at.push((n, pending.len()));
             for (i, r) in pending.iter().zip(resolved) {
                 done[*i] = Some((r, false));
             }
@@ -90,12 +93,15 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
                 }
             }
         }
+        resolved_at.push((k, pending.len() - still.len()));
         if !still.is_empty() {
             tracing::debug!(anchors = still.len(), k, "searching deeper");
         }
         pending = still;
         k = k.saturating_mul(4).min(max_k);
     }
+
+    m.start_k = next_start(m.params.k, &resolved_at);
 
     let mut block = MinedBlock::default();
     for (plan, outcome) in plans.into_iter().zip(done) {
@@ -114,6 +120,21 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
         block.triplets.extend(triplets);
     }
     Ok(block)
+}
+
+/// Where the next block's search starts: the shallowest depth of this block's ladder at which
+/// most anchors were resolved (a second pass over the index costs as much as the first, a
+/// deeper first pass little more), never below `--k`. Results do not depend on it.
+fn next_start(k: usize, resolved_at: &[(usize, usize)]) -> usize {
+    let total: usize = resolved_at.iter().map(|x| x.1).sum();
+    let mut sum = 0;
+    for &(depth, count) in resolved_at {
+        sum += count;
+        if sum * 10 >= total * 8 {
+            return depth.max(k);
+        }
+    }
+    k
 }
 
 /// Selects the negatives of every positive of `plan` from `list` (all other rows with

@@ -14,7 +14,9 @@ use tripmine::{Table, TripletKind};
 /// Small integer coordinates: many equal distances and duplicate vectors across labels.
 pub fn grid_table(rows: usize, dim: usize, labels: i64, side: u32, seed: u64) -> Table {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let vectors: Vec<f32> = (0..rows * dim).map(|_| rng.random_range(0..side) as f32).collect();
+    let vectors: Vec<f32> = (0..rows * dim)
+        .map(|_| rng.random_range(0..side) as f32)
+        .collect();
     let labels: Vec<i64> = (0..rows).map(|_| rng.random_range(0..labels)).collect();
     Table::from_arrays(None, Arc::new(Int64Array::from(labels)), vectors, dim).unwrap()
 }
@@ -22,7 +24,9 @@ pub fn grid_table(rows: usize, dim: usize, labels: i64, side: u32, seed: u64) ->
 /// Gaussian clusters (no ties), labels drawn at random.
 pub fn blob_table(rows: usize, dim: usize, labels: i64, seed: u64) -> Table {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let centres: Vec<f32> = (0..labels as usize * dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let centres: Vec<f32> = (0..labels as usize * dim)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
     let mut vectors = Vec::with_capacity(rows * dim);
     let mut ls = Vec::with_capacity(rows);
     for _ in 0..rows {
@@ -53,7 +57,8 @@ impl Oracle {
         let mut d = vec![0f32; n * n];
         for i in 0..n {
             for j in 0..n {
-                d[i * n + j] = metric.distance(&v[i * dim..(i + 1) * dim], &v[j * dim..(j + 1) * dim]);
+                d[i * n + j] =
+                    metric.distance(&v[i * dim..(i + 1) * dim], &v[j * dim..(j + 1) * dim]);
             }
         }
         Oracle {
