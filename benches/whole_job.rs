@@ -29,20 +29,47 @@ fn peak_rss_kb() -> u64 {
         .unwrap_or(0)
 }
 
-/// Resets the peak RSS so each run reports its own (Linux >= 4.0).
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+/// One run in this process: prints `wall_seconds peak_rss_kb triplets read index mine`.
+fn child(input: &str, index: &str, out_dir: &str) {
+    let config = MiningConfig::new(MiningOptions {
+        inputs: vec![input.into()],
+        params: MiningParams {
+            index: index.to_string(),
+            ..Default::default()
+        },
+        out: std::path::Path::new(out_dir).join("triplets.parquet"),
+        report: std::path::Path::new(out_dir).join("report.parquet"),
+        ..Default::default()
+    })
+    .expect("valid config");
+    let started = Instant::now();
+    let summary = tripmine::run(&config).expect("job runs");
+    let wall = started.elapsed().as_secs_f64();
+    println!(
+        "{wall} {} {} {} {} {}",
+        peak_rss_kb(),
+        summary.totals.triplets,
+        summary.seconds.read,
+        summary.seconds.index,
+        summary.seconds.mine
+    );
 }
 
 fn main() {
     // Same OpenMP set-up as the binary (see `reexec_with_passive_openmp`).
     tripmine::cli::reexec_with_passive_openmp();
     if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let index: String = env_or("TRIPMINE_BENCH_INDEX", "Flat".to_string());
+    if let Ok(input) = std::env::var("TRIPMINE_BENCH_CHILD") {
+        let out_dir = std::env::var("TRIPMINE_BENCH_OUT").expect("output folder");
+        child(&input, &index, &out_dir);
         return;
     }
     let spec = GenSpec {
@@ -53,21 +80,9 @@ fn main() {
         separation: 1.0,
     };
     let runs: usize = env_or("TRIPMINE_BENCH_RUNS", 3);
-    let index: String = env_or("TRIPMINE_BENCH_INDEX", "Flat".to_string());
     let dir = tempfile::TempDir::new().expect("temp dir");
     let input = dir.path().join("bench.parquet");
     generate_to_file(&spec, &input).expect("generate");
-    let config = MiningConfig::new(MiningOptions {
-        inputs: vec![input],
-        params: MiningParams {
-            index: index.clone(),
-            ..Default::default()
-        },
-        out: dir.path().join("triplets.parquet"),
-        report: dir.path().join("report.parquet"),
-        ..Default::default()
-    })
-    .expect("valid config");
 
     let raw_mib = (spec.rows * spec.dim * 4) as f64 / (1 << 20) as f64;
     println!(
@@ -79,18 +94,28 @@ fn main() {
     );
     let (mut walls, mut rates, mut peaks) = (Vec::new(), Vec::new(), Vec::new());
     for run in 1..=runs {
-        reset_peak_rss();
-        let started = Instant::now();
-        let summary = tripmine::run(&config).expect("job runs");
-        let wall = started.elapsed().as_secs_f64();
-        let peak_mib = peak_rss_kb() as f64 / 1024.0;
+        // Each run in a fresh process, so its peak RSS is its own.
+        let out = std::process::Command::new(std::env::current_exe().expect("own path"))
+            .env("TRIPMINE_BENCH_CHILD", &input)
+            .env("TRIPMINE_BENCH_OUT", dir.path())
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run child");
+        assert!(
+            out.status.success(),
+            "run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = String::from_utf8(out.stdout).expect("utf-8");
+        let f: Vec<f64> = line
+            .split_whitespace()
+            .map(|x| x.parse().expect("number"))
+            .collect();
+        let (wall, peak_mib) = (f[0], f[1] / 1024.0);
         let rate = spec.rows as f64 / wall;
         println!(
             "  run {run}: {wall:7.2} s  {rate:9.0} rows/s  peak RSS {peak_mib:7.1} MiB  ({} triplets; read {:.2} s, index {:.2} s, mine+write {:.2} s)",
-            summary.totals.triplets,
-            summary.seconds.read,
-            summary.seconds.index,
-            summary.seconds.mine
+            f[2], f[3], f[4], f[5]
         );
         walls.push(wall);
         rates.push(rate);

@@ -5,7 +5,7 @@
 //! on how far those may be from the exact ones, so the miner can tell which part of a candidate
 //! list is complete. Exact distances are always recomputed by the miner (see `score`).
 
-use std::os::raw::c_int;
+use std::ffi::{c_char, c_int, c_void};
 
 use faiss::index::IndexImpl;
 use faiss::{Index, MetricType, index_factory};
@@ -19,12 +19,24 @@ use crate::score::dot;
 unsafe extern "C" {
     // FAISS is linked with libgomp; its thread count is process-wide.
     fn omp_set_num_threads(n: c_int);
+    fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
 }
 
-/// Caps the OpenMP threads FAISS uses.
-pub fn set_faiss_threads(n: usize) {
+/// Caps the threads of FAISS (OpenMP) and of OpenBLAS, where the BLAS linked is OpenBLAS.
+pub fn set_native_threads(n: usize) {
+    let n = n.min(c_int::MAX as usize) as c_int;
     // SAFETY: plain setter of the OpenMP runtime, callable at any time.
-    unsafe { omp_set_num_threads(n.min(c_int::MAX as usize) as c_int) }
+    unsafe { omp_set_num_threads(n) }
+    // The BLAS is whatever `libblas.so.3` points to; only OpenBLAS has this setter, so it is
+    // looked up rather than linked. RTLD_DEFAULT is the null handle on glibc.
+    // SAFETY: dlsym with a NUL-terminated name; the symbol, if found, has this signature.
+    unsafe {
+        let f = dlsym(std::ptr::null_mut(), c"openblas_set_num_threads".as_ptr());
+        if !f.is_null() {
+            let set: extern "C" fn(c_int) = std::mem::transmute(f);
+            set(n);
+        }
+    }
 }
 
 /// Rows FAISS trains an index on at most (a seeded sample).

@@ -44,3 +44,8 @@ pub use error::{Error, ErrorClass, Result};
 pub use io::Table;
 pub use pipeline::{Summary, run};
 pub use score::TripletKind;
+
+/// The README's Rust examples, compiled and run as doc tests so they stay true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::config::{MiningConfig, MiningParams};
 use crate::error::{Error, Result};
-use crate::index::set_faiss_threads;
+use crate::index::set_native_threads;
 use crate::io::{AtomicPath, ParquetSink, Table, read_table, write_atomic, write_parquet};
 use crate::mine::{ANCHOR_BLOCK, Miner, Triplet};
 use crate::report::{Report, ReportBuilder, Totals};
@@ -53,7 +53,7 @@ pub struct Summary {
 pub fn run(config: &MiningConfig) -> Result<Summary> {
     let mut pool = rayon::ThreadPoolBuilder::new();
     if let Some(n) = config.threads {
-        set_faiss_threads(n);
+        set_native_threads(n);
         pool = pool.num_threads(n);
     }
     let pool = pool
@@ -159,7 +159,7 @@ fn progress(show: bool, len: Option<u64>, message: &'static str) -> ProgressBar 
     let bar = match len {
         Some(n) => ProgressBar::new(n).with_style(
             ProgressStyle::with_template(
-                "{msg:>10} [{bar:40}] {pos}/{len} anchors ({per_sec}, eta {eta})",
+                "{msg:>10} [{bar:40}] {human_pos}/{human_len} anchors, {elapsed} elapsed, eta {eta}",
             )
             .expect("valid template")
             .progress_chars("=> "),

@@ -489,3 +489,28 @@ fn json_logs_are_one_object_per_line() {
     }
     assert!(stderr.contains("\"stage\":\"mine\""));
 }
+
+#[test]
+fn a_failed_run_leaves_the_previous_outputs_untouched() {
+    let dir = TempDir::new().unwrap();
+    let input = generated(dir.path(), "data.parquet", 100, 3, 10);
+    mine_in(dir.path(), &input).assert().success();
+    let before = std::fs::read(dir.path().join("triplets.parquet")).unwrap();
+    let bad = dir.path().join("bad.parquet");
+    write_table(
+        &bad,
+        ints(&[0, 1, 0]),
+        fixed(vec![Some(0.0), Some(f32::NAN), Some(2.0)], 1, None),
+    );
+    mine_in(dir.path(), &bad).assert().failure().code(3);
+    assert_eq!(
+        std::fs::read(dir.path().join("triplets.parquet")).unwrap(),
+        before
+    );
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}

@@ -126,3 +126,43 @@ pub fn write_parquet(dest: &Path, batch: &RecordBatch) -> Result<()> {
     sink.write(batch)?;
     sink.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_uncommitted_file_is_removed_and_the_previous_output_kept() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let dest = dir.path().join("out.parquet");
+        std::fs::write(&dest, b"previous").unwrap();
+        {
+            let target = AtomicPath::new(&dest).unwrap();
+            std::fs::write(target.tmp(), b"partial").unwrap();
+            assert!(target.tmp().exists());
+        }
+        assert_eq!(std::fs::read(&dest).unwrap(), b"previous");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temporary file removed"
+        );
+    }
+
+    #[test]
+    fn a_committed_file_replaces_the_destination() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let dest = dir.path().join("out.json");
+        std::fs::write(&dest, b"previous").unwrap();
+        write_atomic(&dest, b"new").unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_missing_output_folder_is_an_error_naming_it() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let err = AtomicPath::new(&dir.path().join("nope/out.parquet")).unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+}
