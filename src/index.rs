@@ -53,6 +53,19 @@ pub struct Candidates {
 }
 
 impl Candidates {
+    fn from_search(res: faiss::index::SearchResult, k: usize) -> Self {
+        let rows = res
+            .labels
+            .iter()
+            .map(|l| l.get().map_or(-1, |r| r as i64))
+            .collect();
+        Candidates {
+            k,
+            dist: res.distances,
+            rows,
+        }
+    }
+
     /// Query `q`'s candidates as `(approximate distance, row)`.
     pub fn of(&self, q: usize) -> impl Iterator<Item = (f32, u32)> + '_ {
         let r = q * self.k..(q + 1) * self.k;
@@ -115,19 +128,13 @@ impl NeighbourIndex {
     /// The `k` nearest candidates of each query (rows of `queries`).
     pub fn search(&mut self, queries: &[f32], k: usize) -> Result<Candidates> {
         let k = k.min(self.rows).max(1);
-        let res = self.index.search(queries, k)?;
-        let rows = res
-            .labels
-            .iter()
-            .map(|l| l.get().map_or(-1, |r| r as i64))
-            .collect();
-        let mut dist = res.distances;
+        let mut c = Candidates::from_search(self.index.search(queries, k)?, k);
         if self.metric == Metric::Cosine {
-            for d in dist.iter_mut() {
+            for d in c.dist.iter_mut() {
                 *d = 1.0 - *d;
             }
         }
-        Ok(Candidates { k, dist, rows })
+        Ok(c)
     }
 }
 
@@ -200,13 +207,8 @@ impl GroupIndex {
                 self.index.search(&q, k)?
             }
         };
-        let rows = res
-            .labels
-            .iter()
-            .map(|l| l.get().map_or(-1, |r| r as i64))
-            .collect();
-        let mut dist = res.distances;
-        for (i, d) in dist.iter_mut().enumerate() {
+        let mut c = Candidates::from_search(res, k);
+        for (i, d) in c.dist.iter_mut().enumerate() {
             let q = &queries[(i / k) * self.dim..(i / k + 1) * self.dim];
             *d = match (self.metric, self.order) {
                 (Metric::L2sq, Order::Nearest) => *d,
@@ -215,7 +217,7 @@ impl GroupIndex {
                 (Metric::Cosine, Order::Farthest) => 1.0 + *d,
             };
         }
-        Ok(Candidates { k, dist, rows })
+        Ok(c)
     }
 }
 

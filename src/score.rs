@@ -6,44 +6,37 @@
 
 use crate::config::Metric;
 
-/// Squared Euclidean distance, accumulated in `f64` over four lanes, rounded once to `f32`.
-#[inline]
-pub fn l2sq(a: &[f32], b: &[f32]) -> f32 {
+/// `sum f(a_i, b_i)` in `f64` over four independent lanes (which the compiler vectorises),
+/// lanes added in a fixed order so the result never depends on the machine.
+#[inline(always)]
+fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f64, f64) -> f64) -> f64 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0f64; 4];
     let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for l in 0..4 {
-            let d = x[l] as f64 - y[l] as f64;
-            acc[l] += d * d;
+            acc[l] += f(x[l] as f64, y[l] as f64);
         }
     }
-    let mut tail = 0f64;
-    for (x, y) in ra.iter().zip(rb) {
-        let d = *x as f64 - *y as f64;
-        tail += d * d;
-    }
-    ((acc[0] + acc[1]) + (acc[2] + acc[3]) + tail) as f32
+    let tail: f64 = ra
+        .iter()
+        .zip(rb)
+        .map(|(x, y)| f(*x as f64, *y as f64))
+        .sum();
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
-/// Inner product, accumulated in `f64` over four lanes.
+/// Squared Euclidean distance, accumulated in `f64`, rounded once to `f32`.
+#[inline]
+pub fn l2sq(a: &[f32], b: &[f32]) -> f32 {
+    lane_sum(a, b, |x, y| (x - y) * (x - y)) as f32
+}
+
+/// Inner product, accumulated in `f64`.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f64 {
-    debug_assert_eq!(a.len(), b.len());
-    let mut acc = [0f64; 4];
-    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..4 {
-            acc[l] += x[l] as f64 * y[l] as f64;
-        }
-    }
-    let mut tail = 0f64;
-    for (x, y) in ra.iter().zip(rb) {
-        tail += *x as f64 * *y as f64;
-    }
-    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+    lane_sum(a, b, |x, y| x * y)
 }
 
 impl Metric {

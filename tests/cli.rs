@@ -36,6 +36,13 @@ fn generated(dir: &Path, name: &str, rows: usize, labels: usize, seed: u64) -> P
     path
 }
 
+fn f32_column<'a>(batch: &'a RecordBatch, name: &str) -> &'a arrow::array::Float32Array {
+    batch
+        .column_by_name(name)
+        .unwrap()
+        .as_primitive::<Float32Type>()
+}
+
 fn read(path: &Path) -> RecordBatch {
     let file = std::fs::File::open(path).unwrap();
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
@@ -134,18 +141,9 @@ fn mine_writes_triplets_report_and_summary() {
         kinds.iter().all(|k| k == Some("semihard")),
         "default strategy mines semi-hard"
     );
-    let loss = triplets
-        .column_by_name("loss")
-        .unwrap()
-        .as_primitive::<Float32Type>();
-    let d_ap = triplets
-        .column_by_name("d_ap")
-        .unwrap()
-        .as_primitive::<Float32Type>();
-    let d_an = triplets
-        .column_by_name("d_an")
-        .unwrap()
-        .as_primitive::<Float32Type>();
+    let loss = f32_column(&triplets, "loss");
+    let d_ap = f32_column(&triplets, "d_ap");
+    let d_an = f32_column(&triplets, "d_an");
     for i in 0..triplets.num_rows() {
         assert_eq!(
             loss.value(i),
@@ -456,14 +454,8 @@ fn an_approximate_index_still_scores_exactly() {
     let triplets = read(&dir.path().join("triplets.parquet"));
     assert!(triplets.num_rows() > 0);
     let kinds = triplets.column_by_name("kind").unwrap().as_string::<i32>();
-    let d_ap = triplets
-        .column_by_name("d_ap")
-        .unwrap()
-        .as_primitive::<Float32Type>();
-    let d_an = triplets
-        .column_by_name("d_an")
-        .unwrap()
-        .as_primitive::<Float32Type>();
+    let d_ap = f32_column(&triplets, "d_ap");
+    let d_an = f32_column(&triplets, "d_an");
     for i in 0..triplets.num_rows() {
         let t = d_an.value(i) - d_ap.value(i);
         assert!(t > 0.0 && t <= 0.2, "semi-hard by exact distances");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, Int64Array};
 use arrow::datatypes::{Float64Type, UInt64Type};
-use common::Oracle;
+use common::{Oracle, admits};
 use proptest::prelude::*;
 use tripmine::config::{Count, Metric, MiningParams, NegativeStrategy, PositiveStrategy};
 use tripmine::mine::Miner;
@@ -92,13 +92,7 @@ proptest! {
             prop_assert_ne!(labels[t.anchor as usize], labels[t.negative as usize]);
             prop_assert_ne!(t.anchor, t.positive);
             let kind = TripletKind::classify(t.d_ap, t.d_an, params.margin);
-            let ok = match params.negatives {
-                NegativeStrategy::Hard => kind == TripletKind::Hard,
-                NegativeStrategy::Semihard => kind == TripletKind::Semihard,
-                NegativeStrategy::Easy => kind == TripletKind::Easy,
-                NegativeStrategy::Violating => kind != TripletKind::Easy,
-                NegativeStrategy::Hardest => true,
-            };
+            let ok = admits(params.negatives, kind);
             prop_assert!(ok, "{:?} triplet is {:?}", params.negatives, kind);
             let d = params.metric;
             let mut v = table.vectors.clone();

@@ -28,6 +28,27 @@ pub(super) struct AnchorPlan {
     pub hardest: Option<f32>,
 }
 
+impl AnchorPlan {
+    /// The plan with `chosen` put in row order.
+    fn new(anchor: u32, label: u32, mut chosen: Vec<(f32, u32)>, hardest: Option<f32>) -> Self {
+        chosen.sort_unstable_by_key(|x| x.1);
+        AnchorPlan {
+            anchor,
+            label,
+            positives: chosen,
+            hardest,
+        }
+    }
+}
+
+/// `(d(a, r), r)` for every row of `rows` but `a`.
+fn scored(m: &Miner, a: u32, rows: &[u32]) -> Vec<(f32, u32)> {
+    rows.iter()
+        .filter(|&&r| r != a)
+        .map(|&r| (m.distance(a, r), r))
+        .collect()
+}
+
 /// Chooses the positives of every anchor in `anchors`.
 pub(super) fn plan(m: &Miner, anchors: &[u32]) -> Result<Vec<AnchorPlan>> {
     let mut by_label: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
@@ -66,13 +87,9 @@ fn plan_small_group(m: &Miner, label: u32, group: &[u32], anchors: &[u32]) -> Ve
     anchors
         .par_iter()
         .map(|&a| {
-            let mut all: Vec<(f32, u32)> = group
-                .iter()
-                .filter(|&&p| p != a)
-                .map(|&p| (m.distance(a, p), p))
-                .collect();
+            let mut all = scored(m, a, group);
             let hardest = all.iter().map(|x| x.0).reduce(f32::max);
-            let mut chosen = match m.params.positives {
+            let chosen = match m.params.positives {
                 PositiveStrategy::Hardest => {
                     sort_farthest(&mut all);
                     all.truncate(n);
@@ -83,19 +100,10 @@ fn plan_small_group(m: &Miner, label: u32, group: &[u32], anchors: &[u32]) -> Ve
                     all.truncate(n);
                     all
                 }
-                PositiveStrategy::Random => random_positives(m, group, a, n)
-                    .into_iter()
-                    .map(|p| (m.distance(a, p), p))
-                    .collect(),
+                PositiveStrategy::Random => scored(m, a, &random_positives(m, group, a, n)),
                 PositiveStrategy::All => all,
             };
-            chosen.sort_unstable_by_key(|x| x.1);
-            AnchorPlan {
-                anchor: a,
-                label,
-                positives: chosen,
-                hardest,
-            }
+            AnchorPlan::new(a, label, chosen, hardest)
         })
         .collect()
 }
@@ -125,26 +133,13 @@ fn plan_large_group(
         .enumerate()
         .map(|(i, &a)| {
             let hardest = farthest[i].first().map(|x| x.0);
-            let mut chosen: Vec<(f32, u32)> = match strategy {
+            let chosen = match strategy {
                 PositiveStrategy::Hardest => farthest[i].clone(),
                 PositiveStrategy::Easiest => nearest.as_ref().expect("searched")[i].clone(),
-                PositiveStrategy::Random => random_positives(m, group, a, n)
-                    .into_iter()
-                    .map(|p| (m.distance(a, p), p))
-                    .collect(),
-                PositiveStrategy::All => group
-                    .iter()
-                    .filter(|&&p| p != a)
-                    .map(|&p| (m.distance(a, p), p))
-                    .collect(),
+                PositiveStrategy::Random => scored(m, a, &random_positives(m, group, a, n)),
+                PositiveStrategy::All => scored(m, a, group),
             };
-            chosen.sort_unstable_by_key(|x| x.1);
-            AnchorPlan {
-                anchor: a,
-                label,
-                positives: chosen,
-                hardest,
-            }
+            AnchorPlan::new(a, label, chosen, hardest)
         })
         .collect())
 }
@@ -179,11 +174,7 @@ fn extremes(
         Order::Farthest => sort_farthest(list),
     };
     let full = |a: u32| {
-        let mut list: Vec<(f32, u32)> = group
-            .iter()
-            .filter(|&&p| p != a)
-            .map(|&p| (m.distance(a, p), p))
-            .collect();
+        let mut list = scored(m, a, group);
         sort(&mut list);
         list.truncate(need);
         list

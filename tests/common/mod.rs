@@ -39,6 +39,17 @@ pub fn blob_table(rows: usize, dim: usize, labels: i64, seed: u64) -> Table {
     Table::from_arrays(None, Arc::new(Int64Array::from(ls)), vectors, dim).unwrap()
 }
 
+/// Whether a negative strategy takes a triplet of this kind (the table).
+pub fn admits(strategy: NegativeStrategy, kind: TripletKind) -> bool {
+    match strategy {
+        NegativeStrategy::Hard => kind == TripletKind::Hard,
+        NegativeStrategy::Semihard => kind == TripletKind::Semihard,
+        NegativeStrategy::Easy => kind == TripletKind::Easy,
+        NegativeStrategy::Violating => kind != TripletKind::Easy,
+        NegativeStrategy::Hardest => true,
+    }
+}
+
 /// Every pairwise distance, by the library's exact distance (its definition of `d`).
 pub struct Oracle {
     pub n: usize,
@@ -116,16 +127,7 @@ impl Oracle {
             .into_iter()
             .enumerate()
             .filter(|(_, (_, r))| self.labels[*r as usize] != self.labels[a])
-            .filter(|(_, (d, _))| {
-                let kind = TripletKind::classify(d_ap, *d, p.margin);
-                match p.negatives {
-                    NegativeStrategy::Hard => kind == TripletKind::Hard,
-                    NegativeStrategy::Semihard => kind == TripletKind::Semihard,
-                    NegativeStrategy::Easy => kind == TripletKind::Easy,
-                    NegativeStrategy::Violating => kind != TripletKind::Easy,
-                    NegativeStrategy::Hardest => true,
-                }
-            })
+            .filter(|(_, (d, _))| admits(p.negatives, TripletKind::classify(d_ap, *d, p.margin)))
             .map(|(rank, (d, r))| (rank as u32, d, r))
             .collect()
     }
