@@ -292,6 +292,22 @@ fn max_k_caps_deep_searches_and_counts_them() {
 }
 
 #[test]
+fn anchors_resolved_within_max_k_are_not_counted_as_capped() {
+    // The ladder 4, 16, 64 ends at a cap of 200 = every row: the last search is complete.
+    let table = blob_table(200, 4, 4, 10);
+    let oracle = Oracle::new(&table, Metric::L2sq);
+    let params = MiningParams {
+        positives: PositiveStrategy::Hardest,
+        negatives: NegativeStrategy::Easy,
+        num_negatives: Count::All,
+        k: 4,
+        max_k: Some(200),
+        ..Default::default()
+    };
+    assert_matches_oracle(&table, &oracle, &params);
+}
+
+#[test]
 fn anchors_alone_in_their_label_have_no_positive() {
     use std::sync::Arc;
     let labels = Arc::new(arrow::array::StringArray::from(vec!["a", "a", "b", "c"]));

@@ -60,7 +60,7 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
             let queries = m.gather(part.iter().map(|&i| plans[i].anchor));
             let cands = m.index.search(&queries, k)?;
             let m = &*m;
-            let tried: Vec<Option<Resolved>> = part
+            let tried: Vec<Option<(Resolved, bool)>> = part
                 .par_iter()
                 .enumerate()
                 .map(|(q, &i)| {
@@ -78,17 +78,24 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
                     sort_nearest(&mut list);
                     // Rows FAISS did not return are at least `bound - slack` away. A list
                     // shorter than asked holds every row the index can give.
-                    let radius = if capped || got < cands.k || cands.k >= n {
+                    let radius = if got < cands.k || cands.k >= n {
                         f32::INFINITY
                     } else {
                         bound - m.faiss_slack(a)
                     };
-                    resolve(m, &plans[i], &list, radius)
+                    match resolve(m, &plans[i], &list, radius) {
+                        Some(r) => Some((r, false)),
+                        // At the cap, keep what was found, ranked as if the list were all.
+                        None if capped => {
+                            resolve(m, &plans[i], &list, f32::INFINITY).map(|r| (r, true))
+                        }
+                        None => None,
+                    }
                 })
                 .collect();
             for (&i, r) in part.iter().zip(tried) {
                 match r {
-                    Some(r) => done[i] = Some((r, capped)),
+                    Some(r) => done[i] = Some(r),
                     None => still.push(i),
                 }
             }
