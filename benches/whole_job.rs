@@ -8,6 +8,7 @@
 
 use std::time::Instant;
 
+use tripmine::config::{InputOptions, OutputOptions, RunOptions};
 use tripmine::io::synthetic::{GenSpec, generate_to_file};
 use tripmine::{MiningConfig, MiningOptions, MiningParams};
 
@@ -37,14 +38,25 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// One run in this process: prints `wall_seconds peak_rss_kb triplets read index mine`.
 fn child(input: &str, index: &str, out_dir: &str) {
     let config = MiningConfig::new(MiningOptions {
-        inputs: vec![input.into()],
-        params: MiningParams {
+        input: InputOptions {
+            paths: vec![input.into()],
+            ..Default::default()
+        },
+        mine: MiningParams {
             index: index.to_string(),
             ..Default::default()
         },
-        out: std::path::Path::new(out_dir).join("triplets.parquet"),
-        report: std::path::Path::new(out_dir).join("report.parquet"),
-        ..Default::default()
+        output: OutputOptions {
+            out: std::path::Path::new(out_dir).join("triplets.parquet"),
+            report: std::path::Path::new(out_dir).join("report.parquet"),
+            ..Default::default()
+        },
+        run: RunOptions {
+            // Every run does the work: the previous run's manifest must not skip it.
+            force: true,
+            progress: false,
+            ..Default::default()
+        },
     })
     .expect("valid config");
     let started = Instant::now();

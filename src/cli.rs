@@ -8,13 +8,14 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{
-    ColumnNames, Count, Metric, MiningConfig, MiningOptions, MiningParams, NegativeSampling,
-    NegativeStrategy, PositiveStrategy,
+    ColumnNames, Count, InputOptions, Metric, MiningConfig, MiningOptions, MiningParams,
+    NegativeSampling, NegativeStrategy, OutputOptions, PositiveStrategy, RunOptions,
 };
 use crate::error::{Error, ErrorClass, Result};
 use crate::io::inspect;
 use crate::io::synthetic::{GenSpec, generate_to_file};
-use crate::pipeline::run;
+use crate::pipeline::{file, run};
+use crate::report::Gate;
 
 /// Mine hard, semi-hard and easy triplets from labelled embeddings in Parquet.
 #[derive(Debug, Parser)]
@@ -43,6 +44,10 @@ pub enum LogFormat {
 pub enum Command {
     /// Mine triplets and write them with a loss report.
     Mine(Box<MineArgs>),
+    /// Run the job a pipeline file describes (for schedulers).
+    Run(PipelineArgs),
+    /// Check a pipeline file without running it; print the resolved configuration.
+    Validate(PipelineArgs),
     /// Write a labelled Gaussian-mixture table with overlapping classes.
     Gen(GenArgs),
     /// Show the schema, size, dimension and label counts of inputs.
@@ -127,9 +132,40 @@ pub struct MineArgs {
     /// Also write the summary as JSON here.
     #[arg(long)]
     pub summary_json: Option<PathBuf>,
+    /// With a folder `--out` (ending in `/` or existing): rows per part file.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_rows_per_file: usize,
+    /// Quality gate on a report figure, e.g. `triplets == 0`: exit 4 after writing if it holds.
+    #[arg(long, value_name = "EXPR")]
+    pub fail_if: Vec<Gate>,
+    /// Redo the work even when the manifest says the outputs are up to date.
+    #[arg(long)]
+    pub force: bool,
     /// Never draw a progress bar.
     #[arg(long)]
     pub no_progress: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PipelineArgs {
+    /// The pipeline file (TOML).
+    pub file: PathBuf,
+    /// Override a key of the file, e.g. `--set mine.margin=0.3`; repeatable.
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Redo the work even when the manifest says the outputs are up to date.
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl PipelineArgs {
+    fn config(&self) -> Result<MiningConfig> {
+        let mut overrides = self.overrides.clone();
+        if self.force {
+            overrides.push("run.force=true".into());
+        }
+        file::load(&self.file, &overrides)
+    }
 }
 
 impl MineArgs {
@@ -141,7 +177,7 @@ impl MineArgs {
                 .filter(|&v| v >= 1)
                 .ok_or_else(|| Error::Config(format!("--{name} must be at least 1, got {v}")))
         };
-        let params = MiningParams {
+        let mine = MiningParams {
             metric: self.metric,
             margin: self.margin,
             positives: self.positives,
@@ -156,14 +192,25 @@ impl MineArgs {
             index: self.index.clone(),
         };
         MiningConfig::new(MiningOptions {
-            inputs: self.inputs.clone(),
-            columns: self.columns.names(),
-            params,
-            out: self.out.clone(),
-            report: self.report.clone(),
-            summary_json: self.summary_json.clone(),
-            threads: self.threads,
-            progress: !self.no_progress,
+            input: InputOptions {
+                paths: self.inputs.clone(),
+                id_col: self.columns.id_col.clone(),
+                label_col: self.columns.label_col.clone(),
+                embedding_col: self.columns.embedding_col.clone(),
+            },
+            mine,
+            output: OutputOptions {
+                out: self.out.clone(),
+                report: self.report.clone(),
+                summary_json: self.summary_json.clone(),
+                max_rows_per_file: self.max_rows_per_file,
+                fail_if: self.fail_if.clone(),
+            },
+            run: RunOptions {
+                threads: self.threads,
+                progress: !self.no_progress,
+                force: self.force,
+            },
         })
     }
 }
@@ -197,10 +244,17 @@ pub struct InspectArgs {
 /// Runs a parsed command, printing its result on stdout.
 pub fn execute(cli: &Cli) -> Result<()> {
     match &cli.command {
-        Command::Mine(args) => {
+        Command::Mine(args) => println!("{}", run(&args.config()?)?),
+        Command::Run(args) => println!("{}", run(&args.config()?)?),
+        Command::Validate(args) => {
             let config = args.config()?;
-            let summary = run(&config)?;
-            println!("{summary}");
+            let resolved = toml::to_string_pretty(config.options()).expect("options serialise");
+            println!(
+                "{}: valid
+
+{resolved}",
+                args.file.display()
+            );
         }
         Command::Gen(args) => {
             let spec = GenSpec {
@@ -252,6 +306,8 @@ pub mod exit_code {
     pub const CONFIG: u8 = 2;
     /// Bad input data.
     pub const DATA: u8 = 3;
+    /// The outputs were written, but a quality gate (`--fail-if`) held.
+    pub const QUALITY_GATE: u8 = 4;
 }
 
 /// The exit code of an error.
@@ -260,6 +316,7 @@ pub fn exit_code(e: &Error) -> u8 {
         ErrorClass::Config => exit_code::CONFIG,
         ErrorClass::Data => exit_code::DATA,
         ErrorClass::Runtime => exit_code::RUNTIME,
+        ErrorClass::QualityGate => exit_code::QUALITY_GATE,
     }
 }
 

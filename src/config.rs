@@ -11,6 +11,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::report::Gate;
 
 /// Distance between embeddings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -63,8 +64,7 @@ pub enum NegativeSampling {
 }
 
 /// A count that may be "all".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Count {
     /// Every qualifying item.
     All,
@@ -98,16 +98,28 @@ impl FromStr for Count {
     }
 }
 
-impl TryFrom<String> for Count {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
+impl Serialize for Count {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Count::All => s.serialize_str("all"),
+            Count::AtMost(n) => s.serialize_u64(*n as u64),
+        }
     }
 }
 
-impl From<Count> for String {
-    fn from(c: Count) -> String {
-        c.to_string()
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Number(i64),
+            Text(String),
+        }
+        let parsed = match Repr::deserialize(d)? {
+            Repr::Number(n) => n.to_string().parse(),
+            Repr::Text(t) => t.parse(),
+        };
+        parsed.map_err(serde::de::Error::custom)
     }
 }
 
@@ -121,7 +133,7 @@ impl fmt::Display for Count {
 }
 
 /// Names of the input columns.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ColumnNames {
     /// Id column. `None`: use `id` if present, else the row position across all inputs.
     pub id: Option<String>,
@@ -133,16 +145,47 @@ pub struct ColumnNames {
 
 impl Default for ColumnNames {
     fn default() -> Self {
-        ColumnNames {
-            id: None,
-            label: "label".into(),
-            embedding: "embedding".into(),
+        InputOptions::default().columns()
+    }
+}
+
+/// Where the rows come from (`[input]` in a pipeline file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InputOptions {
+    /// Files, folders of `.parquet` files, or globs; rows are taken in this order (`--in`).
+    pub paths: Vec<PathBuf>,
+    /// Id column; `None`: `id` if present, else the row position across all inputs.
+    pub id_col: Option<String>,
+    pub label_col: String,
+    pub embedding_col: String,
+}
+
+impl Default for InputOptions {
+    fn default() -> Self {
+        InputOptions {
+            paths: Vec::new(),
+            id_col: None,
+            label_col: "label".into(),
+            embedding_col: "embedding".into(),
         }
     }
 }
 
-/// How triplets are mined from a table already in memory.
+impl InputOptions {
+    /// The column names to read.
+    pub fn columns(&self) -> ColumnNames {
+        ColumnNames {
+            id: self.id_col.clone(),
+            label: self.label_col.clone(),
+            embedding: self.embedding_col.clone(),
+        }
+    }
+}
+
+/// How triplets are mined from a table already in memory (`[mine]` in a pipeline file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct MiningParams {
     pub metric: Metric,
     pub margin: f32,
@@ -185,27 +228,27 @@ impl MiningParams {
     /// Checks ranges; every entry point calls it before mining.
     pub fn validate(&self) -> Result<()> {
         if !self.margin.is_finite() || self.margin < 0.0 {
-            return Err(Error::Config(format!(
-                "margin must be a finite number >= 0, got {}",
-                self.margin
-            )));
+            return Err(invalid(
+                "mine.margin",
+                format!("must be a finite number >= 0, got {}", self.margin),
+            ));
         }
         if self.k < 1 {
-            return Err(Error::Config("k must be at least 1".into()));
+            return Err(invalid("mine.k", "must be at least 1"));
         }
         if let Some(max_k) = self.max_k
             && max_k < self.k
         {
-            return Err(Error::Config(format!(
-                "max-k ({max_k}) must be at least k ({})",
-                self.k
-            )));
+            return Err(invalid(
+                "mine.max_k",
+                format!("({max_k}) must be at least k ({})", self.k),
+            ));
         }
         if self.anchors_sample == Some(0) {
-            return Err(Error::Config("anchors-sample must be at least 1".into()));
+            return Err(invalid("mine.anchors_sample", "must be at least 1"));
         }
         if self.index.trim().is_empty() {
-            return Err(Error::Config("index factory string is empty".into()));
+            return Err(invalid("mine.index", "is empty"));
         }
         Ok(())
     }
@@ -216,38 +259,64 @@ impl MiningParams {
     }
 }
 
-/// Everything a mining job needs: inputs, columns, parameters and outputs.
+/// Where the results go (`[output]` in a pipeline file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MiningOptions {
-    /// Files, folders of `.parquet` files, or globs; rows are taken in this order.
-    pub inputs: Vec<PathBuf>,
-    pub columns: ColumnNames,
-    pub params: MiningParams,
-    /// Triplet output (Parquet).
+#[serde(default, deny_unknown_fields)]
+pub struct OutputOptions {
+    /// Triplets: a Parquet file, or a folder (ending in `/` or existing) of part files.
     pub out: PathBuf,
-    /// Loss report output (Parquet).
+    /// Loss report (Parquet).
     pub report: PathBuf,
     /// Optional machine-readable summary.
     pub summary_json: Option<PathBuf>,
+    /// Rows per part file when `out` is a folder.
+    pub max_rows_per_file: usize,
+    /// Quality gates: the run fails (after writing) when one of them holds.
+    pub fail_if: Vec<Gate>,
+}
+
+impl Default for OutputOptions {
+    fn default() -> Self {
+        OutputOptions {
+            out: "triplets.parquet".into(),
+            report: "report.parquet".into(),
+            summary_json: None,
+            max_rows_per_file: 1_000_000,
+            fail_if: Vec::new(),
+        }
+    }
+}
+
+/// How the job runs; changes no output (`[run]` in a pipeline file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunOptions {
     /// Threads for FAISS, BLAS and rayon; `None` uses every core.
     pub threads: Option<usize>,
     /// Draw a progress bar (only where stderr is a terminal).
     pub progress: bool,
+    /// Redo the work even when the manifest says the outputs are up to date.
+    pub force: bool,
 }
 
-impl Default for MiningOptions {
+impl Default for RunOptions {
     fn default() -> Self {
-        MiningOptions {
-            inputs: Vec::new(),
-            columns: ColumnNames::default(),
-            params: MiningParams::default(),
-            out: "triplets.parquet".into(),
-            report: "report.parquet".into(),
-            summary_json: None,
+        RunOptions {
             threads: None,
-            progress: false,
+            progress: true,
+            force: false,
         }
     }
+}
+
+/// Everything a mining job needs; the shape of a pipeline file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MiningOptions {
+    pub input: InputOptions,
+    pub mine: MiningParams,
+    pub output: OutputOptions,
+    pub run: RunOptions,
 }
 
 /// Validated [`MiningOptions`]: the only way to start a job.
@@ -257,18 +326,22 @@ pub struct MiningConfig(MiningOptions);
 impl MiningConfig {
     /// Validates the options once.
     pub fn new(options: MiningOptions) -> Result<Self> {
-        if options.inputs.is_empty() {
-            return Err(Error::Config("no input given (--in)".into()));
+        if options.input.paths.is_empty() {
+            return Err(invalid("input.paths", "names no input"));
         }
-        options.params.validate()?;
-        if options.threads == Some(0) {
-            return Err(Error::Config("threads must be at least 1".into()));
+        options.mine.validate()?;
+        if options.run.threads == Some(0) {
+            return Err(invalid("run.threads", "must be at least 1"));
         }
-        if options.out == options.report {
-            return Err(Error::Config(format!(
-                "--out and --report name the same file {}",
-                options.out.display()
-            )));
+        if options.output.max_rows_per_file == 0 {
+            return Err(invalid("output.max_rows_per_file", "must be at least 1"));
+        }
+        let out = &options.output;
+        if out.out == out.report
+            || Some(&out.out) == out.summary_json.as_ref()
+            || Some(&out.report) == out.summary_json.as_ref()
+        {
+            return Err(invalid("output.report", "two outputs name the same path"));
         }
         Ok(MiningConfig(options))
     }
@@ -283,5 +356,12 @@ impl std::ops::Deref for MiningConfig {
     type Target = MiningOptions;
     fn deref(&self) -> &MiningOptions {
         &self.0
+    }
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> Error {
+    Error::Invalid {
+        key,
+        message: message.into(),
     }
 }

@@ -12,6 +12,10 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
 
+    /// A configuration key has a bad value; `key` is its pipeline-file name (`mine.margin`).
+    #[error("invalid configuration: {} {message}", flag_of(key))]
+    Invalid { key: &'static str, message: String },
+
     /// An input path, glob or folder matched no Parquet file.
     #[error("no input: {0}")]
     NoInput(String),
@@ -71,6 +75,14 @@ pub enum Error {
     #[error("faiss: {0}")]
     Faiss(String),
 
+    /// A quality gate held: the outputs were written, but the run is not good enough.
+    #[error("quality gate failed: {}", .0.join("; "))]
+    QualityGate(Vec<String>),
+
+    /// A pipeline file cannot be used; the message names the file, key and line.
+    #[error("{file}: {message}")]
+    Pipeline { file: PathBuf, message: String },
+
     /// The report's data frame computation failed.
     #[error("report: {0}")]
     Report(String),
@@ -85,13 +97,18 @@ pub enum ErrorClass {
     Data,
     /// Anything else: I/O, FAISS, a bug.
     Runtime,
+    /// The run completed, but a quality gate held.
+    QualityGate,
 }
 
 impl Error {
     /// Which class the error belongs to.
     pub fn class(&self) -> ErrorClass {
         match self {
-            Error::Config(_) | Error::Faiss(_) => ErrorClass::Config,
+            Error::Config(_) | Error::Invalid { .. } | Error::Pipeline { .. } | Error::Faiss(_) => {
+                ErrorClass::Config
+            }
+            Error::QualityGate(_) => ErrorClass::QualityGate,
             Error::NoInput(_)
             | Error::MissingColumn { .. }
             | Error::UnsupportedType { .. }
@@ -121,6 +138,18 @@ impl Error {
 impl From<faiss::error::Error> for Error {
     fn from(e: faiss::error::Error) -> Self {
         Error::Faiss(e.to_string())
+    }
+}
+
+/// The command-line flag of a pipeline-file key: `mine.max_k` is `--max-k`.
+pub fn flag_of(key: &str) -> String {
+    match key {
+        "input.paths" => "--in".into(),
+        "run.progress" => "--no-progress".into(),
+        _ => format!(
+            "--{}",
+            key.rsplit('.').next().unwrap_or(key).replace('_', "-")
+        ),
     }
 }
 

@@ -423,7 +423,7 @@ fn bad_flag_values_are_configuration_errors() {
         &input,
         &["--margin", "-0.5"],
         2,
-        &["margin must be a finite number >= 0"],
+        &["--margin must be a finite number >= 0"],
     );
     assert_rejected(&dir, &input, &["--num-negatives", "0"], 2, &["at least 1"]);
     assert_rejected(
@@ -431,7 +431,7 @@ fn bad_flag_values_are_configuration_errors() {
         &input,
         &["--max-k", "4", "--k", "8"],
         2,
-        &["max-k (4) must be at least k (8)"],
+        &["--max-k (4) must be at least k (8)"],
     );
     assert_rejected(
         &dir,

@@ -11,4 +11,7 @@ mod write;
 
 pub use inspect::{Inspection, inspect};
 pub use read::{SourceFile, Table, read_table, resolve_inputs};
-pub use write::{AtomicPath, ParquetSink, write_atomic, write_parquet};
+pub use write::{
+    AtomicPath, ParquetSink, PartitionedSink, SUCCESS_MARKER, TripletSink, is_folder_output,
+    write_atomic, write_parquet,
+};

@@ -12,20 +12,37 @@ use parquet::file::properties::WriterProperties;
 
 use crate::error::{Error, Result};
 
-/// A file being written under a temporary name; removed on drop unless committed.
+/// A file or folder being written under a temporary name beside its destination; removed on
+/// drop unless committed. Committing renames it over the destination in one step (a folder is
+/// exchanged with the previous one atomically), so a reader, or a crash at any point, sees
+/// either the previous complete output or the new one.
 #[derive(Debug)]
 pub struct AtomicPath {
     tmp: PathBuf,
     dest: PathBuf,
+    is_dir: bool,
     committed: bool,
 }
 
 impl AtomicPath {
-    /// Reserves `.NAME.tmp-PID` beside `dest`.
+    /// Reserves `.NAME.tmp-PID` beside `dest`, removing such leftovers of dead processes.
     pub fn new(dest: &Path) -> Result<Self> {
-        let name = dest.file_name().ok_or_else(|| {
-            Error::Config(format!("output path {} names no file", dest.display()))
-        })?;
+        Self::reserve(dest, false)
+    }
+
+    /// As [`AtomicPath::new`], and creates the temporary folder.
+    pub fn new_dir(dest: &Path) -> Result<Self> {
+        let target = Self::reserve(dest, true)?;
+        std::fs::create_dir(&target.tmp).map_err(|e| Error::io(&target.tmp, e))?;
+        Ok(target)
+    }
+
+    fn reserve(dest: &Path, is_dir: bool) -> Result<Self> {
+        let name = dest
+            .file_name()
+            .ok_or_else(|| Error::Config(format!("output path {} names no file", dest.display())))?
+            .to_string_lossy()
+            .to_string();
         let dir = match dest.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -36,14 +53,12 @@ impl AtomicPath {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "output folder does not exist"),
             ));
         }
-        let tmp = dir.join(format!(
-            ".{}.tmp-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
+        remove_stale(&dir, &name);
+        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
         Ok(AtomicPath {
             tmp,
             dest: dest.to_path_buf(),
+            is_dir,
             committed: false,
         })
     }
@@ -53,9 +68,15 @@ impl AtomicPath {
         &self.tmp
     }
 
-    /// Renames the temporary file over the destination.
+    /// Renames the temporary file or folder over the destination.
     pub fn commit(mut self) -> Result<()> {
-        std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(&self.dest, e))?;
+        let dest = &self.dest;
+        if self.is_dir && dest.exists() {
+            exchange(&self.tmp, dest).map_err(|e| Error::io(dest, e))?;
+            // The previous folder now sits at the temporary name; drop removes it.
+            return Ok(());
+        }
+        std::fs::rename(&self.tmp, dest).map_err(|e| Error::io(dest, e))?;
         self.committed = true;
         Ok(())
     }
@@ -64,7 +85,61 @@ impl AtomicPath {
 impl Drop for AtomicPath {
     fn drop(&mut self) {
         if !self.committed {
-            let _ = std::fs::remove_file(&self.tmp);
+            let _ = if self.is_dir {
+                std::fs::remove_dir_all(&self.tmp)
+            } else {
+                std::fs::remove_file(&self.tmp)
+            };
+        }
+    }
+}
+
+/// Swaps two paths atomically (Linux `renameat2` with `RENAME_EXCHANGE`).
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let a = std::ffi::CString::new(a.as_os_str().as_bytes())?;
+    let b = std::ffi::CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: two valid NUL-terminated paths relative to the working directory.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Removes `.NAME.tmp-PID` entries in `dir` left by processes that no longer run (killed
+/// mid-write); those of live processes are another run's work in progress.
+fn remove_stale(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.tmp-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().to_string();
+        let Some(pid) = file_name
+            .strip_prefix(&prefix)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let path = entry.path();
+            tracing::info!(path = %path.display(), "removing a leftover of an interrupted run");
+            let _ = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
         }
     }
 }
@@ -76,7 +151,22 @@ pub fn write_atomic(dest: &Path, contents: &[u8]) -> Result<()> {
     target.commit()
 }
 
-/// A zstd-compressed Parquet file written batch by batch (one row group per call at most).
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("valid level"),
+        ))
+        .set_max_row_group_row_count(Some(1 << 20))
+        .build()
+}
+
+fn open_writer(path: &Path, schema: SchemaRef) -> Result<ArrowWriter<File>> {
+    let file = File::create(path).map_err(|e| Error::io(path, e))?;
+    ArrowWriter::try_new(file, schema, Some(writer_properties()))
+        .map_err(|e| Error::parquet(path, e))
+}
+
+/// A zstd-compressed Parquet file written batch by batch.
 pub struct ParquetSink {
     writer: ArrowWriter<File>,
     target: AtomicPath,
@@ -86,15 +176,7 @@ impl ParquetSink {
     /// Opens the temporary file for `dest`.
     pub fn create(dest: &Path, schema: SchemaRef) -> Result<Self> {
         let target = AtomicPath::new(dest)?;
-        let file = File::create(target.tmp()).map_err(|e| Error::io(target.tmp(), e))?;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(
-                ZstdLevel::try_new(3).expect("valid level"),
-            ))
-            .set_max_row_group_row_count(Some(1 << 20))
-            .build();
-        let writer =
-            ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| Error::parquet(dest, e))?;
+        let writer = open_writer(target.tmp(), schema)?;
         Ok(ParquetSink { writer, target })
     }
 
@@ -118,6 +200,127 @@ impl ParquetSink {
             .map_err(|e| Error::parquet(self.target.tmp(), e))?;
         Ok(self.target)
     }
+}
+
+/// Name of the marker written last into a complete output folder (Spark's convention).
+pub const SUCCESS_MARKER: &str = "_SUCCESS";
+
+/// A folder of Parquet part files of at most `max_rows` rows each, `_SUCCESS` written last.
+pub struct PartitionedSink {
+    target: AtomicPath,
+    schema: SchemaRef,
+    max_rows: usize,
+    current: Option<(ArrowWriter<File>, usize)>,
+    parts: usize,
+}
+
+impl PartitionedSink {
+    /// Opens the temporary folder for `dest`.
+    pub fn create(dest: &Path, schema: SchemaRef, max_rows: usize) -> Result<Self> {
+        Ok(PartitionedSink {
+            target: AtomicPath::new_dir(dest)?,
+            schema,
+            max_rows: max_rows.max(1),
+            current: None,
+            parts: 0,
+        })
+    }
+
+    /// Appends rows, starting a new part whenever the current one is full.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            if self
+                .current
+                .as_ref()
+                .is_none_or(|(_, rows)| *rows >= self.max_rows)
+            {
+                self.finish_part()?;
+                let path = self
+                    .target
+                    .tmp()
+                    .join(format!("part-{:05}.parquet", self.parts));
+                self.current = Some((open_writer(&path, self.schema.clone())?, 0));
+                self.parts += 1;
+            }
+            let (writer, rows) = self.current.as_mut().expect("opened above");
+            let take = (self.max_rows - *rows).min(batch.num_rows() - offset);
+            writer
+                .write(&batch.slice(offset, take))
+                .map_err(|e| Error::parquet(self.target.tmp(), e))?;
+            *rows += take;
+            offset += take;
+        }
+        Ok(())
+    }
+
+    fn finish_part(&mut self) -> Result<()> {
+        if let Some((writer, _)) = self.current.take() {
+            writer
+                .close()
+                .map_err(|e| Error::parquet(self.target.tmp(), e))?;
+        }
+        Ok(())
+    }
+
+    /// Closes the last part and writes the marker; the folder stays under its temporary name.
+    pub fn close(mut self) -> Result<AtomicPath> {
+        if self.parts == 0 {
+            // An empty result is still a readable data set: one part with the schema.
+            let path = self
+                .target
+                .tmp()
+                .join(format!("part-{:05}.parquet", self.parts));
+            self.current = Some((open_writer(&path, self.schema.clone())?, 0));
+            self.parts += 1;
+        }
+        self.finish_part()?;
+        let marker = self.target.tmp().join(SUCCESS_MARKER);
+        std::fs::write(&marker, b"").map_err(|e| Error::io(&marker, e))?;
+        Ok(self.target)
+    }
+}
+
+/// The triplet output: one Parquet file, or a folder of parts.
+pub enum TripletSink {
+    File(ParquetSink),
+    Folder(PartitionedSink),
+}
+
+impl TripletSink {
+    /// A folder when `dest` ends with `/` or names an existing folder, else a file.
+    pub fn create(dest: &Path, schema: SchemaRef, max_rows_per_file: usize) -> Result<Self> {
+        if is_folder_output(dest) {
+            Ok(TripletSink::Folder(PartitionedSink::create(
+                dest,
+                schema,
+                max_rows_per_file,
+            )?))
+        } else {
+            Ok(TripletSink::File(ParquetSink::create(dest, schema)?))
+        }
+    }
+
+    /// Appends rows.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        match self {
+            TripletSink::File(s) => s.write(batch),
+            TripletSink::Folder(s) => s.write(batch),
+        }
+    }
+
+    /// Completes the output under its temporary name.
+    pub fn close(self) -> Result<AtomicPath> {
+        match self {
+            TripletSink::File(s) => s.close(),
+            TripletSink::Folder(s) => s.close(),
+        }
+    }
+}
+
+/// Whether `--out` names a folder of part files.
+pub fn is_folder_output(dest: &Path) -> bool {
+    dest.as_os_str().to_string_lossy().ends_with('/') || dest.is_dir()
 }
 
 /// Writes one batch to `dest` atomically.

@@ -1,7 +1,13 @@
 //! One mining job from end to end: read, index, mine and score, write, report.
 //!
-//! In: a validated [`MiningConfig`]. Out: the triplet and report Parquet files (renamed into
-//! place together only once both are complete), an optional JSON summary, and a [`Summary`].
+//! In: a validated [`MiningConfig`]. Out: the triplets (a Parquet file or a folder of parts)
+//! and the report, renamed into place together only once both are complete; an optional JSON
+//! summary; a manifest beside the outputs ([`manifest`]); and a [`Summary`]. A rerun whose
+//! inputs and configuration match the manifest skips the work. Quality gates are checked last.
+//! Pipeline files ([`file`]) describe jobs for schedulers.
+
+pub mod file;
+pub mod manifest;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -12,18 +18,23 @@ use arrow::array::{ArrayRef, Float32Array, RecordBatch, StringArray, UInt32Array
 use arrow::compute::take;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{MiningConfig, MiningParams};
 use crate::error::{Error, Result};
 use crate::index::set_native_threads;
-use crate::io::{AtomicPath, ParquetSink, Table, read_table, write_atomic, write_parquet};
+use crate::io::{
+    AtomicPath, Table, TripletSink, read_table, resolve_inputs, write_atomic, write_parquet,
+};
 use crate::mine::{ANCHOR_BLOCK, Miner, Triplet};
 use crate::report::{Report, ReportBuilder, Totals};
 use crate::score::{TripletKind, triplet_loss};
+use manifest::{
+    Manifest, fingerprint, manifest_path, stat_inputs, stat_outputs, up_to_date, write_manifest,
+};
 
 /// Seconds spent in each stage.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
     pub read: f64,
     pub index: f64,
@@ -33,8 +44,8 @@ pub struct Timings {
     pub total: f64,
 }
 
-/// What a run did, for people (its `Display`) and machines (`--summary-json`).
-#[derive(Debug, Clone, Serialize)]
+/// What a run did, for people (its `Display`) and machines (`--summary-json`, the manifest).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     pub tripmine_version: String,
     pub inputs: Vec<PathBuf>,
@@ -47,28 +58,78 @@ pub struct Summary {
     pub report: PathBuf,
     pub totals: Totals,
     pub seconds: Timings,
+    /// True when the outputs were already up to date and nothing ran.
+    #[serde(default)]
+    pub skipped: bool,
 }
 
-/// Runs a mining job as configured.
+/// Runs a mining job as configured: skips it when its manifest says the outputs are up to
+/// date (unless `run.force`), and fails after writing when a quality gate holds.
 pub fn run(config: &MiningConfig) -> Result<Summary> {
-    let mut pool = rayon::ThreadPoolBuilder::new();
-    if let Some(n) = config.threads {
-        set_native_threads(n);
-        pool = pool.num_threads(n);
+    let files = resolve_inputs(&config.input.paths)?;
+    let inputs = stat_inputs(&files)?;
+    let fingerprint = fingerprint(config.options(), &inputs);
+    let manifest_file = manifest_path(&config.output.out);
+    let summary = match up_to_date(&manifest_file, &fingerprint).filter(|_| !config.run.force) {
+        Some(previous) => {
+            tracing::info!(
+                stage = "skip",
+                manifest = %manifest_file.display(),
+                "outputs are up to date with the inputs and configuration; nothing to do (force to redo)"
+            );
+            Summary {
+                skipped: true,
+                ..previous.summary
+            }
+        }
+        None => {
+            let mut pool = rayon::ThreadPoolBuilder::new();
+            if let Some(n) = config.run.threads {
+                set_native_threads(n);
+                pool = pool.num_threads(n);
+            }
+            let pool = pool.build().map_err(|e| {
+                Error::Config(format!(
+                    "cannot start {:?} threads: {e}",
+                    config.run.threads
+                ))
+            })?;
+            let summary = pool.install(|| run_job(config, &files))?;
+            let out = &config.output;
+            let mut written = vec![out.out.as_path(), out.report.as_path()];
+            written.extend(out.summary_json.as_deref());
+            let manifest = Manifest {
+                tripmine_version: env!("CARGO_PKG_VERSION").into(),
+                fingerprint,
+                config: config.options().clone(),
+                inputs,
+                outputs: stat_outputs(&written)?,
+                summary: summary.clone(),
+            };
+            write_manifest(&manifest_file, &manifest)?;
+            summary
+        }
+    };
+    let failed: Vec<String> = config
+        .output
+        .fail_if
+        .iter()
+        .filter_map(|g| g.check(&summary.totals).map(|v| format!("{g} (it is {v})")))
+        .collect();
+    if !failed.is_empty() {
+        return Err(Error::QualityGate(failed));
     }
-    let pool = pool
-        .build()
-        .map_err(|e| Error::Config(format!("cannot start {:?} threads: {e}", config.threads)))?;
-    pool.install(|| run_in_pool(config))
+    Ok(summary)
 }
 
-fn run_in_pool(config: &MiningConfig) -> Result<Summary> {
+fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
     let started = Instant::now();
     let mut seconds = Timings::default();
-    let show = config.progress && std::io::stderr().is_terminal();
+    let show = config.run.progress && std::io::stderr().is_terminal();
+    let out = &config.output;
 
     let spinner = progress(show, None, "reading");
-    let table = read_table(&config.inputs, &config.columns)?;
+    let table = read_table(files, &config.input.columns())?;
     spinner.finish_and_clear();
     seconds.read = started.elapsed().as_secs_f64();
     tracing::info!(
@@ -83,17 +144,23 @@ fn run_in_pool(config: &MiningConfig) -> Result<Summary> {
 
     let t = Instant::now();
     let spinner = progress(show, None, "building index");
-    let mut miner = Miner::new(&table, &config.params)?;
+    let mut miner = Miner::new(&table, &config.mine)?;
     spinner.finish_and_clear();
     seconds.index = t.elapsed().as_secs_f64();
+    tracing::info!(
+        stage = "index",
+        rows = table.rows(),
+        seconds = seconds.index,
+        "index built"
+    );
 
     let t = Instant::now();
     let anchors = miner.anchors();
     let bar = progress(show, Some(anchors.len() as u64), "mining");
     let schema = triplet_schema(&table);
-    let mut sink = ParquetSink::create(&config.out, schema.clone())?;
+    let mut sink = TripletSink::create(&out.out, schema.clone(), out.max_rows_per_file)?;
     let mut report = ReportBuilder::default();
-    let margin = config.params.margin;
+    let margin = config.mine.margin;
     for block in anchors.chunks(ANCHOR_BLOCK) {
         let mined = miner.mine_block(block)?;
         sink.write(&triplet_batch(&table, &schema, &mined.triplets, margin)?)?;
@@ -110,16 +177,22 @@ fn run_in_pool(config: &MiningConfig) -> Result<Summary> {
     seconds.mine = t.elapsed().as_secs_f64();
     tracing::info!(
         stage = "mine",
-        anchors = anchors.len(),
+        rows = anchors.len(),
         seconds = seconds.mine,
-        "mined"
+        "mined and scored"
     );
 
     let t = Instant::now();
     let Report { batch, totals } = report.finish(&table.label_values)?;
-    let report_file = AtomicPath::new(&config.report)?;
+    let report_file = AtomicPath::new(&out.report)?;
     write_parquet(report_file.tmp(), &batch)?;
     seconds.report = t.elapsed().as_secs_f64();
+    tracing::info!(
+        stage = "report",
+        rows = batch.num_rows(),
+        seconds = seconds.report,
+        "report computed"
+    );
     seconds.total = started.elapsed().as_secs_f64();
 
     let summary = Summary {
@@ -128,22 +201,24 @@ fn run_in_pool(config: &MiningConfig) -> Result<Summary> {
         rows: table.rows() as u64,
         dim: table.dim,
         labels: table.num_labels(),
-        params: config.params.clone(),
-        exact: config.params.exact_index(),
-        out: config.out.clone(),
-        report: config.report.clone(),
+        params: config.mine.clone(),
+        exact: config.mine.exact_index(),
+        out: out.out.clone(),
+        report: out.report.clone(),
         totals,
         seconds,
+        skipped: false,
     };
     // Every output is complete: rename them into place.
     triplets_file.commit()?;
     report_file.commit()?;
-    if let Some(path) = &config.summary_json {
+    if let Some(path) = &out.summary_json {
         let json = serde_json::to_vec_pretty(&summary).expect("summary serialises");
         write_atomic(path, &json)?;
     }
     tracing::info!(
         stage = "done",
+        rows = summary.rows,
         triplets = summary.totals.triplets,
         seconds = summary.seconds.total,
         "finished"

@@ -1,0 +1,146 @@
+//! Run manifests: what a run read, how it was configured, what it wrote and found.
+//!
+//! In: the resolved configuration, the input files, the outputs and the [`Summary`]. Out:
+//! `<out>.manifest.json` beside the outputs, and the check that lets a rerun with the same
+//! inputs and configuration skip its work.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::Summary;
+use crate::config::{MiningOptions, MiningParams};
+use crate::error::{Error, Result};
+use crate::io::{is_folder_output, write_atomic};
+
+/// An input file as it was when read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputStat {
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub modified_ns: u128,
+}
+
+/// An output file as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputStat {
+    pub path: PathBuf,
+    pub bytes: u64,
+}
+
+/// The manifest of one run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub tripmine_version: String,
+    /// SHA-256 of the version, the configuration that shapes the outputs and the inputs' stats.
+    pub fingerprint: String,
+    /// The resolved configuration.
+    pub config: MiningOptions,
+    pub inputs: Vec<InputStat>,
+    pub outputs: Vec<OutputStat>,
+    pub summary: Summary,
+}
+
+/// Where the manifest of an output goes: `<out>.manifest.json`, beside it.
+pub fn manifest_path(out: &Path) -> PathBuf {
+    let trimmed = out.as_os_str().to_string_lossy();
+    PathBuf::from(format!("{}.manifest.json", trimmed.trim_end_matches('/')))
+}
+
+/// Size and modification time of each input.
+pub fn stat_inputs(files: &[PathBuf]) -> Result<Vec<InputStat>> {
+    files
+        .iter()
+        .map(|path| {
+            let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+            let modified_ns = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            Ok(InputStat {
+                path: path.clone(),
+                bytes: meta.len(),
+                modified_ns,
+            })
+        })
+        .collect()
+}
+
+/// Every file an output path holds (the parts and marker of a folder).
+pub fn stat_outputs(paths: &[&Path]) -> Result<Vec<OutputStat>> {
+    let mut out = Vec::new();
+    for &path in paths {
+        let mut files = if path.is_dir() {
+            let mut inside: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| Error::io(path, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+            inside.sort();
+            inside
+        } else {
+            vec![path.to_path_buf()]
+        };
+        for file in files.drain(..) {
+            let bytes = std::fs::metadata(&file)
+                .map_err(|e| Error::io(&file, e))?
+                .len();
+            out.push(OutputStat { path: file, bytes });
+        }
+    }
+    Ok(out)
+}
+
+/// The fingerprint of a run: what its outputs depend on (not threads, progress or gates).
+pub fn fingerprint(options: &MiningOptions, inputs: &[InputStat]) -> String {
+    #[derive(Serialize)]
+    struct Shaping<'a> {
+        version: &'a str,
+        input: &'a crate::config::InputOptions,
+        mine: &'a MiningParams,
+        out: &'a Path,
+        out_is_folder: bool,
+        report: &'a Path,
+        summary_json: &'a Option<PathBuf>,
+        max_rows_per_file: usize,
+        files: &'a [InputStat],
+    }
+    let o = &options.output;
+    let shaping = Shaping {
+        version: env!("CARGO_PKG_VERSION"),
+        input: &options.input,
+        mine: &options.mine,
+        out: &o.out,
+        out_is_folder: is_folder_output(&o.out),
+        report: &o.report,
+        summary_json: &o.summary_json,
+        max_rows_per_file: o.max_rows_per_file,
+        files: inputs,
+    };
+    let bytes = serde_json::to_vec(&shaping).expect("configuration serialises");
+    let digest = Sha256::digest(&bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The manifest at `path` if it has this fingerprint and every output it lists is still there
+/// with its size; `None` means the work has to be done.
+pub fn up_to_date(path: &Path, fingerprint: &str) -> Option<Manifest> {
+    let text = std::fs::read(path).ok()?;
+    let manifest: Manifest = serde_json::from_slice(&text).ok()?;
+    if manifest.fingerprint != fingerprint {
+        return None;
+    }
+    let intact = manifest
+        .outputs
+        .iter()
+        .all(|o| std::fs::metadata(&o.path).is_ok_and(|m| m.len() == o.bytes));
+    intact.then_some(manifest)
+}
+
+/// Writes the manifest atomically.
+pub fn write_manifest(path: &Path, manifest: &Manifest) -> Result<()> {
+    let json = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
+    write_atomic(path, &json)
+}
