@@ -1,57 +1,19 @@
 //! The real binary on tables made in the test: outputs, determinism, and every bad input.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, Float64Array, Int64Array,
     ListArray, RecordBatch, StringArray,
 };
-use arrow::datatypes::{DataType, Field, Float32Type, Schema, UInt32Type};
+use arrow::datatypes::{DataType, Field, Schema, UInt32Type};
 use assert_cmd::Command;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use predicates::prelude::*;
 use tempfile::TempDir;
 
-fn tripmine() -> Command {
-    Command::cargo_bin("tripmine").unwrap()
-}
-
-fn generated(dir: &Path, name: &str, rows: usize, labels: usize, seed: u64) -> PathBuf {
-    let path = dir.join(name);
-    tripmine()
-        .args([
-            "gen",
-            "--rows",
-            &rows.to_string(),
-            "--dim",
-            "8",
-            "--labels",
-            &labels.to_string(),
-        ])
-        .args(["--seed", &seed.to_string(), "--out"])
-        .arg(&path)
-        .assert()
-        .success();
-    path
-}
-
-fn f32_column<'a>(batch: &'a RecordBatch, name: &str) -> &'a arrow::array::Float32Array {
-    batch
-        .column_by_name(name)
-        .unwrap()
-        .as_primitive::<Float32Type>()
-}
-
-fn read(path: &Path) -> RecordBatch {
-    let file = std::fs::File::open(path).unwrap();
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
-    let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
-    arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
-}
+mod common;
+use common::bin::{f32_column, generated, read, tripmine};
 
 /// A table with `id`, `label` and a FixedSizeList embedding column of the given values.
 fn write_table(path: &Path, labels: ArrayRef, embedding: ArrayRef) {

@@ -47,12 +47,7 @@ impl AtomicPath {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        if !dir.is_dir() {
-            return Err(Error::io(
-                &dir,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "output folder does not exist"),
-            ));
-        }
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         remove_stale(&dir, &name);
         let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
         Ok(AtomicPath {
@@ -363,9 +358,49 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_output_folder_is_an_error_naming_it() {
+    fn a_missing_output_folder_is_created() {
         let dir = tempfile::TempDir::new().unwrap();
-        let err = AtomicPath::new(&dir.path().join("nope/out.parquet")).unwrap_err();
-        assert!(err.to_string().contains("nope"), "{err}");
+        let dest = dir.path().join("new/deeper/out.json");
+        write_atomic(&dest, b"x").unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"x");
+    }
+
+    #[test]
+    fn an_output_folder_that_cannot_be_made_is_an_error_naming_it() {
+        let dir = tempfile::TempDir::new().unwrap();
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        let err = AtomicPath::new(&dir.path().join("file/out.parquet")).unwrap_err();
+        assert!(err.to_string().contains("file"), "{err}");
+    }
+
+    #[test]
+    fn a_committed_folder_replaces_the_previous_one_whole() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let dest = dir.path().join("parts");
+        std::fs::create_dir(&dest).unwrap();
+        std::fs::write(dest.join("old-part"), b"old").unwrap();
+        let target = AtomicPath::new_dir(&dest).unwrap();
+        std::fs::write(target.tmp().join("new-part"), b"new").unwrap();
+        target.commit().unwrap();
+        let names: Vec<String> = std::fs::read_dir(&dest)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        assert_eq!(names, ["new-part"]);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "old folder removed"
+        );
+    }
+
+    #[test]
+    fn leftovers_of_dead_processes_are_removed() {
+        let dir = tempfile::TempDir::new().unwrap();
+        // PIDs above the kernel's maximum never run.
+        let stale = dir.path().join(".out.parquet.tmp-4294967294");
+        std::fs::write(&stale, b"partial").unwrap();
+        let _target = AtomicPath::new(&dir.path().join("out.parquet")).unwrap();
+        assert!(!stale.exists());
     }
 }

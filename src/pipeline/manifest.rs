@@ -128,15 +128,26 @@ pub fn fingerprint(options: &MiningOptions, inputs: &[InputStat]) -> String {
 /// with its size; `None` means the work has to be done.
 pub fn up_to_date(path: &Path, fingerprint: &str) -> Option<Manifest> {
     let text = std::fs::read(path).ok()?;
-    let manifest: Manifest = serde_json::from_slice(&text).ok()?;
+    let manifest: Manifest = match serde_json::from_slice(&text) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::info!(manifest = %path.display(), "previous manifest unreadable ({e}): running");
+            return None;
+        }
+    };
     if manifest.fingerprint != fingerprint {
+        tracing::info!(manifest = %path.display(), "inputs or configuration changed: running");
         return None;
     }
-    let intact = manifest
+    let changed = manifest
         .outputs
         .iter()
-        .all(|o| std::fs::metadata(&o.path).is_ok_and(|m| m.len() == o.bytes));
-    intact.then_some(manifest)
+        .find(|o| !std::fs::metadata(&o.path).is_ok_and(|m| m.len() == o.bytes));
+    if let Some(o) = changed {
+        tracing::info!(output = %o.path.display(), "an output is missing or changed: running");
+        return None;
+    }
+    Some(manifest)
 }
 
 /// Writes the manifest atomically.

@@ -319,6 +319,13 @@ impl std::fmt::Display for Summary {
                 format!("{:.1}%", 100.0 * x as f64 / t.triplets as f64)
             }
         };
+        if self.skipped {
+            writeln!(
+                f,
+                "tripmine: the outputs are up to date with the inputs and configuration; \
+                 nothing ran (--force to redo). The previous run:"
+            )?;
+        }
         writeln!(
             f,
             "tripmine {}: {} triplets from {} anchors in {:.1} s",

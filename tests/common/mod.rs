@@ -1,6 +1,8 @@
 //! Shared by the integration tests: table builders and the brute-force oracle.
 #![allow(dead_code)]
 
+pub mod bin;
+
 use std::sync::Arc;
 
 use arrow::array::Int64Array;

@@ -1,0 +1,60 @@
+//! Running the real binary and reading what it wrote.
+
+use std::path::{Path, PathBuf};
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::Float32Type;
+use assert_cmd::Command;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+pub fn tripmine() -> Command {
+    Command::cargo_bin("tripmine").unwrap()
+}
+
+pub fn generated(dir: &Path, name: &str, rows: usize, labels: usize, seed: u64) -> PathBuf {
+    let path = dir.join(name);
+    tripmine()
+        .args([
+            "gen",
+            "--rows",
+            &rows.to_string(),
+            "--dim",
+            "8",
+            "--labels",
+            &labels.to_string(),
+        ])
+        .args(["--seed", &seed.to_string(), "--out"])
+        .arg(&path)
+        .assert()
+        .success();
+    path
+}
+
+pub fn f32_column<'a>(batch: &'a RecordBatch, name: &str) -> &'a arrow::array::Float32Array {
+    batch
+        .column_by_name(name)
+        .unwrap()
+        .as_primitive::<Float32Type>()
+}
+
+/// Every row of a Parquet file, or of the part files of a folder.
+pub fn read(path: &Path) -> RecordBatch {
+    if path.is_dir() {
+        let mut parts: Vec<PathBuf> = std::fs::read_dir(path)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+            .collect();
+        parts.sort();
+        let batches: Vec<RecordBatch> = parts.iter().map(|p| read(p)).collect();
+        return arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    }
+    let file = std::fs::File::open(path).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let schema = arrow::record_batch::RecordBatchReader::schema(&reader);
+    let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
+    arrow::compute::concat_batches(&schema, &batches).unwrap()
+}
