@@ -132,6 +132,9 @@ pub struct MineArgs {
     /// Also write the summary as JSON here.
     #[arg(long)]
     pub summary_json: Option<PathBuf>,
+    /// Also write a self-contained HTML report here.
+    #[arg(long)]
+    pub report_html: Option<PathBuf>,
     /// With a folder `--out` (ending in `/` or existing): rows per part file.
     #[arg(long, default_value_t = 1_000_000)]
     pub max_rows_per_file: usize,
@@ -203,6 +206,7 @@ impl MineArgs {
                 out: self.out.clone(),
                 report: self.report.clone(),
                 summary_json: self.summary_json.clone(),
+                report_html: self.report_html.clone(),
                 max_rows_per_file: self.max_rows_per_file,
                 fail_if: self.fail_if.clone(),
             },

@@ -269,6 +269,8 @@ pub struct OutputOptions {
     pub report: PathBuf,
     /// Optional machine-readable summary.
     pub summary_json: Option<PathBuf>,
+    /// Optional self-contained HTML report (charts as inline SVG).
+    pub report_html: Option<PathBuf>,
     /// Rows per part file when `out` is a folder.
     pub max_rows_per_file: usize,
     /// Quality gates: the run fails (after writing) when one of them holds.
@@ -281,6 +283,7 @@ impl Default for OutputOptions {
             out: "triplets.parquet".into(),
             report: "report.parquet".into(),
             summary_json: None,
+            report_html: None,
             max_rows_per_file: 1_000_000,
             fail_if: Vec::new(),
         }

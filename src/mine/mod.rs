@@ -121,6 +121,41 @@ impl<'t> Miner<'t> {
         })
     }
 
+    /// Total variance of the vectors mined (normalised for cosine) over their mean squared
+    /// norm: near 0 when the embeddings have collapsed onto one point.
+    pub fn embedding_spread(&self) -> f64 {
+        let dim = self.table.dim;
+        let n = self.table.rows() as f64;
+        let sum = self
+            .vectors
+            .par_chunks(dim)
+            .fold(
+                || vec![0f64; dim],
+                |mut acc, row| {
+                    for (a, x) in acc.iter_mut().zip(row) {
+                        *a += *x as f64;
+                    }
+                    acc
+                },
+            )
+            .reduce(
+                || vec![0f64; dim],
+                |mut a, b| {
+                    for (x, y) in a.iter_mut().zip(b) {
+                        *x += y;
+                    }
+                    a
+                },
+            );
+        let mean_sq_norm = self.norms_sq.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let mean_norm_sq: f64 = sum.iter().map(|s| (s / n) * (s / n)).sum();
+        if mean_sq_norm > 0.0 {
+            ((mean_sq_norm - mean_norm_sq) / mean_sq_norm).max(0.0)
+        } else {
+            0.0
+        }
+    }
+
     /// The anchors to mine, in row order: every row, or a seeded sample.
     pub fn anchors(&self) -> Vec<u32> {
         let n = self.table.rows();

@@ -61,6 +61,27 @@ pub struct Summary {
     /// True when the outputs were already up to date and nothing ran.
     #[serde(default)]
     pub skipped: bool,
+    /// Signs that the embeddings have collapsed (empty when none).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// Figures as JSON, for the report's key-value metadata.
+fn json(v: &impl Serialize) -> String {
+    serde_json::to_string(v).expect("report figures serialise")
+}
+
+/// The batch with `entries` added to its schema's metadata (kept in the Parquet file).
+fn with_metadata<const N: usize>(
+    batch: RecordBatch,
+    entries: [(&str, String); N],
+) -> Result<RecordBatch> {
+    let mut metadata = batch.schema().metadata().clone();
+    for (k, v) in entries {
+        metadata.insert(k.to_string(), v);
+    }
+    let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(metadata));
+    Ok(batch.with_schema(schema)?)
 }
 
 /// Runs a mining job as configured: skips it when its manifest says the outputs are up to
@@ -159,17 +180,14 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
     let bar = progress(show, Some(anchors.len() as u64), "mining");
     let schema = triplet_schema(&table);
     let mut sink = TripletSink::create(&out.out, schema.clone(), out.max_rows_per_file)?;
-    let mut report = ReportBuilder::default();
+    let mut report = ReportBuilder::new(config.mine.margin);
     let margin = config.mine.margin;
     for block in anchors.chunks(ANCHOR_BLOCK) {
         let mined = miner.mine_block(block)?;
         sink.write(&triplet_batch(&table, &schema, &mined.triplets, margin)?)?;
-        report.add(
-            &mined.triplets,
-            &mined.anchors,
-            |r| table.label_codes[r as usize],
-            margin,
-        );
+        report.add(&mined.triplets, &mined.anchors, |r| {
+            table.label_codes[r as usize]
+        });
         bar.inc(block.len() as u64);
     }
     bar.finish_and_clear();
@@ -183,9 +201,42 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
     );
 
     let t = Instant::now();
-    let Report { batch, totals } = report.finish(&table.label_values)?;
+    let Report {
+        batch,
+        mut totals,
+        histogram,
+    } = report.finish(&table.label_values)?;
+    totals.embedding_spread = Some(miner.embedding_spread());
+    let warnings = totals.collapse_warnings(margin);
+    for w in &warnings {
+        tracing::warn!(stage = "report", "{w}");
+    }
+    let batch = with_metadata(
+        batch,
+        [
+            ("tripmine.totals", json(&totals)),
+            ("tripmine.histogram", json(&histogram)),
+            ("tripmine.config", json(config.options())),
+            ("tripmine.warnings", json(&warnings)),
+        ],
+    )?;
     let report_file = AtomicPath::new(&out.report)?;
     write_parquet(report_file.tmp(), &batch)?;
+    let html_file = match &out.report_html {
+        Some(path) => {
+            let target = AtomicPath::new(path)?;
+            let page = crate::report::html::render(&crate::report::html::Page {
+                batch: &batch,
+                totals: &totals,
+                histogram: &histogram,
+                options: config.options(),
+                warnings: &warnings,
+            });
+            std::fs::write(target.tmp(), page).map_err(|e| Error::io(target.tmp(), e))?;
+            Some(target)
+        }
+        None => None,
+    };
     seconds.report = t.elapsed().as_secs_f64();
     tracing::info!(
         stage = "report",
@@ -208,10 +259,14 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         totals,
         seconds,
         skipped: false,
+        warnings,
     };
     // Every output is complete: rename them into place.
     triplets_file.commit()?;
     report_file.commit()?;
+    if let Some(f) = html_file {
+        f.commit()?;
+    }
     if let Some(path) = &out.summary_json {
         let json = serde_json::to_vec_pretty(&summary).expect("summary serialises");
         write_atomic(path, &json)?;
@@ -394,6 +449,9 @@ impl std::fmt::Display for Summary {
             self.out.display(),
             self.report.display()
         )?;
+        for w in &self.warnings {
+            writeln!(f, "  WARNING    {w}")?;
+        }
         write!(
             f,
             "  seconds    read {:.2}, index {:.2}, mine+write {:.2}, report {:.2}",

@@ -4,6 +4,8 @@
 //! distinct labels. Out: a [`Report`]: one Arrow batch (one row per label, then an overall row
 //! whose label is null) computed as a polars group-by, and the overall figures for the summary.
 
+pub mod html;
+
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, UInt32Array, UInt64Array};
@@ -39,6 +41,13 @@ pub struct Totals {
     /// Data-set health: share of anchors (with a positive) whose nearest other-label row is
     /// within `d(a, hardest positive) + margin`. Independent of the mining strategy.
     pub neighbour_violation_share: Option<f64>,
+    /// Share of triplets with `|d_an - d_ap| <= margin / 100`: losses piling up at the margin,
+    /// a sign of collapsed embeddings.
+    pub margin_pileup_share: Option<f64>,
+    /// Total variance of the (for cosine, normalised) embeddings over their mean squared norm:
+    /// near 0 when every vector is nearly the same.
+    #[serde(default)]
+    pub embedding_spread: Option<f64>,
 }
 
 /// The report, ready to write.
@@ -46,11 +55,58 @@ pub struct Totals {
 pub struct Report {
     pub batch: RecordBatch,
     pub totals: Totals,
+    pub histogram: Histogram,
+}
+
+/// Distribution of `t = d_an - d_ap` over the triplets, by kind.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct Histogram {
+    /// Bin edges, one more than bins; bins are `[edges[i], edges[i + 1])`, the last closed.
+    pub edges: Vec<f64>,
+    pub hard: Vec<u64>,
+    pub semihard: Vec<u64>,
+    pub easy: Vec<u64>,
+}
+
+impl Histogram {
+    const BINS: usize = 60;
+
+    fn of(t: &[f64], kinds: &[u32]) -> Histogram {
+        if t.is_empty() {
+            return Histogram::default();
+        }
+        let (lo, hi) = t
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+                (lo.min(x), hi.max(x))
+            });
+        let width = if hi > lo {
+            (hi - lo) / Self::BINS as f64
+        } else {
+            1.0
+        };
+        let mut h = Histogram {
+            edges: (0..=Self::BINS).map(|i| lo + width * i as f64).collect(),
+            hard: vec![0; Self::BINS],
+            semihard: vec![0; Self::BINS],
+            easy: vec![0; Self::BINS],
+        };
+        for (&x, &kind) in t.iter().zip(kinds) {
+            let bin = (((x - lo) / width) as usize).min(Self::BINS - 1);
+            match kind {
+                k if k == TripletKind::Hard as u32 => h.hard[bin] += 1,
+                k if k == TripletKind::Semihard as u32 => h.semihard[bin] += 1,
+                _ => h.easy[bin] += 1,
+            }
+        }
+        h
+    }
 }
 
 /// The per-triplet and per-anchor columns the report is computed from, gathered block by block.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ReportBuilder {
+    margin: f32,
     t_label: Vec<u32>,
     t_loss: Vec<f32>,
     t_kind: Vec<u32>,
@@ -73,7 +129,7 @@ const COUNT_COLUMNS: [&str; 8] = [
     "semihard",
     "easy",
 ];
-const FIGURE_COLUMNS: [&str; 9] = [
+const FIGURE_COLUMNS: [&str; 10] = [
     "active_fraction",
     "loss_mean",
     "loss_p50",
@@ -83,17 +139,35 @@ const FIGURE_COLUMNS: [&str; 9] = [
     "d_ap_mean",
     "d_an_mean",
     "neighbour_violation_share",
+    "margin_pileup_share",
 ];
 
 impl ReportBuilder {
+    /// An empty builder for a run with this margin.
+    pub fn new(margin: f32) -> Self {
+        ReportBuilder {
+            margin,
+            t_label: Vec::new(),
+            t_loss: Vec::new(),
+            t_kind: Vec::new(),
+            t_d_ap: Vec::new(),
+            t_d_an: Vec::new(),
+            a_label: Vec::new(),
+            a_no_positive: Vec::new(),
+            a_no_negative: Vec::new(),
+            a_capped: Vec::new(),
+            a_violating: Vec::new(),
+        }
+    }
+
     /// Adds one mined block.
     pub fn add(
         &mut self,
         triplets: &[Triplet],
         anchors: &[AnchorRecord],
         label_of: impl Fn(u32) -> u32,
-        margin: f32,
     ) {
+        let margin = self.margin;
         for t in triplets {
             self.t_label.push(label_of(t.anchor));
             self.t_loss.push(triplet_loss(t.d_ap, t.d_an, margin));
@@ -120,6 +194,14 @@ impl ReportBuilder {
     }
 
     fn compute(self, label_values: &ArrayRef) -> PolarsResult<Result<Report>> {
+        let t: Vec<f64> = self
+            .t_d_an
+            .iter()
+            .zip(&self.t_d_ap)
+            .map(|(an, ap)| *an as f64 - *ap as f64)
+            .collect();
+        let histogram = Histogram::of(&t, &self.t_kind);
+        let pileup = (self.margin as f64 / 100.0).max(f64::MIN_POSITIVE);
         let triplets = df!(
             "label" => self.t_label,
             "loss" => self.t_loss,
@@ -170,6 +252,15 @@ impl ReportBuilder {
                     .cast(DataType::Float64)
                     .mean()
                     .alias("d_an_mean"),
+                (col("d_an").cast(DataType::Float64) - col("d_ap").cast(DataType::Float64))
+                    .lt_eq(lit(pileup))
+                    .and(
+                        (col("d_an").cast(DataType::Float64) - col("d_ap").cast(DataType::Float64))
+                            .gt_eq(lit(-pileup)),
+                    )
+                    .cast(DataType::Float64)
+                    .mean()
+                    .alias("margin_pileup_share"),
             ]
         };
         let anchor_aggs = || {
@@ -261,7 +352,11 @@ impl ReportBuilder {
             Ok(b) => b,
             Err(e) => return Ok(Err(e.into())),
         };
-        Ok(Ok(Report { batch, totals }))
+        Ok(Ok(Report {
+            batch,
+            totals,
+            histogram,
+        }))
     }
 }
 
@@ -290,11 +385,36 @@ fn figure_field<'a>(t: &'a mut Totals, name: &str) -> &'a mut Option<f64> {
         "d_ap_mean" => &mut t.d_ap_mean,
         "d_an_mean" => &mut t.d_an_mean,
         "neighbour_violation_share" => &mut t.neighbour_violation_share,
+        "margin_pileup_share" => &mut t.margin_pileup_share,
         other => unreachable!("no figure {other}"),
     }
 }
 
 impl Totals {
+    /// Warnings that the embeddings look collapsed, for the summary and the report.
+    pub fn collapse_warnings(&self, margin: f32) -> Vec<String> {
+        let mut w = Vec::new();
+        if let Some(share) = self.margin_pileup_share.filter(|&s| s > 0.5) {
+            w.push(format!(
+                "{:.0}% of triplets have d_an within margin/100 of d_ap: losses pile up at the margin",
+                100.0 * share
+            ));
+        }
+        if let (Some(ap), Some(an)) = (self.d_ap_mean, self.d_an_mean)
+            && ap.max(an) < 0.01 * margin as f64
+        {
+            w.push(format!(
+                "mean d_ap {ap:.2e} and d_an {an:.2e} are near zero next to the margin {margin}"
+            ));
+        }
+        if let Some(spread) = self.embedding_spread.filter(|&s| s < 1e-4) {
+            w.push(format!(
+                "the embeddings barely vary: total variance is {spread:.1e} of their mean squared norm"
+            ));
+        }
+        w
+    }
+
     /// A figure by its report column name: `None` for an unknown name, `Some(None)` for a
     /// figure without a value (a mean over no triplets).
     pub fn figure(&self, name: &str) -> Option<Option<f64>> {
