@@ -3,7 +3,8 @@
 # the FAISS that the `faiss` crate builds, and OpenBLAS/LAPACK for it to link against.
 set -euo pipefail
 
-packages=(cmake g++ make libopenblas-dev liblapack-dev pkg-config)
+# chromium: the tests render the HTML report in a headless browser.
+packages=(cmake g++ make libopenblas-dev liblapack-dev pkg-config chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
