@@ -135,6 +135,13 @@ pub struct MineArgs {
     /// Also write a self-contained HTML report here.
     #[arg(long)]
     pub report_html: Option<PathBuf>,
+    /// Also write label-noise suspects here (Parquet): anchors whose nearest neighbours mostly
+    /// carry one other label.
+    #[arg(long)]
+    pub suspects: Option<PathBuf>,
+    /// Neighbours compared for label-noise suspects.
+    #[arg(long, default_value_t = 10)]
+    pub suspects_k: usize,
     /// With a folder `--out` (ending in `/` or existing): rows per part file.
     #[arg(long, default_value_t = 1_000_000)]
     pub max_rows_per_file: usize,
@@ -193,6 +200,7 @@ impl MineArgs {
             k: count("k", self.k)?,
             max_k: self.max_k.map(|m| count("max-k", m)).transpose()?,
             index: self.index.clone(),
+            suspects_k: self.suspects_k,
         };
         MiningConfig::new(MiningOptions {
             input: InputOptions {
@@ -207,6 +215,7 @@ impl MineArgs {
                 report: self.report.clone(),
                 summary_json: self.summary_json.clone(),
                 report_html: self.report_html.clone(),
+                suspects: self.suspects.clone(),
                 max_rows_per_file: self.max_rows_per_file,
                 fail_if: self.fail_if.clone(),
             },

@@ -203,6 +203,8 @@ pub struct MiningParams {
     pub max_k: Option<usize>,
     /// FAISS factory string; `Flat` is exact.
     pub index: String,
+    /// Neighbours whose labels are compared with an anchor's, for label-noise suspects.
+    pub suspects_k: usize,
 }
 
 impl Default for MiningParams {
@@ -220,6 +222,7 @@ impl Default for MiningParams {
             k: 64,
             max_k: None,
             index: "Flat".into(),
+            suspects_k: 10,
         }
     }
 }
@@ -247,6 +250,9 @@ impl MiningParams {
         if self.anchors_sample == Some(0) {
             return Err(invalid("mine.anchors_sample", "must be at least 1"));
         }
+        if self.suspects_k < 1 {
+            return Err(invalid("mine.suspects_k", "must be at least 1"));
+        }
         if self.index.trim().is_empty() {
             return Err(invalid("mine.index", "is empty"));
         }
@@ -271,6 +277,9 @@ pub struct OutputOptions {
     pub summary_json: Option<PathBuf>,
     /// Optional self-contained HTML report (charts as inline SVG).
     pub report_html: Option<PathBuf>,
+    /// Optional Parquet of label-noise suspects: anchors whose neighbours mostly carry one
+    /// other label.
+    pub suspects: Option<PathBuf>,
     /// Rows per part file when `out` is a folder.
     pub max_rows_per_file: usize,
     /// Quality gates: the run fails (after writing) when one of them holds.
@@ -284,6 +293,7 @@ impl Default for OutputOptions {
             report: "report.parquet".into(),
             summary_json: None,
             report_html: None,
+            suspects: None,
             max_rows_per_file: 1_000_000,
             fail_if: Vec::new(),
         }

@@ -468,3 +468,79 @@ fn a_failed_run_leaves_the_previous_outputs_untouched() {
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
+
+#[test]
+fn relabelled_rows_are_listed_as_label_noise_suspects() {
+    use tripmine::io::synthetic::{GenSpec, generate};
+    let dir = TempDir::new().unwrap();
+    let spec = GenSpec {
+        rows: 400,
+        dim: 8,
+        labels: 4,
+        seed: 12,
+        separation: 6.0,
+    };
+    let batch = generate(&spec, 400).unwrap().remove(0);
+    // Move rows 5, 50 and 150 to another class's label: their neighbours disagree.
+    let labels = batch
+        .column(1)
+        .as_primitive::<arrow::datatypes::Int64Type>();
+    let flipped = [5usize, 50, 150];
+    let true_labels: Vec<i64> = flipped.iter().map(|&r| labels.value(r)).collect();
+    let relabelled: Vec<i64> = (0..400)
+        .map(|r| {
+            if flipped.contains(&r) {
+                (labels.value(r) + 1) % 4
+            } else {
+                labels.value(r)
+            }
+        })
+        .collect();
+    let mut columns = batch.columns().to_vec();
+    columns[1] = Arc::new(Int64Array::from(relabelled));
+    let input = dir.path().join("noisy.parquet");
+    tripmine::io::write_parquet(
+        &input,
+        &RecordBatch::try_new(batch.schema(), columns).unwrap(),
+    )
+    .unwrap();
+
+    mine_in(dir.path(), &input)
+        .args(["--suspects", "suspects.parquet"])
+        .assert()
+        .success();
+    let suspects = read(&dir.path().join("suspects.parquet"));
+    let ids: Vec<i64> = suspects
+        .column_by_name("id")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .values()
+        .to_vec();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(sorted, flipped.map(|r| r as i64));
+    let majority = suspects
+        .column_by_name("majority_neighbour_label")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::Int64Type>();
+    for (i, id) in ids.iter().enumerate() {
+        let k = flipped.iter().position(|&r| r as i64 == *id).unwrap();
+        assert_eq!(
+            majority.value(i),
+            true_labels[k],
+            "the majority is the row's true class"
+        );
+    }
+    let agreement = f32_column(&suspects, "agreement");
+    assert!(agreement.values().iter().all(|&a| a < 0.5));
+    let report = read(&dir.path().join("report.parquet"));
+    let counts = report
+        .column_by_name("label_noise_suspects")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::UInt64Type>();
+    assert_eq!(
+        counts.value(report.num_rows() - 1),
+        3,
+        "the overall row counts them"
+    );
+}

@@ -37,8 +37,24 @@ pub struct Triplet {
     pub negative_rank: u32,
 }
 
+/// The labels of an anchor's `suspects_k` nearest other rows (ties by the smaller row).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NeighbourLabels {
+    /// Share of them with the anchor's label.
+    pub agreement: f32,
+    /// Their most frequent label code (ties: the smaller code).
+    pub majority: u32,
+}
+
+impl NeighbourLabels {
+    /// Label-noise suspect: most neighbours carry one other label.
+    pub fn suspect(&self, label: u32) -> bool {
+        self.majority != label && self.agreement < 0.5
+    }
+}
+
 /// What happened to one anchor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AnchorRecord {
     pub anchor: u32,
     /// Label code of the anchor.
@@ -52,6 +68,8 @@ pub struct AnchorRecord {
     /// Whether its nearest other-label row lies within `d(a, hardest positive) + margin`;
     /// `None` without a positive, or when a capped search found no other-label row.
     pub violating_neighbour: Option<bool>,
+    /// Labels of its nearest neighbours; `None` without a positive (the anchor is not searched).
+    pub neighbour_labels: Option<NeighbourLabels>,
 }
 
 /// The output of one block of anchors.

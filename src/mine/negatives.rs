@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::positives::AnchorPlan;
-use super::{AnchorRecord, MinedBlock, Miner, Triplet, rng_for, sort_nearest};
+use super::{AnchorRecord, MinedBlock, Miner, NeighbourLabels, Triplet, rng_for, sort_nearest};
 use crate::config::{NegativeSampling, NegativeStrategy};
 use crate::error::Result;
 use crate::score::TripletKind;
@@ -19,6 +19,7 @@ const SEARCH_BUDGET: usize = 1 << 22;
 struct Resolved {
     triplets: Vec<Triplet>,
     violating_neighbour: Option<bool>,
+    neighbour_labels: Option<NeighbourLabels>,
 }
 
 /// Mines the negatives of every planned anchor of a block.
@@ -112,9 +113,14 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
 
     let mut block = MinedBlock::default();
     for (plan, outcome) in plans.into_iter().zip(done) {
-        let (triplets, violating_neighbour, capped) = match outcome {
-            Some((r, capped)) => (r.triplets, r.violating_neighbour, capped),
-            None => (Vec::new(), None, false),
+        let (triplets, violating_neighbour, neighbour_labels, capped) = match outcome {
+            Some((r, capped)) => (
+                r.triplets,
+                r.violating_neighbour,
+                r.neighbour_labels,
+                capped,
+            ),
+            None => (Vec::new(), None, None, false),
         };
         block.anchors.push(AnchorRecord {
             anchor: plan.anchor,
@@ -123,6 +129,7 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
             triplets: triplets.len() as u32,
             capped,
             violating_neighbour,
+            neighbour_labels,
         });
         block.triplets.extend(triplets);
     }
@@ -163,6 +170,11 @@ fn resolve(m: &Miner, plan: &AnchorPlan, list: &[(f32, u32)], radius: f32) -> Op
         None if radius == f32::INFINITY => None,
         None => return None,
     };
+    let near = m.params.suspects_k.min(m.table.rows() - 1);
+    if trusted < near && radius < f32::INFINITY {
+        return None;
+    }
+    let neighbour_labels = neighbour_labels(m, label, &list[..near.min(trusted)]);
 
     let strategy = m.params.negatives;
     let limit = m.params.num_negatives.limit();
@@ -210,6 +222,33 @@ fn resolve(m: &Miner, plan: &AnchorPlan, list: &[(f32, u32)], radius: f32) -> Op
     Some(Resolved {
         triplets,
         violating_neighbour,
+        neighbour_labels,
+    })
+}
+
+/// Agreement with the anchor's label and majority label of `near` (nearest first).
+fn neighbour_labels(m: &Miner, label: u32, near: &[(f32, u32)]) -> Option<NeighbourLabels> {
+    if near.is_empty() {
+        return None;
+    }
+    // Few neighbours: a small list beats a map.
+    let mut counts: Vec<(u32, u32)> = Vec::with_capacity(near.len());
+    for &(_, r) in near {
+        let l = m.label(r);
+        match counts.iter_mut().find(|c| c.0 == l) {
+            Some(c) => c.1 += 1,
+            None => counts.push((l, 1)),
+        }
+    }
+    let same = counts.iter().find(|c| c.0 == label).map_or(0, |c| c.1);
+    let majority = counts
+        .iter()
+        .max_by(|x, y| x.1.cmp(&y.1).then(y.0.cmp(&x.0)))
+        .expect("not empty")
+        .0;
+    Some(NeighbourLabels {
+        agreement: same as f32 / near.len() as f32,
+        majority,
     })
 }
 

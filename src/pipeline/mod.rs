@@ -66,6 +66,31 @@ pub struct Summary {
     pub warnings: Vec<String>,
 }
 
+/// Label-noise suspects, least agreement first: `id, label, majority_neighbour_label,
+/// agreement`.
+fn suspects_batch(table: &Table, mut suspects: Vec<(f32, u32, u32)>) -> Result<RecordBatch> {
+    suspects.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let rows = UInt32Array::from_iter_values(suspects.iter().map(|s| s.1));
+    let majority = UInt32Array::from_iter_values(suspects.iter().map(|s| s.2));
+    let schema = Schema::new(vec![
+        Field::new("id", table.ids.data_type().clone(), false),
+        Field::new("label", table.labels.data_type().clone(), false),
+        Field::new(
+            "majority_neighbour_label",
+            table.label_values.data_type().clone(),
+            false,
+        ),
+        Field::new("agreement", DataType::Float32, false),
+    ]);
+    let columns: Vec<ArrayRef> = vec![
+        take(&table.ids, &rows, None)?,
+        take(&table.labels, &rows, None)?,
+        take(&table.label_values, &majority, None)?,
+        Arc::new(Float32Array::from_iter_values(suspects.iter().map(|s| s.0))),
+    ];
+    Ok(RecordBatch::try_new(Arc::new(schema), columns)?)
+}
+
 /// Figures as JSON, for the report's key-value metadata.
 fn json(v: &impl Serialize) -> String {
     serde_json::to_string(v).expect("report figures serialise")
@@ -181,10 +206,17 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
     let schema = triplet_schema(&table);
     let mut sink = TripletSink::create(&out.out, schema.clone(), out.max_rows_per_file)?;
     let mut report = ReportBuilder::new(config.mine.margin);
+    // (agreement, row, majority label) of every label-noise suspect.
+    let mut suspects: Vec<(f32, u32, u32)> = Vec::new();
     let margin = config.mine.margin;
     for block in anchors.chunks(ANCHOR_BLOCK) {
         let mined = miner.mine_block(block)?;
         sink.write(&triplet_batch(&table, &schema, &mined.triplets, margin)?)?;
+        suspects.extend(mined.anchors.iter().filter_map(|a| {
+            let n = a.neighbour_labels?;
+            n.suspect(a.label)
+                .then_some((n.agreement, a.anchor, n.majority))
+        }));
         report.add(&mined.triplets, &mined.anchors, |r| {
             table.label_codes[r as usize]
         });
@@ -222,6 +254,14 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
     )?;
     let report_file = AtomicPath::new(&out.report)?;
     write_parquet(report_file.tmp(), &batch)?;
+    let suspects_file = match &out.suspects {
+        Some(path) => {
+            let target = AtomicPath::new(path)?;
+            write_parquet(target.tmp(), &suspects_batch(&table, suspects)?)?;
+            Some(target)
+        }
+        None => None,
+    };
     let html_file = match &out.report_html {
         Some(path) => {
             let target = AtomicPath::new(path)?;
@@ -264,7 +304,7 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
     // Every output is complete: rename them into place.
     triplets_file.commit()?;
     report_file.commit()?;
-    if let Some(f) = html_file {
+    for f in [html_file, suspects_file].into_iter().flatten() {
         f.commit()?;
     }
     if let Some(path) = &out.summary_json {

@@ -124,6 +124,10 @@ pub fn render(page: &Page) -> String {
             "no qualifying negative for the strategy",
         ),
         ("anchors_capped", "search stopped by max-k"),
+        (
+            "label_noise_suspects",
+            "label-noise suspects: most nearest neighbours carry one other label",
+        ),
     ] {
         figure_row(&mut h, name, what, t.figure(name).flatten());
     }

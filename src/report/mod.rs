@@ -29,6 +29,9 @@ pub struct Totals {
     pub hard: u64,
     pub semihard: u64,
     pub easy: u64,
+    /// Anchors whose nearest neighbours mostly carry one other label (see `--suspects`).
+    #[serde(default)]
+    pub label_noise_suspects: u64,
     /// Share of triplets with a positive loss.
     pub active_fraction: Option<f64>,
     pub loss_mean: Option<f64>,
@@ -117,9 +120,10 @@ pub struct ReportBuilder {
     a_no_negative: Vec<u32>,
     a_capped: Vec<u32>,
     a_violating: Vec<Option<u32>>,
+    a_suspect: Vec<u32>,
 }
 
-const COUNT_COLUMNS: [&str; 8] = [
+const COUNT_COLUMNS: [&str; 9] = [
     "anchors",
     "anchors_without_positive",
     "anchors_without_negative",
@@ -128,6 +132,7 @@ const COUNT_COLUMNS: [&str; 8] = [
     "hard",
     "semihard",
     "easy",
+    "label_noise_suspects",
 ];
 const FIGURE_COLUMNS: [&str; 10] = [
     "active_fraction",
@@ -157,6 +162,7 @@ impl ReportBuilder {
             a_no_negative: Vec::new(),
             a_capped: Vec::new(),
             a_violating: Vec::new(),
+            a_suspect: Vec::new(),
         }
     }
 
@@ -184,6 +190,8 @@ impl ReportBuilder {
             self.a_capped.push(a.capped as u32);
             self.a_violating
                 .push(a.violating_neighbour.map(|v| v as u32));
+            self.a_suspect
+                .push(a.neighbour_labels.is_some_and(|n| n.suspect(a.label)) as u32);
         }
     }
 
@@ -216,6 +224,7 @@ impl ReportBuilder {
             "no_negative" => self.a_no_negative,
             "capped" => self.a_capped,
             "violating" => self.a_violating,
+            "suspect" => self.a_suspect,
         )?
         .lazy();
 
@@ -270,6 +279,7 @@ impl ReportBuilder {
                 sum("no_positive").alias("anchors_without_positive"),
                 sum("no_negative").alias("anchors_without_negative"),
                 sum("capped").alias("anchors_capped"),
+                sum("suspect").alias("label_noise_suspects"),
                 col("violating")
                     .cast(DataType::Float64)
                     .mean()
@@ -370,6 +380,7 @@ fn count_field<'a>(t: &'a mut Totals, name: &str) -> &'a mut u64 {
         "hard" => &mut t.hard,
         "semihard" => &mut t.semihard,
         "easy" => &mut t.easy,
+        "label_noise_suspects" => &mut t.label_noise_suspects,
         other => unreachable!("no count {other}"),
     }
 }

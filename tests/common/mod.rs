@@ -9,7 +9,7 @@ use arrow::array::Int64Array;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tripmine::config::{Metric, MiningParams, NegativeStrategy, PositiveStrategy};
-use tripmine::mine::{AnchorRecord, Triplet};
+use tripmine::mine::{AnchorRecord, NeighbourLabels, Triplet};
 use tripmine::score::normalize_rows;
 use tripmine::{Table, TripletKind};
 
@@ -134,6 +134,30 @@ impl Oracle {
             .collect()
     }
 
+    /// Agreement and majority label of a's k nearest other rows.
+    pub fn neighbour_labels(&self, a: usize, k: usize) -> NeighbourLabels {
+        let near: Vec<u32> = self
+            .neighbours(a)
+            .into_iter()
+            .take(k)
+            .map(|(_, r)| self.labels[r as usize])
+            .collect();
+        let count = |l: u32| near.iter().filter(|&&x| x == l).count();
+        let mut distinct = near.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        // Most frequent, ties to the smaller label code.
+        let majority = distinct
+            .iter()
+            .copied()
+            .max_by_key(|&l| (count(l), std::cmp::Reverse(l)))
+            .unwrap();
+        NeighbourLabels {
+            agreement: count(self.labels[a]) as f32 / near.len() as f32,
+            majority,
+        }
+    }
+
     /// Whether a's nearest other-label row is within d(a, hardest positive) + margin.
     pub fn violating_neighbour(&self, a: usize, margin: f32) -> Option<bool> {
         let hardest = self.positives(a).iter().map(|x| x.0).reduce(f32::max)?;
@@ -176,6 +200,8 @@ impl Oracle {
                 triplets: count,
                 capped: false,
                 violating_neighbour: self.violating_neighbour(a, p.margin),
+                neighbour_labels: (!self.positives(a).is_empty())
+                    .then(|| self.neighbour_labels(a, p.suspects_k)),
             });
         }
         (triplets, records)
