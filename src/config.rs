@@ -332,6 +332,25 @@ pub struct MiningOptions {
     pub run: RunOptions,
 }
 
+impl MiningOptions {
+    /// The options that shape the outputs: all but `[run]` (threads, progress, force).
+    pub fn shaping(&self) -> Shaping<'_> {
+        Shaping {
+            input: &self.input,
+            mine: &self.mine,
+            output: &self.output,
+        }
+    }
+}
+
+/// The sections of [`MiningOptions`] that shape the outputs, for reports and manifests.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Shaping<'a> {
+    pub input: &'a InputOptions,
+    pub mine: &'a MiningParams,
+    pub output: &'a OutputOptions,
+}
+
 /// Validated [`MiningOptions`]: the only way to start a job.
 #[derive(Debug, Clone)]
 pub struct MiningConfig(MiningOptions);

@@ -131,7 +131,9 @@ fn outputs_are_byte_identical_whatever_the_thread_count() {
     let dir = TempDir::new().unwrap();
     let input = generated(dir.path(), "data.parquet", 800, 5, 2);
     for threads in ["1", "2"] {
-        mine_in(dir.path(), &input)
+        let run_dir = dir.path().join(threads);
+        std::fs::create_dir(&run_dir).unwrap();
+        mine_in(&run_dir, &input)
             .args([
                 "--threads",
                 threads,
@@ -141,17 +143,26 @@ fn outputs_are_byte_identical_whatever_the_thread_count() {
                 "random",
             ])
             .args([
-                "--out",
-                &format!("t{threads}.parquet"),
-                "--report",
-                &format!("r{threads}.parquet"),
+                "--report-html",
+                "report.html",
+                "--suspects",
+                "suspects.parquet",
             ])
             .assert()
             .success();
     }
-    let bytes = |n: &str| std::fs::read(dir.path().join(n)).unwrap();
-    assert_eq!(bytes("t1.parquet"), bytes("t2.parquet"));
-    assert_eq!(bytes("r1.parquet"), bytes("r2.parquet"));
+    for file in [
+        "triplets.parquet",
+        "report.parquet",
+        "report.html",
+        "suspects.parquet",
+    ] {
+        let bytes = |t: &str| std::fs::read(dir.path().join(t).join(file)).unwrap();
+        assert!(
+            bytes("1") == bytes("2"),
+            "{file} differs between 1 and 2 threads"
+        );
+    }
 }
 
 #[test]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::Summary;
-use crate::config::{MiningOptions, MiningParams};
+use crate::config::{MiningOptions, OutputOptions, Shaping};
 use crate::error::{Error, Result};
 use crate::io::{is_folder_output, write_atomic};
 
@@ -95,30 +95,17 @@ pub fn stat_outputs(paths: &[&Path]) -> Result<Vec<OutputStat>> {
 
 /// The fingerprint of a run: what its outputs depend on (not threads, progress or gates).
 pub fn fingerprint(options: &MiningOptions, inputs: &[InputStat]) -> String {
-    #[derive(Serialize)]
-    struct Shaping<'a> {
-        version: &'a str,
-        input: &'a crate::config::InputOptions,
-        mine: &'a MiningParams,
-        out: &'a Path,
-        out_is_folder: bool,
-        report: &'a Path,
-        summary_json: &'a Option<PathBuf>,
-        max_rows_per_file: usize,
-        files: &'a [InputStat],
-    }
-    let o = &options.output;
-    let shaping = Shaping {
-        version: env!("CARGO_PKG_VERSION"),
-        input: &options.input,
-        mine: &options.mine,
-        out: &o.out,
-        out_is_folder: is_folder_output(&o.out),
-        report: &o.report,
-        summary_json: &o.summary_json,
-        max_rows_per_file: o.max_rows_per_file,
-        files: inputs,
+    // Gates change no output: a rerun with other gates checks them against the manifest.
+    let output = OutputOptions {
+        fail_if: Vec::new(),
+        ..options.output.clone()
     };
+    let shaping = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "options": Shaping { output: &output, ..options.shaping() },
+        "out_is_folder": is_folder_output(&options.output.out),
+        "files": inputs,
+    });
     let bytes = serde_json::to_vec(&shaping).expect("configuration serialises");
     let digest = Sha256::digest(&bytes);
     digest.iter().map(|b| format!("{b:02x}")).collect()

@@ -248,7 +248,8 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         [
             ("tripmine.totals", json(&totals)),
             ("tripmine.histogram", json(&histogram)),
-            ("tripmine.config", json(config.options())),
+            // What shaped the outputs; `run` (threads, progress) changes none of them.
+            ("tripmine.config", json(&config.shaping())),
             ("tripmine.warnings", json(&warnings)),
         ],
     )?;

@@ -160,7 +160,7 @@ pub fn render(page: &Page) -> String {
     }
     h.push_str("</table>\n");
 
-    let config = toml::to_string_pretty(page.options).unwrap_or_default();
+    let config = toml::to_string_pretty(&page.options.shaping()).unwrap_or_default();
     let _ = write!(
         h,
         "<h2>Configuration</h2>\n<pre id=\"config\">{}</pre>\n</body></html>\n",
