@@ -51,6 +51,7 @@ fn child(input: &str, index: &str, out_dir: &str) {
             report: std::path::Path::new(out_dir).join("report.parquet"),
             ..Default::default()
         },
+        report: Default::default(),
         run: RunOptions {
             // Every run does the work: the previous run's manifest must not skip it.
             force: true,

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{
     ColumnNames, Count, InputOptions, Metric, MiningConfig, MiningOptions, MiningParams,
-    NegativeSampling, NegativeStrategy, OutputOptions, PositiveStrategy, RunOptions,
+    NegativeSampling, NegativeStrategy, OutputOptions, PositiveStrategy, ReportOptions, RunOptions,
 };
 use crate::error::{Error, ErrorClass, Result};
 use crate::io::inspect;
@@ -52,6 +52,8 @@ pub enum Command {
     Gen(GenArgs),
     /// Show the schema, size, dimension and label counts of inputs.
     Inspect(InspectArgs),
+    /// Compare two runs: triplet overlap and the labels whose violation rate moved most.
+    Diff(DiffArgs),
 }
 
 #[derive(Debug, Args)]
@@ -214,10 +216,12 @@ impl MineArgs {
                 out: self.out.clone(),
                 report: self.report.clone(),
                 summary_json: self.summary_json.clone(),
-                report_html: self.report_html.clone(),
-                suspects: self.suspects.clone(),
                 max_rows_per_file: self.max_rows_per_file,
                 fail_if: self.fail_if.clone(),
+            },
+            report: ReportOptions {
+                html: self.report_html.clone(),
+                suspects: self.suspects.clone(),
             },
             run: RunOptions {
                 threads: self.threads,
@@ -242,6 +246,17 @@ pub struct GenArgs {
     #[arg(long, default_value_t = 1.0)]
     pub separation: f32,
     #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The earlier run: a triplet output (file or folder) or its manifest.
+    pub run_a: PathBuf,
+    /// The later run.
+    pub run_b: PathBuf,
+    /// Write the per-label comparison here (Parquet).
+    #[arg(long, default_value = "diff.parquet")]
     pub out: PathBuf,
 }
 
@@ -285,6 +300,11 @@ pub fn execute(cli: &Cli) -> Result<()> {
                 args.labels,
                 args.out.display()
             );
+        }
+        Command::Diff(args) => {
+            let d = crate::report::diff::diff(&args.run_a, &args.run_b)?;
+            crate::io::write_parquet(&args.out, &d.to_batch()?)?;
+            println!("{d}\nwrote {}", args.out.display());
         }
         Command::Inspect(args) => {
             print!("{}", inspect(&args.inputs, &args.columns.names())?);

@@ -275,11 +275,6 @@ pub struct OutputOptions {
     pub report: PathBuf,
     /// Optional machine-readable summary.
     pub summary_json: Option<PathBuf>,
-    /// Optional self-contained HTML report (charts as inline SVG).
-    pub report_html: Option<PathBuf>,
-    /// Optional Parquet of label-noise suspects: anchors whose neighbours mostly carry one
-    /// other label.
-    pub suspects: Option<PathBuf>,
     /// Rows per part file when `out` is a folder.
     pub max_rows_per_file: usize,
     /// Quality gates: the run fails (after writing) when one of them holds.
@@ -292,8 +287,6 @@ impl Default for OutputOptions {
             out: "triplets.parquet".into(),
             report: "report.parquet".into(),
             summary_json: None,
-            report_html: None,
-            suspects: None,
             max_rows_per_file: 1_000_000,
             fail_if: Vec::new(),
         }
@@ -322,6 +315,17 @@ impl Default for RunOptions {
     }
 }
 
+/// Reports for people beyond the Parquet report (`[report]` in a pipeline file).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReportOptions {
+    /// Self-contained HTML report (charts as inline SVG).
+    pub html: Option<PathBuf>,
+    /// Parquet of label-noise suspects: anchors whose nearest neighbours mostly carry one
+    /// other label.
+    pub suspects: Option<PathBuf>,
+}
+
 /// Everything a mining job needs; the shape of a pipeline file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -329,6 +333,7 @@ pub struct MiningOptions {
     pub input: InputOptions,
     pub mine: MiningParams,
     pub output: OutputOptions,
+    pub report: ReportOptions,
     pub run: RunOptions,
 }
 
@@ -339,6 +344,7 @@ impl MiningOptions {
             input: &self.input,
             mine: &self.mine,
             output: &self.output,
+            report: &self.report,
         }
     }
 }
@@ -349,6 +355,7 @@ pub struct Shaping<'a> {
     pub input: &'a InputOptions,
     pub mine: &'a MiningParams,
     pub output: &'a OutputOptions,
+    pub report: &'a ReportOptions,
 }
 
 /// Validated [`MiningOptions`]: the only way to start a job.

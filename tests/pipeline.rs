@@ -143,6 +143,16 @@ fn the_nightly_pipeline_writes_bounded_parts_and_a_success_marker() {
             .join("out/nightly/triplets.manifest.json")
             .exists()
     );
+    let html = std::fs::read_to_string(dir.path().join("out/nightly/report.html")).unwrap();
+    assert!(html.contains("<svg"));
+    let suspects = read(&dir.path().join("out/nightly/suspects.parquet"));
+    let report = read(&dir.path().join("out/nightly/report.parquet"));
+    let counted = report
+        .column_by_name("label_noise_suspects")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::UInt64Type>()
+        .value(report.num_rows() - 1);
+    assert_eq!(suspects.num_rows() as u64, counted);
 }
 
 fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {

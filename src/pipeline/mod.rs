@@ -144,6 +144,8 @@ pub fn run(config: &MiningConfig) -> Result<Summary> {
             let out = &config.output;
             let mut written = vec![out.out.as_path(), out.report.as_path()];
             written.extend(out.summary_json.as_deref());
+            written.extend(config.report.html.as_deref());
+            written.extend(config.report.suspects.as_deref());
             let manifest = Manifest {
                 tripmine_version: env!("CARGO_PKG_VERSION").into(),
                 fingerprint,
@@ -255,7 +257,7 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
     )?;
     let report_file = AtomicPath::new(&out.report)?;
     write_parquet(report_file.tmp(), &batch)?;
-    let suspects_file = match &out.suspects {
+    let suspects_file = match &config.report.suspects {
         Some(path) => {
             let target = AtomicPath::new(path)?;
             write_parquet(target.tmp(), &suspects_batch(&table, suspects)?)?;
@@ -263,7 +265,7 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         }
         None => None,
     };
-    let html_file = match &out.report_html {
+    let html_file = match &config.report.html {
         Some(path) => {
             let target = AtomicPath::new(path)?;
             let page = crate::report::html::render(&crate::report::html::Page {

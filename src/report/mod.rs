@@ -4,6 +4,7 @@
 //! distinct labels. Out: a [`Report`]: one Arrow batch (one row per label, then an overall row
 //! whose label is null) computed as a polars group-by, and the overall figures for the summary.
 
+pub mod diff;
 pub mod html;
 
 use std::sync::Arc;

@@ -216,3 +216,123 @@ fn healthy_embeddings_raise_no_collapse_warning() {
         .success()
         .stdout(predicates::str::contains("WARNING").not());
 }
+
+#[test]
+fn diff_reports_overlap_and_the_labels_that_moved_most() {
+    use arrow::datatypes::Float32Type;
+    use std::collections::HashMap;
+
+    let dir = TempDir::new().unwrap();
+    let input = dir.path().join("data.parquet");
+    tripmine()
+        .args([
+            "gen",
+            "--rows",
+            "800",
+            "--dim",
+            "8",
+            "--labels",
+            "6",
+            "--separation",
+            "1.5",
+            "--out",
+        ])
+        .arg(&input)
+        .assert()
+        .success();
+    let mine = |out: &str, margin: &str| {
+        tripmine()
+            .current_dir(dir.path())
+            .args([
+                "mine",
+                "--no-progress",
+                "--negatives",
+                "hardest",
+                "--margin",
+                margin,
+                "--in",
+            ])
+            .arg(&input)
+            .args(["--out", out, "--report", &format!("report-{out}")])
+            .assert()
+            .success();
+    };
+    mine("a.parquet", "0.2");
+    mine("b.parquet", "1.0");
+
+    // The same run against itself: full overlap, nothing moved.
+    tripmine()
+        .current_dir(dir.path())
+        .args([
+            "diff",
+            "a.parquet",
+            "a.parquet.manifest.json",
+            "--out",
+            "same.parquet",
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "overlap: 1.0000 mean Jaccard by anchor, 1.0000 over all triplets",
+        ));
+
+    tripmine()
+        .current_dir(dir.path())
+        .args(["diff", "a.parquet", "b.parquet", "--out", "diff.parquet"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("labels that moved most"));
+    let d = read(&dir.path().join("diff.parquet"));
+    assert_eq!(d.num_rows(), 6);
+    // Violation rates equal those counted from each run's triplets.
+    let rates = |file: &str| {
+        let t = read(&dir.path().join(file));
+        let labels = arrow::compute::cast(
+            t.column_by_name("anchor_label").unwrap(),
+            &arrow::datatypes::DataType::Utf8,
+        )
+        .unwrap();
+        let labels = labels.as_string::<i32>();
+        let loss = t
+            .column_by_name("loss")
+            .unwrap()
+            .as_primitive::<Float32Type>();
+        let mut c: HashMap<String, (f64, f64)> = HashMap::new();
+        for i in 0..t.num_rows() {
+            let e = c.entry(labels.value(i).to_string()).or_default();
+            e.0 += 1.0;
+            e.1 += (loss.value(i) > 0.0) as u8 as f64;
+        }
+        c.into_iter()
+            .map(|(k, (n, v))| (k, v / n))
+            .collect::<HashMap<_, _>>()
+    };
+    let (ra, rb) = (rates("a.parquet"), rates("b.parquet"));
+    let labels = d.column_by_name("label").unwrap().as_string::<i32>();
+    let col = |n: &str| {
+        d.column_by_name(n)
+            .unwrap()
+            .as_primitive::<Float64Type>()
+            .clone()
+    };
+    let (a, b, delta, nbr_delta) = (
+        col("violation_rate_a"),
+        col("violation_rate_b"),
+        col("violation_rate_delta"),
+        col("neighbour_violation_share_delta"),
+    );
+    let mut movement = Vec::new();
+    for i in 0..d.num_rows() {
+        let l = labels.value(i);
+        assert!((a.value(i) - ra[l]).abs() < 1e-12, "label {l}");
+        assert!((b.value(i) - rb[l]).abs() < 1e-12, "label {l}");
+        assert!((delta.value(i) - (rb[l] - ra[l])).abs() < 1e-12);
+        assert_eq!(nbr_delta.value(i), 0.0, "same data, same health figure");
+        movement.push(delta.value(i).abs());
+    }
+    assert!(
+        movement.windows(2).all(|w| w[0] >= w[1]),
+        "moved most first: {movement:?}"
+    );
+    assert!(movement[0] > 0.0, "a larger margin raises violation rates");
+}
