@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to build tripmine: cmake and a C++ compiler for
 # the FAISS that the `faiss` crate builds, and OpenBLAS/LAPACK for it to link against.
+# With --tests, also Chromium: the tests render the HTML report in a headless browser.
 set -euo pipefail
 
-# chromium: the tests render the HTML report in a headless browser.
-packages=(cmake g++ make libopenblas-dev liblapack-dev pkg-config chromium)
+packages=(cmake g++ make libopenblas-dev liblapack-dev pkg-config)
+[ "${1:-}" = "--tests" ] && packages+=(chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

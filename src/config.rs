@@ -376,6 +376,20 @@ impl MiningConfig {
             return Err(invalid("output.max_rows_per_file", "must be at least 1"));
         }
         let out = &options.output;
+        let others = [
+            Some(&out.report),
+            out.summary_json.as_ref(),
+            options.report.html.as_ref(),
+            options.report.suspects.as_ref(),
+        ];
+        if crate::io::is_folder_output(&out.out)
+            && others.iter().flatten().any(|p| p.starts_with(&out.out))
+        {
+            return Err(invalid(
+                "output.out",
+                "is a folder that holds another output; it is replaced whole on every run",
+            ));
+        }
         if out.out == out.report
             || Some(&out.out) == out.summary_json.as_ref()
             || Some(&out.report) == out.summary_json.as_ref()

@@ -445,3 +445,19 @@ fn a_killed_run_leaves_the_previous_or_the_new_file() {
 fn a_killed_run_leaves_the_previous_or_the_new_folder() {
     kill_at_any_point("parts/");
 }
+
+#[test]
+fn an_output_folder_may_not_hold_the_other_outputs() {
+    let dir = TempDir::new().unwrap();
+    let input = generated(dir.path(), "data.parquet", 100, 3, 7);
+    tripmine()
+        .current_dir(dir.path())
+        .args(mine_args(&input))
+        .args(["--out", "out/", "--report", "out/report.parquet"])
+        .assert()
+        .failure()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "--out is a folder that holds another output",
+        ));
+}
