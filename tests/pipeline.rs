@@ -161,57 +161,43 @@ fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// `tripmine validate` refuses the file `text` with exit 2 and every one of `messages`.
+fn assert_file_rejected(text: &str, messages: &[&str]) {
+    let dir = TempDir::new().unwrap();
+    let file = write_file(dir.path(), "p.toml", text);
+    let mut assert = tripmine()
+        .arg("validate")
+        .arg(&file)
+        .assert()
+        .failure()
+        .code(2);
+    for m in ["p.toml"].iter().chain(messages) {
+        assert = assert.stderr(predicate::str::contains(*m));
+    }
+}
+
 #[test]
 fn an_unknown_key_is_named_with_its_line() {
-    let dir = TempDir::new().unwrap();
-    let file = write_file(
-        dir.path(),
-        "p.toml",
+    assert_file_rejected(
         "[input]\npaths = [\"x.parquet\"]\n\n[mine]\nmargn = 0.3\n",
+        &["line 5", "unknown field `margn`"],
     );
-    run_pipeline(dir.path(), &file, &[])
-        .failure()
-        .code(2)
-        .stderr(predicate::str::contains("p.toml"))
-        .stderr(predicate::str::contains("line 5"))
-        .stderr(predicate::str::contains("unknown field `margn`"));
 }
 
 #[test]
 fn a_value_of_the_wrong_type_is_named_with_its_line() {
-    let dir = TempDir::new().unwrap();
-    let file = write_file(
-        dir.path(),
-        "p.toml",
+    assert_file_rejected(
         "[input]\npaths = [\"x.parquet\"]\n[mine]\nk = \"deep\"\n",
+        &["line 4", "expected usize"],
     );
-    tripmine()
-        .arg("validate")
-        .arg(&file)
-        .assert()
-        .failure()
-        .code(2)
-        .stderr(predicate::str::contains("line 4"))
-        .stderr(predicate::str::contains("expected usize"));
 }
 
 #[test]
 fn a_value_out_of_range_is_named_with_its_key_and_line() {
-    let dir = TempDir::new().unwrap();
-    let file = write_file(
-        dir.path(),
-        "p.toml",
+    assert_file_rejected(
         "[input]\npaths = [\"x.parquet\"]\n[mine]\nk = 8\nmargin = -0.5\n",
+        &["line 5: mine.margin (--margin) must be a finite number >= 0"],
     );
-    tripmine()
-        .arg("validate")
-        .arg(&file)
-        .assert()
-        .failure()
-        .code(2)
-        .stderr(predicate::str::contains(
-            "line 5: mine.margin (--margin) must be a finite number >= 0",
-        ));
 }
 
 #[test]
