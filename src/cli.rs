@@ -119,9 +119,29 @@ pub struct MineArgs {
     /// Deepest search per anchor (default: as deep as exactness needs).
     #[arg(long, allow_negative_numbers = true)]
     pub max_k: Option<i64>,
-    /// FAISS index factory string: `Flat` (exact), `IVF1024,Flat`, `HNSW32`, ...
+    /// FAISS index factory string: `Flat` (exact), `IVF1024,Flat`, `HNSW32`, ..., or `auto`
+    /// (Flat for small tables, an IVF layout sized to the data above 200,000 rows).
     #[arg(long, default_value = "Flat")]
     pub index: String,
+    /// Rows (a seeded sample) an index that needs training is trained on.
+    #[arg(long, default_value_t = 100_000)]
+    pub train_sample: usize,
+    /// IVF lists probed per search (default: lists / 16, at least 8).
+    #[arg(long)]
+    pub nprobe: Option<usize>,
+    /// HNSW search depth.
+    #[arg(long)]
+    pub ef_search: Option<usize>,
+    /// With an approximate index, redo this many seeded anchors exactly and report the recall
+    /// of the mined negatives and of the candidate lists.
+    #[arg(long, value_name = "N")]
+    pub check_recall: Option<usize>,
+    /// Save the index built (FAISS's format) for later runs.
+    #[arg(long, value_name = "PATH")]
+    pub save_index: Option<PathBuf>,
+    /// Use an index saved by `--save-index` instead of building one (checked against the input).
+    #[arg(long, value_name = "PATH")]
+    pub load_index: Option<PathBuf>,
     /// Threads for FAISS and rayon (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -203,10 +223,15 @@ impl MineArgs {
             max_k: self.max_k.map(|m| count("max-k", m)).transpose()?,
             index: self.index.clone(),
             suspects_k: self.suspects_k,
+            train_sample: self.train_sample,
+            nprobe: self.nprobe,
+            ef_search: self.ef_search,
+            check_recall: self.check_recall,
         };
         MiningConfig::new(MiningOptions {
             input: InputOptions {
                 paths: self.inputs.clone(),
+                load_index: self.load_index.clone(),
                 id_col: self.columns.id_col.clone(),
                 label_col: self.columns.label_col.clone(),
                 embedding_col: self.columns.embedding_col.clone(),
@@ -217,6 +242,7 @@ impl MineArgs {
                 report: self.report.clone(),
                 summary_json: self.summary_json.clone(),
                 max_rows_per_file: self.max_rows_per_file,
+                save_index: self.save_index.clone(),
                 fail_if: self.fail_if.clone(),
             },
             report: ReportOptions {

@@ -157,6 +157,8 @@ pub struct InputOptions {
     pub paths: Vec<PathBuf>,
     /// Id column; `None`: `id` if present, else the row position across all inputs.
     pub id_col: Option<String>,
+    /// A FAISS index saved by an earlier run (`--save-index`), used instead of building one.
+    pub load_index: Option<PathBuf>,
     pub label_col: String,
     pub embedding_col: String,
 }
@@ -166,6 +168,7 @@ impl Default for InputOptions {
         InputOptions {
             paths: Vec::new(),
             id_col: None,
+            load_index: None,
             label_col: "label".into(),
             embedding_col: "embedding".into(),
         }
@@ -201,8 +204,17 @@ pub struct MiningParams {
     pub k: usize,
     /// Deepest search for one anchor; `None` searches as deep as exactness needs.
     pub max_k: Option<usize>,
-    /// FAISS factory string; `Flat` is exact.
+    /// FAISS factory string; `Flat` is exact; `auto` picks Flat for small tables and an IVF
+    /// layout sized to the data above [`AUTO_FLAT_ROWS`] rows.
     pub index: String,
+    /// Rows (a seeded sample) an index that needs training is trained on.
+    pub train_sample: usize,
+    /// IVF lists probed per search (default: lists / 16, at least 8).
+    pub nprobe: Option<usize>,
+    /// HNSW search depth (FAISS's `efSearch`).
+    pub ef_search: Option<usize>,
+    /// With an approximate index, redo this many seeded anchors exactly and report recall.
+    pub check_recall: Option<usize>,
     /// Neighbours whose labels are compared with an anchor's, for label-noise suspects.
     pub suspects_k: usize,
 }
@@ -222,6 +234,10 @@ impl Default for MiningParams {
             k: 64,
             max_k: None,
             index: "Flat".into(),
+            train_sample: 100_000,
+            nprobe: None,
+            ef_search: None,
+            check_recall: None,
             suspects_k: 10,
         }
     }
@@ -250,6 +266,16 @@ impl MiningParams {
         if self.anchors_sample == Some(0) {
             return Err(invalid("mine.anchors_sample", "must be at least 1"));
         }
+        for (key, v) in [
+            ("mine.train_sample", Some(self.train_sample)),
+            ("mine.nprobe", self.nprobe),
+            ("mine.ef_search", self.ef_search),
+            ("mine.check_recall", self.check_recall),
+        ] {
+            if v == Some(0) {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
         if self.suspects_k < 1 {
             return Err(invalid("mine.suspects_k", "must be at least 1"));
         }
@@ -257,11 +283,6 @@ impl MiningParams {
             return Err(invalid("mine.index", "is empty"));
         }
         Ok(())
-    }
-
-    /// Whether the index gives exact neighbours, so the mined sets equal brute force.
-    pub fn exact_index(&self) -> bool {
-        matches!(self.index.trim(), "Flat" | "IDMap,Flat")
     }
 }
 
@@ -275,6 +296,8 @@ pub struct OutputOptions {
     pub report: PathBuf,
     /// Optional machine-readable summary.
     pub summary_json: Option<PathBuf>,
+    /// Save the index built here (FAISS's format, plus `PATH.json` describing it).
+    pub save_index: Option<PathBuf>,
     /// Rows per part file when `out` is a folder.
     pub max_rows_per_file: usize,
     /// Quality gates: the run fails (after writing) when one of them holds.
@@ -287,6 +310,7 @@ impl Default for OutputOptions {
             out: "triplets.parquet".into(),
             report: "report.parquet".into(),
             summary_json: None,
+            save_index: None,
             max_rows_per_file: 1_000_000,
             fail_if: Vec::new(),
         }

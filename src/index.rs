@@ -7,13 +7,17 @@
 
 use std::ffi::{c_char, c_int, c_void};
 
+use std::path::{Path, PathBuf};
+
 use faiss::index::IndexImpl;
-use faiss::{Index, MetricType, index_factory};
+use faiss::index::autotune::ParameterSpace;
+use faiss::{Index, MetricType, index_factory, read_index, write_index};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::Metric;
 use crate::error::{Error, Result};
+use crate::io::{AtomicPath, write_atomic};
 use crate::score::dot;
 
 unsafe extern "C" {
@@ -38,9 +42,6 @@ pub fn set_native_threads(n: usize) {
         }
     }
 }
-
-/// Rows FAISS trains an index on at most (a seeded sample).
-const MAX_TRAIN_ROWS: usize = 100_000;
 
 /// Candidate rows of a batch of queries, `k` per query, nearest (or farthest) first.
 #[derive(Debug, Clone)]
@@ -84,45 +85,214 @@ pub fn faiss_error_factor(dim: usize) -> f32 {
     4.0 * (dim as f32 + 2.0) * f32::EPSILON
 }
 
+/// Below this many rows `--index auto` is exact (`Flat`).
+pub const AUTO_FLAT_ROWS: usize = 200_000;
+
+/// The factory string `--index` means for a table of `rows` rows: `auto` becomes `Flat` for
+/// small tables, else `IVF<n>,Flat` with `n` the power of two nearest `4 sqrt(rows)` (FAISS's
+/// guideline is 4 to 16 sqrt(rows) lists, each trained on at least 39 points).
+pub fn resolve_factory(factory: &str, rows: usize) -> String {
+    let factory = factory.trim();
+    if !factory.eq_ignore_ascii_case("auto") {
+        return factory.to_string();
+    }
+    if rows < AUTO_FLAT_ROWS {
+        return "Flat".into();
+    }
+    let lists = (4.0 * (rows as f64).sqrt()).log2().round().exp2() as usize;
+    format!("IVF{},Flat", lists.clamp(16, 65_536))
+}
+
+/// Whether a factory string gives exact neighbours, so the mined sets equal brute force.
+pub fn is_exact(factory: &str) -> bool {
+    matches!(factory.trim(), "Flat" | "IDMap,Flat")
+}
+
+/// The number of IVF lists a factory string names (`IVF1024,Flat` gives 1024).
+fn ivf_lists(factory: &str) -> Option<usize> {
+    let at = factory.find("IVF")? + 3;
+    let digits: String = factory[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+/// How the neighbour index is made and searched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexSpec {
+    /// A FAISS factory string (already resolved from `auto`).
+    pub factory: String,
+    pub train_sample: usize,
+    pub seed: u64,
+    pub nprobe: Option<usize>,
+    pub ef_search: Option<usize>,
+}
+
+/// What `--save-index` writes beside the FAISS file, and `--load-index` checks.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct IndexInfo {
+    pub factory: String,
+    pub metric: Metric,
+    pub dim: usize,
+    pub rows: usize,
+    pub tripmine_version: String,
+}
+
 /// The index over the whole table, for the nearest neighbours of anchors.
 pub struct NeighbourIndex {
     index: IndexImpl,
     metric: Metric,
     rows: usize,
+    info: IndexInfo,
+}
+
+fn faiss_metric(metric: Metric) -> MetricType {
+    match metric {
+        Metric::L2sq => MetricType::L2,
+        Metric::Cosine => MetricType::InnerProduct,
+    }
 }
 
 impl NeighbourIndex {
-    /// Builds `factory` over `vectors` (already normalised for cosine), training on a seeded
-    /// sample where the index needs it.
-    pub fn build(
-        vectors: &[f32],
-        dim: usize,
-        metric: Metric,
-        factory: &str,
-        seed: u64,
-    ) -> Result<Self> {
-        let faiss_metric = match metric {
-            Metric::L2sq => MetricType::L2,
-            Metric::Cosine => MetricType::InnerProduct,
-        };
-        let mut index = index_factory(dim as u32, factory, faiss_metric)
+    /// Builds `spec.factory` over `vectors` (already normalised for cosine), training on a
+    /// seeded sample of `spec.train_sample` rows where the index needs it.
+    pub fn build(vectors: &[f32], dim: usize, metric: Metric, spec: &IndexSpec) -> Result<Self> {
+        let factory = spec.factory.as_str();
+        let mut index = index_factory(dim as u32, factory, faiss_metric(metric))
             .map_err(|e| Error::Config(format!("index `{factory}` cannot be built: {e}")))?;
         let rows = vectors.len() / dim;
         if !index.is_trained() {
-            let train = sample_rows(vectors, dim, MAX_TRAIN_ROWS, seed);
+            let train = sample_rows(vectors, dim, spec.train_sample, spec.seed);
             tracing::info!(factory, rows = train.len() / dim, "training index");
             index.train(&train).map_err(|e| {
                 Error::Config(format!(
-                    "index `{factory}` cannot be trained on {rows} rows: {e}"
+                    "index `{factory}` cannot be trained on {} rows: {e}",
+                    train.len() / dim
                 ))
             })?;
         }
         index.add(vectors)?;
-        Ok(NeighbourIndex {
+        let info = IndexInfo {
+            factory: factory.to_string(),
+            metric,
+            dim,
+            rows,
+            tripmine_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let mut built = NeighbourIndex {
             index,
             metric,
             rows,
-        })
+            info,
+        };
+        built.tune(spec)?;
+        Ok(built)
+    }
+
+    /// Loads an index saved by `--save-index`, refusing one made for other data.
+    pub fn load(
+        path: &Path,
+        dim: usize,
+        metric: Metric,
+        rows: usize,
+        spec: &IndexSpec,
+    ) -> Result<Self> {
+        let mismatch =
+            |what: String| Error::Config(format!("--load-index {}: {what}", path.display()));
+        if !path.is_file() {
+            return Err(mismatch("no such file".into()));
+        }
+        let index = read_index(path.to_string_lossy().as_ref())
+            .map_err(|e| mismatch(format!("not a FAISS index ({e})")))?;
+        let loaded_metric = match index.metric_type() {
+            MetricType::L2 => Metric::L2sq,
+            MetricType::InnerProduct => Metric::Cosine,
+        };
+        if index.d() as usize != dim {
+            return Err(mismatch(format!(
+                "made for dimension {}, the input has {dim}",
+                index.d()
+            )));
+        }
+        if loaded_metric != metric {
+            return Err(mismatch(format!(
+                "made for metric {loaded_metric:?}, this run uses {metric:?}"
+            )));
+        }
+        if index.ntotal() as usize != rows {
+            return Err(mismatch(format!(
+                "holds {} rows, the input has {rows}",
+                index.ntotal()
+            )));
+        }
+        let sidecar = info_path(path);
+        let factory = std::fs::read(&sidecar)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<IndexInfo>(&b).ok())
+            .map_or_else(|| format!("loaded from {}", path.display()), |i| i.factory);
+        let info = IndexInfo {
+            factory,
+            metric,
+            dim,
+            rows,
+            tripmine_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let mut loaded = NeighbourIndex {
+            index,
+            metric,
+            rows,
+            info,
+        };
+        loaded.tune(spec)?;
+        Ok(loaded)
+    }
+
+    /// Saves the index (FAISS's format) and `PATH.json` describing it, each atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let target = AtomicPath::new(path)?;
+        write_index(&self.index, target.tmp().to_string_lossy().as_ref())
+            .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))?;
+        target.commit()?;
+        write_atomic(
+            &info_path(path),
+            &serde_json::to_vec_pretty(&self.info).expect("info serialises"),
+        )
+    }
+
+    /// What the index is (its factory string).
+    pub fn info(&self) -> &IndexInfo {
+        &self.info
+    }
+
+    /// Search-time parameters: `nprobe` (IVF; default lists / 16, at least 8) and `efSearch`.
+    fn tune(&mut self, spec: &IndexSpec) -> Result<()> {
+        let space = ParameterSpace::new()?;
+        let nprobe = spec
+            .nprobe
+            .or_else(|| ivf_lists(&self.info.factory).map(|lists| (lists / 16).max(8).min(lists)));
+        if let Some(nprobe) = nprobe {
+            space
+                .set_index_parameter(&self.index, "nprobe", nprobe as f64)
+                .map_err(|e| {
+                    Error::Config(format!(
+                        "--nprobe does not apply to `{}`: {e}",
+                        self.info.factory
+                    ))
+                })?;
+            tracing::info!(nprobe, "IVF lists probed per search");
+        }
+        if let Some(ef) = spec.ef_search {
+            space
+                .set_index_parameter(&self.index, "efSearch", ef as f64)
+                .map_err(|e| {
+                    Error::Config(format!(
+                        "--ef-search does not apply to `{}`: {e}",
+                        self.info.factory
+                    ))
+                })?;
+        }
+        Ok(())
     }
 
     /// The `k` nearest candidates of each query (rows of `queries`).
@@ -235,4 +405,29 @@ fn sample_rows(vectors: &[f32], dim: usize, max: usize, seed: u64) -> Vec<f32> {
         out.extend_from_slice(&vectors[r * dim..(r + 1) * dim]);
     }
     out
+}
+
+/// `PATH.json`, beside a saved index.
+fn info_path(path: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.json", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_is_flat_for_small_tables_and_ivf_sized_to_large_ones() {
+        assert_eq!(resolve_factory("auto", 1000), "Flat");
+        assert_eq!(resolve_factory("auto", 1_000_000), "IVF4096,Flat");
+        assert_eq!(resolve_factory("auto", 5_000_000), "IVF8192,Flat");
+        assert_eq!(resolve_factory(" HNSW32 ", 10), "HNSW32");
+    }
+
+    #[test]
+    fn ivf_lists_are_read_from_factory_strings() {
+        assert_eq!(ivf_lists("IVF1024,Flat"), Some(1024));
+        assert_eq!(ivf_lists("OPQ16,IVF256,PQ16"), Some(256));
+        assert_eq!(ivf_lists("HNSW32"), None);
+    }
 }

@@ -13,6 +13,7 @@ mod negatives;
 mod positives;
 
 use std::borrow::Cow;
+use std::path::Path;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -20,7 +21,9 @@ use rayon::prelude::*;
 
 use crate::config::{Metric, MiningParams};
 use crate::error::Result;
-use crate::index::{NeighbourIndex, faiss_error_factor};
+use crate::index::{
+    IndexInfo, IndexSpec, NeighbourIndex, faiss_error_factor, is_exact, resolve_factory,
+};
 use crate::io::Table;
 use crate::score::{dot, normalize_rows};
 
@@ -101,6 +104,16 @@ pub struct Miner<'t> {
 impl<'t> Miner<'t> {
     /// Validates `params` and builds the index over `table`.
     pub fn new(table: &'t Table, params: &MiningParams) -> Result<Self> {
+        Self::create(table, params, None)
+    }
+
+    /// As [`Miner::new`], with an index saved by an earlier run instead of building one; it
+    /// must hold `table`'s rows in order (its dimension, metric and row count are checked).
+    pub fn with_saved_index(table: &'t Table, params: &MiningParams, index: &Path) -> Result<Self> {
+        Self::create(table, params, Some(index))
+    }
+
+    fn create(table: &'t Table, params: &MiningParams, saved: Option<&Path>) -> Result<Self> {
         params.validate()?;
         let dim = table.dim;
         let vectors: Cow<'t, [f32]> = match params.metric {
@@ -118,10 +131,22 @@ impl<'t> Miner<'t> {
             groups[code as usize].push(row as u32);
         }
         let started = std::time::Instant::now();
-        let index =
-            NeighbourIndex::build(&vectors, dim, params.metric, &params.index, params.seed)?;
+        let spec = IndexSpec {
+            factory: resolve_factory(&params.index, table.rows()),
+            train_sample: params.train_sample,
+            seed: params.seed,
+            nprobe: params.nprobe,
+            ef_search: params.ef_search,
+        };
+        if params.index.trim().eq_ignore_ascii_case("auto") {
+            tracing::info!(rows = table.rows(), choice = %spec.factory, "index auto");
+        }
+        let index = match saved {
+            Some(path) => NeighbourIndex::load(path, dim, params.metric, table.rows(), &spec)?,
+            None => NeighbourIndex::build(&vectors, dim, params.metric, &spec)?,
+        };
         tracing::info!(
-            index = %params.index,
+            index = %index.info().factory,
             rows = table.rows(),
             dim,
             seconds = started.elapsed().as_secs_f64(),
@@ -137,6 +162,39 @@ impl<'t> Miner<'t> {
             index,
             start_k: params.k,
         })
+    }
+
+    /// What the neighbour index is.
+    pub fn index_info(&self) -> &IndexInfo {
+        self.index.info()
+    }
+
+    /// Whether the neighbour index is exact, so every mined set equals brute force.
+    pub fn exact(&self) -> bool {
+        is_exact(&self.index.info().factory)
+    }
+
+    /// Saves the neighbour index for a later run (`--load-index`).
+    pub fn save_index(&self, path: &Path) -> Result<()> {
+        self.index.save(path)
+    }
+
+    /// The `k` candidates the index proposes for each anchor (the anchor itself left out).
+    pub fn candidates(&mut self, anchors: &[u32], k: usize) -> Result<Vec<Vec<u32>>> {
+        let queries = self.gather(anchors.iter().copied());
+        let found = self.index.search(&queries, k + 1)?;
+        Ok(anchors
+            .iter()
+            .enumerate()
+            .map(|(q, &a)| {
+                found
+                    .of(q)
+                    .map(|(_, r)| r)
+                    .filter(|&r| r != a)
+                    .take(k)
+                    .collect()
+            })
+            .collect())
     }
 
     /// Total variance of the vectors mined (normalised for cosine) over their mean squared
@@ -242,7 +300,7 @@ impl<'t> Miner<'t> {
 }
 
 /// Seeds for per-(anchor, positive) random choices: independent of threads and blocks.
-fn mix(seed: u64, a: u64, b: u64, stream: u64) -> u64 {
+pub(crate) fn mix(seed: u64, a: u64, b: u64, stream: u64) -> u64 {
     fn splitmix(mut z: u64) -> u64 {
         z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -53,6 +53,9 @@ pub struct Summary {
     pub dim: usize,
     pub labels: usize,
     pub params: MiningParams,
+    /// The index used (`auto` resolved; a loaded index as saved).
+    #[serde(default)]
+    pub index: String,
     pub exact: bool,
     pub out: PathBuf,
     pub report: PathBuf,
@@ -64,6 +67,54 @@ pub struct Summary {
     /// Signs that the embeddings have collapsed (empty when none).
     #[serde(default)]
     pub warnings: Vec<String>,
+}
+
+/// A seeded sample of at most `n` of `anchors`, in row order.
+fn recall_anchors(anchors: &[u32], n: usize, seed: u64) -> Vec<u32> {
+    use rand::SeedableRng;
+    // Its own random stream, apart from the anchor sample's.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(crate::mine::mix(seed, u64::MAX, 1, 0));
+    let mut picked: Vec<u32> =
+        rand::seq::index::sample(&mut rng, anchors.len(), n.min(anchors.len()))
+            .into_iter()
+            .map(|i| anchors[i])
+            .collect();
+    picked.sort_unstable();
+    picked
+}
+
+/// Mines `sample` again with an exact index: the share of its exact triplets the approximate
+/// run found (`None` without any), and the share of each anchor's exact `k` nearest rows among
+/// the approximate index's `k` candidates.
+fn check_recall(
+    table: &Table,
+    params: &MiningParams,
+    approx: &mut Miner,
+    sample: &[u32],
+    approx_triplets: &[Triplet],
+) -> Result<(Option<f64>, f64)> {
+    let exact_params = MiningParams {
+        index: "Flat".into(),
+        check_recall: None,
+        nprobe: None,
+        ef_search: None,
+        ..params.clone()
+    };
+    let mut exact = Miner::new(table, &exact_params)?;
+    let key = |t: &Triplet| (t.anchor, t.positive, t.negative);
+    let found: std::collections::HashSet<_> = approx_triplets.iter().map(key).collect();
+    let truth = exact.mine_block(sample)?.triplets;
+    let negatives = (!truth.is_empty()).then(|| {
+        truth.iter().filter(|t| found.contains(&key(t))).count() as f64 / truth.len() as f64
+    });
+    let k = params.k;
+    let (got, want) = (approx.candidates(sample, k)?, exact.candidates(sample, k)?);
+    let (mut hit, mut total) = (0usize, 0usize);
+    for (g, w) in got.iter().zip(&want) {
+        hit += w.iter().filter(|r| g.contains(r)).count();
+        total += w.len();
+    }
+    Ok((negatives, hit as f64 / total.max(1) as f64))
 }
 
 /// Label-noise suspects, least agreement first: `id, label, majority_neighbour_label,
@@ -113,7 +164,19 @@ fn with_metadata<const N: usize>(
 /// date (unless `run.force`), and fails after writing when a quality gate holds.
 pub fn run(config: &MiningConfig) -> Result<Summary> {
     let files = resolve_inputs(&config.input.paths)?;
-    let inputs = stat_inputs(&files)?;
+    if let Some(path) = config.input.load_index.as_ref().filter(|p| !p.is_file()) {
+        return Err(Error::Config(format!(
+            "--load-index {}: no such file",
+            path.display()
+        )));
+    }
+    // A loaded index is an input too: another file means another run.
+    let stat_files: Vec<PathBuf> = files
+        .iter()
+        .chain(config.input.load_index.as_ref())
+        .cloned()
+        .collect();
+    let inputs = stat_inputs(&stat_files)?;
     let fingerprint = fingerprint(config.options(), &inputs);
     let manifest_file = manifest_path(&config.output.out);
     let summary = match up_to_date(&manifest_file, &fingerprint).filter(|_| !config.run.force) {
@@ -192,7 +255,13 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
 
     let t = Instant::now();
     let spinner = progress(show, None, "building index");
-    let mut miner = Miner::new(&table, &config.mine)?;
+    let mut miner = match &config.input.load_index {
+        Some(path) => Miner::with_saved_index(&table, &config.mine, path)?,
+        None => Miner::new(&table, &config.mine)?,
+    };
+    if let Some(path) = &out.save_index {
+        miner.save_index(path)?;
+    }
     spinner.finish_and_clear();
     seconds.index = t.elapsed().as_secs_f64();
     tracing::info!(
@@ -204,6 +273,11 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
 
     let t = Instant::now();
     let anchors = miner.anchors();
+    let recall_sample = match config.mine.check_recall {
+        Some(n) if !miner.exact() => recall_anchors(&anchors, n, config.mine.seed),
+        _ => Vec::new(),
+    };
+    let mut sampled_triplets: Vec<Triplet> = Vec::new();
     let bar = progress(show, Some(anchors.len() as u64), "mining");
     let schema = triplet_schema(&table);
     let mut sink = TripletSink::create(&out.out, schema.clone(), out.max_rows_per_file)?;
@@ -214,6 +288,14 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
     for block in anchors.chunks(ANCHOR_BLOCK) {
         let mined = miner.mine_block(block)?;
         sink.write(&triplet_batch(&table, &schema, &mined.triplets, margin)?)?;
+        if !recall_sample.is_empty() {
+            sampled_triplets.extend(
+                mined
+                    .triplets
+                    .iter()
+                    .filter(|t| recall_sample.binary_search(&t.anchor).is_ok()),
+            );
+        }
         suspects.extend(mined.anchors.iter().filter_map(|a| {
             let n = a.neighbour_labels?;
             n.suspect(a.label)
@@ -241,6 +323,26 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         histogram,
     } = report.finish(&table.label_values)?;
     totals.embedding_spread = Some(miner.embedding_spread());
+    if !recall_sample.is_empty() {
+        let t = Instant::now();
+        let (negatives, candidates) = check_recall(
+            &table,
+            &config.mine,
+            &mut miner,
+            &recall_sample,
+            &sampled_triplets,
+        )?;
+        totals.recall_negatives = negatives;
+        totals.recall_candidates = Some(candidates);
+        tracing::info!(
+            stage = "recall",
+            rows = recall_sample.len(),
+            negatives,
+            candidates,
+            seconds = t.elapsed().as_secs_f64(),
+            "recall against an exact search"
+        );
+    }
     let warnings = totals.collapse_warnings(margin);
     for w in &warnings {
         tracing::warn!(stage = "report", "{w}");
@@ -296,7 +398,8 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         dim: table.dim,
         labels: table.num_labels(),
         params: config.mine.clone(),
-        exact: config.mine.exact_index(),
+        index: miner.index_info().factory.clone(),
+        exact: miner.exact(),
         out: out.out.clone(),
         report: out.report.clone(),
         totals,
@@ -440,7 +543,7 @@ impl std::fmt::Display for Summary {
         writeln!(
             f,
             "  index      {} ({}), metric {:?}, margin {}",
-            p.index,
+            self.index,
             if self.exact { "exact" } else { "approximate" },
             p.metric,
             p.margin
@@ -492,6 +595,14 @@ impl std::fmt::Display for Summary {
             self.out.display(),
             self.report.display()
         )?;
+        if let (Some(c), n) = (t.recall_candidates, t.recall_negatives) {
+            writeln!(
+                f,
+                "  recall     mined negatives {}, candidates {} (against an exact search of a sample)",
+                fig(n),
+                fig(Some(c))
+            )?;
+        }
         for w in &self.warnings {
             writeln!(f, "  WARNING    {w}")?;
         }

@@ -48,6 +48,12 @@ pub struct Totals {
     /// Share of triplets with `|d_an - d_ap| <= margin / 100`: losses piling up at the margin,
     /// a sign of collapsed embeddings.
     pub margin_pileup_share: Option<f64>,
+    /// With an approximate index and `--check-recall`: the share of a sample's exactly mined
+    /// triplets that the run found, and of its exact `k` nearest rows among the candidates.
+    #[serde(default)]
+    pub recall_negatives: Option<f64>,
+    #[serde(default)]
+    pub recall_candidates: Option<f64>,
     /// Total variance of the (for cosine, normalised) embeddings over their mean squared norm:
     /// near 0 when every vector is nearly the same.
     #[serde(default)]

@@ -1,0 +1,171 @@
+//! Indexes: `auto`, saving and loading with checks, search parameters, and the recall check.
+
+mod common;
+
+use std::path::Path;
+
+use common::bin::{generated, tripmine};
+use predicates::prelude::*;
+use tempfile::TempDir;
+
+fn mine(dir: &Path, input: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
+    tripmine()
+        .current_dir(dir)
+        .args(["mine", "--no-progress", "--force", "--in"])
+        .arg(input)
+        .args(["--summary-json", "s.json"])
+        .args(extra)
+        .assert()
+}
+
+fn summary(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("s.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn a_saved_index_loads_and_gives_the_same_triplets() {
+    let dir = TempDir::new().unwrap();
+    let input = generated(dir.path(), "data.parquet", 1500, 10, 1);
+    for (factory, extra) in [("Flat", vec![]), ("IVF16,Flat", vec!["--nprobe", "4"])] {
+        let mut built = vec![
+            "--index",
+            factory,
+            "--save-index",
+            "idx.faiss",
+            "--out",
+            "built.parquet",
+        ];
+        built.extend(&extra);
+        mine(dir.path(), &input, &built).success();
+        let mut loaded = vec!["--load-index", "idx.faiss", "--out", "loaded.parquet"];
+        loaded.extend(&extra);
+        mine(dir.path(), &input, &loaded).success();
+        assert_eq!(
+            summary(dir.path())["index"],
+            factory,
+            "the saved description"
+        );
+        let bytes = |f: &str| std::fs::read(dir.path().join(f)).unwrap();
+        assert!(
+            bytes("built.parquet") == bytes("loaded.parquet"),
+            "{factory}: same triplets"
+        );
+    }
+}
+
+#[test]
+fn a_saved_index_made_for_other_data_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let input = generated(dir.path(), "data.parquet", 300, 4, 2);
+    mine(dir.path(), &input, &["--save-index", "idx.faiss"]).success();
+    let fewer = generated(dir.path(), "fewer.parquet", 200, 4, 3);
+    mine(dir.path(), &fewer, &["--load-index", "idx.faiss"])
+        .failure()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "--load-index idx.faiss: holds 300 rows, the input has 200",
+        ));
+    mine(
+        dir.path(),
+        &input,
+        &["--load-index", "idx.faiss", "--metric", "cosine"],
+    )
+    .failure()
+    .code(2)
+    .stderr(predicate::str::contains(
+        "made for metric L2sq, this run uses Cosine",
+    ));
+    let wider = dir.path().join("wider.parquet");
+    tripmine()
+        .args([
+            "gen", "--rows", "300", "--dim", "12", "--labels", "4", "--out",
+        ])
+        .arg(&wider)
+        .assert()
+        .success();
+    mine(dir.path(), &wider, &["--load-index", "idx.faiss"])
+        .failure()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "made for dimension 8, the input has 12",
+        ));
+    mine(dir.path(), &input, &["--load-index", "missing.faiss"])
+        .failure()
+        .code(2)
+        .stderr(predicate::str::contains("missing.faiss: no such file"));
+}
+
+#[test]
+fn auto_is_exact_for_a_small_table() {
+    let dir = TempDir::new().unwrap();
+    let input = generated(dir.path(), "data.parquet", 500, 5, 4);
+    mine(dir.path(), &input, &["--index", "auto"]).success();
+    let s = summary(dir.path());
+    assert_eq!(s["index"], "Flat");
+    assert_eq!(s["exact"], true);
+}
+
+#[test]
+fn check_recall_is_one_when_every_list_is_probed_and_lower_with_one() {
+    let dir = TempDir::new().unwrap();
+    let input = dir.path().join("data.parquet");
+    tripmine()
+        .args([
+            "gen",
+            "--rows",
+            "3000",
+            "--dim",
+            "16",
+            "--labels",
+            "30",
+            "--separation",
+            "2",
+            "--out",
+        ])
+        .arg(&input)
+        .assert()
+        .success();
+    let recall = |nprobe: &str| {
+        mine(
+            dir.path(),
+            &input,
+            &[
+                "--index",
+                "IVF32,Flat",
+                "--nprobe",
+                nprobe,
+                "--check-recall",
+                "300",
+            ],
+        )
+        .success()
+        .stdout(predicate::str::contains("recall     mined negatives"));
+        let s = summary(dir.path());
+        (
+            s["totals"]["recall_negatives"].as_f64().unwrap(),
+            s["totals"]["recall_candidates"].as_f64().unwrap(),
+        )
+    };
+    // Probing all 32 lists of an IVF-Flat index is an exhaustive search.
+    assert_eq!(recall("32"), (1.0, 1.0));
+    let (negatives, candidates) = recall("1");
+    assert!(
+        negatives < 1.0 && candidates < 1.0,
+        "{negatives} {candidates}"
+    );
+    // An exact index needs no check.
+    mine(dir.path(), &input, &["--check-recall", "300"]).success();
+    assert!(summary(dir.path())["totals"]["recall_negatives"].is_null());
+}
+
+#[test]
+fn a_search_parameter_the_index_lacks_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let input = generated(dir.path(), "data.parquet", 200, 4, 5);
+    mine(dir.path(), &input, &["--index", "Flat", "--nprobe", "8"])
+        .failure()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "--nprobe does not apply to `Flat`",
+        ));
+}
