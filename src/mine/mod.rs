@@ -99,6 +99,16 @@ pub struct Miner<'t> {
     index: NeighbourIndex,
     /// Search depth the next block starts at (adapted from the previous block).
     start_k: usize,
+    search: SearchStats,
+}
+
+/// Time spent in the neighbour index's searches, for benchmarks (the effective GFLOP/s of an
+/// exact search is `2 * dim * rows * queries / seconds`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SearchStats {
+    pub seconds: f64,
+    /// Queries searched, deeper searches of the same anchor counted again.
+    pub queries: u64,
 }
 
 impl<'t> Miner<'t> {
@@ -161,7 +171,13 @@ impl<'t> Miner<'t> {
             groups,
             index,
             start_k: params.k,
+            search: SearchStats::default(),
         })
+    }
+
+    /// Time and queries of the neighbour searches so far.
+    pub fn search_stats(&self) -> SearchStats {
+        self.search
     }
 
     /// What the neighbour index is.

@@ -59,7 +59,10 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
         let chunk = (SEARCH_BUDGET / k).max(1);
         for part in pending.chunks(chunk) {
             let queries = m.gather(part.iter().map(|&i| plans[i].anchor));
+            let started = std::time::Instant::now();
             let cands = m.index.search(&queries, k)?;
+            m.search.seconds += started.elapsed().as_secs_f64();
+            m.search.queries += part.len() as u64;
             let m = &*m;
             let tried: Vec<Option<(Resolved, bool)>> = part
                 .par_iter()

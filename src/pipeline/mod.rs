@@ -26,7 +26,7 @@ use crate::index::set_native_threads;
 use crate::io::{
     AtomicPath, Table, TripletSink, read_table, resolve_inputs, write_atomic, write_parquet,
 };
-use crate::mine::{ANCHOR_BLOCK, Miner, Triplet};
+use crate::mine::{ANCHOR_BLOCK, Miner, SearchStats, Triplet};
 use crate::report::{Report, ReportBuilder, Totals};
 use crate::score::{TripletKind, triplet_loss};
 use manifest::{
@@ -42,6 +42,9 @@ pub struct Timings {
     pub mine: f64,
     pub report: f64,
     pub total: f64,
+    /// Of `mine`: the time in the neighbour index's searches, and their queries.
+    #[serde(default)]
+    pub search: SearchStats,
 }
 
 /// What a run did, for people (its `Display`) and machines (`--summary-json`, the manifest).
@@ -309,6 +312,7 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
     bar.finish_and_clear();
     let triplets_file = sink.close()?;
     seconds.mine = t.elapsed().as_secs_f64();
+    seconds.search = miner.search_stats();
     tracing::info!(
         stage = "mine",
         rows = anchors.len(),
