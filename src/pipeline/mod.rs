@@ -8,160 +8,31 @@
 
 pub mod file;
 pub mod manifest;
+mod outputs;
+mod recall;
+mod summary;
+
+pub use outputs::{triplet_batch, triplet_schema};
+pub use summary::{Summary, Timings};
+
+use outputs::{json, suspects_batch, with_metadata};
+use recall::{check_recall, recall_anchors};
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{ArrayRef, Float32Array, RecordBatch, StringArray, UInt32Array};
-use arrow::compute::take;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde::{Deserialize, Serialize};
 
-use crate::config::{MiningConfig, MiningParams};
+use crate::config::MiningConfig;
 use crate::error::{Error, Result};
 use crate::index::set_native_threads;
-use crate::io::{
-    AtomicPath, Table, TripletSink, read_table, resolve_inputs, write_atomic, write_parquet,
-};
-use crate::mine::{ANCHOR_BLOCK, Miner, SearchStats, Triplet};
-use crate::report::{Report, ReportBuilder, Totals};
-use crate::score::{TripletKind, triplet_loss};
+use crate::io::{AtomicPath, TripletSink, read_table, resolve_inputs, write_atomic, write_parquet};
+use crate::mine::{ANCHOR_BLOCK, Miner, Triplet};
+use crate::report::{Report, ReportBuilder};
 use manifest::{
     Manifest, fingerprint, manifest_path, stat_inputs, stat_outputs, up_to_date, write_manifest,
 };
-
-/// Seconds spent in each stage.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Timings {
-    pub read: f64,
-    pub index: f64,
-    /// Mining, scoring and writing the triplets (they stream together).
-    pub mine: f64,
-    pub report: f64,
-    pub total: f64,
-    /// Of `mine`: the time in the neighbour index's searches, and their queries.
-    #[serde(default)]
-    pub search: SearchStats,
-}
-
-/// What a run did, for people (its `Display`) and machines (`--summary-json`, the manifest).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Summary {
-    pub tripmine_version: String,
-    pub inputs: Vec<PathBuf>,
-    pub rows: u64,
-    pub dim: usize,
-    pub labels: usize,
-    pub params: MiningParams,
-    /// The index used (`auto` resolved; a loaded index as saved).
-    #[serde(default)]
-    pub index: String,
-    pub exact: bool,
-    pub out: PathBuf,
-    pub report: PathBuf,
-    pub totals: Totals,
-    pub seconds: Timings,
-    /// True when the outputs were already up to date and nothing ran.
-    #[serde(default)]
-    pub skipped: bool,
-    /// Signs that the embeddings have collapsed (empty when none).
-    #[serde(default)]
-    pub warnings: Vec<String>,
-}
-
-/// A seeded sample of at most `n` of `anchors`, in row order.
-fn recall_anchors(anchors: &[u32], n: usize, seed: u64) -> Vec<u32> {
-    use rand::SeedableRng;
-    // Its own random stream, apart from the anchor sample's.
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(crate::mine::mix(seed, u64::MAX, 1, 0));
-    let mut picked: Vec<u32> =
-        rand::seq::index::sample(&mut rng, anchors.len(), n.min(anchors.len()))
-            .into_iter()
-            .map(|i| anchors[i])
-            .collect();
-    picked.sort_unstable();
-    picked
-}
-
-/// Mines `sample` again with an exact index: the share of its exact triplets the approximate
-/// run found (`None` without any), and the share of each anchor's exact `k` nearest rows among
-/// the approximate index's `k` candidates.
-fn check_recall(
-    table: &Table,
-    params: &MiningParams,
-    approx: &mut Miner,
-    sample: &[u32],
-    approx_triplets: &[Triplet],
-) -> Result<(Option<f64>, f64)> {
-    let exact_params = MiningParams {
-        index: "Flat".into(),
-        check_recall: None,
-        nprobe: None,
-        ef_search: None,
-        ..params.clone()
-    };
-    let mut exact = Miner::new(table, &exact_params)?;
-    let key = |t: &Triplet| (t.anchor, t.positive, t.negative);
-    let found: std::collections::HashSet<_> = approx_triplets.iter().map(key).collect();
-    let truth = exact.mine_block(sample)?.triplets;
-    let negatives = (!truth.is_empty()).then(|| {
-        truth.iter().filter(|t| found.contains(&key(t))).count() as f64 / truth.len() as f64
-    });
-    let k = params.k;
-    let (got, want) = (approx.candidates(sample, k)?, exact.candidates(sample, k)?);
-    let (mut hit, mut total) = (0usize, 0usize);
-    for (g, w) in got.iter().zip(&want) {
-        hit += w.iter().filter(|r| g.contains(r)).count();
-        total += w.len();
-    }
-    Ok((negatives, hit as f64 / total.max(1) as f64))
-}
-
-/// Label-noise suspects, least agreement first: `id, label, majority_neighbour_label,
-/// agreement`.
-fn suspects_batch(table: &Table, mut suspects: Vec<(f32, u32, u32)>) -> Result<RecordBatch> {
-    suspects.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    let rows = UInt32Array::from_iter_values(suspects.iter().map(|s| s.1));
-    let majority = UInt32Array::from_iter_values(suspects.iter().map(|s| s.2));
-    let schema = Schema::new(vec![
-        Field::new("id", table.ids.data_type().clone(), false),
-        Field::new("label", table.labels.data_type().clone(), false),
-        Field::new(
-            "majority_neighbour_label",
-            table.label_values.data_type().clone(),
-            false,
-        ),
-        Field::new("agreement", DataType::Float32, false),
-    ]);
-    let columns: Vec<ArrayRef> = vec![
-        take(&table.ids, &rows, None)?,
-        take(&table.labels, &rows, None)?,
-        take(&table.label_values, &majority, None)?,
-        Arc::new(Float32Array::from_iter_values(suspects.iter().map(|s| s.0))),
-    ];
-    Ok(RecordBatch::try_new(Arc::new(schema), columns)?)
-}
-
-/// Figures as JSON, for the report's key-value metadata.
-fn json(v: &impl Serialize) -> String {
-    serde_json::to_string(v).expect("report figures serialise")
-}
-
-/// The batch with `entries` added to its schema's metadata (kept in the Parquet file).
-fn with_metadata<const N: usize>(
-    batch: RecordBatch,
-    entries: [(&str, String); N],
-) -> Result<RecordBatch> {
-    let mut metadata = batch.schema().metadata().clone();
-    for (k, v) in entries {
-        metadata.insert(k.to_string(), v);
-    }
-    let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(metadata));
-    Ok(batch.with_schema(schema)?)
-}
 
 /// Runs a mining job as configured: skips it when its manifest says the outputs are up to
 /// date (unless `run.force`), and fails after writing when a quality gate holds.
@@ -452,168 +323,4 @@ fn progress(show: bool, len: Option<u64>, message: &'static str) -> ProgressBar 
     };
     bar.set_draw_target(ProgressDrawTarget::stderr());
     bar.with_message(message)
-}
-
-/// Schema of the triplet output; ids and labels keep their input types.
-pub fn triplet_schema(table: &Table) -> SchemaRef {
-    let id = table.ids.data_type().clone();
-    let label = table.labels.data_type().clone();
-    Arc::new(Schema::new(vec![
-        Field::new("anchor_id", id.clone(), false),
-        Field::new("positive_id", id.clone(), false),
-        Field::new("negative_id", id, false),
-        Field::new("anchor_label", label.clone(), false),
-        Field::new("negative_label", label, false),
-        Field::new("d_ap", DataType::Float32, false),
-        Field::new("d_an", DataType::Float32, false),
-        Field::new("loss", DataType::Float32, false),
-        Field::new("kind", DataType::Utf8, false),
-        Field::new("negative_rank", DataType::UInt32, false),
-    ]))
-}
-
-/// The output rows of `triplets`.
-pub fn triplet_batch(
-    table: &Table,
-    schema: &SchemaRef,
-    triplets: &[Triplet],
-    margin: f32,
-) -> Result<RecordBatch> {
-    let rows = |f: fn(&Triplet) -> u32| UInt32Array::from_iter_values(triplets.iter().map(f));
-    let (anchors, positives, negatives) = (
-        rows(|t| t.anchor),
-        rows(|t| t.positive),
-        rows(|t| t.negative),
-    );
-    let columns: Vec<ArrayRef> = vec![
-        take(&table.ids, &anchors, None)?,
-        take(&table.ids, &positives, None)?,
-        take(&table.ids, &negatives, None)?,
-        take(&table.labels, &anchors, None)?,
-        take(&table.labels, &negatives, None)?,
-        Arc::new(Float32Array::from_iter_values(
-            triplets.iter().map(|t| t.d_ap),
-        )),
-        Arc::new(Float32Array::from_iter_values(
-            triplets.iter().map(|t| t.d_an),
-        )),
-        Arc::new(Float32Array::from_iter_values(
-            triplets
-                .iter()
-                .map(|t| triplet_loss(t.d_ap, t.d_an, margin)),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            triplets
-                .iter()
-                .map(|t| TripletKind::classify(t.d_ap, t.d_an, margin).as_str()),
-        )),
-        Arc::new(rows(|t| t.negative_rank)),
-    ];
-    Ok(RecordBatch::try_new(schema.clone(), columns)?)
-}
-
-impl std::fmt::Display for Summary {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let t = &self.totals;
-        let p = &self.params;
-        let fig = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.4}"));
-        let share = |x: u64| {
-            if t.triplets == 0 {
-                "-".to_string()
-            } else {
-                format!("{:.1}%", 100.0 * x as f64 / t.triplets as f64)
-            }
-        };
-        if self.skipped {
-            writeln!(
-                f,
-                "tripmine: the outputs are up to date with the inputs and configuration; \
-                 nothing ran (--force to redo). The previous run:"
-            )?;
-        }
-        writeln!(
-            f,
-            "tripmine {}: {} triplets from {} anchors in {:.1} s",
-            self.tripmine_version, t.triplets, t.anchors, self.seconds.total
-        )?;
-        writeln!(
-            f,
-            "  input      {} rows x {} dims, {} labels, {} file(s)",
-            self.rows,
-            self.dim,
-            self.labels,
-            self.inputs.len()
-        )?;
-        writeln!(
-            f,
-            "  index      {} ({}), metric {:?}, margin {}",
-            self.index,
-            if self.exact { "exact" } else { "approximate" },
-            p.metric,
-            p.margin
-        )?;
-        writeln!(
-            f,
-            "  strategy   positives {:?} x {}, negatives {:?} x {} ({:?})",
-            p.positives, p.num_positives, p.negatives, p.num_negatives, p.sample
-        )?;
-        writeln!(
-            f,
-            "  anchors    {} mined: {} without positive, {} without qualifying negative, {} capped by max-k",
-            t.anchors, t.anchors_without_positive, t.anchors_without_negative, t.anchors_capped
-        )?;
-        writeln!(
-            f,
-            "  kinds      hard {} ({}), semihard {} ({}), easy {} ({})",
-            t.hard,
-            share(t.hard),
-            t.semihard,
-            share(t.semihard),
-            t.easy,
-            share(t.easy)
-        )?;
-        writeln!(
-            f,
-            "  loss       mean {}  p50 {}  p90 {}  p99 {}  max {}  active {}",
-            fig(t.loss_mean),
-            fig(t.loss_p50),
-            fig(t.loss_p90),
-            fig(t.loss_p99),
-            fig(t.loss_max),
-            fig(t.active_fraction)
-        )?;
-        writeln!(
-            f,
-            "  distances  mean d_ap {}  mean d_an {}",
-            fig(t.d_ap_mean),
-            fig(t.d_an_mean)
-        )?;
-        writeln!(
-            f,
-            "  health     {} of anchors have an other-label nearest neighbour within d(a, hardest positive) + margin",
-            fig(t.neighbour_violation_share)
-        )?;
-        writeln!(
-            f,
-            "  outputs    {} and {}",
-            self.out.display(),
-            self.report.display()
-        )?;
-        if let (Some(c), n) = (t.recall_candidates, t.recall_negatives) {
-            writeln!(
-                f,
-                "  recall     mined negatives {}, candidates {} (against an exact search of a sample)",
-                fig(n),
-                fig(Some(c))
-            )?;
-        }
-        for w in &self.warnings {
-            writeln!(f, "  WARNING    {w}")?;
-        }
-        write!(
-            f,
-            "  seconds    read {:.2}, index {:.2}, mine+write {:.2}, report {:.2}",
-            self.seconds.read, self.seconds.index, self.seconds.mine, self.seconds.report
-        )
-    }
 }
