@@ -269,7 +269,7 @@ pub struct GenArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Spread of class centres relative to the within-class spread (smaller: more overlap).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.5)]
     pub separation: f32,
     #[arg(long)]
     pub out: PathBuf,
