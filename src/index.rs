@@ -173,21 +173,7 @@ impl NeighbourIndex {
             })?;
         }
         index.add(vectors)?;
-        let info = IndexInfo {
-            factory: factory.to_string(),
-            metric,
-            dim,
-            rows,
-            tripmine_version: env!("CARGO_PKG_VERSION").into(),
-        };
-        let mut built = NeighbourIndex {
-            index,
-            metric,
-            rows,
-            info,
-        };
-        built.tune(spec)?;
-        Ok(built)
+        Self::ready(index, factory.to_string(), metric, dim, rows, spec)
     }
 
     /// Loads an index saved by `--save-index`, refusing one made for other data.
@@ -231,6 +217,18 @@ impl NeighbourIndex {
             .ok()
             .and_then(|b| serde_json::from_slice::<IndexInfo>(&b).ok())
             .map_or_else(|| format!("loaded from {}", path.display()), |i| i.factory);
+        Self::ready(index, factory, metric, dim, rows, spec)
+    }
+
+    /// The index, described and tuned for searching.
+    fn ready(
+        index: IndexImpl,
+        factory: String,
+        metric: Metric,
+        dim: usize,
+        rows: usize,
+        spec: &IndexSpec,
+    ) -> Result<Self> {
         let info = IndexInfo {
             factory,
             metric,
@@ -238,14 +236,14 @@ impl NeighbourIndex {
             rows,
             tripmine_version: env!("CARGO_PKG_VERSION").into(),
         };
-        let mut loaded = NeighbourIndex {
+        let mut ready = NeighbourIndex {
             index,
             metric,
             rows,
             info,
         };
-        loaded.tune(spec)?;
-        Ok(loaded)
+        ready.tune(spec)?;
+        Ok(ready)
     }
 
     /// Saves the index (FAISS's format) and `PATH.json` describing it, each atomically.

@@ -4,7 +4,7 @@ mod common;
 
 use std::path::Path;
 
-use common::bin::{generated, tripmine};
+use common::bin::{gen_table, generated, tripmine};
 use predicates::prelude::*;
 use tempfile::TempDir;
 
@@ -76,13 +76,7 @@ fn a_saved_index_made_for_other_data_is_refused() {
         "made for metric L2sq, this run uses Cosine",
     ));
     let wider = dir.path().join("wider.parquet");
-    tripmine()
-        .args([
-            "gen", "--rows", "300", "--dim", "12", "--labels", "4", "--out",
-        ])
-        .arg(&wider)
-        .assert()
-        .success();
+    gen_table(&wider, &["--rows", "300", "--dim", "12", "--labels", "4"]);
     mine(dir.path(), &wider, &["--load-index", "idx.faiss"])
         .failure()
         .code(2)
@@ -109,9 +103,9 @@ fn auto_is_exact_for_a_small_table() {
 fn check_recall_is_one_when_every_list_is_probed_and_lower_with_one() {
     let dir = TempDir::new().unwrap();
     let input = dir.path().join("data.parquet");
-    tripmine()
-        .args([
-            "gen",
+    gen_table(
+        &input,
+        &[
             "--rows",
             "3000",
             "--dim",
@@ -120,11 +114,8 @@ fn check_recall_is_one_when_every_list_is_probed_and_lower_with_one() {
             "30",
             "--separation",
             "2",
-            "--out",
-        ])
-        .arg(&input)
-        .assert()
-        .success();
+        ],
+    );
     let recall = |nprobe: &str| {
         mine(
             dir.path(),

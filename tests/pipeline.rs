@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Field, Schema};
-use common::bin::{generated, read, tripmine};
+use common::bin::{gen_table, generated, read, tripmine};
 use predicates::prelude::*;
 use tempfile::TempDir;
 use tripmine::io::synthetic::{GenSpec, generate};
@@ -349,13 +349,10 @@ fn a_quality_gate_fails_the_run_after_writing() {
 fn kill_at_any_point(out: &str) {
     let dir = TempDir::new().unwrap();
     let input = dir.path().join("data.parquet");
-    tripmine()
-        .args([
-            "gen", "--rows", "20000", "--dim", "32", "--labels", "200", "--out",
-        ])
-        .arg(&input)
-        .assert()
-        .success();
+    gen_table(
+        &input,
+        &["--rows", "20000", "--dim", "32", "--labels", "200"],
+    );
     let out_path = dir.path().join(out.trim_end_matches('/'));
     let args = |seed: u64| {
         let mut a = mine_args(&input);

@@ -8,7 +8,7 @@ use std::path::Path;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Float64Type;
 use arrow::util::display::array_value_to_string;
-use common::bin::{read, tripmine};
+use common::bin::{gen_table, read, tripmine};
 use predicates::prelude::*;
 use tempfile::TempDir;
 
@@ -51,9 +51,9 @@ fn value_after(dom: &str, marker: &str) -> Option<f64> {
 fn the_html_report_renders_with_charts_and_the_parquet_figures() {
     let dir = TempDir::new().unwrap();
     let input = dir.path().join("data.parquet");
-    tripmine()
-        .args([
-            "gen",
+    gen_table(
+        &input,
+        &[
             "--rows",
             "1500",
             "--dim",
@@ -62,11 +62,8 @@ fn the_html_report_renders_with_charts_and_the_parquet_figures() {
             "12",
             "--separation",
             "2",
-            "--out",
-        ])
-        .arg(&input)
-        .assert()
-        .success();
+        ],
+    );
     let page = dir.path().join("report.html");
     tripmine()
         .current_dir(dir.path())
@@ -189,13 +186,7 @@ fn collapsed_embeddings_are_warned_about_in_the_summary_and_the_page() {
 fn healthy_embeddings_raise_no_collapse_warning() {
     let dir = TempDir::new().unwrap();
     let input = dir.path().join("data.parquet");
-    tripmine()
-        .args([
-            "gen", "--rows", "500", "--dim", "8", "--labels", "5", "--out",
-        ])
-        .arg(&input)
-        .assert()
-        .success();
+    gen_table(&input, &["--rows", "500", "--dim", "8", "--labels", "5"]);
     tripmine()
         .current_dir(dir.path())
         .args(["mine", "--no-progress", "--in"])
@@ -212,9 +203,9 @@ fn diff_reports_overlap_and_the_labels_that_moved_most() {
 
     let dir = TempDir::new().unwrap();
     let input = dir.path().join("data.parquet");
-    tripmine()
-        .args([
-            "gen",
+    gen_table(
+        &input,
+        &[
             "--rows",
             "800",
             "--dim",
@@ -223,11 +214,8 @@ fn diff_reports_overlap_and_the_labels_that_moved_most() {
             "6",
             "--separation",
             "1.5",
-            "--out",
-        ])
-        .arg(&input)
-        .assert()
-        .success();
+        ],
+    );
     let mine = |out: &str, margin: &str| {
         tripmine()
             .current_dir(dir.path())

@@ -11,22 +11,27 @@ pub fn tripmine() -> Command {
     Command::cargo_bin("tripmine").unwrap()
 }
 
-pub fn generated(dir: &Path, name: &str, rows: usize, labels: usize, seed: u64) -> PathBuf {
-    let path = dir.join(name);
+/// Writes a table made by `tripmine gen ARGS` to `path` (e.g. `["--rows", "500"]`).
+pub fn gen_table(path: &Path, args: &[&str]) {
     tripmine()
-        .args([
-            "gen",
-            "--rows",
-            &rows.to_string(),
-            "--dim",
-            "8",
-            "--labels",
-            &labels.to_string(),
-        ])
-        .args(["--seed", &seed.to_string(), "--out"])
-        .arg(&path)
+        .arg("gen")
+        .args(args)
+        .arg("--out")
+        .arg(path)
         .assert()
         .success();
+}
+
+/// A generated table of dimension 8 at `dir/name`.
+pub fn generated(dir: &Path, name: &str, rows: usize, labels: usize, seed: u64) -> PathBuf {
+    let path = dir.join(name);
+    let (rows, labels, seed) = (rows.to_string(), labels.to_string(), seed.to_string());
+    gen_table(
+        &path,
+        &[
+            "--rows", &rows, "--dim", "8", "--labels", &labels, "--seed", &seed,
+        ],
+    );
     path
 }
 
