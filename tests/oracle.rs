@@ -293,15 +293,16 @@ fn max_k_caps_deep_searches_and_counts_them() {
 
 #[test]
 fn anchors_resolved_within_max_k_are_not_counted_as_capped() {
-    // The ladder 4, 16, 64 ends at a cap of 200 = every row: the last search is complete.
+    // The first search is already at the cap; the nearest other-label row of every anchor
+    // lies well within its 64 candidates, so none of them was stopped by the cap.
     let table = blob_table(200, 4, 4, 10);
     let oracle = Oracle::new(&table, Metric::L2sq);
     let params = MiningParams {
         positives: PositiveStrategy::Hardest,
-        negatives: NegativeStrategy::Easy,
-        num_negatives: Count::All,
-        k: 4,
-        max_k: Some(200),
+        negatives: NegativeStrategy::Hardest,
+        num_negatives: Count::AtMost(1),
+        k: 64,
+        max_k: Some(64),
         ..Default::default()
     };
     assert_matches_oracle(&table, &oracle, &params);

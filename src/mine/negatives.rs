@@ -109,7 +109,7 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
             tracing::debug!(anchors = still.len(), k, "searching deeper");
         }
         pending = still;
-        k = k.saturating_mul(4).min(max_k);
+        k = k.saturating_mul(2).min(max_k);
     }
 
     m.start_k = next_start(m.params.k, &resolved_at);
