@@ -263,6 +263,18 @@ impl NeighbourIndex {
         &self.info
     }
 
+    /// Sets one FAISS search parameter; an index without it is a configuration error.
+    fn set(&self, space: &ParameterSpace, name: &str, flag: &str, value: usize) -> Result<()> {
+        space
+            .set_index_parameter(&self.index, name, value as f64)
+            .map_err(|e| {
+                Error::Config(format!(
+                    "{flag} does not apply to `{}`: {e}",
+                    self.info.factory
+                ))
+            })
+    }
+
     /// Search-time parameters: `nprobe` (IVF; default lists / 16, at least 8) and `efSearch`.
     fn tune(&mut self, spec: &IndexSpec) -> Result<()> {
         let space = ParameterSpace::new()?;
@@ -270,25 +282,11 @@ impl NeighbourIndex {
             .nprobe
             .or_else(|| ivf_lists(&self.info.factory).map(|lists| (lists / 16).max(8).min(lists)));
         if let Some(nprobe) = nprobe {
-            space
-                .set_index_parameter(&self.index, "nprobe", nprobe as f64)
-                .map_err(|e| {
-                    Error::Config(format!(
-                        "--nprobe does not apply to `{}`: {e}",
-                        self.info.factory
-                    ))
-                })?;
+            self.set(&space, "nprobe", "--nprobe", nprobe)?;
             tracing::info!(nprobe, "IVF lists probed per search");
         }
         if let Some(ef) = spec.ef_search {
-            space
-                .set_index_parameter(&self.index, "efSearch", ef as f64)
-                .map_err(|e| {
-                    Error::Config(format!(
-                        "--ef-search does not apply to `{}`: {e}",
-                        self.info.factory
-                    ))
-                })?;
+            self.set(&space, "efSearch", "--ef-search", ef)?;
         }
         Ok(())
     }
