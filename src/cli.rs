@@ -9,7 +9,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{
     ColumnNames, Count, InputOptions, Metric, MiningConfig, MiningOptions, MiningParams,
-    NegativeSampling, NegativeStrategy, OutputOptions, PositiveStrategy, ReportOptions, RunOptions,
+    NegativeSampling, NegativeStrategy, OutputFormat, OutputOptions, PositiveStrategy,
+    ReportOptions, RunOptions, Shortfall,
 };
 use crate::error::{Error, ErrorClass, Result};
 use crate::io::inspect;
@@ -73,8 +74,9 @@ impl ColumnArgs {
     fn names(&self) -> ColumnNames {
         ColumnNames {
             id: self.id_col.clone(),
-            label: self.label_col.clone(),
+            label: Some(self.label_col.clone()),
             embedding: self.embedding_col.clone(),
+            extra: Vec::new(),
         }
     }
 }
@@ -82,10 +84,37 @@ impl ColumnArgs {
 #[derive(Debug, Args)]
 pub struct MineArgs {
     /// Input Parquet file, folder of .parquet files, or glob; repeatable.
-    #[arg(long = "in", required = true, value_name = "PATH")]
+    #[arg(
+        long = "in",
+        value_name = "PATH",
+        required_unless_present_any = ["queries", "corpus"]
+    )]
     pub inputs: Vec<PathBuf>,
     #[command(flatten)]
     pub columns: ColumnArgs,
+    /// Retrieval mode: the queries (anchors), with id and embedding columns; repeatable.
+    #[arg(long, value_name = "PATH", help_heading = "Retrieval mode")]
+    pub queries: Vec<PathBuf>,
+    /// Retrieval mode: the documents to index, with id and embedding columns; repeatable.
+    #[arg(long, value_name = "PATH", help_heading = "Retrieval mode")]
+    pub corpus: Vec<PathBuf>,
+    /// Retrieval mode: known positives, one (query id, document id) per row.
+    #[arg(long, value_name = "PATH", help_heading = "Retrieval mode")]
+    pub qrels: Option<PathBuf>,
+    /// Retrieval mode: a list column of positive document ids in the queries, instead of
+    /// `--qrels`.
+    #[arg(long, value_name = "COL", help_heading = "Retrieval mode")]
+    pub positives_col: Option<String>,
+    /// Query id column of `--qrels`.
+    #[arg(long, default_value = "query_id", help_heading = "Retrieval mode")]
+    pub qrels_query_col: String,
+    /// Document id column of `--qrels`.
+    #[arg(long, default_value = "doc_id", help_heading = "Retrieval mode")]
+    pub qrels_doc_col: String,
+    /// Pass an input column (e.g. text) through to the output as `anchor_COL`,
+    /// `positive_COL`, `negative_COL`; repeatable.
+    #[arg(long = "with", value_name = "COL")]
+    pub with: Vec<String>,
     /// Distance: squared Euclidean, or 1 - cosine similarity.
     #[arg(long, value_enum, default_value_t = Metric::L2sq)]
     pub metric: Metric,
@@ -107,6 +136,43 @@ pub struct MineArgs {
     /// Take qualifying negatives nearest first, or at random (seeded).
     #[arg(long, value_enum, default_value_t = NegativeSampling::Nearest)]
     pub sample: NegativeSampling,
+    /// Skip the anchor's nearest N neighbours (rank window start; ranks count every other
+    /// indexed row, positives included).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub range_min: usize,
+    /// Take negatives only among the anchor's nearest N neighbours (rank window end).
+    #[arg(long, value_name = "N")]
+    pub range_max: Option<usize>,
+    /// False-negative guard: drop negatives whose cosine similarity to the anchor exceeds S.
+    #[arg(
+        long,
+        value_name = "S",
+        allow_negative_numbers = true,
+        help_heading = "False-negative guards (cosine)"
+    )]
+    pub max_negative_similarity: Option<f32>,
+    /// False-negative guard: drop negatives with similarity above the positive's minus M.
+    #[arg(
+        long,
+        value_name = "M",
+        allow_negative_numbers = true,
+        help_heading = "False-negative guards (cosine)"
+    )]
+    pub positive_margin: Option<f32>,
+    /// False-negative guard (TopK-PercPos): drop negatives with similarity above P% of the
+    /// positive's (P defaults to 95).
+    #[arg(long, value_name = "P", num_args = 0..=1, default_missing_value = "95", help_heading = "False-negative guards (cosine)")]
+    pub positive_percent: Option<f32>,
+    /// False-negative guard: drop negatives whose similarity to the positive is at least S
+    /// (near-duplicates of it; S defaults to 0.98).
+    #[arg(long, value_name = "S", num_args = 0..=1, default_missing_value = "0.98", allow_negative_numbers = true, help_heading = "False-negative guards (cosine)")]
+    pub near_duplicate: Option<f32>,
+    /// A pair with fewer qualifying negatives than asked: keep it with fewer, or drop it.
+    #[arg(long, value_enum, default_value_t = Shortfall::Keep)]
+    pub shortfall: Shortfall,
+    /// At most N anchors share one negative (the nearest ones keep it).
+    #[arg(long, value_name = "N")]
+    pub max_negative_reuse: Option<usize>,
     /// Mine a seeded random subset of this many anchors.
     #[arg(long)]
     pub anchors_sample: Option<usize>,
@@ -148,6 +214,10 @@ pub struct MineArgs {
     /// Triplet output.
     #[arg(long, default_value = "triplets.parquet")]
     pub out: PathBuf,
+    /// Row layout: one triplet a row, (anchor, positive, negative_1..N) rows, or labelled
+    /// (anchor, candidate) pairs.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Triplet)]
+    pub format: OutputFormat,
     /// Loss report output.
     #[arg(long, default_value = "report.parquet")]
     pub report: PathBuf,
@@ -227,6 +297,14 @@ impl MineArgs {
             nprobe: self.nprobe,
             ef_search: self.ef_search,
             check_recall: self.check_recall,
+            max_negative_similarity: self.max_negative_similarity,
+            positive_margin: self.positive_margin,
+            positive_percent: self.positive_percent,
+            near_duplicate: self.near_duplicate,
+            range_min: self.range_min,
+            range_max: self.range_max,
+            shortfall: self.shortfall,
+            max_negative_reuse: self.max_negative_reuse,
         };
         MiningConfig::new(MiningOptions {
             input: InputOptions {
@@ -235,6 +313,13 @@ impl MineArgs {
                 id_col: self.columns.id_col.clone(),
                 label_col: self.columns.label_col.clone(),
                 embedding_col: self.columns.embedding_col.clone(),
+                queries: self.queries.clone(),
+                corpus: self.corpus.clone(),
+                qrels: self.qrels.clone(),
+                positives_col: self.positives_col.clone(),
+                qrels_query_col: self.qrels_query_col.clone(),
+                qrels_doc_col: self.qrels_doc_col.clone(),
+                with: self.with.clone(),
             },
             mine,
             output: OutputOptions {
@@ -242,6 +327,7 @@ impl MineArgs {
                 report: self.report.clone(),
                 summary_json: self.summary_json.clone(),
                 max_rows_per_file: self.max_rows_per_file,
+                format: self.format,
                 save_index: self.save_index.clone(),
                 fail_if: self.fail_if.clone(),
             },

@@ -8,6 +8,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -61,6 +62,30 @@ pub enum NegativeSampling {
     Nearest,
     /// A seeded random choice among all qualifying negatives.
     Random,
+}
+
+/// What happens to an (anchor, positive) pair with fewer qualifying negatives than asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Shortfall {
+    /// Keep the pair with the negatives it has.
+    #[default]
+    Keep,
+    /// Drop the pair's triplets.
+    Drop,
+}
+
+/// Row layout of the triplet output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputFormat {
+    /// One row per (anchor, positive, negative).
+    #[default]
+    Triplet,
+    /// One row per (anchor, positive) with `negative_1_id .. negative_N_id`.
+    NTuple,
+    /// One row per (anchor, candidate) with `label` 1 (positive) or 0 (negative).
+    Pairs,
 }
 
 /// A count that may be "all".
@@ -137,10 +162,12 @@ impl fmt::Display for Count {
 pub struct ColumnNames {
     /// Id column. `None`: use `id` if present, else the row position across all inputs.
     pub id: Option<String>,
-    /// Label column (any integer or string type).
-    pub label: String,
+    /// Label column (any integer or string type); `None` for a retrieval table.
+    pub label: Option<String>,
     /// Embedding column (`FixedSizeList` or `List` of float16/32/64).
     pub embedding: String,
+    /// Columns read as they are, to pass through to the output.
+    pub extra: Vec<String>,
 }
 
 impl Default for ColumnNames {
@@ -161,6 +188,18 @@ pub struct InputOptions {
     pub load_index: Option<PathBuf>,
     pub label_col: String,
     pub embedding_col: String,
+    /// Retrieval mode: the queries (anchors); files, folders or globs (`--queries`).
+    pub queries: Vec<PathBuf>,
+    /// Retrieval mode: the documents the index is built over (`--corpus`).
+    pub corpus: Vec<PathBuf>,
+    /// Retrieval mode: known (query id, document id) positives (`--qrels`).
+    pub qrels: Option<PathBuf>,
+    /// Retrieval mode: a list column of document ids in the queries, instead of `qrels`.
+    pub positives_col: Option<String>,
+    pub qrels_query_col: String,
+    pub qrels_doc_col: String,
+    /// Input columns passed through to the output (`--with`): `anchor_COL`, `positive_COL`, ...
+    pub with: Vec<String>,
 }
 
 impl Default for InputOptions {
@@ -171,6 +210,13 @@ impl Default for InputOptions {
             load_index: None,
             label_col: "label".into(),
             embedding_col: "embedding".into(),
+            queries: Vec::new(),
+            corpus: Vec::new(),
+            qrels: None,
+            positives_col: None,
+            qrels_query_col: "query_id".into(),
+            qrels_doc_col: "doc_id".into(),
+            with: Vec::new(),
         }
     }
 }
@@ -180,8 +226,61 @@ impl InputOptions {
     pub fn columns(&self) -> ColumnNames {
         ColumnNames {
             id: self.id_col.clone(),
-            label: self.label_col.clone(),
+            label: Some(self.label_col.clone()),
             embedding: self.embedding_col.clone(),
+            extra: self.with.clone(),
+        }
+    }
+
+    /// Whether anchors are queries against a corpus rather than rows of a labelled table.
+    pub fn retrieval(&self) -> bool {
+        !self.queries.is_empty() || !self.corpus.is_empty()
+    }
+
+    /// The files the job reads, for fingerprints: inputs, queries, corpus, qrels.
+    pub fn all_paths(&self) -> Vec<PathBuf> {
+        let mut all: Vec<PathBuf> = self.paths.clone();
+        all.extend(self.queries.iter().cloned());
+        all.extend(self.corpus.iter().cloned());
+        all.extend(self.qrels.iter().cloned());
+        all
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !self.retrieval() {
+            if self.paths.is_empty() {
+                return Err(invalid("input.paths", "names no input"));
+            }
+            if self.qrels.is_some() || self.positives_col.is_some() {
+                return Err(invalid(
+                    "input.qrels",
+                    "belongs to retrieval mode: give --queries and --corpus too",
+                ));
+            }
+            return Ok(());
+        }
+        if !self.paths.is_empty() {
+            return Err(invalid(
+                "input.paths",
+                "labelled input (--in) and retrieval input (--queries, --corpus) exclude each other",
+            ));
+        }
+        if self.queries.is_empty() || self.corpus.is_empty() {
+            return Err(invalid(
+                "input.queries",
+                "retrieval mode needs both --queries and --corpus",
+            ));
+        }
+        match (&self.qrels, &self.positives_col) {
+            (None, None) => Err(invalid(
+                "input.qrels",
+                "retrieval mode needs the known positives: --qrels FILE or --positives-col COL",
+            )),
+            (Some(_), Some(_)) => Err(invalid(
+                "input.qrels",
+                "give the known positives once: --qrels or --positives-col, not both",
+            )),
+            _ => Ok(()),
         }
     }
 }
@@ -217,6 +316,24 @@ pub struct MiningParams {
     pub check_recall: Option<usize>,
     /// Neighbours whose labels are compared with an anchor's, for label-noise suspects.
     pub suspects_k: usize,
+    /// False-negative guard: a negative's similarity to the anchor is at most this.
+    pub max_negative_similarity: Option<f32>,
+    /// False-negative guard: a negative's similarity is at most the positive's minus this.
+    pub positive_margin: Option<f32>,
+    /// False-negative guard (TopK-PercPos): a negative's similarity is at most this percentage
+    /// of the positive's.
+    pub positive_percent: Option<f32>,
+    /// False-negative guard: a negative whose similarity to the positive is at least this is a
+    /// near-duplicate of it and is removed.
+    pub near_duplicate: Option<f32>,
+    /// Skip the anchor's nearest `range_min` neighbours (rank window start).
+    pub range_min: usize,
+    /// Look no deeper than this neighbour rank (window end, exclusive).
+    pub range_max: Option<usize>,
+    /// What happens to a pair with fewer qualifying negatives than asked.
+    pub shortfall: Shortfall,
+    /// At most this many anchors share one negative (nearest anchors kept).
+    pub max_negative_reuse: Option<usize>,
 }
 
 impl Default for MiningParams {
@@ -239,6 +356,14 @@ impl Default for MiningParams {
             ef_search: None,
             check_recall: None,
             suspects_k: 10,
+            max_negative_similarity: None,
+            positive_margin: None,
+            positive_percent: None,
+            near_duplicate: None,
+            range_min: 0,
+            range_max: None,
+            shortfall: Shortfall::Keep,
+            max_negative_reuse: None,
         }
     }
 }
@@ -282,7 +407,75 @@ impl MiningParams {
         if self.index.trim().is_empty() {
             return Err(invalid("mine.index", "is empty"));
         }
+        let guards = [
+            ("mine.max_negative_similarity", self.max_negative_similarity),
+            ("mine.positive_margin", self.positive_margin),
+            ("mine.positive_percent", self.positive_percent),
+            ("mine.near_duplicate", self.near_duplicate),
+        ];
+        for (key, v) in guards {
+            let Some(v) = v else { continue };
+            if self.metric != Metric::Cosine {
+                return Err(invalid(
+                    key,
+                    "is a cosine-similarity guard: it needs metric cosine (--metric cosine)",
+                ));
+            }
+            let ok = match key {
+                "mine.positive_margin" => v.is_finite() && v >= 0.0,
+                "mine.positive_percent" => v.is_finite() && v > 0.0 && v <= 100.0,
+                _ => v.is_finite() && (-1.0..=1.0).contains(&v),
+            };
+            if !ok {
+                let range = match key {
+                    "mine.positive_margin" => "a similarity margin >= 0",
+                    "mine.positive_percent" => "a percentage in (0, 100]",
+                    _ => "a cosine similarity in [-1, 1]",
+                };
+                return Err(invalid(key, format!("must be {range}, got {v}")));
+            }
+        }
+        if let Some(max) = self.range_max
+            && max <= self.range_min
+        {
+            return Err(invalid(
+                "mine.range_max",
+                format!(
+                    "({max}) must be greater than range_min ({})",
+                    self.range_min
+                ),
+            ));
+        }
+        if self.max_negative_reuse == Some(0) {
+            return Err(invalid("mine.max_negative_reuse", "must be at least 1"));
+        }
         Ok(())
+    }
+
+    /// Whether any false-negative guard is on.
+    pub fn guarded(&self) -> bool {
+        self.max_negative_similarity.is_some()
+            || self.positive_margin.is_some()
+            || self.positive_percent.is_some()
+            || self.near_duplicate.is_some()
+    }
+
+    /// The name of the rule that admits negatives, recorded with every triplet:
+    /// the strategy, the rank window if any, and the sampling.
+    pub fn negative_rule(&self) -> String {
+        let strategy = self
+            .negatives
+            .to_possible_value()
+            .expect("no skipped variant");
+        let mut rule = strategy.get_name().to_string();
+        if self.range_min > 0 || self.range_max.is_some() {
+            let max = self.range_max.map_or("".to_string(), |m| m.to_string());
+            rule.push_str(&format!(" rank[{},{max})", self.range_min));
+        }
+        if self.sample == NegativeSampling::Random {
+            rule.push_str(" random");
+        }
+        rule
     }
 }
 
@@ -300,6 +493,8 @@ pub struct OutputOptions {
     pub save_index: Option<PathBuf>,
     /// Rows per part file when `out` is a folder.
     pub max_rows_per_file: usize,
+    /// Row layout of the triplet output.
+    pub format: OutputFormat,
     /// Quality gates: the run fails (after writing) when one of them holds.
     pub fail_if: Vec<Gate>,
 }
@@ -312,6 +507,7 @@ impl Default for OutputOptions {
             summary_json: None,
             save_index: None,
             max_rows_per_file: 1_000_000,
+            format: OutputFormat::Triplet,
             fail_if: Vec::new(),
         }
     }
@@ -389,10 +585,21 @@ pub struct MiningConfig(MiningOptions);
 impl MiningConfig {
     /// Validates the options once.
     pub fn new(options: MiningOptions) -> Result<Self> {
-        if options.input.paths.is_empty() {
-            return Err(invalid("input.paths", "names no input"));
-        }
+        options.input.validate()?;
         options.mine.validate()?;
+        if options.output.format == OutputFormat::NTuple && options.mine.num_negatives == Count::All
+        {
+            return Err(invalid(
+                "output.format",
+                "n-tuple rows have a fixed number of negative columns: set num_negatives to a number",
+            ));
+        }
+        if options.input.retrieval() && options.report.suspects.is_some() {
+            return Err(invalid(
+                "report.suspects",
+                "label-noise suspects need labels: not available in retrieval mode",
+            ));
+        }
         if options.run.threads == Some(0) {
             return Err(invalid("run.threads", "must be at least 1"));
         }

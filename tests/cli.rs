@@ -89,6 +89,7 @@ fn mine_writes_triplets_report_and_summary() {
             "d_an",
             "loss",
             "kind",
+            "rule",
             "negative_rank"
         ]
     );

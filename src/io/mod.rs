@@ -1,16 +1,19 @@
 //! Parquet in and out.
 //!
 //! In: input paths (files, folders, globs) and column names. Out: a [`Table`] of contiguous
-//! `f32` vectors with ids and labels in their input types; on the way back, atomic Parquet
+//! `f32` vectors with ids and labels in their input types (or, in retrieval mode, a corpus
+//! and [`Queries`] with their known positives); on the way back, atomic Parquet
 //! writers ([`ParquetSink`], [`write_parquet`]) and the generated example tables ([`synthetic`]).
 
 mod inspect;
 mod read;
+mod retrieval;
 pub mod synthetic;
 mod write;
 
 pub use inspect::{Inspection, inspect};
 pub use read::{SourceFile, Table, read_table, resolve_inputs};
+pub use retrieval::{Queries, read_retrieval};
 pub use write::{
     AtomicPath, ParquetSink, PartitionedSink, SUCCESS_MARKER, TripletSink, is_folder_output,
     write_atomic, write_parquet,

@@ -43,6 +43,8 @@ pub struct Table {
     pub dim: usize,
     /// The files the rows came from, in order (empty for a table built in memory).
     pub sources: Vec<SourceFile>,
+    /// Columns read as they are for the output (`--with`), by name.
+    pub extra: Vec<(String, ArrayRef)>,
 }
 
 impl Table {
@@ -55,7 +57,26 @@ impl Table {
         vectors: Vec<f32>,
         dim: usize,
     ) -> Result<Table> {
-        let rows = labels.len();
+        Table::in_memory(ids, Some(labels), vectors, dim)
+    }
+
+    /// An unlabelled table (queries or corpus of retrieval mode) from arrays in memory;
+    /// `vectors` holds whole rows of `dim` finite values.
+    pub fn unlabelled(ids: Option<ArrayRef>, vectors: Vec<f32>, dim: usize) -> Result<Table> {
+        Table::in_memory(ids, None, vectors, dim)
+    }
+
+    fn in_memory(
+        ids: Option<ArrayRef>,
+        labels: Option<ArrayRef>,
+        vectors: Vec<f32>,
+        dim: usize,
+    ) -> Result<Table> {
+        let rows = match &labels {
+            Some(l) => l.len(),
+            None if dim > 0 => vectors.len() / dim,
+            None => 0,
+        };
         if dim == 0 || vectors.len() != rows * dim {
             return Err(Error::BadData(format!(
                 "{} vector values do not make {rows} rows of dimension {dim}",
@@ -74,7 +95,9 @@ impl Table {
         };
         let path = Path::new(MEMORY);
         check_no_nulls(path, "id", &ids, 0)?;
-        check_no_nulls(path, "label", &labels, 0)?;
+        if let Some(labels) = &labels {
+            check_no_nulls(path, "label", labels, 0)?;
+        }
         if let Some(pos) = vectors.iter().position(|x| !x.is_finite()) {
             return Err(Error::BadValue {
                 file: path.into(),
@@ -84,6 +107,24 @@ impl Table {
             });
         }
         Table::assemble(ids, labels, vectors, dim, Vec::new(), path)
+    }
+
+    /// Whether the rows carry labels (labelled mode) or not (queries, corpus).
+    pub fn labelled(&self) -> bool {
+        self.labels.data_type() != &DataType::Null
+    }
+
+    /// The passed-through column `name`, if read.
+    pub fn extra(&self, name: &str) -> Option<&ArrayRef> {
+        self.extra.iter().find(|(n, _)| n == name).map(|(_, a)| a)
+    }
+
+    /// Every row gets label code 0 of one label `all`.
+    fn strip_labels(&mut self) {
+        let rows = self.ids.len();
+        self.labels = Arc::new(arrow::array::NullArray::new(rows));
+        self.label_codes = vec![0; rows];
+        self.label_values = Arc::new(arrow::array::StringArray::from(vec!["all"]));
     }
 
     /// Number of rows.
@@ -104,15 +145,29 @@ impl Table {
 
     fn assemble(
         ids: ArrayRef,
-        labels: ArrayRef,
+        labels: Option<ArrayRef>,
         vectors: Vec<f32>,
         dim: usize,
         sources: Vec<SourceFile>,
         first_file: &Path,
     ) -> Result<Table> {
-        if labels.is_empty() {
+        if ids.is_empty() {
             return Err(Error::BadData("the input has no rows".into()));
         }
+        let Some(labels) = labels else {
+            let mut table = Table {
+                labels: ids.clone(),
+                ids,
+                label_codes: Vec::new(),
+                label_values: Arc::new(arrow::array::NullArray::new(0)),
+                vectors,
+                dim,
+                sources,
+                extra: Vec::new(),
+            };
+            table.strip_labels();
+            return Ok(table);
+        };
         let (label_codes, label_values) = encode_labels(&labels, first_file)?;
         if label_values.len() < 2 {
             return Err(Error::BadData(format!(
@@ -128,6 +183,7 @@ impl Table {
             vectors,
             dim,
             sources,
+            extra: Vec::new(),
         })
     }
 }
@@ -191,11 +247,13 @@ struct TableReader<'a> {
     columns: &'a ColumnNames,
     ids: Vec<ArrayRef>,
     labels: Vec<ArrayRef>,
+    /// Parts of every extra column, in `columns.extra` order.
+    extra: Vec<Vec<ArrayRef>>,
     vectors: Vec<f32>,
     /// Dimension and where it was first seen.
     dim: Option<(usize, PathBuf, u64)>,
-    /// Id and label types of the first file; later files must match.
-    types: Option<(Option<DataType>, DataType)>,
+    /// Id, label and extra column types of the first file; later files must match.
+    types: Option<Vec<Option<DataType>>>,
     sources: Vec<SourceFile>,
     rows: u64,
 }
@@ -206,6 +264,7 @@ impl<'a> TableReader<'a> {
             columns,
             ids: Vec::new(),
             labels: Vec::new(),
+            extra: vec![Vec::new(); columns.extra.len()],
             vectors: Vec::new(),
             dim: None,
             types: None,
@@ -234,26 +293,46 @@ impl<'a> TableReader<'a> {
             Some(name) => Some(find(name).ok_or_else(|| missing(name))?),
             None => find("id"),
         };
-        let label_idx = find(&self.columns.label).ok_or_else(|| missing(&self.columns.label))?;
+        let label_idx = match &self.columns.label {
+            Some(name) => Some(find(name).ok_or_else(|| missing(name))?),
+            None => None,
+        };
         let emb_idx =
             find(&self.columns.embedding).ok_or_else(|| missing(&self.columns.embedding))?;
+        let extra_idx = self
+            .columns
+            .extra
+            .iter()
+            .map(|name| find(name).ok_or_else(|| missing(name)))
+            .collect::<Result<Vec<usize>>>()?;
         let id_name = self.columns.id.as_deref().unwrap_or("id");
 
         // Check the column types once per file, before decoding any data.
         let id_type = id_idx.map(|i| schema.field(i).data_type().clone());
-        let label_type = schema.field(label_idx).data_type().clone();
         if let Some(t) = &id_type {
             check_key_type(path, id_name, t)?;
         }
-        check_key_type(path, &self.columns.label, &label_type)?;
+        if let (Some(i), Some(name)) = (label_idx, &self.columns.label) {
+            check_key_type(path, name, schema.field(i).data_type())?;
+        }
         check_embedding_type(
             path,
             &self.columns.embedding,
             schema.field(emb_idx).data_type(),
         )?;
+        let mut types = vec![
+            id_type.clone(),
+            label_idx.map(|i| schema.field(i).data_type().clone()),
+        ];
+        types.extend(
+            extra_idx
+                .iter()
+                .map(|&i| Some(schema.field(i).data_type().clone())),
+        );
         match &self.types {
-            None => self.types = Some((id_type, label_type)),
-            Some((first_id, first_label)) => {
+            None => self.types = Some(types),
+            Some(first_types) => {
+                let first_id = &first_types[0];
                 if first_id.is_some() != id_type.is_some() {
                     return Err(Error::BadData(format!(
                         "{}: the id column `{id_name}` is {} here but {} in the first input",
@@ -270,14 +349,9 @@ impl<'a> TableReader<'a> {
                         },
                     )));
                 }
-                for (name, first, now) in [
-                    (id_name, first_id.clone(), id_type.clone()),
-                    (
-                        self.columns.label.as_str(),
-                        Some(first_label.clone()),
-                        Some(label_type.clone()),
-                    ),
-                ] {
+                let mut names = vec![id_name, self.columns.label.as_deref().unwrap_or("")];
+                names.extend(self.columns.extra.iter().map(String::as_str));
+                for ((name, first), now) in names.into_iter().zip(first_types).zip(&types) {
                     if let (Some(first), Some(now)) = (first, now)
                         && first != now
                     {
@@ -292,9 +366,10 @@ impl<'a> TableReader<'a> {
             }
         }
 
-        let mut roots: Vec<usize> = [id_idx, Some(label_idx), Some(emb_idx)]
+        let mut roots: Vec<usize> = [id_idx, label_idx, Some(emb_idx)]
             .into_iter()
             .flatten()
+            .chain(extra_idx.iter().copied())
             .collect();
         roots.sort_unstable();
         roots.dedup();
@@ -318,8 +393,14 @@ impl<'a> TableReader<'a> {
                     .cloned()
                     .ok_or_else(|| missing(name))
             };
-            let labels = col(&self.columns.label)?;
-            check_no_nulls(path, &self.columns.label, &labels, row_in_file)?;
+            if let Some(name) = &self.columns.label {
+                let labels = col(name)?;
+                check_no_nulls(path, name, &labels, row_in_file)?;
+                self.labels.push(labels);
+            }
+            for (parts, name) in self.extra.iter_mut().zip(&self.columns.extra) {
+                parts.push(col(name)?);
+            }
             let ids = match id_idx {
                 Some(_) => {
                     let ids = col(id_name)?;
@@ -333,7 +414,6 @@ impl<'a> TableReader<'a> {
             let emb = col(&self.columns.embedding)?;
             self.append_embeddings(path, &emb, row_in_file, file_rows)?;
             self.ids.push(ids);
-            self.labels.push(labels);
             row_in_file += batch.num_rows() as u64;
             self.rows += batch.num_rows() as u64;
         }
@@ -428,9 +508,16 @@ impl<'a> TableReader<'a> {
             return Err(Error::BadData("the input has no rows".into()));
         }
         let ids = concat_all(&self.ids)?;
-        let labels = concat_all(&self.labels)?;
+        let labels = match self.columns.label {
+            Some(_) => Some(concat_all(&self.labels)?),
+            None => None,
+        };
         let dim = self.dim.map(|d| d.0).unwrap_or(0);
-        Table::assemble(ids, labels, self.vectors, dim, self.sources, first_file)
+        let mut table = Table::assemble(ids, labels, self.vectors, dim, self.sources, first_file)?;
+        for (name, parts) in self.columns.extra.iter().zip(&self.extra) {
+            table.extra.push((name.clone(), concat_all(parts)?));
+        }
+        Ok(table)
     }
 }
 

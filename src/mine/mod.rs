@@ -1,7 +1,13 @@
 //! Triplet mining over a table in memory.
 //!
-//! In: a [`Table`] and validated [`MiningParams`]. Out: blocks of [`Triplet`]s (row positions
-//! and exact distances) with one [`AnchorRecord`] per anchor, in anchor order.
+//! In: a labelled [`Table`] (every row an anchor, positives share its label), or a corpus and
+//! [`Queries`] (retrieval mode: queries are the anchors, their known positives are listed), and
+//! validated [`MiningParams`]. Out: blocks of [`Triplet`]s (row positions and exact distances)
+//! with one [`AnchorRecord`] per anchor, in anchor order; [`Miner::finish`] then applies the
+//! cross-anchor rules (negative reuse cap, shortfall policy).
+//!
+//! In retrieval mode anchors are query rows and positives and negatives corpus rows; every
+//! definition below reads "same label" as "a known positive of this query".
 //!
 //! With an exact index every set equals what an exhaustive search over the whole table gives:
 //! FAISS only proposes candidates; their distances are recomputed exactly, and a candidate list
@@ -11,6 +17,9 @@
 
 mod negatives;
 mod positives;
+mod select;
+
+pub use negatives::{GUARDS, Guard};
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -24,7 +33,7 @@ use crate::error::Result;
 use crate::index::{
     IndexInfo, IndexSpec, NeighbourIndex, faiss_error_factor, is_exact, resolve_factory,
 };
-use crate::io::Table;
+use crate::io::{Queries, Table};
 use crate::score::{dot, normalize_rows};
 
 /// One mined triplet, by row position, with exact distances.
@@ -71,8 +80,20 @@ pub struct AnchorRecord {
     /// Whether its nearest other-label row lies within `d(a, hardest positive) + margin`;
     /// `None` without a positive, or when a capped search found no other-label row.
     pub violating_neighbour: Option<bool>,
-    /// Labels of its nearest neighbours; `None` without a positive (the anchor is not searched).
+    /// Labels of its nearest neighbours; `None` without a positive (the anchor is not searched)
+    /// and in retrieval mode.
     pub neighbour_labels: Option<NeighbourLabels>,
+    /// (anchor, positive) pairs mined: its chosen positives.
+    pub pairs: u32,
+    /// Pairs that got fewer negatives than `num_negatives` (after the reuse cap).
+    pub short_pairs: u32,
+    /// Short pairs whose triplets were dropped (`shortfall = drop`).
+    pub dropped_pairs: u32,
+    /// Qualifying candidates each false-negative guard took away from the selection, in
+    /// [`GUARDS`] order (each counted for the first guard that rejected it).
+    pub guard_removed: [u32; 4],
+    /// Triplets removed by `max_negative_reuse`.
+    pub reuse_removed: u32,
 }
 
 /// The output of one block of anchors.
@@ -87,7 +108,10 @@ pub const ANCHOR_BLOCK: usize = 8192;
 
 /// Holds the index and the per-label groups; mines anchors block by block.
 pub struct Miner<'t> {
+    /// The rows indexed: the labelled table, or the corpus.
     table: &'t Table,
+    /// Retrieval mode's anchors.
+    queries: Option<QuerySide<'t>>,
     params: MiningParams,
     /// The table's vectors, normalised for cosine.
     vectors: Cow<'t, [f32]>,
@@ -102,6 +126,13 @@ pub struct Miner<'t> {
     search: SearchStats,
 }
 
+/// Queries, normalised for cosine, with their known positives.
+struct QuerySide<'t> {
+    queries: &'t Queries,
+    vectors: Cow<'t, [f32]>,
+    norms_sq: Vec<f32>,
+}
+
 /// Time spent in the neighbour index's searches, for benchmarks (the effective GFLOP/s of an
 /// exact search is `2 * dim * rows * queries / seconds`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -114,28 +145,81 @@ pub struct SearchStats {
 impl<'t> Miner<'t> {
     /// Validates `params` and builds the index over `table`.
     pub fn new(table: &'t Table, params: &MiningParams) -> Result<Self> {
-        Self::create(table, params, None)
+        Self::create(table, None, params, None)
+    }
+
+    /// Retrieval mode: the index is built over `corpus`; `queries` are the anchors.
+    pub fn retrieval(
+        corpus: &'t Table,
+        queries: &'t Queries,
+        params: &MiningParams,
+        saved_index: Option<&Path>,
+    ) -> Result<Self> {
+        Self::create(corpus, Some(queries), params, saved_index)
+    }
+
+    /// The same miner with an exact index (for `--check-recall`).
+    pub fn exact_twin(&self) -> Result<Miner<'t>> {
+        let params = MiningParams {
+            index: "Flat".into(),
+            check_recall: None,
+            nprobe: None,
+            ef_search: None,
+            ..self.params.clone()
+        };
+        Self::create(
+            self.table,
+            self.queries.as_ref().map(|q| q.queries),
+            &params,
+            None,
+        )
     }
 
     /// As [`Miner::new`], with an index saved by an earlier run instead of building one; it
     /// must hold `table`'s rows in order (its dimension, metric and row count are checked).
     pub fn with_saved_index(table: &'t Table, params: &MiningParams, index: &Path) -> Result<Self> {
-        Self::create(table, params, Some(index))
+        Self::create(table, None, params, Some(index))
     }
 
-    fn create(table: &'t Table, params: &MiningParams, saved: Option<&Path>) -> Result<Self> {
+    fn create(
+        table: &'t Table,
+        queries: Option<&'t Queries>,
+        params: &MiningParams,
+        saved: Option<&Path>,
+    ) -> Result<Self> {
         params.validate()?;
         let dim = table.dim;
-        let vectors: Cow<'t, [f32]> = match params.metric {
-            Metric::L2sq => Cow::Borrowed(&table.vectors),
-            Metric::Cosine => {
-                let mut v = table.vectors.clone();
-                normalize_rows(&mut v, dim);
-                Cow::Owned(v)
-            }
+        let prepared = |t: &'t Table| -> (Cow<'t, [f32]>, Vec<f32>) {
+            let vectors: Cow<'t, [f32]> = match params.metric {
+                Metric::L2sq => Cow::Borrowed(&t.vectors),
+                Metric::Cosine => {
+                    let mut v = t.vectors.clone();
+                    normalize_rows(&mut v, dim);
+                    Cow::Owned(v)
+                }
+            };
+            let norms_sq = vectors.par_chunks(dim).map(|r| dot(r, r) as f32).collect();
+            (vectors, norms_sq)
         };
-        let norms_sq: Vec<f32> = vectors.par_chunks(dim).map(|r| dot(r, r) as f32).collect();
+        let (vectors, norms_sq) = prepared(table);
         let max_norm_sq = norms_sq.iter().copied().fold(0.0, f32::max);
+        let queries = match queries {
+            Some(q) if q.table.dim != dim => {
+                return Err(crate::error::Error::BadData(format!(
+                    "queries have dimension {} but the corpus has dimension {dim}",
+                    q.table.dim
+                )));
+            }
+            Some(q) => {
+                let (vectors, norms_sq) = prepared(&q.table);
+                Some(QuerySide {
+                    queries: q,
+                    vectors,
+                    norms_sq,
+                })
+            }
+            None => None,
+        };
         let mut groups = vec![Vec::new(); table.num_labels()];
         for (row, &code) in table.label_codes.iter().enumerate() {
             groups[code as usize].push(row as u32);
@@ -162,15 +246,22 @@ impl<'t> Miner<'t> {
             seconds = started.elapsed().as_secs_f64(),
             "index built"
         );
+        // A rank window is resolved in one pass when the first search covers it.
+        let self_row = usize::from(queries.is_none());
+        let start_k = match params.range_max {
+            Some(max) => params.k.max((max + self_row).min(table.rows())),
+            None => params.k,
+        };
         Ok(Miner {
             table,
+            queries,
             params: params.clone(),
             vectors,
             norms_sq,
             max_norm_sq,
             groups,
             index,
-            start_k: params.k,
+            start_k,
             search: SearchStats::default(),
         })
     }
@@ -197,7 +288,7 @@ impl<'t> Miner<'t> {
 
     /// The `k` candidates the index proposes for each anchor (the anchor itself left out).
     pub fn candidates(&mut self, anchors: &[u32], k: usize) -> Result<Vec<Vec<u32>>> {
-        let queries = self.gather(anchors.iter().copied());
+        let queries = self.gather_anchors(anchors.iter().copied());
         let found = self.index.search(&queries, k + 1)?;
         Ok(anchors
             .iter()
@@ -206,11 +297,24 @@ impl<'t> Miner<'t> {
                 found
                     .of(q)
                     .map(|(_, r)| r)
-                    .filter(|&r| r != a)
+                    .filter(|&r| Some(r) != self.anchor_self(a))
                     .take(k)
                     .collect()
             })
             .collect())
+    }
+
+    /// Applies the rules that look across anchors to blocks mined by [`Miner::mine_block`]:
+    /// first `max_negative_reuse` (over all `blocks` together, so pass every block when it is
+    /// set), then the shortfall policy. Updates the anchor records' counts.
+    pub fn finish(&self, blocks: &mut [MinedBlock]) {
+        if let Some(max) = self.params.max_negative_reuse {
+            select::cap_reuse(blocks, max);
+        }
+        let limit = self.params.num_negatives.limit();
+        for block in blocks {
+            select::apply_shortfall(block, limit, self.params.shortfall);
+        }
     }
 
     /// Total variance of the vectors mined (normalised for cosine) over their mean squared
@@ -248,9 +352,12 @@ impl<'t> Miner<'t> {
         }
     }
 
-    /// The anchors to mine, in row order: every row, or a seeded sample.
+    /// The anchors to mine, in row order: every row (every query), or a seeded sample.
     pub fn anchors(&self) -> Vec<u32> {
-        let n = self.table.rows();
+        let n = match &self.queries {
+            Some(q) => q.queries.table.rows(),
+            None => self.table.rows(),
+        };
         match self.params.anchors_sample {
             Some(m) if m < n => {
                 let mut rng = ChaCha8Rng::seed_from_u64(mix(self.params.seed, u64::MAX, 0, 0));
@@ -272,7 +379,7 @@ impl<'t> Miner<'t> {
         negatives::mine(self, plans)
     }
 
-    /// Mines every anchor.
+    /// Mines every anchor, cross-anchor rules applied ([`Miner::finish`]).
     pub fn mine_all(&mut self) -> Result<MinedBlock> {
         let mut all = MinedBlock::default();
         for block in self.anchors().chunks(ANCHOR_BLOCK) {
@@ -280,7 +387,63 @@ impl<'t> Miner<'t> {
             all.triplets.extend(mined.triplets);
             all.anchors.extend(mined.anchors);
         }
+        self.finish(std::slice::from_mut(&mut all));
         Ok(all)
+    }
+
+    /// The vector of anchor `a` (a row, or a query).
+    #[inline]
+    fn anchor_vector(&self, a: u32) -> &[f32] {
+        match &self.queries {
+            Some(q) => {
+                let d = self.table.dim;
+                &q.vectors[a as usize * d..(a as usize + 1) * d]
+            }
+            None => self.row(a),
+        }
+    }
+
+    /// Exact distance from anchor `a` to indexed row `r`.
+    #[inline]
+    fn anchor_distance(&self, a: u32, r: u32) -> f32 {
+        self.params
+            .metric
+            .distance(self.anchor_vector(a), self.row(r))
+    }
+
+    /// The indexed row that is anchor `a` itself (never its own neighbour).
+    #[inline]
+    fn anchor_self(&self, a: u32) -> Option<u32> {
+        match self.queries {
+            Some(_) => None,
+            None => Some(a),
+        }
+    }
+
+    /// Whether indexed row `r` may be a negative of the anchor of `label` (label code, unused
+    /// in retrieval mode).
+    #[inline]
+    fn is_negative(&self, a: u32, label: u32, r: u32) -> bool {
+        match &self.queries {
+            Some(q) => !q.queries.is_positive(a, r),
+            None => self.label(r) != label,
+        }
+    }
+
+    /// Known positives of query `a` (retrieval mode).
+    fn query_positives(&self, a: u32) -> Option<&[u32]> {
+        self.queries
+            .as_ref()
+            .map(|q| q.queries.positives[a as usize].as_slice())
+    }
+
+    /// The vectors of anchors, gathered into one contiguous buffer (FAISS queries).
+    fn gather_anchors(&self, anchors: impl Iterator<Item = u32>) -> Vec<f32> {
+        let mut out = Vec::new();
+        for a in anchors {
+            out.extend_from_slice(self.anchor_vector(a));
+        }
+        out
     }
 
     #[inline]
@@ -302,7 +465,11 @@ impl<'t> Miner<'t> {
     /// How far FAISS's distance for anchor `a` may be from the exact one.
     #[inline]
     fn faiss_slack(&self, a: u32) -> f32 {
-        faiss_error_factor(self.table.dim + 1) * (self.norms_sq[a as usize] + self.max_norm_sq)
+        let norm_sq = match &self.queries {
+            Some(q) => q.norms_sq[a as usize],
+            None => self.norms_sq[a as usize],
+        };
+        faiss_error_factor(self.table.dim + 1) * (norm_sq + self.max_norm_sq)
     }
 
     /// The vectors of `rows`, gathered into one contiguous buffer (FAISS queries).

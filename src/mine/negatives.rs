@@ -1,11 +1,18 @@
 //! Negative selection: for every (anchor, positive), the qualifying negatives, nearest first
 //! or sampled, searched as deep as exactness needs.
+//!
+//! A candidate is a negative of the anchor (another label; in retrieval mode, not a known
+//! positive) whose neighbour rank lies in `[range_min, range_max)`, whose kind the strategy
+//! takes, and which no false-negative guard rejects. Guards work in cosine similarity
+//! `s = 1 - d`; a candidate a guard rejects is counted for the first guard (in [`GUARDS`]
+//! order) that rejects it, if the selection examined it (nearest-first selection stops at the
+//! last negative it takes).
 
 use rayon::prelude::*;
 
 use super::positives::AnchorPlan;
 use super::{AnchorRecord, MinedBlock, Miner, NeighbourLabels, Triplet, rng_for, sort_nearest};
-use crate::config::{NegativeSampling, NegativeStrategy};
+use crate::config::{MiningParams, NegativeSampling, NegativeStrategy};
 use crate::error::Result;
 use crate::score::TripletKind;
 
@@ -20,6 +27,68 @@ struct Resolved {
     triplets: Vec<Triplet>,
     violating_neighbour: Option<bool>,
     neighbour_labels: Option<NeighbourLabels>,
+    guard_removed: [u32; 4],
+}
+
+/// A false-negative guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// `s(a, n) > max_negative_similarity`.
+    Ceiling,
+    /// `s(a, n) > s(a, p) - positive_margin`.
+    PositiveMargin,
+    /// `s(a, n) > positive_percent / 100 * s(a, p)`.
+    PositivePercent,
+    /// `s(p, n) >= near_duplicate`.
+    NearDuplicate,
+}
+
+/// Guards in the order they are tried (and counted).
+pub const GUARDS: [Guard; 4] = [
+    Guard::Ceiling,
+    Guard::PositiveMargin,
+    Guard::PositivePercent,
+    Guard::NearDuplicate,
+];
+
+impl Guard {
+    /// Its name in reports and its flag without the dashes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Guard::Ceiling => "max_negative_similarity",
+            Guard::PositiveMargin => "positive_margin",
+            Guard::PositivePercent => "positive_percent",
+            Guard::NearDuplicate => "near_duplicate",
+        }
+    }
+
+    /// Whether the guard rejects a negative at cosine distance `d_an` from the anchor, for a
+    /// positive at `d_ap`; `d_pn` gives the positive-negative distance (computed only if
+    /// needed). `None` when the guard is off.
+    #[inline]
+    pub fn rejects(
+        self,
+        params: &MiningParams,
+        d_ap: f32,
+        d_an: f32,
+        d_pn: impl FnOnce() -> f32,
+    ) -> Option<bool> {
+        let s = |d: f32| 1.0 - d as f64;
+        Some(match self {
+            Guard::Ceiling => s(d_an) > params.max_negative_similarity? as f64,
+            Guard::PositiveMargin => s(d_an) > s(d_ap) - params.positive_margin? as f64,
+            Guard::PositivePercent => s(d_an) > params.positive_percent? as f64 / 100.0 * s(d_ap),
+            Guard::NearDuplicate => s(d_pn()) >= params.near_duplicate? as f64,
+        })
+    }
+}
+
+/// The first guard that rejects the candidate, as an index into [`GUARDS`].
+#[inline]
+fn rejected_by(m: &Miner, d_ap: f32, d_an: f32, p: u32, n: u32) -> Option<usize> {
+    GUARDS
+        .iter()
+        .position(|g| g.rejects(&m.params, d_ap, d_an, || m.distance(p, n)) == Some(true))
 }
 
 /// Mines the negatives of every planned anchor of a block.
@@ -42,8 +111,8 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
                 .map(|&i| {
                     let a = plans[i].anchor;
                     let mut list: Vec<(f32, u32)> = (0..n as u32)
-                        .filter(|&r| r != a)
-                        .map(|r| (m.distance(a, r), r))
+                        .filter(|&r| Some(r) != m.anchor_self(a))
+                        .map(|r| (m.anchor_distance(a, r), r))
                         .collect();
                     sort_nearest(&mut list);
                     resolve(m, &plans[i], &list, f32::INFINITY).expect("a full list is complete")
@@ -58,7 +127,7 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
         let mut still = Vec::new();
         let chunk = (SEARCH_BUDGET / k).max(1);
         for part in pending.chunks(chunk) {
-            let queries = m.gather(part.iter().map(|&i| plans[i].anchor));
+            let queries = m.gather_anchors(part.iter().map(|&i| plans[i].anchor));
             let started = std::time::Instant::now();
             let cands = m.index.search(&queries, k)?;
             m.search.seconds += started.elapsed().as_secs_f64();
@@ -75,8 +144,8 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
                     for (approx, r) in cands.of(q) {
                         got += 1;
                         bound = bound.max(approx);
-                        if r != a {
-                            list.push((m.distance(a, r), r));
+                        if Some(r) != m.anchor_self(a) {
+                            list.push((m.anchor_distance(a, r), r));
                         }
                     }
                     sort_nearest(&mut list);
@@ -116,14 +185,16 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
 
     let mut block = MinedBlock::default();
     for (plan, outcome) in plans.into_iter().zip(done) {
-        let (triplets, violating_neighbour, neighbour_labels, capped) = match outcome {
+        let (triplets, violating_neighbour, neighbour_labels, guard_removed, capped) = match outcome
+        {
             Some((r, capped)) => (
                 r.triplets,
                 r.violating_neighbour,
                 r.neighbour_labels,
+                r.guard_removed,
                 capped,
             ),
-            None => (Vec::new(), None, None, false),
+            None => (Vec::new(), None, None, [0; 4], false),
         };
         block.anchors.push(AnchorRecord {
             anchor: plan.anchor,
@@ -133,6 +204,11 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
             capped,
             violating_neighbour,
             neighbour_labels,
+            pairs: plan.positives.len() as u32,
+            short_pairs: 0,
+            dropped_pairs: 0,
+            guard_removed,
+            reuse_removed: 0,
         });
         block.triplets.extend(triplets);
     }
@@ -168,39 +244,64 @@ fn resolve(m: &Miner, plan: &AnchorPlan, list: &[(f32, u32)], radius: f32) -> Op
         trusted
     };
     let hardest = plan.hardest.expect("planned anchors have a positive");
-    let violating_neighbour = match list[..trusted].iter().find(|x| m.label(x.1) != label) {
+    let a = plan.anchor;
+    let violating_neighbour = match list[..trusted]
+        .iter()
+        .find(|x| m.is_negative(a, label, x.1))
+    {
         Some(&(d, _)) => Some(TripletKind::classify(hardest, d, margin) != TripletKind::Easy),
         None if radius == f32::INFINITY => None,
         None => return None,
     };
-    let near = m.params.suspects_k.min(m.table.rows() - 1);
-    if trusted < near && radius < f32::INFINITY {
-        return None;
-    }
-    let neighbour_labels = neighbour_labels(m, label, &list[..near.min(trusted)]);
+    let neighbour_labels = if m.queries.is_some() {
+        None
+    } else {
+        let near = m.params.suspects_k.min(m.table.rows() - 1);
+        if trusted < near && radius < f32::INFINITY {
+            return None;
+        }
+        neighbour_labels(m, label, &list[..near.min(trusted)])
+    };
 
     let strategy = m.params.negatives;
     let limit = m.params.num_negatives.limit();
+    let (range_min, range_max) = (m.params.range_min, m.params.range_max.unwrap_or(usize::MAX));
+    // Every rank of the window is among the trusted entries.
+    let window_covered = range_max <= trusted;
+    let guarded = m.params.guarded();
+    let mut guard_removed = [0u32; 4];
     let mut triplets = Vec::new();
     let mut qualifying: Vec<usize> = Vec::new();
     for &(d_ap, p) in &plan.positives {
         let hi = band_end(strategy, d_ap, margin);
         let want_all = m.params.sample == NegativeSampling::Random || limit == usize::MAX;
         qualifying.clear();
-        for (rank, &(d, r)) in list[..trusted].iter().enumerate() {
+        let mut removed = [0u32; 4];
+        for (rank, &(d, r)) in list[..trusted.min(range_max)].iter().enumerate() {
             if d > hi {
                 break;
             }
-            if m.label(r) != label && qualifies(strategy, d_ap, d, margin) {
-                qualifying.push(rank);
-                if !want_all && qualifying.len() == limit {
-                    break;
-                }
+            if rank < range_min
+                || !m.is_negative(a, label, r)
+                || !qualifies(strategy, d_ap, d, margin)
+            {
+                continue;
+            }
+            if guarded && let Some(g) = rejected_by(m, d_ap, d, p, r) {
+                removed[g] += 1;
+                continue;
+            }
+            qualifying.push(rank);
+            if !want_all && qualifying.len() == limit {
+                break;
             }
         }
         let enough = !want_all && qualifying.len() == limit;
-        if !(enough || hi < radius || radius == f32::INFINITY) {
+        if !(enough || hi < radius || radius == f32::INFINITY || window_covered) {
             return None;
+        }
+        for (total, r) in guard_removed.iter_mut().zip(removed) {
+            *total += r;
         }
         if m.params.sample == NegativeSampling::Random && qualifying.len() > limit {
             let mut rng = rng_for(m.params.seed, plan.anchor, p, STREAM_NEGATIVE);
@@ -226,6 +327,7 @@ fn resolve(m: &Miner, plan: &AnchorPlan, list: &[(f32, u32)], radius: f32) -> Op
         triplets,
         violating_neighbour,
         neighbour_labels,
+        guard_removed,
     })
 }
 

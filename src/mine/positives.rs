@@ -1,5 +1,6 @@
-//! Positive selection: for each anchor, the chosen rows of its own label and the distance of
-//! its hardest positive (needed by the data-set health figure whatever the strategy).
+//! Positive selection: for each anchor, the chosen rows of its own label (in retrieval mode,
+//! of its known positives) and the distance of its hardest positive (needed by the data-set
+//! health figure whatever the strategy).
 
 use std::collections::BTreeMap;
 
@@ -44,13 +45,16 @@ impl AnchorPlan {
 /// `(d(a, r), r)` for every row of `rows` but `a`.
 fn scored(m: &Miner, a: u32, rows: &[u32]) -> Vec<(f32, u32)> {
     rows.iter()
-        .filter(|&&r| r != a)
-        .map(|&r| (m.distance(a, r), r))
+        .filter(|&&r| Some(r) != m.anchor_self(a))
+        .map(|&r| (m.anchor_distance(a, r), r))
         .collect()
 }
 
 /// Chooses the positives of every anchor in `anchors`.
 pub(super) fn plan(m: &Miner, anchors: &[u32]) -> Result<Vec<AnchorPlan>> {
+    if m.queries.is_some() {
+        return Ok(plan_queries(m, anchors));
+    }
     let mut by_label: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
     for (i, &a) in anchors.iter().enumerate() {
         by_label.entry(m.label(a)).or_default().push(i);
@@ -79,6 +83,40 @@ fn wanted(m: &Miner) -> usize {
         PositiveStrategy::All => usize::MAX,
         _ => m.params.num_positives.limit(),
     }
+}
+
+/// Retrieval mode: every listed positive's distance computed directly.
+fn plan_queries(m: &Miner, anchors: &[u32]) -> Vec<AnchorPlan> {
+    let n = wanted(m);
+    anchors
+        .par_iter()
+        .map(|&a| {
+            let listed = m.query_positives(a).expect("retrieval mode");
+            let mut all = scored(m, a, listed);
+            let hardest = all.iter().map(|x| x.0).reduce(f32::max);
+            let chosen = match m.params.positives {
+                PositiveStrategy::Hardest => {
+                    sort_farthest(&mut all);
+                    all.truncate(n);
+                    all
+                }
+                PositiveStrategy::Easiest => {
+                    sort_nearest(&mut all);
+                    all.truncate(n);
+                    all
+                }
+                PositiveStrategy::Random if n < all.len() => {
+                    let mut rng = rng_for(m.params.seed, a, 0, STREAM_POSITIVE);
+                    rand::seq::index::sample(&mut rng, all.len(), n)
+                        .into_iter()
+                        .map(|i| all[i])
+                        .collect()
+                }
+                PositiveStrategy::Random | PositiveStrategy::All => all,
+            };
+            AnchorPlan::new(a, 0, chosen, hardest)
+        })
+        .collect()
 }
 
 /// Every distance computed directly.

@@ -12,7 +12,7 @@ mod outputs;
 mod recall;
 mod summary;
 
-pub use outputs::{triplet_batch, triplet_schema};
+pub use outputs::OutputLayout;
 pub use summary::{Summary, Timings};
 
 use outputs::{json, suspects_batch, with_metadata};
@@ -27,8 +27,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::config::MiningConfig;
 use crate::error::{Error, Result};
 use crate::index::set_native_threads;
-use crate::io::{AtomicPath, TripletSink, read_table, resolve_inputs, write_atomic, write_parquet};
-use crate::mine::{ANCHOR_BLOCK, Miner, Triplet};
+use crate::io::{
+    AtomicPath, Queries, Table, TripletSink, read_retrieval, read_table, resolve_inputs,
+    write_atomic, write_parquet,
+};
+use crate::mine::{ANCHOR_BLOCK, MinedBlock, Miner, Triplet};
 use crate::report::{Report, ReportBuilder};
 use manifest::{
     Manifest, fingerprint, manifest_path, stat_inputs, stat_outputs, up_to_date, write_manifest,
@@ -37,7 +40,13 @@ use manifest::{
 /// Runs a mining job as configured: skips it when its manifest says the outputs are up to
 /// date (unless `run.force`), and fails after writing when a quality gate holds.
 pub fn run(config: &MiningConfig) -> Result<Summary> {
-    let files = resolve_inputs(&config.input.paths)?;
+    let input = &config.input;
+    let mut files = resolve_inputs(&input.paths)?;
+    if input.retrieval() {
+        files.extend(resolve_inputs(&input.queries)?);
+        files.extend(resolve_inputs(&input.corpus)?);
+        files.extend(resolve_inputs(input.qrels.as_slice())?);
+    }
     if let Some(path) = config.input.load_index.as_ref().filter(|p| !p.is_file()) {
         return Err(Error::Config(format!(
             "--load-index {}: no such file",
@@ -114,24 +123,34 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
     let out = &config.output;
 
     let spinner = progress(show, None, "reading");
-    let table = read_table(files, &config.input.columns())?;
+    let (table, queries): (Table, Option<Queries>) = if config.input.retrieval() {
+        let (corpus, queries) = read_retrieval(&config.input)?;
+        (corpus, Some(queries))
+    } else {
+        (read_table(files, &config.input.columns())?, None)
+    };
+    // Anchor ids, labels and columns come from here; candidates' from `table`.
+    let anchor_table = queries.as_ref().map_or(&table, |q| &q.table);
     spinner.finish_and_clear();
     seconds.read = started.elapsed().as_secs_f64();
     tracing::info!(
         stage = "read",
         rows = table.rows(),
+        queries = queries.as_ref().map(|q| q.table.rows()),
         dim = table.dim,
         labels = table.num_labels(),
-        files = table.sources.len(),
+        files = table.sources.len() + anchor_table.sources.len(),
         seconds = seconds.read,
         "input read"
     );
 
     let t = Instant::now();
     let spinner = progress(show, None, "building index");
-    let mut miner = match &config.input.load_index {
-        Some(path) => Miner::with_saved_index(&table, &config.mine, path)?,
-        None => Miner::new(&table, &config.mine)?,
+    let saved = config.input.load_index.as_deref();
+    let mut miner = match (&queries, saved) {
+        (Some(q), saved) => Miner::retrieval(&table, q, &config.mine, saved)?,
+        (None, Some(path)) => Miner::with_saved_index(&table, &config.mine, path)?,
+        (None, None) => Miner::new(&table, &config.mine)?,
     };
     if let Some(path) = &out.save_index {
         miner.save_index(path)?;
@@ -153,15 +172,35 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
     };
     let mut sampled_triplets: Vec<Triplet> = Vec::new();
     let bar = progress(show, Some(anchors.len() as u64), "mining");
-    let schema = triplet_schema(&table);
-    let mut sink = TripletSink::create(&out.out, schema.clone(), out.max_rows_per_file)?;
+    let layout = OutputLayout::new(
+        anchor_table,
+        &table,
+        &config.mine,
+        out.format,
+        &config.input.with,
+    )?;
+    let mut sink = TripletSink::create(&out.out, layout.schema(), out.max_rows_per_file)?;
     let mut report = ReportBuilder::new(config.mine.margin);
     // (agreement, row, majority label) of every label-noise suspect.
     let mut suspects: Vec<(f32, u32, u32)> = Vec::new();
     let margin = config.mine.margin;
+    let mut emit = |mined: &MinedBlock| -> Result<()> {
+        sink.write(&layout.batch(&mined.triplets)?)?;
+        suspects.extend(mined.anchors.iter().filter_map(|a| {
+            let n = a.neighbour_labels?;
+            n.suspect(a.label)
+                .then_some((n.agreement, a.anchor, n.majority))
+        }));
+        report.add(&mined.triplets, &mined.anchors, |r| {
+            anchor_table.label_codes[r as usize]
+        });
+        Ok(())
+    };
+    // The reuse cap compares anchors across blocks: hold every block until all are mined.
+    let hold = config.mine.max_negative_reuse.is_some();
+    let mut held: Vec<MinedBlock> = Vec::new();
     for block in anchors.chunks(ANCHOR_BLOCK) {
-        let mined = miner.mine_block(block)?;
-        sink.write(&triplet_batch(&table, &schema, &mined.triplets, margin)?)?;
+        let mut mined = miner.mine_block(block)?;
         if !recall_sample.is_empty() {
             sampled_triplets.extend(
                 mined
@@ -170,15 +209,19 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
                     .filter(|t| recall_sample.binary_search(&t.anchor).is_ok()),
             );
         }
-        suspects.extend(mined.anchors.iter().filter_map(|a| {
-            let n = a.neighbour_labels?;
-            n.suspect(a.label)
-                .then_some((n.agreement, a.anchor, n.majority))
-        }));
-        report.add(&mined.triplets, &mined.anchors, |r| {
-            table.label_codes[r as usize]
-        });
+        if hold {
+            held.push(mined);
+        } else {
+            miner.finish(std::slice::from_mut(&mut mined));
+            emit(&mined)?;
+        }
         bar.inc(block.len() as u64);
+    }
+    if hold {
+        miner.finish(&mut held);
+        for mined in &held {
+            emit(mined)?;
+        }
     }
     bar.finish_and_clear();
     let triplets_file = sink.close()?;
@@ -196,17 +239,12 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         batch,
         mut totals,
         histogram,
-    } = report.finish(&table.label_values)?;
+    } = report.finish(&anchor_table.label_values)?;
     totals.embedding_spread = Some(miner.embedding_spread());
     if !recall_sample.is_empty() {
         let t = Instant::now();
-        let (negatives, candidates) = check_recall(
-            &table,
-            &config.mine,
-            &mut miner,
-            &recall_sample,
-            &sampled_triplets,
-        )?;
+        let (negatives, candidates) =
+            check_recall(&config.mine, &mut miner, &recall_sample, &sampled_triplets)?;
         totals.recall_negatives = negatives;
         totals.recall_candidates = Some(candidates);
         tracing::info!(
@@ -268,10 +306,16 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
 
     let summary = Summary {
         tripmine_version: env!("CARGO_PKG_VERSION").into(),
-        inputs: table.sources.iter().map(|s| s.path.clone()).collect(),
+        inputs: files.to_vec(),
         rows: table.rows() as u64,
         dim: table.dim,
-        labels: table.num_labels(),
+        labels: if queries.is_some() {
+            0
+        } else {
+            table.num_labels()
+        },
+        queries: queries.as_ref().map(|q| q.table.rows() as u64),
+        unknown_queries: queries.as_ref().map_or(0, |q| q.unknown_queries),
         params: config.mine.clone(),
         index: miner.index_info().factory.clone(),
         exact: miner.exact(),

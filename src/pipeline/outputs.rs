@@ -1,13 +1,15 @@
-//! The rows written: triplet batches, label-noise suspects, and report metadata.
+//! The rows written: triplets in the configured layout, label-noise suspects, and report
+//! metadata.
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float32Array, RecordBatch, StringArray, UInt32Array};
+use arrow::array::{ArrayRef, Float32Array, RecordBatch, StringArray, UInt8Array, UInt32Array};
 use arrow::compute::take;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::config::{Count, MiningParams, OutputFormat};
+use crate::error::{Error, Result};
 use crate::io::Table;
 use crate::mine::Triplet;
 use crate::score::{TripletKind, triplet_loss};
@@ -58,60 +60,352 @@ pub(super) fn with_metadata<const N: usize>(
     Ok(batch.with_schema(schema)?)
 }
 
-/// Schema of the triplet output; ids and labels keep their input types.
-pub fn triplet_schema(table: &Table) -> SchemaRef {
-    let id = table.ids.data_type().clone();
-    let label = table.labels.data_type().clone();
-    Arc::new(Schema::new(vec![
-        Field::new("anchor_id", id.clone(), false),
-        Field::new("positive_id", id.clone(), false),
-        Field::new("negative_id", id, false),
-        Field::new("anchor_label", label.clone(), false),
-        Field::new("negative_label", label, false),
-        Field::new("d_ap", DataType::Float32, false),
-        Field::new("d_an", DataType::Float32, false),
-        Field::new("loss", DataType::Float32, false),
-        Field::new("kind", DataType::Utf8, false),
-        Field::new("negative_rank", DataType::UInt32, false),
-    ]))
+/// The triplet output's rows in the configured [`OutputFormat`]: ids (and, in labelled mode,
+/// labels) in their input types, distances, loss, kind, the rule that admitted each negative
+/// and its rank, and the `--with` columns of anchors, positives and negatives.
+pub struct OutputLayout<'a> {
+    /// Where anchor ids and columns come from (the table, or the queries).
+    anchors: &'a Table,
+    /// Where positive and negative ids and columns come from (the table, or the corpus).
+    docs: &'a Table,
+    format: OutputFormat,
+    with: Vec<String>,
+    margin: f32,
+    rule: String,
+    /// Negative columns of an n-tuple row.
+    slots: usize,
+    schema: SchemaRef,
 }
 
-/// The output rows of `triplets`.
-pub fn triplet_batch(
-    table: &Table,
-    schema: &SchemaRef,
-    triplets: &[Triplet],
-    margin: f32,
-) -> Result<RecordBatch> {
-    let rows = |f: fn(&Triplet) -> u32| UInt32Array::from_iter_values(triplets.iter().map(f));
-    let (anchors, positives, negatives) = (
-        rows(|t| t.anchor),
-        rows(|t| t.positive),
-        rows(|t| t.negative),
-    );
-    let columns: Vec<ArrayRef> = vec![
-        take(&table.ids, &anchors, None)?,
-        take(&table.ids, &positives, None)?,
-        take(&table.ids, &negatives, None)?,
-        take(&table.labels, &anchors, None)?,
-        take(&table.labels, &negatives, None)?,
-        Arc::new(Float32Array::from_iter_values(
-            triplets.iter().map(|t| t.d_ap),
-        )),
-        Arc::new(Float32Array::from_iter_values(
-            triplets.iter().map(|t| t.d_an),
-        )),
-        Arc::new(Float32Array::from_iter_values(
-            triplets
+impl<'a> OutputLayout<'a> {
+    /// The layout for a run; `anchors` and `docs` are the same table in labelled mode.
+    pub fn new(
+        anchors: &'a Table,
+        docs: &'a Table,
+        params: &MiningParams,
+        format: OutputFormat,
+        with: &[String],
+    ) -> Result<Self> {
+        for name in with {
+            for t in [anchors, docs] {
+                if t.extra(name).is_none() {
+                    return Err(Error::Config(format!(
+                        "--with {name}: the column was not read"
+                    )));
+                }
+            }
+        }
+        let slots = match (format, params.num_negatives) {
+            (OutputFormat::NTuple, Count::AtMost(n)) => n,
+            _ => 0,
+        };
+        let mut layout = OutputLayout {
+            anchors,
+            docs,
+            format,
+            with: with.to_vec(),
+            margin: params.margin,
+            rule: params.negative_rule(),
+            slots,
+            schema: Arc::new(Schema::empty()),
+        };
+        layout.schema = layout.make_schema();
+        Ok(layout)
+    }
+
+    /// The schema every batch has.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn labelled(&self) -> bool {
+        self.anchors.labelled()
+    }
+
+    fn extra_type(&self, t: &Table, name: &str) -> DataType {
+        t.extra(name).expect("checked").data_type().clone()
+    }
+
+    fn make_schema(&self) -> SchemaRef {
+        let a_id = self.anchors.ids.data_type().clone();
+        let d_id = self.docs.ids.data_type().clone();
+        let label = self.anchors.labels.data_type().clone();
+        let f32f = |name: String, nullable| Field::new(name, DataType::Float32, nullable);
+        let mut fields = vec![Field::new("anchor_id", a_id, false)];
+        match self.format {
+            OutputFormat::Triplet => {
+                fields.push(Field::new("positive_id", d_id.clone(), false));
+                fields.push(Field::new("negative_id", d_id, false));
+                if self.labelled() {
+                    fields.push(Field::new("anchor_label", label.clone(), false));
+                    fields.push(Field::new("negative_label", label, false));
+                }
+                fields.extend([
+                    f32f("d_ap".into(), false),
+                    f32f("d_an".into(), false),
+                    f32f("loss".into(), false),
+                    Field::new("kind", DataType::Utf8, false),
+                    Field::new("rule", DataType::Utf8, false),
+                    Field::new("negative_rank", DataType::UInt32, false),
+                ]);
+                for name in &self.with {
+                    fields.push(Field::new(
+                        format!("anchor_{name}"),
+                        self.extra_type(self.anchors, name),
+                        true,
+                    ));
+                    for role in ["positive", "negative"] {
+                        fields.push(Field::new(
+                            format!("{role}_{name}"),
+                            self.extra_type(self.docs, name),
+                            true,
+                        ));
+                    }
+                }
+            }
+            OutputFormat::NTuple => {
+                fields.push(Field::new("positive_id", d_id.clone(), false));
+                for i in 1..=self.slots {
+                    fields.push(Field::new(format!("negative_{i}_id"), d_id.clone(), true));
+                }
+                if self.labelled() {
+                    fields.push(Field::new("anchor_label", label, false));
+                }
+                fields.push(f32f("d_ap".into(), false));
+                for i in 1..=self.slots {
+                    fields.push(f32f(format!("d_an_{i}"), true));
+                }
+                for i in 1..=self.slots {
+                    fields.push(Field::new(
+                        format!("negative_{i}_rank"),
+                        DataType::UInt32,
+                        true,
+                    ));
+                }
+                fields.push(Field::new("rule", DataType::Utf8, false));
+                for name in &self.with {
+                    fields.push(Field::new(
+                        format!("anchor_{name}"),
+                        self.extra_type(self.anchors, name),
+                        true,
+                    ));
+                    fields.push(Field::new(
+                        format!("positive_{name}"),
+                        self.extra_type(self.docs, name),
+                        true,
+                    ));
+                    for i in 1..=self.slots {
+                        fields.push(Field::new(
+                            format!("negative_{i}_{name}"),
+                            self.extra_type(self.docs, name),
+                            true,
+                        ));
+                    }
+                }
+            }
+            OutputFormat::Pairs => {
+                fields.push(Field::new("candidate_id", d_id, false));
+                fields.push(Field::new("label", DataType::UInt8, false));
+                if self.labelled() {
+                    fields.push(Field::new("anchor_label", label.clone(), false));
+                    fields.push(Field::new("candidate_label", label, false));
+                }
+                fields.extend([
+                    f32f("distance".into(), false),
+                    Field::new("rule", DataType::Utf8, false),
+                    Field::new("negative_rank", DataType::UInt32, true),
+                ]);
+                for name in &self.with {
+                    fields.push(Field::new(
+                        format!("anchor_{name}"),
+                        self.extra_type(self.anchors, name),
+                        true,
+                    ));
+                    fields.push(Field::new(
+                        format!("candidate_{name}"),
+                        self.extra_type(self.docs, name),
+                        true,
+                    ));
+                }
+            }
+        }
+        Arc::new(Schema::new(fields))
+    }
+
+    /// The output rows of `triplets` (ordered by anchor, positive, `d_an`, as mined).
+    pub fn batch(&self, triplets: &[Triplet]) -> Result<RecordBatch> {
+        let columns = match self.format {
+            OutputFormat::Triplet => self.triplet_columns(triplets)?,
+            OutputFormat::NTuple => self.tuple_columns(triplets)?,
+            OutputFormat::Pairs => self.pair_columns(triplets)?,
+        };
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+
+    fn rules(&self, n: usize) -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+            self.rule.as_str(),
+            n,
+        )))
+    }
+
+    fn triplet_columns(&self, triplets: &[Triplet]) -> Result<Vec<ArrayRef>> {
+        let rows = |f: fn(&Triplet) -> u32| UInt32Array::from_iter_values(triplets.iter().map(f));
+        let (anchors, positives, negatives) = (
+            rows(|t| t.anchor),
+            rows(|t| t.positive),
+            rows(|t| t.negative),
+        );
+        let margin = self.margin;
+        let mut columns: Vec<ArrayRef> = vec![
+            take(&self.anchors.ids, &anchors, None)?,
+            take(&self.docs.ids, &positives, None)?,
+            take(&self.docs.ids, &negatives, None)?,
+        ];
+        if self.labelled() {
+            columns.push(take(&self.anchors.labels, &anchors, None)?);
+            columns.push(take(&self.docs.labels, &negatives, None)?);
+        }
+        columns.extend([
+            f32_column(triplets.iter().map(|t| t.d_ap)),
+            f32_column(triplets.iter().map(|t| t.d_an)),
+            f32_column(
+                triplets
+                    .iter()
+                    .map(|t| triplet_loss(t.d_ap, t.d_an, margin)),
+            ),
+            Arc::new(StringArray::from_iter_values(
+                triplets
+                    .iter()
+                    .map(|t| TripletKind::classify(t.d_ap, t.d_an, margin).as_str()),
+            )) as ArrayRef,
+            self.rules(triplets.len()),
+            Arc::new(rows(|t| t.negative_rank)),
+        ]);
+        for name in &self.with {
+            let (a, d) = (
+                self.anchors.extra(name).expect("checked"),
+                self.docs.extra(name).expect("checked"),
+            );
+            columns.push(take(a, &anchors, None)?);
+            columns.push(take(d, &positives, None)?);
+            columns.push(take(d, &negatives, None)?);
+        }
+        Ok(columns)
+    }
+
+    fn tuple_columns(&self, triplets: &[Triplet]) -> Result<Vec<ArrayRef>> {
+        // One row per run of (anchor, positive).
+        let mut starts = Vec::new();
+        for (i, t) in triplets.iter().enumerate() {
+            if i == 0
+                || (triplets[i - 1].anchor, triplets[i - 1].positive) != (t.anchor, t.positive)
+            {
+                starts.push(i);
+            }
+        }
+        starts.push(triplets.len());
+        let groups: Vec<&[Triplet]> = starts.windows(2).map(|w| &triplets[w[0]..w[1]]).collect();
+        let anchors = UInt32Array::from_iter_values(groups.iter().map(|g| g[0].anchor));
+        let positives = UInt32Array::from_iter_values(groups.iter().map(|g| g[0].positive));
+        let slot =
+            |i: usize| UInt32Array::from_iter(groups.iter().map(|g| g.get(i).map(|t| t.negative)));
+        let negatives: Vec<UInt32Array> = (0..self.slots).map(slot).collect();
+        let mut columns: Vec<ArrayRef> = vec![
+            take(&self.anchors.ids, &anchors, None)?,
+            take(&self.docs.ids, &positives, None)?,
+        ];
+        for n in &negatives {
+            columns.push(take(&self.docs.ids, n, None)?);
+        }
+        if self.labelled() {
+            columns.push(take(&self.anchors.labels, &anchors, None)?);
+        }
+        columns.push(f32_column(groups.iter().map(|g| g[0].d_ap)));
+        for i in 0..self.slots {
+            columns.push(Arc::new(Float32Array::from_iter(
+                groups.iter().map(|g| g.get(i).map(|t| t.d_an)),
+            )));
+        }
+        for i in 0..self.slots {
+            columns.push(Arc::new(UInt32Array::from_iter(
+                groups.iter().map(|g| g.get(i).map(|t| t.negative_rank)),
+            )));
+        }
+        columns.push(self.rules(groups.len()));
+        for name in &self.with {
+            let (a, d) = (
+                self.anchors.extra(name).expect("checked"),
+                self.docs.extra(name).expect("checked"),
+            );
+            columns.push(take(a, &anchors, None)?);
+            columns.push(take(d, &positives, None)?);
+            for n in &negatives {
+                columns.push(take(d, n, None)?);
+            }
+        }
+        Ok(columns)
+    }
+
+    fn pair_columns(&self, triplets: &[Triplet]) -> Result<Vec<ArrayRef>> {
+        // (anchor, candidate, is positive, distance, rank) per anchor: its positives in row
+        // order, then its negatives nearest first, each once.
+        let mut pairs: Vec<(u32, u32, bool, f32, Option<u32>)> = Vec::new();
+        let mut start = 0;
+        while start < triplets.len() {
+            let a = triplets[start].anchor;
+            let end = start + triplets[start..].partition_point(|t| t.anchor == a);
+            let group = &triplets[start..end];
+            let mut positives: Vec<(u32, f32)> =
+                group.iter().map(|t| (t.positive, t.d_ap)).collect();
+            positives.sort_unstable_by_key(|p| p.0);
+            positives.dedup_by_key(|p| p.0);
+            pairs.extend(positives.into_iter().map(|(p, d)| (a, p, true, d, None)));
+            let mut negatives: Vec<(f32, u32, u32)> = group
                 .iter()
-                .map(|t| triplet_loss(t.d_ap, t.d_an, margin)),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            triplets
-                .iter()
-                .map(|t| TripletKind::classify(t.d_ap, t.d_an, margin).as_str()),
-        )),
-        Arc::new(rows(|t| t.negative_rank)),
-    ];
-    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+                .map(|t| (t.d_an, t.negative, t.negative_rank))
+                .collect();
+            negatives.sort_unstable_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
+            negatives.dedup_by_key(|n| n.1);
+            pairs.extend(
+                negatives
+                    .into_iter()
+                    .map(|(d, n, r)| (a, n, false, d, Some(r))),
+            );
+            start = end;
+        }
+        let anchors = UInt32Array::from_iter_values(pairs.iter().map(|p| p.0));
+        let candidates = UInt32Array::from_iter_values(pairs.iter().map(|p| p.1));
+        let mut columns: Vec<ArrayRef> = vec![
+            take(&self.anchors.ids, &anchors, None)?,
+            take(&self.docs.ids, &candidates, None)?,
+            Arc::new(UInt8Array::from_iter_values(
+                pairs.iter().map(|p| u8::from(p.2)),
+            )),
+        ];
+        if self.labelled() {
+            columns.push(take(&self.anchors.labels, &anchors, None)?);
+            columns.push(take(&self.docs.labels, &candidates, None)?);
+        }
+        columns.push(f32_column(pairs.iter().map(|p| p.3)));
+        columns.push(Arc::new(StringArray::from_iter_values(pairs.iter().map(
+            |p| {
+                if p.2 { "positive" } else { self.rule.as_str() }
+            },
+        ))));
+        columns.push(Arc::new(UInt32Array::from_iter(pairs.iter().map(|p| p.4))));
+        for name in &self.with {
+            let (a, d) = (
+                self.anchors.extra(name).expect("checked"),
+                self.docs.extra(name).expect("checked"),
+            );
+            columns.push(take(a, &anchors, None)?);
+            columns.push(take(d, &candidates, None)?);
+        }
+        Ok(columns)
+    }
+}
+
+fn f32_column(values: impl Iterator<Item = f32>) -> ArrayRef {
+    Arc::new(Float32Array::from_iter_values(values))
 }

@@ -4,7 +4,6 @@ use std::collections::HashSet;
 
 use crate::config::MiningParams;
 use crate::error::Result;
-use crate::io::Table;
 use crate::mine::{Miner, Triplet};
 
 /// A seeded sample of at most `n` of `anchors`, in row order.
@@ -22,23 +21,15 @@ pub(super) fn recall_anchors(anchors: &[u32], n: usize, seed: u64) -> Vec<u32> {
 }
 
 /// Mines `sample` again with an exact index: the share of its exact triplets the approximate
-/// run found (`None` without any), and the share of each anchor's exact `k` nearest rows among
+/// run found (`None` without any; both before the reuse cap and shortfall policy), and the share of each anchor's exact `k` nearest rows among
 /// the approximate index's `k` candidates.
 pub(super) fn check_recall(
-    table: &Table,
     params: &MiningParams,
     approx: &mut Miner,
     sample: &[u32],
     approx_triplets: &[Triplet],
 ) -> Result<(Option<f64>, f64)> {
-    let exact_params = MiningParams {
-        index: "Flat".into(),
-        check_recall: None,
-        nprobe: None,
-        ef_search: None,
-        ..params.clone()
-    };
-    let mut exact = Miner::new(table, &exact_params)?;
+    let mut exact = approx.exact_twin()?;
     let key = |t: &Triplet| (t.anchor, t.positive, t.negative);
     let found: HashSet<_> = approx_triplets.iter().map(key).collect();
     let truth = exact.mine_block(sample)?.triplets;

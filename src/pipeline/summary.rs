@@ -27,9 +27,15 @@ pub struct Timings {
 pub struct Summary {
     pub tripmine_version: String,
     pub inputs: Vec<PathBuf>,
+    /// Rows indexed (the table, or the corpus).
     pub rows: u64,
     pub dim: usize,
     pub labels: usize,
+    /// Retrieval mode: the queries (the anchors), and qrels rows naming unknown queries.
+    #[serde(default)]
+    pub queries: Option<u64>,
+    #[serde(default)]
+    pub unknown_queries: u64,
     pub params: MiningParams,
     /// The index used (`auto` resolved; a loaded index as saved).
     #[serde(default)]
@@ -71,14 +77,23 @@ impl std::fmt::Display for Summary {
             "tripmine {}: {} triplets from {} anchors in {:.1} s",
             self.tripmine_version, t.triplets, t.anchors, self.seconds.total
         )?;
-        writeln!(
-            f,
-            "  input      {} rows x {} dims, {} labels, {} file(s)",
-            self.rows,
-            self.dim,
-            self.labels,
-            self.inputs.len()
-        )?;
+        match self.queries {
+            Some(q) => writeln!(
+                f,
+                "  input      {q} queries against {} documents x {} dims, {} file(s)",
+                self.rows,
+                self.dim,
+                self.inputs.len()
+            )?,
+            None => writeln!(
+                f,
+                "  input      {} rows x {} dims, {} labels, {} file(s)",
+                self.rows,
+                self.dim,
+                self.labels,
+                self.inputs.len()
+            )?,
+        }
         writeln!(
             f,
             "  index      {} ({}), metric {:?}, margin {}",
@@ -107,6 +122,20 @@ impl std::fmt::Display for Summary {
             t.easy,
             share(t.easy)
         )?;
+        if p.guarded() || p.max_negative_reuse.is_some() || t.short_pairs > 0 {
+            writeln!(
+                f,
+                "  rules      {} pairs, {} short ({} dropped); removed by guards: similarity {}, positive margin {}, positive percent {}, near-duplicate {}; by reuse cap: {}",
+                t.pairs,
+                t.short_pairs,
+                t.dropped_pairs,
+                t.removed_max_negative_similarity,
+                t.removed_positive_margin,
+                t.removed_positive_percent,
+                t.removed_near_duplicate,
+                t.removed_negative_reuse
+            )?;
+        }
         writeln!(
             f,
             "  loss       mean {}  p50 {}  p90 {}  p99 {}  max {}  active {}",

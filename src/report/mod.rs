@@ -58,6 +58,27 @@ pub struct Totals {
     /// near 0 when every vector is nearly the same.
     #[serde(default)]
     pub embedding_spread: Option<f64>,
+    /// (anchor, positive) pairs mined.
+    #[serde(default)]
+    pub pairs: u64,
+    /// Pairs with fewer qualifying negatives than `num_negatives` (after the reuse cap).
+    #[serde(default)]
+    pub short_pairs: u64,
+    /// Short pairs dropped (`--shortfall drop`).
+    #[serde(default)]
+    pub dropped_pairs: u64,
+    /// Qualifying candidates taken away by each false-negative guard.
+    #[serde(default)]
+    pub removed_max_negative_similarity: u64,
+    #[serde(default)]
+    pub removed_positive_margin: u64,
+    #[serde(default)]
+    pub removed_positive_percent: u64,
+    #[serde(default)]
+    pub removed_near_duplicate: u64,
+    /// Triplets removed by `--max-negative-reuse`.
+    #[serde(default)]
+    pub removed_negative_reuse: u64,
 }
 
 /// The report, ready to write.
@@ -128,9 +149,23 @@ pub struct ReportBuilder {
     a_capped: Vec<u32>,
     a_violating: Vec<Option<u32>>,
     a_suspect: Vec<u32>,
+    /// Per-anchor rule counts, in [`RULE_COLUMNS`] order.
+    a_rules: [Vec<u32>; 8],
 }
 
-const COUNT_COLUMNS: [&str; 9] = [
+/// Per-anchor counts of the selection rules, summed like the other counts.
+const RULE_COLUMNS: [&str; 8] = [
+    "pairs",
+    "short_pairs",
+    "dropped_pairs",
+    "removed_max_negative_similarity",
+    "removed_positive_margin",
+    "removed_positive_percent",
+    "removed_near_duplicate",
+    "removed_negative_reuse",
+];
+
+const COUNT_COLUMNS: [&str; 17] = [
     "anchors",
     "anchors_without_positive",
     "anchors_without_negative",
@@ -140,6 +175,14 @@ const COUNT_COLUMNS: [&str; 9] = [
     "semihard",
     "easy",
     "label_noise_suspects",
+    "pairs",
+    "short_pairs",
+    "dropped_pairs",
+    "removed_max_negative_similarity",
+    "removed_positive_margin",
+    "removed_positive_percent",
+    "removed_near_duplicate",
+    "removed_negative_reuse",
 ];
 const FIGURE_COLUMNS: [&str; 10] = [
     "active_fraction",
@@ -170,6 +213,7 @@ impl ReportBuilder {
             a_capped: Vec::new(),
             a_violating: Vec::new(),
             a_suspect: Vec::new(),
+            a_rules: Default::default(),
         }
     }
 
@@ -199,6 +243,20 @@ impl ReportBuilder {
                 .push(a.violating_neighbour.map(|v| v as u32));
             self.a_suspect
                 .push(a.neighbour_labels.is_some_and(|n| n.suspect(a.label)) as u32);
+            let g = a.guard_removed;
+            let rules = [
+                a.pairs,
+                a.short_pairs,
+                a.dropped_pairs,
+                g[0],
+                g[1],
+                g[2],
+                g[3],
+                a.reuse_removed,
+            ];
+            for (column, v) in self.a_rules.iter_mut().zip(rules) {
+                column.push(v);
+            }
         }
     }
 
@@ -225,15 +283,18 @@ impl ReportBuilder {
             "d_an" => self.t_d_an,
         )?
         .lazy();
-        let anchors = df!(
+        let mut anchors = df!(
             "label" => self.a_label,
             "no_positive" => self.a_no_positive,
             "no_negative" => self.a_no_negative,
             "capped" => self.a_capped,
             "violating" => self.a_violating,
             "suspect" => self.a_suspect,
-        )?
-        .lazy();
+        )?;
+        for (name, values) in RULE_COLUMNS.iter().zip(self.a_rules) {
+            anchors.with_column(Column::new(format!("rule_{name}").into(), values))?;
+        }
+        let anchors = anchors.lazy();
 
         let triplet_aggs = || {
             let kind = |k: TripletKind| col("kind").eq(lit(k as u32)).cast(DataType::UInt64).sum();
@@ -281,7 +342,7 @@ impl ReportBuilder {
         };
         let anchor_aggs = || {
             let sum = |c: &str| col(c).cast(DataType::UInt64).sum();
-            vec![
+            let mut aggs = vec![
                 len().cast(DataType::UInt64).alias("anchors"),
                 sum("no_positive").alias("anchors_without_positive"),
                 sum("no_negative").alias("anchors_without_negative"),
@@ -291,7 +352,13 @@ impl ReportBuilder {
                     .cast(DataType::Float64)
                     .mean()
                     .alias("neighbour_violation_share"),
-            ]
+            ];
+            aggs.extend(
+                RULE_COLUMNS
+                    .iter()
+                    .map(|name| sum(&format!("rule_{name}")).alias(*name)),
+            );
+            aggs
         };
 
         let per_label = anchors
@@ -388,6 +455,14 @@ fn count_field<'a>(t: &'a mut Totals, name: &str) -> &'a mut u64 {
         "semihard" => &mut t.semihard,
         "easy" => &mut t.easy,
         "label_noise_suspects" => &mut t.label_noise_suspects,
+        "pairs" => &mut t.pairs,
+        "short_pairs" => &mut t.short_pairs,
+        "dropped_pairs" => &mut t.dropped_pairs,
+        "removed_max_negative_similarity" => &mut t.removed_max_negative_similarity,
+        "removed_positive_margin" => &mut t.removed_positive_margin,
+        "removed_positive_percent" => &mut t.removed_positive_percent,
+        "removed_near_duplicate" => &mut t.removed_near_duplicate,
+        "removed_negative_reuse" => &mut t.removed_negative_reuse,
         other => unreachable!("no count {other}"),
     }
 }

@@ -1,0 +1,317 @@
+//! Retrieval input: queries, a corpus and the known (query, document) positives.
+//!
+//! In: the queries' and the corpus' files (id and embedding columns, plus `--with` columns),
+//! and the positives as a qrels table (`query_id`, `doc_id`) or a list column of document ids
+//! in the queries. Out: two unlabelled [`Table`]s and, for every query row, the sorted corpus
+//! rows of its known positives ([`Queries`]).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::compute::{CastOptions, cast_with_options};
+use arrow::datatypes::DataType;
+use arrow::row::{OwnedRow, RowConverter, SortField};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use super::read::{Table, read_table};
+use crate::config::{ColumnNames, InputOptions};
+use crate::error::{Error, Result};
+
+/// The anchors of retrieval mode.
+#[derive(Debug, Clone)]
+pub struct Queries {
+    /// Query ids, vectors and passed-through columns (no labels).
+    pub table: Table,
+    /// Corpus rows of every query's known positives, sorted, without repeats.
+    pub positives: Vec<Vec<u32>>,
+    /// Qrels rows naming a query that is not among the queries (skipped).
+    pub unknown_queries: u64,
+}
+
+impl Queries {
+    /// Whether corpus row `doc` is a known positive of query `q`.
+    #[inline]
+    pub fn is_positive(&self, q: u32, doc: u32) -> bool {
+        self.positives[q as usize].binary_search(&doc).is_ok()
+    }
+}
+
+/// Reads the corpus and the queries with their positives.
+pub fn read_retrieval(input: &InputOptions) -> Result<(Table, Queries)> {
+    let columns = |extra: Vec<String>| ColumnNames {
+        id: input.id_col.clone(),
+        label: None,
+        embedding: input.embedding_col.clone(),
+        extra,
+    };
+    let corpus = read_table(&input.corpus, &columns(input.with.clone()))?;
+    let mut query_extra = input.with.clone();
+    query_extra.extend(input.positives_col.iter().cloned());
+    let mut queries = read_table(&input.queries, &columns(query_extra))?;
+    if queries.dim != corpus.dim {
+        return Err(Error::BadData(format!(
+            "queries have dimension {} but the corpus has dimension {}",
+            queries.dim, corpus.dim
+        )));
+    }
+    let id_name = input.id_col.as_deref().unwrap_or("id");
+    let docs = IdMap::new(&corpus, id_name)?;
+    let (positives, unknown_queries) = match (&input.qrels, &input.positives_col) {
+        (Some(qrels), _) => {
+            let by_query = IdMap::new(&queries, id_name)?;
+            read_qrels(qrels, input, &by_query, &docs, queries.rows())?
+        }
+        (None, Some(col)) => {
+            let list = queries
+                .extra
+                .pop()
+                .expect("the positives column was read last")
+                .1;
+            (list_positives(&queries, col, &list, &docs)?, 0)
+        }
+        (None, None) => {
+            return Err(Error::Config(
+                "retrieval mode needs --qrels or --positives-col".into(),
+            ));
+        }
+    };
+    if unknown_queries > 0 {
+        tracing::warn!(
+            rows = unknown_queries,
+            "qrels rows name queries that are not among the queries; skipped"
+        );
+    }
+    Ok((
+        corpus,
+        Queries {
+            table: queries,
+            positives,
+            unknown_queries,
+        },
+    ))
+}
+
+/// The file and row within it of a table's row, for error messages.
+fn locate(table: &Table, row: usize) -> (PathBuf, u64) {
+    let mut start = 0u64;
+    for s in &table.sources {
+        if (row as u64) < start + s.rows {
+            return (s.path.clone(), row as u64 - start);
+        }
+        start += s.rows;
+    }
+    (PathBuf::from("<memory>"), row as u64)
+}
+
+/// Row of every id of a table; ids must be unique.
+struct IdMap {
+    converter: RowConverter,
+    rows: HashMap<OwnedRow, u32>,
+    data_type: DataType,
+}
+
+/// Dictionary-encoded keys compare by value.
+fn plain(a: &ArrayRef) -> Result<ArrayRef> {
+    match a.data_type() {
+        DataType::Dictionary(_, v) => Ok(arrow::compute::cast(a, v)?),
+        _ => Ok(a.clone()),
+    }
+}
+
+impl IdMap {
+    fn new(table: &Table, id_name: &str) -> Result<Self> {
+        let ids = plain(&table.ids)?;
+        let data_type = ids.data_type().clone();
+        let converter = RowConverter::new(vec![SortField::new(data_type.clone())])?;
+        let converted = converter.convert_columns(&[ids])?;
+        let mut rows = HashMap::with_capacity(converted.num_rows());
+        for (row, key) in converted.iter().enumerate() {
+            if let Some(first) = rows.insert(key.owned(), row as u32) {
+                let (file, at) = locate(table, row);
+                let (first_file, first_at) = locate(table, first as usize);
+                return Err(Error::BadValue {
+                    file,
+                    column: id_name.into(),
+                    row: at,
+                    reason: format!(
+                        "id repeats row {first_at} of {}; retrieval ids must be unique",
+                        first_file.display()
+                    ),
+                });
+            }
+        }
+        Ok(IdMap {
+            converter,
+            rows,
+            data_type,
+        })
+    }
+
+    /// The row of every key (`None`: unknown); keys are cast to the ids' type.
+    fn lookup(&self, keys: &ArrayRef, file: &Path, column: &str) -> Result<Vec<Option<u32>>> {
+        let strict = CastOptions {
+            safe: false,
+            ..Default::default()
+        };
+        let keys = cast_with_options(&plain(keys)?, &self.data_type, &strict).map_err(|e| {
+            Error::UnsupportedType {
+                file: file.into(),
+                column: column.into(),
+                found: format!("{} ({e})", keys.data_type()),
+                expected: format!("ids of the type {}", self.data_type),
+            }
+        })?;
+        let converted = self.converter.convert_columns(&[keys])?;
+        Ok(converted
+            .iter()
+            .map(|k| self.rows.get(&k.owned()).copied())
+            .collect())
+    }
+}
+
+/// Positives from a qrels file, streamed batch by batch.
+fn read_qrels(
+    path: &Path,
+    input: &InputOptions,
+    queries: &IdMap,
+    docs: &IdMap,
+    num_queries: usize,
+) -> Result<(Vec<Vec<u32>>, u64)> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(path, e))?;
+    let schema = builder.schema().clone();
+    let (qcol, dcol) = (&input.qrels_query_col, &input.qrels_doc_col);
+    let mut roots = Vec::new();
+    for name in [qcol, dcol] {
+        roots.push(schema.index_of(name).map_err(|_| {
+            Error::MissingColumn {
+                file: path.into(),
+                column: name.clone(),
+                available: schema
+                    .fields()
+                    .iter()
+                    .map(|f| format!("{} ({})", f.name(), f.data_type()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }
+        })?);
+    }
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(65_536)
+        .build()
+        .map_err(|e| Error::parquet(path, e))?;
+    let mut positives = vec![Vec::new(); num_queries];
+    let mut unknown_queries = 0u64;
+    let mut first_row = 0u64;
+    for batch in reader {
+        let batch = batch.map_err(|e| Error::Parquet {
+            path: path.into(),
+            source: e.into(),
+        })?;
+        let q = batch.column_by_name(qcol).expect("projected");
+        let d = batch.column_by_name(dcol).expect("projected");
+        for (name, a) in [(qcol, q), (dcol, d)] {
+            if let Some(row) = (0..a.len()).find(|&i| a.is_null(i)) {
+                return Err(Error::BadValue {
+                    file: path.into(),
+                    column: name.clone(),
+                    row: first_row + row as u64,
+                    reason: "value is null".into(),
+                });
+            }
+        }
+        let q_rows = queries.lookup(q, path, qcol)?;
+        let d_rows = docs.lookup(d, path, dcol)?;
+        for (i, (q, d)) in q_rows.into_iter().zip(d_rows).enumerate() {
+            let Some(d) = d else {
+                return Err(Error::BadValue {
+                    file: path.into(),
+                    column: dcol.clone(),
+                    row: first_row + i as u64,
+                    reason: "document id not found in the corpus".into(),
+                });
+            };
+            match q {
+                Some(q) => positives[q as usize].push(d),
+                None => unknown_queries += 1,
+            }
+        }
+        first_row += batch.num_rows() as u64;
+    }
+    for p in &mut positives {
+        p.sort_unstable();
+        p.dedup();
+    }
+    Ok((positives, unknown_queries))
+}
+
+/// Positives from a list column of document ids in the queries (a null list: none).
+fn list_positives(
+    queries: &Table,
+    column: &str,
+    list: &ArrayRef,
+    docs: &IdMap,
+) -> Result<Vec<Vec<u32>>> {
+    let (values, offsets): (ArrayRef, Vec<usize>) = match list.data_type() {
+        DataType::List(_) => {
+            let l = list.as_list::<i32>();
+            (
+                l.values().clone(),
+                l.value_offsets().iter().map(|&o| o as usize).collect(),
+            )
+        }
+        DataType::LargeList(_) => {
+            let l = list.as_list::<i64>();
+            (
+                l.values().clone(),
+                l.value_offsets().iter().map(|&o| o as usize).collect(),
+            )
+        }
+        other => {
+            let (file, _) = locate(queries, 0);
+            return Err(Error::UnsupportedType {
+                file,
+                column: column.into(),
+                found: other.to_string(),
+                expected: "a list of document ids".into(),
+            });
+        }
+    };
+    let (file, _) = locate(queries, 0);
+    let found = docs.lookup(&values, &file, column)?;
+    let mut positives = Vec::with_capacity(queries.rows());
+    for q in 0..queries.rows() {
+        let mut rows = Vec::new();
+        if !list.is_null(q) {
+            for v in offsets[q]..offsets[q + 1] {
+                let missing = if values.is_null(v) {
+                    Some("holds a null document id")
+                } else if found[v].is_none() {
+                    Some("names a document id not found in the corpus")
+                } else {
+                    None
+                };
+                if let Some(reason) = missing {
+                    let (file, row) = locate(queries, q);
+                    return Err(Error::BadValue {
+                        file,
+                        column: column.into(),
+                        row,
+                        reason: reason.into(),
+                    });
+                }
+                rows.push(found[v].expect("checked"));
+            }
+        }
+        rows.sort_unstable();
+        rows.dedup();
+        positives.push(rows);
+    }
+    Ok(positives)
+}
