@@ -289,10 +289,15 @@ fn list_positives(
     for q in 0..queries.rows() {
         let mut rows = Vec::new();
         if !list.is_null(q) {
-            for v in offsets[q]..offsets[q + 1] {
+            for (v, doc) in found
+                .iter()
+                .enumerate()
+                .take(offsets[q + 1])
+                .skip(offsets[q])
+            {
                 let missing = if values.is_null(v) {
                     Some("holds a null document id")
-                } else if found[v].is_none() {
+                } else if doc.is_none() {
                     Some("names a document id not found in the corpus")
                 } else {
                     None
@@ -306,7 +311,7 @@ fn list_positives(
                         reason: reason.into(),
                     });
                 }
-                rows.push(found[v].expect("checked"));
+                rows.push(doc.expect("checked"));
             }
         }
         rows.sort_unstable();

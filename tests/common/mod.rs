@@ -347,16 +347,16 @@ impl Oracle {
         // Shortfall: a pair with fewer than asked is short; dropped under `drop`.
         let limit = p.num_negatives.limit();
         if limit != usize::MAX {
-            for a in 0..self.n {
+            for (a, record) in records.iter_mut().enumerate() {
                 for (_, pos) in self.chosen_positives(a, p) {
                     let got = triplets
                         .iter()
                         .filter(|t| t.anchor == a as u32 && t.positive == pos)
                         .count();
                     if got < limit {
-                        records[a].short_pairs += 1;
+                        record.short_pairs += 1;
                         if p.shortfall == Shortfall::Drop {
-                            records[a].dropped_pairs += 1;
+                            record.dropped_pairs += 1;
                             triplets.retain(|t| !(t.anchor == a as u32 && t.positive == pos));
                         }
                     }
