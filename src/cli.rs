@@ -49,7 +49,8 @@ pub enum Command {
     Run(PipelineArgs),
     /// Check a pipeline file without running it; print the resolved configuration.
     Validate(PipelineArgs),
-    /// Write a labelled Gaussian-mixture table with overlapping classes.
+    /// Write a labelled Gaussian-mixture table with overlapping classes (or, with
+    /// `--retrieval`, queries, a corpus and qrels).
     Gen(GenArgs),
     /// Show the schema, size, dimension and label counts of inputs.
     Inspect(InspectArgs),
@@ -357,6 +358,13 @@ pub struct GenArgs {
     /// Spread of class centres relative to the within-class spread (smaller: more overlap).
     #[arg(long, default_value_t = 1.5)]
     pub separation: f32,
+    /// Write a retrieval example instead: `--out` is a folder that gets `corpus.parquet`
+    /// (`--rows` documents on `--labels` topics), `queries.parquet` and `qrels.parquet`.
+    #[arg(long)]
+    pub retrieval: bool,
+    /// Queries of the retrieval example.
+    #[arg(long, default_value_t = 1_000)]
+    pub queries: usize,
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -404,14 +412,26 @@ pub fn execute(cli: &Cli) -> Result<()> {
                 seed: args.seed,
                 separation: args.separation,
             };
-            generate_to_file(&spec, &args.out)?;
-            println!(
-                "wrote {} rows x {} dims, {} labels to {}",
-                args.rows,
-                args.dim,
-                args.labels,
-                args.out.display()
-            );
+            if args.retrieval {
+                crate::io::synthetic::generate_retrieval(&spec, args.queries, &args.out)?;
+                println!(
+                    "wrote {} queries, {} documents x {} dims on {} topics, and qrels to {}",
+                    args.queries,
+                    args.rows,
+                    args.dim,
+                    args.labels,
+                    args.out.display()
+                );
+            } else {
+                generate_to_file(&spec, &args.out)?;
+                println!(
+                    "wrote {} rows x {} dims, {} labels to {}",
+                    args.rows,
+                    args.dim,
+                    args.labels,
+                    args.out.display()
+                );
+            }
         }
         Command::Diff(args) => {
             let d = crate::report::diff::diff(&args.run_a, &args.run_b)?;

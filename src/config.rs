@@ -247,6 +247,16 @@ impl InputOptions {
     }
 
     fn validate(&self) -> Result<()> {
+        let id = self.id_col.as_deref().unwrap_or("id");
+        for name in &self.with {
+            let taken = name == id || (!self.retrieval() && name == &self.label_col);
+            if taken {
+                return Err(invalid(
+                    "input.with",
+                    format!("`{name}` is already in the output (as anchor_{name} and others)"),
+                ));
+            }
+        }
         if !self.retrieval() {
             if self.paths.is_empty() {
                 return Err(invalid("input.paths", "names no input"));

@@ -63,7 +63,11 @@ fn spec(rows: usize, labels: usize, seed: u64) -> GenSpec {
 
 #[test]
 fn shipped_pipelines_are_valid() {
-    for name in ["face-embeddings.toml", "nightly-partitioned.toml"] {
+    for name in [
+        "face-embeddings.toml",
+        "nightly-partitioned.toml",
+        "retrieval-hard-negatives.toml",
+    ] {
         tripmine()
             .arg("validate")
             .arg(shipped(name))
@@ -96,6 +100,36 @@ fn the_face_embedding_pipeline_runs_as_shipped() {
             .join("out/faces/triplets.parquet.manifest.json")
             .exists()
     );
+}
+
+#[test]
+fn the_retrieval_pipeline_runs_as_shipped() {
+    let dir = TempDir::new().unwrap();
+    tripmine()
+        .current_dir(dir.path())
+        .args(["gen", "--retrieval", "--rows", "600", "--labels", "10"])
+        .args(["--queries", "80", "--dim", "8", "--out", "data"])
+        .assert()
+        .success();
+    run_pipeline(dir.path(), &shipped("retrieval-hard-negatives.toml"), &[]).success();
+    let summary = json(&dir.path().join("out/retrieval/summary.json"));
+    assert_eq!(summary["queries"], 80);
+    assert_eq!(summary["rows"], 600);
+    let rows = read(&dir.path().join("out/retrieval/train.parquet"));
+    assert!(rows.num_rows() > 0);
+    // Only full rows (shortfall = drop), with the texts.
+    for name in [
+        "negative_4_id",
+        "negative_4_text",
+        "anchor_text",
+        "positive_text",
+    ] {
+        let c = rows.column_by_name(name).unwrap();
+        assert_eq!(c.null_count(), 0, "{name}");
+    }
+    let totals = &summary["totals"];
+    assert_eq!(totals["short_pairs"], totals["dropped_pairs"]);
+    assert!(totals["removed_positive_percent"].as_u64().unwrap() > 0);
 }
 
 #[test]

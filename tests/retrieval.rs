@@ -75,7 +75,10 @@ fn assert_labelled_matches(table: &Table, oracle: &Oracle, p: &MiningParams) {
 
 fn assert_same(
     mined: MinedBlock,
-    (triplets, anchors): (Vec<tripmine::mine::Triplet>, Vec<tripmine::mine::AnchorRecord>),
+    (triplets, anchors): (
+        Vec<tripmine::mine::Triplet>,
+        Vec<tripmine::mine::AnchorRecord>,
+    ),
     p: &MiningParams,
 ) {
     assert_eq!(mined.anchors, anchors, "anchor records differ for {p:?}");
@@ -237,7 +240,14 @@ fn guards_apply_in_labelled_mode_too() {
     let oracle = Oracle::new(&table, Metric::Cosine);
     for (_, p) in guard_settings() {
         for negatives in [NegativeStrategy::Hardest, NegativeStrategy::Semihard] {
-            assert_labelled_matches(&table, &oracle, &MiningParams { negatives, ..p.clone() });
+            assert_labelled_matches(
+                &table,
+                &oracle,
+                &MiningParams {
+                    negatives,
+                    ..p.clone()
+                },
+            );
         }
     }
 }
@@ -406,7 +416,11 @@ fn params_strategy(metric: Metric) -> impl Strategy<Value = MiningParams> {
                 Just(NegativeStrategy::Violating),
                 Just(NegativeStrategy::Hardest)
             ],
-            prop_oneof![Just(Count::AtMost(1)), Just(Count::AtMost(3)), Just(Count::All)],
+            prop_oneof![
+                Just(Count::AtMost(1)),
+                Just(Count::AtMost(3)),
+                Just(Count::All)
+            ],
             prop_oneof![
                 Just(PositiveStrategy::Hardest),
                 Just(PositiveStrategy::Easiest),

@@ -123,3 +123,112 @@ pub fn generate_to_file(spec: &GenSpec, out: &Path) -> Result<()> {
     generate_each(spec, 65_536, |b| sink.write(&b))?;
     sink.finish()
 }
+
+/// Writes a retrieval example into the folder `out`: `corpus.parquet` (`id`, `text`,
+/// `embedding`) of `spec.rows` documents on `spec.labels` topics, some of them near-duplicates
+/// of others; `queries.parquet` (`id`, `text`, `embedding`) of `queries` queries, each near one
+/// document; and `qrels.parquet` (`query_id`, `doc_id`): that document, plus sometimes another
+/// of its topic. Other documents of the topic stay unlabelled, as in real data: the false
+/// negatives the guards are for. Ids are strings (`d12`, `q3`).
+pub fn generate_retrieval(spec: &GenSpec, queries: usize, out: &Path) -> Result<()> {
+    use arrow::array::StringArray;
+    spec.validate()?;
+    if queries == 0 {
+        return Err(Error::Config("gen --retrieval needs --queries >= 1".into()));
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    let (dim, docs) = (spec.dim, spec.rows);
+    let scale = 1.0 / (dim as f32).sqrt();
+    let mut normal = |s: f32| Distribution::<f32>::sample(&StandardNormal, &mut rng) * s;
+    let centres: Vec<f32> = (0..spec.labels * dim)
+        .map(|_| normal(spec.separation * scale))
+        .collect();
+    let mut topic = Vec::with_capacity(docs);
+    let mut doc_vectors: Vec<f32> = Vec::with_capacity(docs * dim);
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x5eed);
+    for d in 0..docs {
+        // One document in ten repeats an earlier one of its topic, almost exactly.
+        if d > 0 && rng.random_range(0..10) == 0 {
+            let of = rng.random_range(0..d);
+            topic.push(topic[of]);
+            for j in 0..dim {
+                let noise: f32 = StandardNormal.sample(&mut rng);
+                doc_vectors.push(doc_vectors[of * dim + j] + noise * 0.02 * scale);
+            }
+            continue;
+        }
+        let t = rng.random_range(0..spec.labels);
+        topic.push(t);
+        for j in 0..dim {
+            let noise: f32 = StandardNormal.sample(&mut rng);
+            doc_vectors.push(centres[t * dim + j] + noise * scale);
+        }
+    }
+    let mut query_vectors = Vec::with_capacity(queries * dim);
+    let (mut qrel_q, mut qrel_d) = (Vec::new(), Vec::new());
+    for q in 0..queries {
+        let d = rng.random_range(0..docs);
+        for j in 0..dim {
+            let noise: f32 = StandardNormal.sample(&mut rng);
+            query_vectors.push(doc_vectors[d * dim + j] + noise * 0.5 * scale);
+        }
+        qrel_q.push(format!("q{q}"));
+        qrel_d.push(format!("d{d}"));
+        if rng.random_range(0..3) == 0 {
+            let other = rng.random_range(0..docs);
+            if other != d && topic[other] == topic[d] {
+                qrel_q.push(format!("q{q}"));
+                qrel_d.push(format!("d{other}"));
+            }
+        }
+    }
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    let emb_type = DataType::FixedSizeList(item.clone(), dim as i32);
+    let table = |prefix: &str, texts: Vec<String>, vectors: Vec<f32>| -> Result<RecordBatch> {
+        let n = texts.len();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("text", DataType::Utf8, false),
+            Field::new("embedding", emb_type.clone(), false),
+        ]));
+        let ids = StringArray::from_iter_values((0..n).map(|i| format!("{prefix}{i}")));
+        let embedding = FixedSizeListArray::try_new(
+            item.clone(),
+            dim as i32,
+            Arc::new(Float32Array::from(vectors)),
+            None,
+        )?;
+        Ok(RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(ids),
+                Arc::new(StringArray::from(texts)),
+                Arc::new(embedding),
+            ],
+        )?)
+    };
+    let doc_texts = (0..docs)
+        .map(|d| format!("document {d} on topic {}", topic[d]))
+        .collect();
+    let query_texts = (0..queries).map(|q| format!("question {q}")).collect();
+    crate::io::write_parquet(
+        &out.join("corpus.parquet"),
+        &table("d", doc_texts, doc_vectors)?,
+    )?;
+    crate::io::write_parquet(
+        &out.join("queries.parquet"),
+        &table("q", query_texts, query_vectors)?,
+    )?;
+    let qrels = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("query_id", DataType::Utf8, false),
+            Field::new("doc_id", DataType::Utf8, false),
+        ])),
+        vec![
+            Arc::new(StringArray::from(qrel_q)),
+            Arc::new(StringArray::from(qrel_d)),
+        ],
+    )?;
+    crate::io::write_parquet(&out.join("qrels.parquet"), &qrels)
+}

@@ -152,9 +152,14 @@ impl std::fmt::Display for Summary {
             fig(t.d_ap_mean),
             fig(t.d_an_mean)
         )?;
+        let other = if self.queries.is_some() {
+            "non-positive"
+        } else {
+            "other-label"
+        };
         writeln!(
             f,
-            "  health     {} of anchors have an other-label nearest neighbour within d(a, hardest positive) + margin",
+            "  health     {} of anchors have an {other} nearest neighbour within d(a, hardest positive) + margin",
             fig(t.neighbour_violation_share)
         )?;
         writeln!(
