@@ -102,6 +102,24 @@ pub enum ErrorClass {
 }
 
 impl Error {
+    /// Column `column` is not in `schema` of `file`; the message lists the columns present.
+    pub fn missing_column(
+        file: impl Into<PathBuf>,
+        column: impl Into<String>,
+        schema: &arrow::datatypes::Schema,
+    ) -> Error {
+        Error::MissingColumn {
+            file: file.into(),
+            column: column.into(),
+            available: schema
+                .fields()
+                .iter()
+                .map(|f| format!("{} ({})", f.name(), f.data_type()))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
     /// Which class the error belongs to.
     pub fn class(&self) -> ErrorClass {
         match self {

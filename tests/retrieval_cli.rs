@@ -65,6 +65,14 @@ fn ids(batch: &RecordBatch, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// A count of the report's overall (last) row.
+fn overall(report: &RecordBatch, name: &str) -> u64 {
+    let c = report
+        .column_by_name(name)
+        .unwrap_or_else(|| panic!("{name}"));
+    c.as_primitive::<UInt64Type>().value(report.num_rows() - 1)
+}
+
 fn u32s(batch: &RecordBatch, name: &str) -> Vec<Option<u32>> {
     let c = batch
         .column_by_name(name)
@@ -149,14 +157,7 @@ fn binary_output_equals_brute_force_over_queries_and_corpus() {
 
     // The report counts what each guard removed, as the oracle does.
     let report = read(&dir.path().join("report.parquet"));
-    let last = report.num_rows() - 1;
-    let count = |name: &str| {
-        report
-            .column_by_name(name)
-            .unwrap()
-            .as_primitive::<UInt64Type>()
-            .value(last)
-    };
+    let count = |name: &str| overall(&report, name);
     let removed = |g: usize| {
         records
             .iter()
@@ -411,14 +412,7 @@ fn negative_reuse_cap_holds_in_the_output_and_is_counted() {
     }
     assert!(users.values().all(|a| a.len() == 1));
     let report = read(&dir.path().join("report.parquet"));
-    let last = report.num_rows() - 1;
-    let count = |name: &str| {
-        report
-            .column_by_name(name)
-            .unwrap()
-            .as_primitive::<UInt64Type>()
-            .value(last)
-    };
+    let count = |name: &str| overall(&report, name);
     assert!(count("removed_negative_reuse") > 0);
     assert_eq!(count("dropped_pairs"), count("short_pairs"));
     assert!(count("short_pairs") > 0);

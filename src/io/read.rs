@@ -279,16 +279,7 @@ impl<'a> TableReader<'a> {
             ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(path, e))?;
         let schema = builder.schema().clone();
         let find = |name: &str| schema.index_of(name).ok();
-        let missing = |name: &str| Error::MissingColumn {
-            file: path.into(),
-            column: name.into(),
-            available: schema
-                .fields()
-                .iter()
-                .map(|f| format!("{} ({})", f.name(), f.data_type()))
-                .collect::<Vec<_>>()
-                .join(", "),
-        };
+        let missing = |name: &str| Error::missing_column(path, name, &schema);
         let id_idx = match &self.columns.id {
             Some(name) => Some(find(name).ok_or_else(|| missing(name))?),
             None => find("id"),

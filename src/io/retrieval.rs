@@ -187,18 +187,11 @@ fn read_qrels(
     let (qcol, dcol) = (&input.qrels_query_col, &input.qrels_doc_col);
     let mut roots = Vec::new();
     for name in [qcol, dcol] {
-        roots.push(schema.index_of(name).map_err(|_| {
-            Error::MissingColumn {
-                file: path.into(),
-                column: name.clone(),
-                available: schema
-                    .fields()
-                    .iter()
-                    .map(|f| format!("{} ({})", f.name(), f.data_type()))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }
-        })?);
+        roots.push(
+            schema
+                .index_of(name)
+                .map_err(|_| Error::missing_column(path, name, &schema))?,
+        );
     }
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
     let reader = builder

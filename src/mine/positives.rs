@@ -87,63 +87,56 @@ fn wanted(m: &Miner) -> usize {
 
 /// Retrieval mode: every listed positive's distance computed directly.
 fn plan_queries(m: &Miner, anchors: &[u32]) -> Vec<AnchorPlan> {
-    let n = wanted(m);
     anchors
         .par_iter()
         .map(|&a| {
             let listed = m.query_positives(a).expect("retrieval mode");
-            let mut all = scored(m, a, listed);
-            let hardest = all.iter().map(|x| x.0).reduce(f32::max);
-            let chosen = match m.params.positives {
-                PositiveStrategy::Hardest => {
-                    sort_farthest(&mut all);
-                    all.truncate(n);
-                    all
-                }
-                PositiveStrategy::Easiest => {
-                    sort_nearest(&mut all);
-                    all.truncate(n);
-                    all
-                }
-                PositiveStrategy::Random if n < all.len() => {
-                    let mut rng = rng_for(m.params.seed, a, 0, STREAM_POSITIVE);
-                    rand::seq::index::sample(&mut rng, all.len(), n)
-                        .into_iter()
-                        .map(|i| all[i])
-                        .collect()
-                }
-                PositiveStrategy::Random | PositiveStrategy::All => all,
-            };
-            AnchorPlan::new(a, 0, chosen, hardest)
+            // The anchor is not among its listed positives: any `n` of them are a fair draw.
+            choose_directly(m, a, 0, listed, |n| {
+                let mut rng = rng_for(m.params.seed, a, 0, STREAM_POSITIVE);
+                rand::seq::index::sample(&mut rng, listed.len(), n.min(listed.len()))
+                    .into_iter()
+                    .map(|i| listed[i])
+                    .collect()
+            })
         })
         .collect()
 }
 
 /// Every distance computed directly.
 fn plan_small_group(m: &Miner, label: u32, group: &[u32], anchors: &[u32]) -> Vec<AnchorPlan> {
-    let n = wanted(m);
     anchors
         .par_iter()
-        .map(|&a| {
-            let mut all = scored(m, a, group);
-            let hardest = all.iter().map(|x| x.0).reduce(f32::max);
-            let chosen = match m.params.positives {
-                PositiveStrategy::Hardest => {
-                    sort_farthest(&mut all);
-                    all.truncate(n);
-                    all
-                }
-                PositiveStrategy::Easiest => {
-                    sort_nearest(&mut all);
-                    all.truncate(n);
-                    all
-                }
-                PositiveStrategy::Random => scored(m, a, &random_positives(m, group, a, n)),
-                PositiveStrategy::All => all,
-            };
-            AnchorPlan::new(a, label, chosen, hardest)
-        })
+        .map(|&a| choose_directly(m, a, label, group, |n| random_positives(m, group, a, n)))
         .collect()
+}
+
+/// The plan of anchor `a` from every distance to `rows`; `random(n)` draws `n` of them.
+fn choose_directly(
+    m: &Miner,
+    a: u32,
+    label: u32,
+    rows: &[u32],
+    random: impl FnOnce(usize) -> Vec<u32>,
+) -> AnchorPlan {
+    let n = wanted(m);
+    let mut all = scored(m, a, rows);
+    let hardest = all.iter().map(|x| x.0).reduce(f32::max);
+    let chosen = match m.params.positives {
+        PositiveStrategy::Hardest => {
+            sort_farthest(&mut all);
+            all.truncate(n);
+            all
+        }
+        PositiveStrategy::Easiest => {
+            sort_nearest(&mut all);
+            all.truncate(n);
+            all
+        }
+        PositiveStrategy::Random => scored(m, a, &random(n)),
+        PositiveStrategy::All => all,
+    };
+    AnchorPlan::new(a, label, chosen, hardest)
 }
 
 /// Extremes through a FAISS index over the group; random and all need no search.

@@ -122,8 +122,10 @@ impl<'a> OutputLayout<'a> {
         self.anchors.labelled()
     }
 
-    fn extra_type(&self, t: &Table, name: &str) -> DataType {
-        t.extra(name).expect("checked").data_type().clone()
+    /// The field of passed-through column `name` of `table` for `role` (`anchor_text`).
+    fn extra_field(&self, role: &str, table: &Table, name: &str) -> Field {
+        let data_type = table.extra(name).expect("checked").data_type().clone();
+        Field::new(format!("{role}_{name}"), data_type, true)
     }
 
     fn make_schema(&self) -> SchemaRef {
@@ -149,18 +151,9 @@ impl<'a> OutputLayout<'a> {
                     Field::new("negative_rank", DataType::UInt32, false),
                 ]);
                 for name in &self.with {
-                    fields.push(Field::new(
-                        format!("anchor_{name}"),
-                        self.extra_type(self.anchors, name),
-                        true,
-                    ));
-                    for role in ["positive", "negative"] {
-                        fields.push(Field::new(
-                            format!("{role}_{name}"),
-                            self.extra_type(self.docs, name),
-                            true,
-                        ));
-                    }
+                    fields.push(self.extra_field("anchor", self.anchors, name));
+                    fields.push(self.extra_field("positive", self.docs, name));
+                    fields.push(self.extra_field("negative", self.docs, name));
                 }
             }
             OutputFormat::NTuple => {
@@ -184,22 +177,10 @@ impl<'a> OutputLayout<'a> {
                 }
                 fields.push(Field::new("rule", DataType::Utf8, false));
                 for name in &self.with {
-                    fields.push(Field::new(
-                        format!("anchor_{name}"),
-                        self.extra_type(self.anchors, name),
-                        true,
-                    ));
-                    fields.push(Field::new(
-                        format!("positive_{name}"),
-                        self.extra_type(self.docs, name),
-                        true,
-                    ));
+                    fields.push(self.extra_field("anchor", self.anchors, name));
+                    fields.push(self.extra_field("positive", self.docs, name));
                     for i in 1..=self.slots {
-                        fields.push(Field::new(
-                            format!("negative_{i}_{name}"),
-                            self.extra_type(self.docs, name),
-                            true,
-                        ));
+                        fields.push(self.extra_field(&format!("negative_{i}"), self.docs, name));
                     }
                 }
             }
@@ -216,16 +197,8 @@ impl<'a> OutputLayout<'a> {
                     Field::new("negative_rank", DataType::UInt32, true),
                 ]);
                 for name in &self.with {
-                    fields.push(Field::new(
-                        format!("anchor_{name}"),
-                        self.extra_type(self.anchors, name),
-                        true,
-                    ));
-                    fields.push(Field::new(
-                        format!("candidate_{name}"),
-                        self.extra_type(self.docs, name),
-                        true,
-                    ));
+                    fields.push(self.extra_field("anchor", self.anchors, name));
+                    fields.push(self.extra_field("candidate", self.docs, name));
                 }
             }
         }
@@ -240,6 +213,21 @@ impl<'a> OutputLayout<'a> {
             OutputFormat::Pairs => self.pair_columns(triplets)?,
         };
         Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+
+    /// The `--with` columns, in schema order: per name, the anchors' value, then the value of
+    /// each list of document rows.
+    fn passthrough(&self, anchors: &UInt32Array, docs: &[&UInt32Array]) -> Result<Vec<ArrayRef>> {
+        let mut columns = Vec::new();
+        for name in &self.with {
+            let a = self.anchors.extra(name).expect("checked");
+            let d = self.docs.extra(name).expect("checked");
+            columns.push(take(a, anchors, None)?);
+            for rows in docs {
+                columns.push(take(d, *rows, None)?);
+            }
+        }
+        Ok(columns)
     }
 
     fn rules(&self, n: usize) -> ArrayRef {
@@ -282,15 +270,7 @@ impl<'a> OutputLayout<'a> {
             self.rules(triplets.len()),
             Arc::new(rows(|t| t.negative_rank)),
         ]);
-        for name in &self.with {
-            let (a, d) = (
-                self.anchors.extra(name).expect("checked"),
-                self.docs.extra(name).expect("checked"),
-            );
-            columns.push(take(a, &anchors, None)?);
-            columns.push(take(d, &positives, None)?);
-            columns.push(take(d, &negatives, None)?);
-        }
+        columns.extend(self.passthrough(&anchors, &[&positives, &negatives])?);
         Ok(columns)
     }
 
@@ -333,17 +313,9 @@ impl<'a> OutputLayout<'a> {
             )));
         }
         columns.push(self.rules(groups.len()));
-        for name in &self.with {
-            let (a, d) = (
-                self.anchors.extra(name).expect("checked"),
-                self.docs.extra(name).expect("checked"),
-            );
-            columns.push(take(a, &anchors, None)?);
-            columns.push(take(d, &positives, None)?);
-            for n in &negatives {
-                columns.push(take(d, n, None)?);
-            }
-        }
+        let mut docs = vec![&positives];
+        docs.extend(&negatives);
+        columns.extend(self.passthrough(&anchors, &docs)?);
         Ok(columns)
     }
 
@@ -394,14 +366,7 @@ impl<'a> OutputLayout<'a> {
             },
         ))));
         columns.push(Arc::new(UInt32Array::from_iter(pairs.iter().map(|p| p.4))));
-        for name in &self.with {
-            let (a, d) = (
-                self.anchors.extra(name).expect("checked"),
-                self.docs.extra(name).expect("checked"),
-            );
-            columns.push(take(a, &anchors, None)?);
-            columns.push(take(d, &candidates, None)?);
-        }
+        columns.extend(self.passthrough(&anchors, &[&candidates])?);
         Ok(columns)
     }
 }

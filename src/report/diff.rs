@@ -229,18 +229,11 @@ fn load(run: &Path) -> Result<RunTriplets> {
         let schema = builder.schema().clone();
         let mut roots = Vec::new();
         for name in COLUMNS {
-            roots.push(schema.index_of(name).map_err(|_| {
-                Error::MissingColumn {
-                    file: path.clone(),
-                    column: name.into(),
-                    available: schema
-                        .fields()
-                        .iter()
-                        .map(|f| f.name().clone())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                }
-            })?);
+            roots.push(
+                schema
+                    .index_of(name)
+                    .map_err(|_| Error::missing_column(&path, name, &schema))?,
+            );
         }
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
         let reader = builder

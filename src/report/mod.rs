@@ -165,7 +165,8 @@ const RULE_COLUMNS: [&str; 8] = [
     "removed_negative_reuse",
 ];
 
-const COUNT_COLUMNS: [&str; 17] = [
+/// Count columns of the report, before the [`RULE_COLUMNS`].
+const COUNT_COLUMNS: [&str; 9] = [
     "anchors",
     "anchors_without_positive",
     "anchors_without_negative",
@@ -175,14 +176,6 @@ const COUNT_COLUMNS: [&str; 17] = [
     "semihard",
     "easy",
     "label_noise_suspects",
-    "pairs",
-    "short_pairs",
-    "dropped_pairs",
-    "removed_max_negative_similarity",
-    "removed_positive_margin",
-    "removed_positive_percent",
-    "removed_near_duplicate",
-    "removed_negative_reuse",
 ];
 const FIGURE_COLUMNS: [&str; 10] = [
     "active_fraction",
@@ -401,7 +394,7 @@ impl ReportBuilder {
             }
         };
         let mut totals = Totals::default();
-        for name in COUNT_COLUMNS {
+        for name in COUNT_COLUMNS.into_iter().chain(RULE_COLUMNS) {
             let mut values: Vec<u64> = per_label
                 .column(name)?
                 .cast(&DataType::UInt64)?
