@@ -106,6 +106,10 @@ fn the_html_report_renders_with_charts_and_the_parquet_figures() {
         "loss_p99",
         "loss_max",
         "neighbour_violation_share",
+        "pairs",
+        "short_pairs",
+        "dropped_pairs",
+        "removed_negative_reuse",
     ] {
         let column = arrow::compute::cast(
             report.column_by_name(name).unwrap(),

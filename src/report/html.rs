@@ -46,7 +46,7 @@ pub fn render(page: &Page) -> String {
         esc(&page
             .options
             .input
-            .paths
+            .all_paths()
             .iter()
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
@@ -127,6 +127,40 @@ pub fn render(page: &Page) -> String {
         (
             "label_noise_suspects",
             "label-noise suspects: most nearest neighbours carry one other label",
+        ),
+    ] {
+        figure_row(&mut h, name, what, t.figure(name).flatten());
+    }
+    h.push_str("</table>\n");
+
+    h.push_str(
+        "<h2>Selection rules</h2>\n<p class=\"sub\">Candidates each false-negative guard took \
+         away, triplets the reuse cap removed, and pairs short of negatives.</p>\n\
+         <table class=\"figures\" id=\"rules\">",
+    );
+    for (name, what) in [
+        ("pairs", "(anchor, positive) pairs"),
+        ("short_pairs", "pairs with fewer negatives than asked"),
+        ("dropped_pairs", "short pairs dropped (shortfall = drop)"),
+        (
+            "removed_max_negative_similarity",
+            "removed: similarity to the anchor above the ceiling",
+        ),
+        (
+            "removed_positive_margin",
+            "removed: within the margin of the positive's similarity",
+        ),
+        (
+            "removed_positive_percent",
+            "removed: above the percentage of the positive's similarity",
+        ),
+        (
+            "removed_near_duplicate",
+            "removed: near-duplicate of the positive",
+        ),
+        (
+            "removed_negative_reuse",
+            "triplets removed by the negative reuse cap",
         ),
     ] {
         figure_row(&mut h, name, what, t.figure(name).flatten());
