@@ -2,15 +2,15 @@
 //!
 //! Default: 100,000 rows x 128 dims, 1,000 labels, default strategy, exact Flat index, three
 //! runs; prints each run and the medians of wall time, rows/s and peak RSS.
-//! Shape by environment: `TRIPMINE_BENCH_ROWS`, `_DIM`, `_LABELS`, `_RUNS`, `_INDEX`.
+//! Shape by environment: `TRIPMINE_BENCH_ROWS`, `_DIM`, `_LABELS`, `_RUNS`, `_INDEX`; more
+//! `tripmine mine` flags in `TRIPMINE_BENCH_ARGS` (e.g. `--nprobe 16 --check-recall 2000`).
 //!
 //! Run: `cargo bench --bench whole_job`
 
 use std::time::Instant;
 
-use tripmine::config::{InputOptions, OutputOptions, RunOptions};
+use clap::Parser;
 use tripmine::io::synthetic::{GenSpec, generate_to_file};
-use tripmine::{MiningConfig, MiningOptions, MiningParams};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -95,43 +95,44 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// One run in this process: prints `wall_seconds peak_rss_kb triplets read index mine`.
-fn child(input: &str, index: &str, out_dir: &str) {
-    let config = MiningConfig::new(MiningOptions {
-        input: InputOptions {
-            paths: vec![input.into()],
-            ..Default::default()
-        },
-        mine: MiningParams {
-            index: index.to_string(),
-            ..Default::default()
-        },
-        output: OutputOptions {
-            out: std::path::Path::new(out_dir).join("triplets.parquet"),
-            report: std::path::Path::new(out_dir).join("report.parquet"),
-            ..Default::default()
-        },
-        report: Default::default(),
-        run: RunOptions {
-            // Every run does the work: the previous run's manifest must not skip it.
-            force: true,
-            progress: false,
-            ..Default::default()
-        },
-    })
-    .expect("valid config");
+/// One run in this process: prints `wall_seconds peak_rss_kb triplets read index mine search
+/// queries recall_negatives recall_candidates`. `extra` holds `tripmine mine` flags.
+fn child(input: &str, index: &str, out_dir: &str, extra: &str) {
+    let out = std::path::Path::new(out_dir);
+    let mut argv: Vec<String> = ["tripmine", "mine", "--in", input, "--index", index]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    argv.extend(extra.split_whitespace().map(str::to_string));
+    argv.extend([
+        "--out".into(),
+        out.join("triplets.parquet").display().to_string(),
+    ]);
+    argv.extend([
+        "--report".into(),
+        out.join("report.parquet").display().to_string(),
+    ]);
+    // Every run does the work: the previous run's manifest must not skip it.
+    argv.extend(["--force".into(), "--no-progress".into()]);
+    let cli = tripmine::cli::Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{e}"));
+    let tripmine::cli::Command::Mine(args) = cli.command else {
+        unreachable!("a mine command")
+    };
+    let config = args.config().expect("valid config");
     let started = Instant::now();
     let summary = tripmine::run(&config).expect("job runs");
     let wall = started.elapsed().as_secs_f64();
     println!(
-        "{wall} {} {} {} {} {} {} {}",
+        "{wall} {} {} {} {} {} {} {} {} {}",
         peak_rss_kb(),
         summary.totals.triplets,
         summary.seconds.read,
         summary.seconds.index,
         summary.seconds.mine,
         summary.seconds.search.seconds,
-        summary.seconds.search.queries
+        summary.seconds.search.queries,
+        summary.totals.recall_negatives.unwrap_or(f64::NAN),
+        summary.totals.recall_candidates.unwrap_or(f64::NAN)
     );
 }
 
@@ -144,7 +145,8 @@ fn main() {
     let index: String = env_or("TRIPMINE_BENCH_INDEX", "Flat".to_string());
     if let Ok(input) = std::env::var("TRIPMINE_BENCH_CHILD") {
         let out_dir = std::env::var("TRIPMINE_BENCH_OUT").expect("output folder");
-        child(&input, &index, &out_dir);
+        let extra = std::env::var("TRIPMINE_BENCH_ARGS").unwrap_or_default();
+        child(&input, &index, &out_dir, &extra);
         return;
     }
     let spec = GenSpec {
@@ -197,8 +199,8 @@ fn main() {
         // An exact search compares every query with every row: 2 * dim flops each.
         let search_gflops = 2.0 * spec.dim as f64 * spec.rows as f64 * f[7] / f[6] / 1e9;
         println!(
-            "  run {run}: {wall:7.2} s  {rate:9.0} rows/s  peak RSS {peak_mib:7.1} MiB  ({} triplets; read {:.2} s, index {:.2} s, mine+write {:.2} s, of which search {:.2} s for {} queries: {search_gflops:.1} GFLOP/s if exact)",
-            f[2], f[3], f[4], f[5], f[6], f[7]
+            "  run {run}: {wall:7.2} s  {rate:9.0} rows/s  peak RSS {peak_mib:7.1} MiB  ({} triplets; read {:.2} s, index {:.2} s, mine+write {:.2} s, of which search {:.2} s for {} queries: {search_gflops:.1} GFLOP/s if exact; recall negatives {:.4}, candidates {:.4})",
+            f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9]
         );
         search.push(search_gflops);
         walls.push(wall);

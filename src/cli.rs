@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{
-    ColumnNames, Count, InputOptions, Metric, MiningConfig, MiningOptions, MiningParams,
+    ByteSize, ColumnNames, Count, InputOptions, Metric, MiningConfig, MiningOptions, MiningParams,
     NegativeSampling, NegativeStrategy, OutputFormat, OutputOptions, PositiveStrategy,
     ReportOptions, RunOptions, Shortfall,
 };
@@ -212,6 +212,13 @@ pub struct MineArgs {
     /// Threads for FAISS and rayon (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Bound memory, e.g. `1GiB`: vectors above half of it spill to a memory-mapped scratch
+    /// file, and `--index auto` picks a compressed IVF-PQ index.
+    #[arg(long, value_name = "SIZE")]
+    pub memory_limit: Option<ByteSize>,
+    /// Folder of the spill scratch file (default: the system's temporary folder).
+    #[arg(long, value_name = "DIR")]
+    pub scratch_dir: Option<PathBuf>,
     /// Triplet output.
     #[arg(long, default_value = "triplets.parquet")]
     pub out: PathBuf,
@@ -306,6 +313,7 @@ impl MineArgs {
             range_max: self.range_max,
             shortfall: self.shortfall,
             max_negative_reuse: self.max_negative_reuse,
+            memory_limit: self.memory_limit,
         };
         MiningConfig::new(MiningOptions {
             input: InputOptions {
@@ -340,6 +348,7 @@ impl MineArgs {
                 threads: self.threads,
                 progress: !self.no_progress,
                 force: self.force,
+                scratch_dir: self.scratch_dir.clone(),
             },
         })
     }

@@ -88,6 +88,80 @@ pub enum OutputFormat {
     Pairs,
 }
 
+/// A size in bytes, written `1GiB`, `512MiB`, `64KiB`, `2GB` or a plain number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (number, unit) = (t[..split].trim(), t[split..].trim());
+        let scale: u64 = match unit.to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1_000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gib" => 1 << 30,
+            "t" | "tb" => 1_000_000_000_000,
+            "tib" => 1 << 40,
+            _ => {
+                return Err(format!(
+                    "`{s}`: unknown unit `{unit}` (use KiB, MiB, GiB, ...)"
+                ));
+            }
+        };
+        match number.parse::<f64>() {
+            Ok(n) if n.is_finite() && n > 0.0 => Ok(ByteSize((n * scale as f64) as u64)),
+            _ => Err(format!("`{s}` is not a positive size such as 1GiB")),
+        }
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        for (unit, size) in [
+            ("TiB", 1u64 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ] {
+            if b >= size && b % size == 0 {
+                return write!(f, "{}{unit}", b / size);
+            }
+        }
+        write!(f, "{b}")
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Number(u64),
+            Text(String),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Number(n) if n > 0 => Ok(ByteSize(n)),
+            Repr::Number(_) => Err(serde::de::Error::custom("a size must be positive")),
+            Repr::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// A count that may be "all".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Count {
@@ -344,6 +418,9 @@ pub struct MiningParams {
     pub shortfall: Shortfall,
     /// At most this many anchors share one negative (nearest anchors kept).
     pub max_negative_reuse: Option<usize>,
+    /// Bound on memory: vectors above half of it spill to a memory-mapped scratch file, and
+    /// `index = "auto"` picks a compressed index (IVF-PQ).
+    pub memory_limit: Option<ByteSize>,
 }
 
 impl Default for MiningParams {
@@ -374,6 +451,7 @@ impl Default for MiningParams {
             range_max: None,
             shortfall: Shortfall::Keep,
             max_negative_reuse: None,
+            memory_limit: None,
         }
     }
 }
@@ -533,6 +611,9 @@ pub struct RunOptions {
     pub progress: bool,
     /// Redo the work even when the manifest says the outputs are up to date.
     pub force: bool,
+    /// Folder of the scratch file vectors spill to under a memory limit (default: the system's
+    /// temporary folder). The file has no name and disappears when the run ends.
+    pub scratch_dir: Option<PathBuf>,
 }
 
 impl Default for RunOptions {
@@ -541,6 +622,7 @@ impl Default for RunOptions {
             threads: None,
             progress: true,
             force: false,
+            scratch_dir: None,
         }
     }
 }

@@ -92,16 +92,37 @@ pub const AUTO_FLAT_ROWS: usize = 200_000;
 /// small tables, else `IVF<n>,Flat` with `n` the power of two nearest `4 sqrt(rows)` (FAISS's
 /// guideline is 4 to 16 sqrt(rows) lists, each trained on at least 39 points).
 pub fn resolve_factory(factory: &str, rows: usize) -> String {
+    resolve_factory_within(factory, rows, 0, None)
+}
+
+/// As [`resolve_factory`], under a memory limit: when `rows x dim` vectors take more than half
+/// of it, `auto` picks a compressed IVF-PQ layout (`dim / 4` bytes a row) so that the index
+/// fits beside everything else.
+pub fn resolve_factory_within(
+    factory: &str,
+    rows: usize,
+    dim: usize,
+    memory_limit: Option<u64>,
+) -> String {
     let factory = factory.trim();
     if !factory.eq_ignore_ascii_case("auto") {
         return factory.to_string();
     }
-    if rows < AUTO_FLAT_ROWS {
+    let tight = memory_limit.is_some_and(|limit| (rows * dim * 4) as u64 > limit / 2);
+    if rows < AUTO_FLAT_ROWS && !tight {
         return "Flat".into();
     }
     let lists = (4.0 * (rows as f64).sqrt()).log2().round().exp2() as usize;
-    format!("IVF{},Flat", lists.clamp(16, 65_536))
+    let lists = lists.clamp(16, 65_536);
+    match (tight, dim % 4) {
+        (false, _) => format!("IVF{lists},Flat"),
+        (true, 0) => format!("IVF{lists},PQ{}", dim / 4),
+        (true, _) => format!("IVF{lists},SQ8"),
+    }
 }
+
+/// Rows added to an index at a time.
+const ADD_BATCH_ROWS: usize = 65_536;
 
 /// Whether a factory string gives exact neighbours, so the mined sets equal brute force.
 pub fn is_exact(factory: &str) -> bool {
@@ -157,7 +178,15 @@ fn faiss_metric(metric: Metric) -> MetricType {
 impl NeighbourIndex {
     /// Builds `spec.factory` over `vectors` (already normalised for cosine), training on a
     /// seeded sample of `spec.train_sample` rows where the index needs it.
-    pub fn build(vectors: &[f32], dim: usize, metric: Metric, spec: &IndexSpec) -> Result<Self> {
+    /// Builds the index over `vectors`, added in batches with `relieve` called after each
+    /// (a spilled store drops its pages there).
+    pub fn build(
+        vectors: &[f32],
+        dim: usize,
+        metric: Metric,
+        spec: &IndexSpec,
+        relieve: &dyn Fn(),
+    ) -> Result<Self> {
         let factory = spec.factory.as_str();
         let mut index = index_factory(dim as u32, factory, faiss_metric(metric))
             .map_err(|e| Error::Config(format!("index `{factory}` cannot be built: {e}")))?;
@@ -172,7 +201,10 @@ impl NeighbourIndex {
                 ))
             })?;
         }
-        index.add(vectors)?;
+        for batch in vectors.chunks(ADD_BATCH_ROWS * dim) {
+            index.add(batch)?;
+            relieve();
+        }
         Self::ready(index, factory.to_string(), metric, dim, rows, spec)
     }
 

@@ -54,14 +54,18 @@ impl Metric {
 /// Scales every `dim`-long row of `data` to unit L2 norm (zero rows stay zero).
 pub fn normalize_rows(data: &mut [f32], dim: usize) {
     use rayon::prelude::*;
-    data.par_chunks_mut(dim).for_each(|row| {
-        let norm = dot(row, row).sqrt();
-        if norm > 0.0 {
-            for x in row.iter_mut() {
-                *x = (*x as f64 / norm) as f32;
-            }
+    data.par_chunks_mut(dim).for_each(normalize_row);
+}
+
+/// Scales one row to unit L2 norm (a zero row stays zero).
+#[inline]
+pub fn normalize_row(row: &mut [f32]) {
+    let norm = dot(row, row).sqrt();
+    if norm > 0.0 {
+        for x in row.iter_mut() {
+            *x = (*x as f64 / norm) as f32;
         }
-    });
+    }
 }
 
 /// The kind of a triplet, by `t = d(a, n) - d(a, p)`, as pytorch-metric-learning defines them.

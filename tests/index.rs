@@ -160,3 +160,77 @@ fn a_search_parameter_the_index_lacks_is_refused() {
             "--nprobe does not apply to `Flat`",
         ));
 }
+
+#[test]
+fn spilled_vectors_give_the_same_triplets_as_vectors_in_memory() {
+    let dir = TempDir::new().unwrap();
+    let input = generated(dir.path(), "data.parquet", 1200, 8, 5);
+    let scratch = dir.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    for metric in ["l2sq", "cosine"] {
+        let common = ["--metric", metric, "--positives", "hardest", "--k", "8"];
+        mine(dir.path(), &input, &common)
+            .success()
+            .stderr(predicate::str::contains("scratch file").not());
+        let in_memory = std::fs::read(dir.path().join("triplets.parquet")).unwrap();
+        // 1200 x 8 f32 are 37.5 KiB: more than half of 64 KiB.
+        let mut spilled = common.to_vec();
+        spilled.extend(["--memory-limit", "64KiB", "--scratch-dir", "scratch"]);
+        mine(dir.path(), &input, &spilled)
+            .success()
+            .stderr(predicate::str::contains("vectors spill to a scratch file"));
+        let from_scratch = std::fs::read(dir.path().join("triplets.parquet")).unwrap();
+        assert!(in_memory == from_scratch, "{metric}: same triplets");
+        assert_eq!(
+            summary(dir.path())["index"],
+            "Flat",
+            "an explicit index is kept"
+        );
+        assert_eq!(
+            std::fs::read_dir(&scratch).unwrap().count(),
+            0,
+            "the scratch file has no name and leaves nothing behind"
+        );
+    }
+}
+
+#[test]
+fn auto_picks_a_compressed_index_when_the_vectors_exceed_the_memory_limit() {
+    let dir = TempDir::new().unwrap();
+    let input = generated(dir.path(), "data.parquet", 3000, 10, 6);
+    mine(dir.path(), &input, &["--index", "auto"]).success();
+    assert_eq!(summary(dir.path())["index"], "Flat");
+    mine(
+        dir.path(),
+        &input,
+        &[
+            "--index",
+            "auto",
+            "--memory-limit",
+            "100KiB",
+            "--check-recall",
+            "200",
+        ],
+    )
+    .success();
+    let s = summary(dir.path());
+    assert_eq!(s["index"], "IVF256,PQ2", "dim 8: PQ of 2 bytes a row");
+    assert_eq!(s["exact"], false);
+    assert!(s["totals"]["recall_candidates"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn memory_limits_are_read_with_units() {
+    use tripmine::config::ByteSize;
+    assert_eq!("1GiB".parse::<ByteSize>().unwrap().0, 1 << 30);
+    assert_eq!("512 MiB".parse::<ByteSize>().unwrap().0, 512 << 20);
+    assert_eq!("2G".parse::<ByteSize>().unwrap().0, 2_000_000_000);
+    assert_eq!("1.5KiB".parse::<ByteSize>().unwrap().0, 1536);
+    assert!("12 parsecs".parse::<ByteSize>().is_err());
+    assert!("0".parse::<ByteSize>().is_err());
+    let dir = TempDir::new().unwrap();
+    let input = generated(dir.path(), "data.parquet", 100, 3, 7);
+    mine(dir.path(), &input, &["--memory-limit", "lots"])
+        .code(2)
+        .stderr(predicate::str::contains("--memory-limit"));
+}

@@ -95,7 +95,7 @@ proptest! {
             let ok = admits(params.negatives, kind);
             prop_assert!(ok, "{:?} triplet is {:?}", params.negatives, kind);
             let d = params.metric;
-            let mut v = table.vectors.clone();
+            let mut v = table.vectors.to_vec();
             if d == Metric::Cosine {
                 tripmine::score::normalize_rows(&mut v, table.dim);
             }

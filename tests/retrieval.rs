@@ -51,7 +51,7 @@ fn retrieval_set(corpus: Table, queries: usize, seed: u64) -> (Table, Queries) {
     }
     let table = Table::unlabelled(None, vectors, dim).unwrap();
     (
-        Table::unlabelled(None, corpus.vectors, dim).unwrap(),
+        Table::unlabelled(None, corpus.vectors.to_vec(), dim).unwrap(),
         Queries {
             table,
             positives,

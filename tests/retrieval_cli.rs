@@ -108,7 +108,7 @@ fn binary_output_equals_brute_force_over_queries_and_corpus() {
         qrels: Some(ex.join("qrels.parquet")),
         ..Default::default()
     };
-    let (corpus, queries) = read_retrieval(&input).unwrap();
+    let (corpus, queries) = read_retrieval(&input, &Default::default()).unwrap();
     let params = MiningParams {
         metric: Metric::Cosine,
         positives: PositiveStrategy::Hardest,

@@ -8,12 +8,14 @@
 mod inspect;
 mod read;
 mod retrieval;
+mod store;
 pub mod synthetic;
 mod write;
 
 pub use inspect::{Inspection, inspect};
-pub use read::{SourceFile, Table, read_table, resolve_inputs};
+pub use read::{ReadOptions, SourceFile, Table, read_table, read_table_with, resolve_inputs};
 pub use retrieval::{Queries, read_retrieval};
+pub use store::Vectors;
 pub use write::{
     AtomicPath, ParquetSink, PartitionedSink, SUCCESS_MARKER, TripletSink, is_folder_output,
     write_atomic, write_parquet,

@@ -14,6 +14,7 @@ use arrow::datatypes::{DataType, Float16Type, Float32Type, Float64Type};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+use super::store::{VectorSink, Vectors};
 use crate::config::ColumnNames;
 use crate::error::{Error, Result};
 
@@ -38,8 +39,11 @@ pub struct Table {
     pub label_codes: Vec<u32>,
     /// The distinct labels, `label_values[code]`, in their input type.
     pub label_values: ArrayRef,
-    /// `rows x dim` values, row-major.
-    pub vectors: Vec<f32>,
+    /// `rows x dim` values, row-major (on the heap, or spilled under a memory limit).
+    pub vectors: Vectors,
+    /// Whether the rows were L2-normalised as they were read (cosine under a memory limit,
+    /// so that the miner needs no normalised copy).
+    pub normalized: bool,
     pub dim: usize,
     /// The files the rows came from, in order (empty for a table built in memory).
     pub sources: Vec<SourceFile>,
@@ -106,7 +110,7 @@ impl Table {
                 reason: format!("value {} is not finite", vectors[pos]),
             });
         }
-        Table::assemble(ids, labels, vectors, dim, Vec::new(), path)
+        Table::assemble(ids, labels, vectors.into(), dim, Vec::new(), path)
     }
 
     /// Whether the rows carry labels (labelled mode) or not (queries, corpus).
@@ -146,7 +150,7 @@ impl Table {
     fn assemble(
         ids: ArrayRef,
         labels: Option<ArrayRef>,
-        vectors: Vec<f32>,
+        vectors: Vectors,
         dim: usize,
         sources: Vec<SourceFile>,
         first_file: &Path,
@@ -161,6 +165,7 @@ impl Table {
                 label_codes: Vec::new(),
                 label_values: Arc::new(arrow::array::NullArray::new(0)),
                 vectors,
+                normalized: false,
                 dim,
                 sources,
                 extra: Vec::new(),
@@ -181,11 +186,23 @@ impl Table {
             label_codes,
             label_values,
             vectors,
+            normalized: false,
             dim,
             sources,
             extra: Vec::new(),
         })
     }
+}
+
+/// How a table is read beyond its columns.
+#[derive(Debug, Clone, Default)]
+pub struct ReadOptions {
+    /// Spill the vectors to a scratch file when they would take more than half of this.
+    pub memory_limit: Option<u64>,
+    /// Folder of the scratch file (default: the system's temporary folder).
+    pub scratch_dir: Option<PathBuf>,
+    /// L2-normalise rows as they are read when they spill (for cosine).
+    pub normalize_if_spilled: bool,
 }
 
 /// Expands files, folders (their `.parquet` files, by name) and globs, in the order given.
@@ -234,12 +251,49 @@ pub fn resolve_inputs(specs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 /// Reads the three columns of every input file into a [`Table`], batch by batch.
 pub fn read_table(specs: &[PathBuf], columns: &ColumnNames) -> Result<Table> {
+    read_table_with(specs, columns, &ReadOptions::default())
+}
+
+/// [`read_table`] with a memory limit: vectors that would take more than half of it go to a
+/// memory-mapped scratch file instead of the heap.
+pub fn read_table_with(
+    specs: &[PathBuf],
+    columns: &ColumnNames,
+    options: &ReadOptions,
+) -> Result<Table> {
     let files = resolve_inputs(specs)?;
     let mut reader = TableReader::new(columns);
+    if let Some(limit) = options.memory_limit {
+        // Row counts from the footers, to size the vectors before reading them.
+        let mut rows = 0u64;
+        for path in &files {
+            let file = File::open(path).map_err(|e| Error::io(path, e))?;
+            let meta = ParquetRecordBatchReaderBuilder::try_new(file)
+                .map_err(|e| Error::parquet(path, e))?;
+            rows += meta.metadata().file_metadata().num_rows().max(0) as u64;
+        }
+        reader.spill = Some(SpillPlan {
+            rows,
+            limit,
+            dir: options
+                .scratch_dir
+                .clone()
+                .unwrap_or_else(std::env::temp_dir),
+            normalize: options.normalize_if_spilled,
+        });
+    }
     for file in &files {
         reader.read_file(file)?;
     }
     reader.finish(&files[0])
+}
+
+/// When and where vectors spill.
+struct SpillPlan {
+    rows: u64,
+    limit: u64,
+    dir: PathBuf,
+    normalize: bool,
 }
 
 /// Accumulates rows across files, checking types and values as they stream by.
@@ -249,7 +303,11 @@ struct TableReader<'a> {
     labels: Vec<ArrayRef>,
     /// Parts of every extra column, in `columns.extra` order.
     extra: Vec<Vec<ArrayRef>>,
-    vectors: Vec<f32>,
+    vectors: VectorSink,
+    spill: Option<SpillPlan>,
+    normalized: bool,
+    /// One row being normalised.
+    row_buf: Vec<f32>,
     /// Dimension and where it was first seen.
     dim: Option<(usize, PathBuf, u64)>,
     /// Id, label and extra column types of the first file; later files must match.
@@ -265,7 +323,10 @@ impl<'a> TableReader<'a> {
             ids: Vec::new(),
             labels: Vec::new(),
             extra: vec![Vec::new(); columns.extra.len()],
-            vectors: Vec::new(),
+            vectors: VectorSink::heap(),
+            spill: None,
+            normalized: false,
+            row_buf: Vec::new(),
             dim: None,
             types: None,
             sources: Vec::new(),
@@ -468,7 +529,7 @@ impl<'a> TableReader<'a> {
                         return Err(bad(row, "embedding is empty".into()));
                     }
                     self.dim = Some((len, path.into(), first_row + row as u64));
-                    self.vectors.reserve(file_rows as usize * len);
+                    self.start_vectors(len, file_rows)?;
                     len
                 }
             };
@@ -489,7 +550,37 @@ impl<'a> TableReader<'a> {
                     format!("embedding holds a non-finite value ({x})"),
                 ));
             }
-            self.vectors.extend_from_slice(v);
+            if self.normalized {
+                self.row_buf.clear();
+                self.row_buf.extend_from_slice(v);
+                crate::score::normalize_row(&mut self.row_buf);
+                self.vectors.extend(&self.row_buf)?;
+            } else {
+                self.vectors.extend(v)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sizes the vector sink once the dimension is known: the heap, or a scratch file when
+    /// the vectors would take more than half of the memory limit.
+    fn start_vectors(&mut self, dim: usize, file_rows: u64) -> Result<()> {
+        let Some(plan) = &self.spill else {
+            self.vectors.reserve(file_rows as usize * dim);
+            return Ok(());
+        };
+        let bytes = plan.rows * dim as u64 * 4;
+        if bytes > plan.limit / 2 {
+            tracing::info!(
+                vectors_mib = bytes >> 20,
+                limit_mib = plan.limit >> 20,
+                "the vectors exceed half the memory limit"
+            );
+            // A tenth of the limit may stay resident between relieving calls.
+            self.vectors = VectorSink::spill(&plan.dir, (plan.limit / 10) as usize)?;
+            self.normalized = plan.normalize;
+        } else {
+            self.vectors.reserve(plan.rows as usize * dim);
         }
         Ok(())
     }
@@ -504,7 +595,10 @@ impl<'a> TableReader<'a> {
             None => None,
         };
         let dim = self.dim.map(|d| d.0).unwrap_or(0);
-        let mut table = Table::assemble(ids, labels, self.vectors, dim, self.sources, first_file)?;
+        debug_assert_eq!(self.vectors.len(), self.rows as usize * dim);
+        let vectors = self.vectors.finish()?;
+        let mut table = Table::assemble(ids, labels, vectors, dim, self.sources, first_file)?;
+        table.normalized = self.normalized;
         for (name, parts) in self.columns.extra.iter().zip(&self.extra) {
             table.extra.push((name.clone(), concat_all(parts)?));
         }

@@ -16,7 +16,7 @@ use arrow::row::{OwnedRow, RowConverter, SortField};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use super::read::{Table, read_table};
+use super::read::{ReadOptions, Table, read_table_with};
 use crate::config::{ColumnNames, InputOptions};
 use crate::error::{Error, Result};
 
@@ -40,17 +40,17 @@ impl Queries {
 }
 
 /// Reads the corpus and the queries with their positives.
-pub fn read_retrieval(input: &InputOptions) -> Result<(Table, Queries)> {
+pub fn read_retrieval(input: &InputOptions, options: &ReadOptions) -> Result<(Table, Queries)> {
     let columns = |extra: Vec<String>| ColumnNames {
         id: input.id_col.clone(),
         label: None,
         embedding: input.embedding_col.clone(),
         extra,
     };
-    let corpus = read_table(&input.corpus, &columns(input.with.clone()))?;
+    let corpus = read_table_with(&input.corpus, &columns(input.with.clone()), options)?;
     let mut query_extra = input.with.clone();
     query_extra.extend(input.positives_col.iter().cloned());
-    let mut queries = read_table(&input.queries, &columns(query_extra))?;
+    let mut queries = read_table_with(&input.queries, &columns(query_extra), options)?;
     if queries.dim != corpus.dim {
         return Err(Error::BadData(format!(
             "queries have dimension {} but the corpus has dimension {}",

@@ -31,7 +31,7 @@ use rayon::prelude::*;
 use crate::config::{Metric, MiningParams};
 use crate::error::Result;
 use crate::index::{
-    IndexInfo, IndexSpec, NeighbourIndex, faiss_error_factor, is_exact, resolve_factory,
+    IndexInfo, IndexSpec, NeighbourIndex, faiss_error_factor, is_exact, resolve_factory_within,
 };
 use crate::io::{Queries, Table};
 use crate::score::{dot, normalize_rows};
@@ -105,6 +105,9 @@ pub struct MinedBlock {
 
 /// Anchors mined per block: bounds the memory of candidate lists and of output batches.
 pub const ANCHOR_BLOCK: usize = 8192;
+
+/// Rows per chunk of a sweep over all vectors (a spilled store is relieved between chunks).
+const SWEEP_ROWS: usize = 65_536;
 
 /// Holds the index and the per-label groups; mines anchors block by block.
 pub struct Miner<'t> {
@@ -191,14 +194,19 @@ impl<'t> Miner<'t> {
         let dim = table.dim;
         let prepared = |t: &'t Table| -> (Cow<'t, [f32]>, Vec<f32>) {
             let vectors: Cow<'t, [f32]> = match params.metric {
-                Metric::L2sq => Cow::Borrowed(&t.vectors),
-                Metric::Cosine => {
-                    let mut v = t.vectors.clone();
+                Metric::Cosine if !t.normalized => {
+                    let mut v = t.vectors.to_vec();
                     normalize_rows(&mut v, dim);
                     Cow::Owned(v)
                 }
+                _ => Cow::Borrowed(&t.vectors),
             };
-            let norms_sq = vectors.par_chunks(dim).map(|r| dot(r, r) as f32).collect();
+            // In chunks, so that a spilled store can drop the pages swept.
+            let mut norms_sq = Vec::with_capacity(t.rows());
+            for chunk in vectors.chunks(SWEEP_ROWS * dim) {
+                norms_sq.par_extend(chunk.par_chunks(dim).map(|r| dot(r, r) as f32));
+                t.vectors.relieve();
+            }
             (vectors, norms_sq)
         };
         let (vectors, norms_sq) = prepared(table);
@@ -226,7 +234,12 @@ impl<'t> Miner<'t> {
         }
         let started = std::time::Instant::now();
         let spec = IndexSpec {
-            factory: resolve_factory(&params.index, table.rows()),
+            factory: resolve_factory_within(
+                &params.index,
+                table.rows(),
+                dim,
+                params.memory_limit.map(|b| b.0),
+            ),
             train_sample: params.train_sample,
             seed: params.seed,
             nprobe: params.nprobe,
@@ -237,7 +250,9 @@ impl<'t> Miner<'t> {
         }
         let index = match saved {
             Some(path) => NeighbourIndex::load(path, dim, params.metric, table.rows(), &spec)?,
-            None => NeighbourIndex::build(&vectors, dim, params.metric, &spec)?,
+            None => NeighbourIndex::build(&vectors, dim, params.metric, &spec, &|| {
+                table.vectors.relieve()
+            })?,
         };
         tracing::info!(
             index = %index.info().factory,
@@ -322,27 +337,29 @@ impl<'t> Miner<'t> {
     pub fn embedding_spread(&self) -> f64 {
         let dim = self.table.dim;
         let n = self.table.rows() as f64;
-        let sum = self
-            .vectors
-            .par_chunks(dim)
-            .fold(
-                || vec![0f64; dim],
-                |mut acc, row| {
-                    for (a, x) in acc.iter_mut().zip(row) {
-                        *a += *x as f64;
-                    }
-                    acc
-                },
-            )
-            .reduce(
-                || vec![0f64; dim],
-                |mut a, b| {
-                    for (x, y) in a.iter_mut().zip(b) {
-                        *x += y;
-                    }
-                    a
-                },
-            );
+        let add = |mut a: Vec<f64>, b: Vec<f64>| {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+            a
+        };
+        let mut sum = vec![0f64; dim];
+        for chunk in self.vectors.chunks(SWEEP_ROWS * dim) {
+            let part = chunk
+                .par_chunks(dim)
+                .fold(
+                    || vec![0f64; dim],
+                    |mut acc, row| {
+                        for (a, x) in acc.iter_mut().zip(row) {
+                            *a += *x as f64;
+                        }
+                        acc
+                    },
+                )
+                .reduce(|| vec![0f64; dim], add);
+            sum = add(sum, part);
+            self.table.vectors.relieve();
+        }
         let mean_sq_norm = self.norms_sq.iter().map(|&x| x as f64).sum::<f64>() / n;
         let mean_norm_sq: f64 = sum.iter().map(|s| (s / n) * (s / n)).sum();
         if mean_sq_norm > 0.0 {

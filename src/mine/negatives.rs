@@ -22,6 +22,12 @@ const STREAM_NEGATIVE: u64 = 2;
 /// Candidate entries held at once by one search (distances and rows of all pending anchors).
 const SEARCH_BUDGET: usize = 1 << 22;
 
+/// Default `max_k` of an approximate index, in multiples of `k`.
+pub(crate) const APPROXIMATE_MAX_K_FACTOR: usize = 16;
+
+/// Candidate rows scored per chunk when the vectors are spilled.
+const SPILLED_CHUNK_ROWS: usize = 1 << 16;
+
 /// An anchor's resolved output.
 struct Resolved {
     triplets: Vec<Triplet>,
@@ -98,7 +104,13 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
     let mut pending: Vec<usize> = (0..plans.len())
         .filter(|&i| plans[i].hardest.is_some())
         .collect();
-    let max_k = m.params.max_k.unwrap_or(usize::MAX);
+    // An approximate index gives no exactness to reach by deepening: stop at 16 k rather than
+    // end in a scan of every row.
+    let max_k = m.params.max_k.unwrap_or(if m.exact() {
+        usize::MAX
+    } else {
+        APPROXIMATE_MAX_K_FACTOR * m.params.k
+    });
     let mut k = m.start_k.min(max_k);
     // How many anchors each search depth resolved, to start the next block deep enough.
     let mut resolved_at: Vec<(usize, usize)> = Vec::new();
@@ -125,7 +137,12 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
             break;
         }
         let mut still = Vec::new();
-        let chunk = (SEARCH_BUDGET / k).max(1);
+        let mut chunk = (SEARCH_BUDGET / k).max(1);
+        if m.table.vectors.is_spilled() {
+            // Each chunk touches the pages of up to `chunk * k` rows: keep that near the
+            // store's resident budget.
+            chunk = chunk.min(SPILLED_CHUNK_ROWS / k).max(1);
+        }
         for part in pending.chunks(chunk) {
             let queries = m.gather_anchors(part.iter().map(|&i| plans[i].anchor));
             let started = std::time::Instant::now();
@@ -172,6 +189,7 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
                     None => still.push(i),
                 }
             }
+            m.table.vectors.relieve();
         }
         resolved_at.push((k, pending.len() - still.len()));
         if !still.is_empty() {

@@ -71,6 +71,7 @@ pub(super) fn plan(m: &Miner, anchors: &[u32]) -> Result<Vec<AnchorPlan>> {
         for (i, p) in idx.into_iter().zip(label_plans) {
             plans[i] = Some(p);
         }
+        m.table.vectors.relieve();
     }
     Ok(plans
         .into_iter()

@@ -24,12 +24,13 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::config::Metric;
 use crate::config::MiningConfig;
 use crate::error::{Error, Result};
 use crate::index::set_native_threads;
 use crate::io::{
-    AtomicPath, Queries, Table, TripletSink, read_retrieval, read_table, resolve_inputs,
-    write_atomic, write_parquet,
+    AtomicPath, Queries, ReadOptions, Table, TripletSink, read_retrieval, read_table_with,
+    resolve_inputs, write_atomic, write_parquet,
 };
 use crate::mine::{ANCHOR_BLOCK, MinedBlock, Miner, Triplet};
 use crate::report::{Report, ReportBuilder};
@@ -123,11 +124,17 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
     let out = &config.output;
 
     let spinner = progress(show, None, "reading");
+    let read_options = ReadOptions {
+        memory_limit: config.mine.memory_limit.map(|b| b.0),
+        scratch_dir: config.run.scratch_dir.clone(),
+        normalize_if_spilled: config.mine.metric == Metric::Cosine,
+    };
     let (table, queries): (Table, Option<Queries>) = if config.input.retrieval() {
-        let (corpus, queries) = read_retrieval(&config.input)?;
+        let (corpus, queries) = read_retrieval(&config.input, &read_options)?;
         (corpus, Some(queries))
     } else {
-        (read_table(files, &config.input.columns())?, None)
+        let table = read_table_with(files, &config.input.columns(), &read_options)?;
+        (table, None)
     };
     // Anchor ids, labels and columns come from here; candidates' from `table`.
     let anchor_table = queries.as_ref().map_or(&table, |q| &q.table);
@@ -139,7 +146,8 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         queries = queries.as_ref().map(|q| q.table.rows()),
         dim = table.dim,
         labels = table.num_labels(),
-        files = table.sources.len() + anchor_table.sources.len(),
+        files = files.len(),
+        spilled = table.vectors.is_spilled(),
         seconds = seconds.read,
         "input read"
     );

@@ -74,7 +74,7 @@ pub struct Oracle {
 }
 
 fn prepared(table: &Table, metric: Metric) -> Vec<f32> {
-    let mut v = table.vectors.clone();
+    let mut v = table.vectors.to_vec();
     if metric == Metric::Cosine {
         normalize_rows(&mut v, table.dim);
     }

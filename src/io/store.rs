@@ -1,0 +1,201 @@
+//! Where the vectors live: on the heap, or spilled once to a memory-mapped scratch file when a
+//! memory limit says they do not fit.
+//!
+//! In: rows of `f32` as they stream from the reader. Out: [`Vectors`], one contiguous `&[f32]`
+//! either way, so every kernel reads slices. A spilled store is an unnamed file (removed by the
+//! system when the run ends, also on error or kill) mapped read-only; its resident pages count
+//! towards the process's RSS, so stages that sweep it call [`Vectors::relieve`] between chunks,
+//! which drops them (they stay in the page cache) once they exceed the store's page budget.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::ops::Deref;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Vectors, row-major, on the heap or in a mapped scratch file.
+#[derive(Debug)]
+pub struct Vectors(Inner);
+
+#[derive(Debug)]
+enum Inner {
+    Heap(Vec<f32>),
+    Mapped(Spill),
+}
+
+#[derive(Debug)]
+struct Spill {
+    map: memmap2::Mmap,
+    /// Resident pages of the mapping allowed before they are dropped, in bytes.
+    budget: usize,
+    /// File-backed resident bytes of the process when the store was mapped.
+    baseline: usize,
+}
+
+impl Vectors {
+    /// Whether the vectors are in a scratch file.
+    pub fn is_spilled(&self) -> bool {
+        matches!(self.0, Inner::Mapped(_))
+    }
+
+    /// Drops the store's resident pages if they exceed its budget (a spilled store only;
+    /// cheap otherwise). Call between chunks of work that touch many rows.
+    pub fn relieve(&self) {
+        let Inner::Mapped(spill) = &self.0 else {
+            return;
+        };
+        let resident = file_backed_resident_bytes().saturating_sub(spill.baseline);
+        if resident > spill.budget {
+            // SAFETY: a read-only shared file mapping; dropping its pages loses nothing, they
+            // are read back from the file (or the page cache) on the next access.
+            let _ = unsafe {
+                spill
+                    .map
+                    .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+            };
+        }
+    }
+
+    /// A copy on the heap.
+    pub fn to_vec(&self) -> Vec<f32> {
+        self.deref().to_vec()
+    }
+}
+
+impl Deref for Vectors {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match &self.0 {
+            Inner::Heap(v) => v,
+            Inner::Mapped(s) => {
+                // SAFETY: the file holds whole f32 values written by `VectorSink`, and a
+                // mapping is page-aligned, so aligned for f32.
+                let bytes: &[u8] = &s.map;
+                unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), bytes.len() / 4) }
+            }
+        }
+    }
+}
+
+impl From<Vec<f32>> for Vectors {
+    fn from(v: Vec<f32>) -> Self {
+        Vectors(Inner::Heap(v))
+    }
+}
+
+impl Clone for Vectors {
+    /// A heap copy (a clone of a spilled store is not spilled).
+    fn clone(&self) -> Self {
+        Vectors(Inner::Heap(self.to_vec()))
+    }
+}
+
+impl PartialEq<Vec<f32>> for Vectors {
+    fn eq(&self, other: &Vec<f32>) -> bool {
+        self.deref() == other.as_slice()
+    }
+}
+
+/// Where the reader puts rows.
+pub(crate) enum VectorSink {
+    Heap(Vec<f32>),
+    File {
+        out: BufWriter<File>,
+        values: usize,
+        budget: usize,
+    },
+}
+
+impl VectorSink {
+    /// A sink on the heap.
+    pub(crate) fn heap() -> Self {
+        VectorSink::Heap(Vec::new())
+    }
+
+    /// A sink into an unnamed scratch file in `dir`; once mapped, at most `budget` bytes of it
+    /// stay resident between [`Vectors::relieve`] calls.
+    pub(crate) fn spill(dir: &Path, budget: usize) -> Result<Self> {
+        let file = tempfile::tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
+        tracing::info!(dir = %dir.display(), "vectors spill to a scratch file");
+        Ok(VectorSink::File {
+            out: BufWriter::with_capacity(1 << 20, file),
+            values: 0,
+            budget,
+        })
+    }
+
+    pub(crate) fn reserve(&mut self, values: usize) {
+        if let VectorSink::Heap(v) = self {
+            v.reserve(values);
+        }
+    }
+
+    pub(crate) fn extend(&mut self, row: &[f32]) -> Result<()> {
+        match self {
+            VectorSink::Heap(v) => v.extend_from_slice(row),
+            VectorSink::File { out, values, .. } => {
+                // SAFETY: f32 has no padding; viewing it as bytes is always valid.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(
+                        row.as_ptr().cast::<u8>(),
+                        std::mem::size_of_val(row),
+                    )
+                };
+                out.write_all(bytes)
+                    .map_err(|e| Error::io(Path::new("<scratch>"), e))?;
+                *values += row.len();
+            }
+        }
+        Ok(())
+    }
+
+    /// Values written so far.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            VectorSink::Heap(v) => v.len(),
+            VectorSink::File { values, .. } => *values,
+        }
+    }
+
+    pub(crate) fn finish(self) -> Result<Vectors> {
+        match self {
+            VectorSink::Heap(v) => Ok(v.into()),
+            VectorSink::File {
+                out,
+                values,
+                budget,
+            } => {
+                let scratch = Path::new("<scratch>");
+                let file = out
+                    .into_inner()
+                    .map_err(|e| Error::io(scratch, e.into_error()))?;
+                if values == 0 {
+                    return Ok(Vec::new().into());
+                }
+                // SAFETY: the file is private to this process (unnamed) and never written again.
+                let map =
+                    unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(scratch, e))?;
+                let _ = map.advise(memmap2::Advice::Random);
+                Ok(Vectors(Inner::Mapped(Spill {
+                    map,
+                    budget,
+                    baseline: file_backed_resident_bytes(),
+                })))
+            }
+        }
+    }
+}
+
+/// File-backed resident bytes of this process (`RssFile`, the `shared` field of statm).
+fn file_backed_resident_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: usize = statm
+        .split_whitespace()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+    pages * page
+}
