@@ -192,7 +192,7 @@ impl NeighbourIndex {
             .map_err(|e| Error::Config(format!("index `{factory}` cannot be built: {e}")))?;
         let rows = vectors.len() / dim;
         if !index.is_trained() {
-            let train = sample_rows(vectors, dim, spec.train_sample, spec.seed);
+            let train = sample_rows(vectors, dim, spec.train_sample, spec.seed, relieve);
             tracing::info!(factory, rows = train.len() / dim, "training index");
             index.train(&train).map_err(|e| {
                 Error::Config(format!(
@@ -420,7 +420,7 @@ impl GroupIndex {
 }
 
 /// A seeded sample of at most `max` rows, in row order.
-fn sample_rows(vectors: &[f32], dim: usize, max: usize, seed: u64) -> Vec<f32> {
+fn sample_rows(vectors: &[f32], dim: usize, max: usize, seed: u64, relieve: &dyn Fn()) -> Vec<f32> {
     let rows = vectors.len() / dim;
     if rows <= max {
         return vectors.to_vec();
@@ -429,8 +429,12 @@ fn sample_rows(vectors: &[f32], dim: usize, max: usize, seed: u64) -> Vec<f32> {
     let mut picked = rand::seq::index::sample(&mut rng, rows, max).into_vec();
     picked.sort_unstable();
     let mut out = Vec::with_capacity(max * dim);
-    for r in picked {
+    for (i, r) in picked.into_iter().enumerate() {
         out.extend_from_slice(&vectors[r * dim..(r + 1) * dim]);
+        // A sample spread over a spilled store touches most of its pages.
+        if i % 4096 == 4095 {
+            relieve();
+        }
     }
     out
 }

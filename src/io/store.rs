@@ -173,6 +173,19 @@ impl VectorSink {
                 if values == 0 {
                     return Ok(Vec::new().into());
                 }
+                // Evict what writing left in the page cache: it sits in large folios, and the
+                // kernel maps a whole folio around each fault, so a few random reads would map
+                // most of the file. Read back on demand with random-access advice, pages come
+                // in one at a time.
+                {
+                    use std::os::fd::AsRawFd;
+                    file.sync_data().map_err(|e| Error::io(scratch, e))?;
+                    // SAFETY: a valid descriptor; advice has no memory effects on this process.
+                    unsafe {
+                        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+                        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM);
+                    }
+                }
                 // SAFETY: the file is private to this process (unnamed) and never written again.
                 let map =
                     unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(scratch, e))?;

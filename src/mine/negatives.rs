@@ -25,8 +25,8 @@ const SEARCH_BUDGET: usize = 1 << 22;
 /// Default `max_k` of an approximate index, in multiples of `k`.
 pub(crate) const APPROXIMATE_MAX_K_FACTOR: usize = 16;
 
-/// Candidate rows scored per chunk when the vectors are spilled.
-const SPILLED_CHUNK_ROWS: usize = 1 << 16;
+/// Candidate rows scored between reliefs of a spilled store.
+const SPILLED_SCORE_ROWS: usize = 512;
 
 /// An anchor's resolved output.
 struct Resolved {
@@ -137,12 +137,14 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
             break;
         }
         let mut still = Vec::new();
-        let mut chunk = (SEARCH_BUDGET / k).max(1);
-        if m.table.vectors.is_spilled() {
-            // Each chunk touches the pages of up to `chunk * k` rows: keep that near the
-            // store's resident budget.
-            chunk = chunk.min(SPILLED_CHUNK_ROWS / k).max(1);
-        }
+        let chunk = (SEARCH_BUDGET / k).max(1);
+        // Scoring touches the pages of `k` rows an anchor (and the kernel maps pages around
+        // each fault): a spilled store is relieved after every few anchors.
+        let scored_between_reliefs = if m.table.vectors.is_spilled() {
+            (SPILLED_SCORE_ROWS / k).max(1)
+        } else {
+            usize::MAX
+        };
         for part in pending.chunks(chunk) {
             let queries = m.gather_anchors(part.iter().map(|&i| plans[i].anchor));
             let started = std::time::Instant::now();
@@ -150,10 +152,14 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
             m.search.seconds += started.elapsed().as_secs_f64();
             m.search.queries += part.len() as u64;
             let m = &*m;
-            let tried: Vec<Option<(Resolved, bool)>> = part
-                .par_iter()
+            let mut tried: Vec<Option<(Resolved, bool)>> = Vec::with_capacity(part.len());
+            for (first, sub) in part
+                .chunks(scored_between_reliefs)
                 .enumerate()
-                .map(|(q, &i)| {
+                .map(|(j, sub)| (j * scored_between_reliefs, sub))
+            {
+                tried.par_extend(sub.par_iter().enumerate().map(|(q, &i)| {
+                    let q = first + q;
                     let a = plans[i].anchor;
                     let mut got = 0;
                     let mut bound = f32::NEG_INFINITY;
@@ -181,15 +187,15 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
                         }
                         None => None,
                     }
-                })
-                .collect();
+                }));
+                m.table.vectors.relieve();
+            }
             for (&i, r) in part.iter().zip(tried) {
                 match r {
                     Some(r) => done[i] = Some(r),
                     None => still.push(i),
                 }
             }
-            m.table.vectors.relieve();
         }
         resolved_at.push((k, pending.len() - still.len()));
         if !still.is_empty() {

@@ -178,6 +178,12 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         Some(n) if !miner.exact() => recall_anchors(&anchors, n, config.mine.seed),
         _ => Vec::new(),
     };
+    if !recall_sample.is_empty() && table.vectors.is_spilled() {
+        tracing::warn!(
+            "--check-recall builds an exact Flat index over every row: a full copy of the \
+             vectors in memory, beyond what --memory-limit allows"
+        );
+    }
     let mut sampled_triplets: Vec<Triplet> = Vec::new();
     let bar = progress(show, Some(anchors.len() as u64), "mining");
     let layout = OutputLayout::new(

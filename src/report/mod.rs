@@ -134,7 +134,8 @@ impl Histogram {
     }
 }
 
-/// The per-triplet and per-anchor columns the report is computed from, gathered block by block.
+/// The per-triplet columns the report is computed from, and the anchor records summed per
+/// label, gathered block by block (the anchors cost memory per label, not per row).
 #[derive(Debug)]
 pub struct ReportBuilder {
     margin: f32,
@@ -143,14 +144,38 @@ pub struct ReportBuilder {
     t_kind: Vec<u32>,
     t_d_ap: Vec<f32>,
     t_d_an: Vec<f32>,
-    a_label: Vec<u32>,
-    a_no_positive: Vec<u32>,
-    a_no_negative: Vec<u32>,
-    a_capped: Vec<u32>,
-    a_violating: Vec<Option<u32>>,
-    a_suspect: Vec<u32>,
-    /// Per-anchor rule counts, in [`RULE_COLUMNS`] order.
-    a_rules: [Vec<u32>; 8],
+    /// Indexed by label code.
+    per_label: Vec<AnchorSums>,
+}
+
+/// Anchor records of one label, summed.
+#[derive(Debug, Clone, Copy, Default)]
+struct AnchorSums {
+    anchors: u64,
+    no_positive: u64,
+    no_negative: u64,
+    capped: u64,
+    suspect: u64,
+    /// Anchors whose nearest negative violates the margin, of `judged` that have one.
+    violating: u64,
+    judged: u64,
+    /// In [`RULE_COLUMNS`] order.
+    rules: [u64; 8],
+}
+
+impl AnchorSums {
+    fn add(&mut self, other: &AnchorSums) {
+        self.anchors += other.anchors;
+        self.no_positive += other.no_positive;
+        self.no_negative += other.no_negative;
+        self.capped += other.capped;
+        self.suspect += other.suspect;
+        self.violating += other.violating;
+        self.judged += other.judged;
+        for (a, b) in self.rules.iter_mut().zip(other.rules) {
+            *a += b;
+        }
+    }
 }
 
 /// Per-anchor counts of the selection rules, summed like the other counts.
@@ -200,13 +225,7 @@ impl ReportBuilder {
             t_kind: Vec::new(),
             t_d_ap: Vec::new(),
             t_d_an: Vec::new(),
-            a_label: Vec::new(),
-            a_no_positive: Vec::new(),
-            a_no_negative: Vec::new(),
-            a_capped: Vec::new(),
-            a_violating: Vec::new(),
-            a_suspect: Vec::new(),
-            a_rules: Default::default(),
+            per_label: Vec::new(),
         }
     }
 
@@ -227,15 +246,20 @@ impl ReportBuilder {
             self.t_d_an.push(t.d_an);
         }
         for a in anchors {
-            self.a_label.push(a.label);
-            self.a_no_positive.push(!a.has_positive as u32);
-            self.a_no_negative
-                .push((a.has_positive && a.triplets == 0) as u32);
-            self.a_capped.push(a.capped as u32);
-            self.a_violating
-                .push(a.violating_neighbour.map(|v| v as u32));
-            self.a_suspect
-                .push(a.neighbour_labels.is_some_and(|n| n.suspect(a.label)) as u32);
+            let code = a.label as usize;
+            if self.per_label.len() <= code {
+                self.per_label.resize(code + 1, AnchorSums::default());
+            }
+            let s = &mut self.per_label[code];
+            s.anchors += 1;
+            s.no_positive += u64::from(!a.has_positive);
+            s.no_negative += u64::from(a.has_positive && a.triplets == 0);
+            s.capped += u64::from(a.capped);
+            s.suspect += u64::from(a.neighbour_labels.is_some_and(|n| n.suspect(a.label)));
+            if let Some(v) = a.violating_neighbour {
+                s.violating += u64::from(v);
+                s.judged += 1;
+            }
             let g = a.guard_removed;
             let rules = [
                 a.pairs,
@@ -247,8 +271,8 @@ impl ReportBuilder {
                 g[3],
                 a.reuse_removed,
             ];
-            for (column, v) in self.a_rules.iter_mut().zip(rules) {
-                column.push(v);
+            for (sum, v) in s.rules.iter_mut().zip(rules) {
+                *sum += u64::from(v);
             }
         }
     }
@@ -276,18 +300,42 @@ impl ReportBuilder {
             "d_an" => self.t_d_an,
         )?
         .lazy();
-        let mut anchors = df!(
-            "label" => self.a_label,
-            "no_positive" => self.a_no_positive,
-            "no_negative" => self.a_no_negative,
-            "capped" => self.a_capped,
-            "violating" => self.a_violating,
-            "suspect" => self.a_suspect,
-        )?;
-        for (name, values) in RULE_COLUMNS.iter().zip(self.a_rules) {
-            anchors.with_column(Column::new(format!("rule_{name}").into(), values))?;
+        // The anchor side, one row per label with anchors, and the overall row.
+        let labels: Vec<(u32, AnchorSums)> = self
+            .per_label
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.anchors > 0)
+            .map(|(code, s)| (code as u32, *s))
+            .collect();
+        let mut all = AnchorSums::default();
+        for (_, s) in &labels {
+            all.add(s);
         }
-        let anchors = anchors.lazy();
+        let anchor_frame = |rows: &[(u32, AnchorSums)]| -> PolarsResult<DataFrame> {
+            let count = |f: fn(&AnchorSums) -> u64| -> Vec<u64> {
+                rows.iter().map(|(_, s)| f(s)).collect()
+            };
+            let mut frame = df!(
+                "label" => rows.iter().map(|r| r.0).collect::<Vec<u32>>(),
+                "anchors" => count(|s| s.anchors),
+                "anchors_without_positive" => count(|s| s.no_positive),
+                "anchors_without_negative" => count(|s| s.no_negative),
+                "anchors_capped" => count(|s| s.capped),
+                "label_noise_suspects" => count(|s| s.suspect),
+                "neighbour_violation_share" => rows
+                    .iter()
+                    .map(|(_, s)| (s.judged > 0).then(|| s.violating as f64 / s.judged as f64))
+                    .collect::<Vec<Option<f64>>>(),
+            )?;
+            for (i, name) in RULE_COLUMNS.iter().enumerate() {
+                let values: Vec<u64> = rows.iter().map(|(_, s)| s.rules[i]).collect();
+                frame.with_column(Column::new((*name).into(), values))?;
+            }
+            Ok(frame)
+        };
+        let anchors = anchor_frame(&labels)?.lazy();
+        let overall_anchors = anchor_frame(&[(0, all)])?.drop("label")?;
 
         let triplet_aggs = || {
             let kind = |k: TripletKind| col("kind").eq(lit(k as u32)).cast(DataType::UInt64).sum();
@@ -333,31 +381,7 @@ impl ReportBuilder {
                     .alias("margin_pileup_share"),
             ]
         };
-        let anchor_aggs = || {
-            let sum = |c: &str| col(c).cast(DataType::UInt64).sum();
-            let mut aggs = vec![
-                len().cast(DataType::UInt64).alias("anchors"),
-                sum("no_positive").alias("anchors_without_positive"),
-                sum("no_negative").alias("anchors_without_negative"),
-                sum("capped").alias("anchors_capped"),
-                sum("suspect").alias("label_noise_suspects"),
-                col("violating")
-                    .cast(DataType::Float64)
-                    .mean()
-                    .alias("neighbour_violation_share"),
-            ];
-            aggs.extend(
-                RULE_COLUMNS
-                    .iter()
-                    .map(|name| sum(&format!("rule_{name}")).alias(*name)),
-            );
-            aggs
-        };
-
         let per_label = anchors
-            .clone()
-            .group_by([col("label")])
-            .agg(anchor_aggs())
             .join(
                 triplets
                     .clone()
@@ -369,7 +393,6 @@ impl ReportBuilder {
             )
             .sort(["label"], Default::default())
             .collect()?;
-        let overall_anchors = anchors.select(anchor_aggs()).collect()?;
         let overall_triplets = triplets.select(triplet_aggs()).collect()?;
 
         // Label column: the label of each group's code, then null for the overall row.
