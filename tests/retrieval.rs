@@ -499,3 +499,20 @@ proptest! {
         prop_assert_eq!(mined.triplets, triplets);
     }
 }
+
+#[test]
+fn queries_of_another_dimension_than_the_corpus_are_refused() {
+    let corpus = Table::unlabelled(None, vec![0.0; 12], 3).unwrap();
+    let queries = Queries {
+        table: Table::unlabelled(None, vec![0.0; 4], 2).unwrap(),
+        positives: vec![vec![0], vec![1]],
+        unknown_queries: 0,
+    };
+    let err = Miner::retrieval(&corpus, &queries, &MiningParams::default(), None)
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(err, tripmine::Error::BadData(ref m) if m.contains("dimension 2") && m.contains("dimension 3")),
+        "{err}"
+    );
+}

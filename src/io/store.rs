@@ -91,12 +91,6 @@ impl Clone for Vectors {
     }
 }
 
-impl PartialEq<Vec<f32>> for Vectors {
-    fn eq(&self, other: &Vec<f32>) -> bool {
-        self.deref() == other.as_slice()
-    }
-}
-
 /// Where the reader puts rows.
 pub(crate) enum VectorSink {
     Heap(Vec<f32>),

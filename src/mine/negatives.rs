@@ -23,7 +23,7 @@ const STREAM_NEGATIVE: u64 = 2;
 const SEARCH_BUDGET: usize = 1 << 22;
 
 /// Default `max_k` of an approximate index, in multiples of `k`.
-pub(crate) const APPROXIMATE_MAX_K_FACTOR: usize = 16;
+const APPROXIMATE_MAX_K_FACTOR: usize = 16;
 
 /// Candidate rows scored between reliefs of a spilled store.
 const SPILLED_SCORE_ROWS: usize = 512;
@@ -58,16 +58,6 @@ pub const GUARDS: [Guard; 4] = [
 ];
 
 impl Guard {
-    /// Its name in reports and its flag without the dashes.
-    pub fn name(self) -> &'static str {
-        match self {
-            Guard::Ceiling => "max_negative_similarity",
-            Guard::PositiveMargin => "positive_margin",
-            Guard::PositivePercent => "positive_percent",
-            Guard::NearDuplicate => "near_duplicate",
-        }
-    }
-
     /// Whether the guard rejects a negative at cosine distance `d_an` from the anchor, for a
     /// positive at `d_ap`; `d_pn` gives the positive-negative distance (computed only if
     /// needed). `None` when the guard is off.

@@ -41,13 +41,7 @@ use manifest::{
 /// Runs a mining job as configured: skips it when its manifest says the outputs are up to
 /// date (unless `run.force`), and fails after writing when a quality gate holds.
 pub fn run(config: &MiningConfig) -> Result<Summary> {
-    let input = &config.input;
-    let mut files = resolve_inputs(&input.paths)?;
-    if input.retrieval() {
-        files.extend(resolve_inputs(&input.queries)?);
-        files.extend(resolve_inputs(&input.corpus)?);
-        files.extend(resolve_inputs(input.qrels.as_slice())?);
-    }
+    let files = resolve_inputs(&config.input.all_paths())?;
     if let Some(path) = config.input.load_index.as_ref().filter(|p| !p.is_file()) {
         return Err(Error::Config(format!(
             "--load-index {}: no such file",

@@ -21,8 +21,8 @@ pub(super) fn recall_anchors(anchors: &[u32], n: usize, seed: u64) -> Vec<u32> {
 }
 
 /// Mines `sample` again with an exact index: the share of its exact triplets the approximate
-/// run found (`None` without any; both before the reuse cap and shortfall policy), and the share of each anchor's exact `k` nearest rows among
-/// the approximate index's `k` candidates.
+/// run found (`None` without any; both before the reuse cap and shortfall policy), and the
+/// share of each anchor's exact `k` nearest rows among the approximate index's `k` candidates.
 pub(super) fn check_recall(
     params: &MiningParams,
     approx: &mut Miner,
