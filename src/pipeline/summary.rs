@@ -153,13 +153,13 @@ impl std::fmt::Display for Summary {
             fig(t.d_an_mean)
         )?;
         let other = if self.queries.is_some() {
-            "non-positive"
+            "a non-positive"
         } else {
-            "other-label"
+            "an other-label"
         };
         writeln!(
             f,
-            "  health     {} of anchors have an {other} nearest neighbour within d(a, hardest positive) + margin",
+            "  health     {} of anchors have {other} nearest neighbour within d(a, hardest positive) + margin",
             fig(t.neighbour_violation_share)
         )?;
         writeln!(
