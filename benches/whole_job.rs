@@ -3,7 +3,8 @@
 //! Default: 100,000 rows x 128 dims, 1,000 labels, default strategy, exact Flat index, three
 //! runs; prints each run and the medians of wall time, rows/s and peak RSS.
 //! Shape by environment: `TRIPMINE_BENCH_ROWS`, `_DIM`, `_LABELS`, `_SEPARATION` (of the class
-//! centres, 1.0 by default; larger values make well-separated clusters), `_RUNS`, `_INDEX`; more
+//! centres, 1.0 by default; larger values make well-separated clusters), `_INTRINSIC_DIM` (the
+//! dimension centres and spread live in; all of `_DIM` by default), `_RUNS`, `_INDEX`; more
 //! `tripmine mine` flags in `TRIPMINE_BENCH_ARGS` (e.g. `--nprobe 16 --check-recall 2000`).
 //!
 //! Run: `cargo bench --bench whole_job`
@@ -156,6 +157,9 @@ fn main() {
         labels: env_or("TRIPMINE_BENCH_LABELS", 1_000),
         seed: 42,
         separation: env_or("TRIPMINE_BENCH_SEPARATION", 1.0),
+        intrinsic_dim: std::env::var("TRIPMINE_BENCH_INTRINSIC_DIM")
+            .ok()
+            .and_then(|v| v.parse().ok()),
     };
     let runs: usize = env_or("TRIPMINE_BENCH_RUNS", 3);
     let dir = tempfile::TempDir::new().expect("temp dir");

@@ -367,6 +367,10 @@ pub struct GenArgs {
     /// Spread of class centres relative to the within-class spread (smaller: more overlap).
     #[arg(long, default_value_t = 1.5)]
     pub separation: f32,
+    /// Draw centres and spread in this many dimensions, mapped into `--dim` by a random
+    /// projection (real embeddings concentrate near a few dozen directions).
+    #[arg(long)]
+    pub intrinsic_dim: Option<usize>,
     /// Write a retrieval example instead: `--out` is a folder that gets `corpus.parquet`
     /// (`--rows` documents on `--labels` topics), `queries.parquet` and `qrels.parquet`.
     #[arg(long)]
@@ -420,6 +424,7 @@ pub fn execute(cli: &Cli) -> Result<()> {
                 labels: args.labels,
                 seed: args.seed,
                 separation: args.separation,
+                intrinsic_dim: args.intrinsic_dim,
             };
             if args.retrieval {
                 crate::io::synthetic::generate_retrieval(&spec, args.queries, &args.out)?;

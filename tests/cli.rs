@@ -491,6 +491,7 @@ fn relabelled_rows_are_listed_as_label_noise_suspects() {
         labels: 4,
         seed: 12,
         separation: 6.0,
+        intrinsic_dim: None,
     };
     let batch = generate(&spec, 400).unwrap().remove(0);
     // Move rows 5, 50 and 150 to another class's label: their neighbours disagree.

@@ -164,33 +164,45 @@ fn a_search_parameter_the_index_lacks_is_refused() {
 #[test]
 fn spilled_vectors_give_the_same_triplets_as_vectors_in_memory() {
     let dir = TempDir::new().unwrap();
-    let input = generated(dir.path(), "data.parquet", 1200, 8, 5);
     let scratch = dir.path().join("scratch");
     std::fs::create_dir(&scratch).unwrap();
-    for metric in ["l2sq", "cosine"] {
-        let common = ["--metric", metric, "--positives", "hardest", "--k", "8"];
-        mine(dir.path(), &input, &common)
-            .success()
-            .stderr(predicate::str::contains("scratch file").not());
-        let in_memory = std::fs::read(dir.path().join("triplets.parquet")).unwrap();
-        // 1200 x 8 f32 are 37.5 KiB: more than half of 64 KiB.
-        let mut spilled = common.to_vec();
-        spilled.extend(["--memory-limit", "64KiB", "--scratch-dir", "scratch"]);
-        mine(dir.path(), &input, &spilled)
-            .success()
-            .stderr(predicate::str::contains("vectors spill to a scratch file"));
-        let from_scratch = std::fs::read(dir.path().join("triplets.parquet")).unwrap();
-        assert!(in_memory == from_scratch, "{metric}: same triplets");
-        assert_eq!(
-            summary(dir.path())["index"],
-            "Flat",
-            "an explicit index is kept"
-        );
-        assert_eq!(
-            std::fs::read_dir(&scratch).unwrap().count(),
-            0,
-            "the scratch file has no name and leaves nothing behind"
-        );
+    // Rows of dim 8 (32 bytes); a limit's tenth is the budget of rows read in at once.
+    // 1200 rows, 37.5 KiB, spill under 64 KiB: 204 rows at once, 150-row label groups read
+    // in one by one. 3000 rows under 128 KiB: 409 rows at once, 300-row groups searched
+    // through a group index (over 256).
+    for (rows, labels, limit) in [(1200, 8, "64KiB"), (3000, 10, "128KiB")] {
+        let input = generated(dir.path(), "data.parquet", rows, labels, 5);
+        for metric in ["l2sq", "cosine"] {
+            let mut common = vec!["--metric", metric, "--positives", "hardest", "--k", "8"];
+            if metric == "cosine" {
+                // Compares positives with negatives: their rows are read in with the candidates.
+                common.extend(["--near-duplicate", "0.9"]);
+            }
+            mine(dir.path(), &input, &common)
+                .success()
+                .stderr(predicate::str::contains("scratch file").not());
+            let in_memory = std::fs::read(dir.path().join("triplets.parquet")).unwrap();
+            let mut spilled = common.to_vec();
+            spilled.extend(["--memory-limit", limit, "--scratch-dir", "scratch"]);
+            mine(dir.path(), &input, &spilled)
+                .success()
+                .stderr(predicate::str::contains("vectors spill to a scratch file"));
+            let from_scratch = std::fs::read(dir.path().join("triplets.parquet")).unwrap();
+            assert!(
+                in_memory == from_scratch,
+                "{rows} rows, {metric}: same triplets"
+            );
+            assert_eq!(
+                summary(dir.path())["index"],
+                "Flat",
+                "an explicit index is kept"
+            );
+            assert_eq!(
+                std::fs::read_dir(&scratch).unwrap().count(),
+                0,
+                "the scratch file has no name and leaves nothing behind"
+            );
+        }
     }
 }
 

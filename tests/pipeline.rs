@@ -58,6 +58,7 @@ fn spec(rows: usize, labels: usize, seed: u64) -> GenSpec {
         labels,
         seed,
         separation: 1.0,
+        intrinsic_dim: None,
     }
 }
 
@@ -140,6 +141,7 @@ fn the_nightly_pipeline_writes_bounded_parts_and_a_success_marker() {
     std::fs::create_dir_all(&shards).unwrap();
     let table = GenSpec {
         separation: 3.0,
+        intrinsic_dim: None,
         ..spec(1200, 8, 11)
     };
     for (i, batch) in generate(&table, 400).unwrap().iter().enumerate() {

@@ -172,6 +172,27 @@ fn binary_output_equals_brute_force_over_queries_and_corpus() {
 }
 
 /// The qrels as a list column `positives` of the queries table, written to `path`.
+#[test]
+fn a_spilled_corpus_gives_the_same_triplets_as_one_in_memory() {
+    let dir = TempDir::new().unwrap();
+    let ex = example(dir.path());
+    let run = |extra: &[&str]| {
+        let mut cmd = mine(&ex, dir.path());
+        with_qrels(&mut cmd, &ex);
+        cmd.args(["--metric", "cosine", "--positives", "all", "--k", "4"])
+            .args(["--negatives", "hardest", "--num-negatives", "3"])
+            .args(["--near-duplicate", "0.9"])
+            .args(extra)
+            .assert()
+            .success();
+        std::fs::read(dir.path().join("triplets.parquet")).unwrap()
+    };
+    let in_memory = run(&[]);
+    // 400 x 8 f32 are 12.5 KiB, over half of 16 KiB; 51 rows are read in at a time.
+    let spilled = run(&["--memory-limit", "16KiB", "--force"]);
+    assert!(in_memory == spilled, "same triplets");
+}
+
 fn queries_with_positive_lists(ex: &Path, path: &Path) {
     let queries = read(&ex.join("queries.parquet"));
     let qrels = read(&ex.join("qrels.parquet"));

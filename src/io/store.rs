@@ -6,10 +6,14 @@
 //! system when the run ends, also on error or kill) mapped read-only; its resident pages count
 //! towards the process's RSS, so stages that sweep it call [`Vectors::relieve`] between chunks,
 //! which drops them (they stay in the page cache) once they exceed the store's page budget.
+//! Random access (the rows a block of anchors scores) does not go through the mapping:
+//! [`Vectors::gather_rows`] reads them with `pread` into a buffer, because faulting scattered
+//! rows in maps whole folios around each one and the page budget then thrashes.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::ops::Deref;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -27,6 +31,8 @@ enum Inner {
 #[derive(Debug)]
 struct Spill {
     map: memmap2::Mmap,
+    /// The mapped file, for `pread`.
+    file: File,
     /// Resident pages of the mapping allowed before they are dropped, in bytes.
     budget: usize,
     /// File-backed resident bytes of the process when the store was mapped.
@@ -57,6 +63,59 @@ impl Vectors {
         }
     }
 
+    /// The page budget of a spilled store, in bytes (`None` on the heap): what a buffer of
+    /// gathered rows should stay within.
+    pub fn spill_budget(&self) -> Option<usize> {
+        match &self.0 {
+            Inner::Mapped(spill) => Some(spill.budget),
+            Inner::Heap(_) => None,
+        }
+    }
+
+    /// Rows `rows` (ascending) of width `dim`, copied into one buffer. A spilled store reads
+    /// them from its file (runs of consecutive rows in one read, in parallel), not through
+    /// the mapping, so nothing is mapped in.
+    pub fn gather_rows(&self, rows: &[u32], dim: usize) -> Result<Vec<f32>> {
+        use rayon::prelude::*;
+        let mut out = vec![0f32; rows.len() * dim];
+        let spill = match &self.0 {
+            Inner::Heap(v) => {
+                for (dst, &r) in out.chunks_exact_mut(dim).zip(rows) {
+                    dst.copy_from_slice(&v[r as usize * dim..(r as usize + 1) * dim]);
+                }
+                return Ok(out);
+            }
+            Inner::Mapped(spill) => spill,
+        };
+        const ROWS_PER_TASK: usize = 1024;
+        let row_bytes = dim * 4;
+        out.par_chunks_mut(ROWS_PER_TASK * dim)
+            .zip(rows.par_chunks(ROWS_PER_TASK))
+            .try_for_each(|(dst, rows)| {
+                // SAFETY: any bytes are a valid f32; the view covers exactly `dst`.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), dst.len() * 4)
+                };
+                let mut i = 0;
+                while i < rows.len() {
+                    let mut run = 1;
+                    while i + run < rows.len() && rows[i + run] == rows[i] + run as u32 {
+                        run += 1;
+                    }
+                    spill
+                        .file
+                        .read_exact_at(
+                            &mut dst[i * row_bytes..(i + run) * row_bytes],
+                            rows[i] as u64 * row_bytes as u64,
+                        )
+                        .map_err(|e| Error::io(Path::new("<scratch>"), e))?;
+                    i += run;
+                }
+                Ok::<_, Error>(())
+            })?;
+        Ok(out)
+    }
+
     /// A copy on the heap.
     pub fn to_vec(&self) -> Vec<f32> {
         self.deref().to_vec()
@@ -75,6 +134,13 @@ impl Deref for Vectors {
                 unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), bytes.len() / 4) }
             }
         }
+    }
+}
+
+impl Default for Vectors {
+    /// No vectors (on the heap).
+    fn default() -> Self {
+        Vec::new().into()
     }
 }
 
@@ -186,6 +252,7 @@ impl VectorSink {
                 let _ = map.advise(memmap2::Advice::Random);
                 Ok(Vectors(Inner::Mapped(Spill {
                     map,
+                    file,
                     budget,
                     baseline: file_backed_resident_bytes(),
                 })))

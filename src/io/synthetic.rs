@@ -23,6 +23,11 @@ pub struct GenSpec {
     /// Spread of class centres relative to the within-class spread (1.0 each): small values
     /// make classes overlap, so hard, semi-hard and easy triplets all occur.
     pub separation: f32,
+    /// Dimension of the subspace centres and within-class spread live in (`None`: all of
+    /// `dim`). Real embeddings concentrate near a few dozen directions; isotropic noise in
+    /// every dimension makes all neighbours nearly equidistant, the worst case for an
+    /// approximate index. Rows get a small full-rank residual as well.
+    pub intrinsic_dim: Option<usize>,
 }
 
 impl GenSpec {
@@ -31,6 +36,12 @@ impl GenSpec {
             return Err(Error::Config(format!(
                 "gen needs rows >= 2, dim >= 1 and labels >= 2 (got {} x {}, {} labels)",
                 self.rows, self.dim, self.labels
+            )));
+        }
+        if self.intrinsic_dim.is_some_and(|r| r == 0 || r > self.dim) {
+            return Err(Error::Config(format!(
+                "the intrinsic dimension must be between 1 and dim = {}",
+                self.dim
             )));
         }
         if !self.separation.is_finite() || self.separation < 0.0 {
@@ -80,6 +91,9 @@ pub fn generate_each(
     spec.validate()?;
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     let scale = 1.0 / (spec.dim as f32).sqrt();
+    if let Some(r) = spec.intrinsic_dim {
+        return generate_low_rank(spec, r, batch_rows, &mut rng, sink);
+    }
     let centres: Vec<f32> = (0..spec.labels * spec.dim)
         .map(|_| Distribution::<f32>::sample(&StandardNormal, &mut rng) * spec.separation * scale)
         .collect::<Vec<f32>>();
@@ -103,6 +117,62 @@ pub fn generate_each(
         let embedding = FixedSizeListArray::try_new(
             item.clone(),
             spec.dim as i32,
+            Arc::new(Float32Array::from(values)),
+            None,
+        )?;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(ids),
+            Arc::new(Int64Array::from(labels)),
+            Arc::new(embedding),
+        ];
+        sink(RecordBatch::try_new(schema.clone(), columns)?)?;
+        start += len;
+    }
+    Ok(())
+}
+
+/// [`generate_each`] with centres and spread in `r` dimensions, mapped into `dim` by a fixed
+/// random projection that keeps squared distances on average (entries of variance 1 / dim),
+/// plus a residual of a tenth of the spread in every dimension.
+fn generate_low_rank(
+    spec: &GenSpec,
+    r: usize,
+    batch_rows: usize,
+    rng: &mut ChaCha8Rng,
+    mut sink: impl FnMut(RecordBatch) -> Result<()>,
+) -> Result<()> {
+    let dim = spec.dim;
+    let normal = |s: f32, rng: &mut ChaCha8Rng| -> f32 {
+        Distribution::<f32>::sample(&StandardNormal, rng) * s
+    };
+    let (low, full) = (1.0 / (r as f32).sqrt(), 1.0 / (dim as f32).sqrt());
+    let projection: Vec<f32> = (0..r * dim).map(|_| normal(full, rng)).collect();
+    let centres: Vec<f32> = (0..spec.labels * r)
+        .map(|_| normal(spec.separation * low, rng))
+        .collect();
+    let schema = gen_schema(dim);
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    let mut point = vec![0f32; r];
+    let mut start = 0usize;
+    while start < spec.rows {
+        let len = batch_rows.max(1).min(spec.rows - start);
+        let mut labels = Vec::with_capacity(len);
+        let mut values = Vec::with_capacity(len * dim);
+        for _ in 0..len {
+            let label = rng.random_range(0..spec.labels);
+            labels.push(label as i64);
+            for (p, c) in point.iter_mut().zip(&centres[label * r..(label + 1) * r]) {
+                *p = c + normal(low, rng);
+            }
+            for j in 0..dim {
+                let mapped: f32 = (0..r).map(|i| point[i] * projection[i * dim + j]).sum();
+                values.push(mapped + normal(0.1 * full, rng));
+            }
+        }
+        let ids = Int64Array::from_iter_values(start as i64..(start + len) as i64);
+        let embedding = FixedSizeListArray::try_new(
+            item.clone(),
+            dim as i32,
             Arc::new(Float32Array::from(values)),
             None,
         )?;

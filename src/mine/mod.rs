@@ -31,7 +31,8 @@ use rayon::prelude::*;
 use crate::config::{Metric, MiningParams};
 use crate::error::Result;
 use crate::index::{
-    IndexInfo, IndexSpec, NeighbourIndex, faiss_error_factor, is_exact, resolve_factory_within,
+    Candidates, IndexInfo, IndexSpec, NeighbourIndex, faiss_error_factor, is_exact,
+    resolve_factory_within,
 };
 use crate::io::{Queries, Table};
 use crate::score::{dot, normalize_rows};
@@ -127,6 +128,23 @@ pub struct Miner<'t> {
     /// Search depth the next block starts at (adapted from the previous block).
     start_k: usize,
     search: SearchStats,
+    /// Rows of a spilled store read into memory for the stretch of work at hand.
+    gathered: Gathered,
+}
+
+/// Where a miner's index comes from.
+enum IndexSource<'p> {
+    Build,
+    Load(&'p Path),
+}
+
+/// Rows read from a spilled store for one stretch of work (see [`Miner::gather_spilled`]):
+/// [`Miner::row`] looks here first, so scoring does not fault scattered pages of the mapping.
+#[derive(Debug, Default)]
+struct Gathered {
+    /// Ascending.
+    rows: Vec<u32>,
+    data: Vec<f32>,
 }
 
 /// Queries, normalised for cosine, with their known positives.
@@ -148,7 +166,7 @@ pub struct SearchStats {
 impl<'t> Miner<'t> {
     /// Validates `params` and builds the index over `table`.
     pub fn new(table: &'t Table, params: &MiningParams) -> Result<Self> {
-        Self::create(table, None, params, None)
+        Self::create(table, None, params, IndexSource::Build)
     }
 
     /// Retrieval mode: the index is built over `corpus`; `queries` are the anchors.
@@ -158,11 +176,13 @@ impl<'t> Miner<'t> {
         params: &MiningParams,
         saved_index: Option<&Path>,
     ) -> Result<Self> {
-        Self::create(corpus, Some(queries), params, saved_index)
+        let source = saved_index.map_or(IndexSource::Build, IndexSource::Load);
+        Self::create(corpus, Some(queries), params, source)
     }
 
-    /// The same miner with an exact index (for `--check-recall`).
-    pub fn exact_twin(&self) -> Result<Miner<'t>> {
+    /// The same miner with an exact index (for `--check-recall`) that shares this one's
+    /// vectors and holds no copy of them ([`NeighbourIndex::exact_shards`]).
+    pub fn exact_twin(&self) -> Miner<'_> {
         let params = MiningParams {
             index: "Flat".into(),
             check_recall: None,
@@ -170,25 +190,36 @@ impl<'t> Miner<'t> {
             ef_search: None,
             ..self.params.clone()
         };
-        Self::create(
-            self.table,
-            self.queries.as_ref().map(|q| q.queries),
-            &params,
-            None,
-        )
+        Miner {
+            table: self.table,
+            queries: self.queries.as_ref().map(|q| QuerySide {
+                queries: q.queries,
+                vectors: Cow::Borrowed(&q.vectors),
+                norms_sq: q.norms_sq.clone(),
+            }),
+            index: NeighbourIndex::exact_shards(self.table.dim, params.metric, self.table.rows()),
+            params,
+            vectors: Cow::Borrowed(&self.vectors),
+            norms_sq: self.norms_sq.clone(),
+            max_norm_sq: self.max_norm_sq,
+            groups: self.groups.clone(),
+            start_k: first_k(&self.params, self.table.rows(), self.queries.is_some()),
+            search: SearchStats::default(),
+            gathered: Gathered::default(),
+        }
     }
 
     /// As [`Miner::new`], with an index saved by an earlier run instead of building one; it
     /// must hold `table`'s rows in order (its dimension, metric and row count are checked).
     pub fn with_saved_index(table: &'t Table, params: &MiningParams, index: &Path) -> Result<Self> {
-        Self::create(table, None, params, Some(index))
+        Self::create(table, None, params, IndexSource::Load(index))
     }
 
     fn create(
         table: &'t Table,
         queries: Option<&'t Queries>,
         params: &MiningParams,
-        saved: Option<&Path>,
+        source: IndexSource,
     ) -> Result<Self> {
         params.validate()?;
         let dim = table.dim;
@@ -248,11 +279,15 @@ impl<'t> Miner<'t> {
         if params.index.trim().eq_ignore_ascii_case("auto") {
             tracing::info!(rows = table.rows(), choice = %spec.factory, "index auto");
         }
-        let index = match saved {
-            Some(path) => NeighbourIndex::load(path, dim, params.metric, table.rows(), &spec)?,
-            None => NeighbourIndex::build(&vectors, dim, params.metric, &spec, &|| {
-                table.vectors.relieve()
-            })?,
+        let index = match source {
+            IndexSource::Load(path) => {
+                NeighbourIndex::load(path, dim, params.metric, table.rows(), &spec)?
+            }
+            IndexSource::Build => {
+                NeighbourIndex::build(&vectors, dim, params.metric, &spec, &|| {
+                    table.vectors.relieve()
+                })?
+            }
         };
         tracing::info!(
             index = %index.info().factory,
@@ -261,12 +296,7 @@ impl<'t> Miner<'t> {
             seconds = started.elapsed().as_secs_f64(),
             "index built"
         );
-        // A rank window is resolved in one pass when the first search covers it.
-        let self_row = usize::from(queries.is_none());
-        let start_k = match params.range_max {
-            Some(max) => params.k.max((max + self_row).min(table.rows())),
-            None => params.k,
-        };
+        let start_k = first_k(params, table.rows(), queries.is_some());
         Ok(Miner {
             table,
             queries,
@@ -278,6 +308,7 @@ impl<'t> Miner<'t> {
             index,
             start_k,
             search: SearchStats::default(),
+            gathered: Gathered::default(),
         })
     }
 
@@ -304,7 +335,7 @@ impl<'t> Miner<'t> {
     /// The `k` candidates the index proposes for each anchor (the anchor itself left out).
     pub fn candidates(&mut self, anchors: &[u32], k: usize) -> Result<Vec<Vec<u32>>> {
         let queries = self.gather_anchors(anchors.iter().copied());
-        let found = self.index.search(&queries, k + 1)?;
+        let found = self.search_index(&queries, k + 1)?;
         Ok(anchors
             .iter()
             .enumerate()
@@ -317,6 +348,13 @@ impl<'t> Miner<'t> {
                     .collect()
             })
             .collect())
+    }
+
+    /// The index's `k` candidates for each of `queries`.
+    fn search_index(&mut self, queries: &[f32], k: usize) -> Result<Candidates> {
+        let table = self.table;
+        self.index
+            .search(queries, k, &self.vectors, &|| table.vectors.relieve())
     }
 
     /// Applies the rules that look across anchors to blocks mined by [`Miner::mine_block`]:
@@ -466,7 +504,45 @@ impl<'t> Miner<'t> {
     #[inline]
     fn row(&self, i: u32) -> &[f32] {
         let d = self.table.dim;
+        if !self.gathered.rows.is_empty()
+            && let Ok(j) = self.gathered.rows.binary_search(&i)
+        {
+            return &self.gathered.data[j * d..(j + 1) * d];
+        }
         &self.vectors[i as usize * d..(i as usize + 1) * d]
+    }
+
+    /// How many rows a buffer of gathered rows may hold: the spilled store's page budget
+    /// (`None` when the vectors are not spilled, or are normalised into a copy).
+    fn gather_budget_rows(&self) -> Option<usize> {
+        match self.vectors {
+            Cow::Borrowed(_) => self
+                .table
+                .vectors
+                .spill_budget()
+                .map(|b| (b / (4 * self.table.dim)).max(1)),
+            Cow::Owned(_) => None,
+        }
+    }
+
+    /// Spilled store only: reads `rows` into memory for the work that follows (until the next
+    /// call), in place of what was gathered before. Results do not depend on it: a row not
+    /// gathered is read through the mapping.
+    fn gather_spilled(&mut self, mut rows: Vec<u32>) -> Result<()> {
+        if self.gather_budget_rows().is_none() {
+            return Ok(());
+        }
+        rows.sort_unstable();
+        rows.dedup();
+        self.gathered.data = Vec::new();
+        self.gathered.data = self.table.vectors.gather_rows(&rows, self.table.dim)?;
+        self.gathered.rows = rows;
+        Ok(())
+    }
+
+    /// Frees the gathered rows.
+    fn release_gathered(&mut self) {
+        self.gathered = Gathered::default();
     }
 
     #[inline]
@@ -496,6 +572,16 @@ impl<'t> Miner<'t> {
             out.extend_from_slice(self.row(r));
         }
         out
+    }
+}
+
+/// The depth of the first search: `k`, or enough to cover a rank window, which is then
+/// resolved in one pass.
+fn first_k(params: &MiningParams, rows: usize, retrieval: bool) -> usize {
+    let self_row = usize::from(!retrieval);
+    match params.range_max {
+        Some(max) => params.k.max((max + self_row).min(rows)),
+        None => params.k,
     }
 }
 

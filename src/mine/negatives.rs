@@ -25,9 +25,6 @@ const SEARCH_BUDGET: usize = 1 << 22;
 /// Default `max_k` of an approximate index, in multiples of `k`.
 const APPROXIMATE_MAX_K_FACTOR: usize = 16;
 
-/// Candidate rows scored between reliefs of a spilled store.
-const SPILLED_SCORE_ROWS: usize = 512;
-
 /// An anchor's resolved output.
 struct Resolved {
     triplets: Vec<Triplet>,
@@ -128,26 +125,49 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
         }
         let mut still = Vec::new();
         let chunk = (SEARCH_BUDGET / k).max(1);
-        // Scoring touches the pages of `k` rows an anchor (and the kernel maps pages around
-        // each fault): a spilled store is relieved after every few anchors.
-        let scored_between_reliefs = if m.table.vectors.is_spilled() {
-            (SPILLED_SCORE_ROWS / k).max(1)
-        } else {
-            usize::MAX
+        // A spilled store reads the rows each few anchors score into memory first (their
+        // candidates, themselves, and the positives a near-duplicate guard compares).
+        let near_duplicate = m.params.near_duplicate.is_some();
+        let rows_of = |i: usize| {
+            1 + k
+                + if near_duplicate {
+                    plans[i].positives.len()
+                } else {
+                    0
+                }
         };
+        let gather_rows = m.gather_budget_rows();
         for part in pending.chunks(chunk) {
             let queries = m.gather_anchors(part.iter().map(|&i| plans[i].anchor));
             let started = std::time::Instant::now();
-            let cands = m.index.search(&queries, k)?;
+            let cands = m.search_index(&queries, k)?;
             m.search.seconds += started.elapsed().as_secs_f64();
             m.search.queries += part.len() as u64;
-            let m = &*m;
             let mut tried: Vec<Option<(Resolved, bool)>> = Vec::with_capacity(part.len());
-            for (first, sub) in part
-                .chunks(scored_between_reliefs)
-                .enumerate()
-                .map(|(j, sub)| (j * scored_between_reliefs, sub))
-            {
+            let mut first = 0;
+            while first < part.len() {
+                let mut end = first + 1;
+                if let Some(budget) = gather_rows {
+                    let mut rows = rows_of(part[first]);
+                    while end < part.len() && rows + rows_of(part[end]) <= budget {
+                        rows += rows_of(part[end]);
+                        end += 1;
+                    }
+                    let mut wanted = Vec::with_capacity(rows);
+                    for (q, &i) in part.iter().enumerate().take(end).skip(first) {
+                        let plan = &plans[i];
+                        wanted.extend(m.anchor_self(plan.anchor));
+                        wanted.extend(cands.of(q).map(|(_, r)| r));
+                        if near_duplicate {
+                            wanted.extend(plan.positives.iter().map(|x| x.1));
+                        }
+                    }
+                    m.gather_spilled(wanted)?;
+                } else {
+                    end = part.len();
+                }
+                let sub = &part[first..end];
+                let m = &*m;
                 tried.par_extend(sub.par_iter().enumerate().map(|(q, &i)| {
                     let q = first + q;
                     let a = plans[i].anchor;
@@ -178,7 +198,7 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
                         None => None,
                     }
                 }));
-                m.table.vectors.relieve();
+                first = end;
             }
             for (&i, r) in part.iter().zip(tried) {
                 match r {
@@ -196,6 +216,7 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
     }
 
     m.start_k = next_start(m.params.k, &resolved_at);
+    m.release_gathered();
 
     let mut block = MinedBlock::default();
     for (plan, outcome) in plans.into_iter().zip(done) {

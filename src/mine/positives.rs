@@ -50,33 +50,89 @@ fn scored(m: &Miner, a: u32, rows: &[u32]) -> Vec<(f32, u32)> {
         .collect()
 }
 
-/// Chooses the positives of every anchor in `anchors`.
-pub(super) fn plan(m: &Miner, anchors: &[u32]) -> Result<Vec<AnchorPlan>> {
+/// Chooses the positives of every anchor in `anchors`. A spilled store reads the rows of a
+/// few labels (or queries' positives) at a time into memory first.
+pub(super) fn plan(m: &mut Miner, anchors: &[u32]) -> Result<Vec<AnchorPlan>> {
+    let budget = m.gather_budget_rows();
     if m.queries.is_some() {
-        return Ok(plan_queries(m, anchors));
+        let mut plans = Vec::with_capacity(anchors.len());
+        let sizes: Vec<usize> = anchors
+            .iter()
+            .map(|&a| m.query_positives(a).map_or(0, <[u32]>::len))
+            .collect();
+        for run in batches(&sizes, budget) {
+            let part = &anchors[run];
+            if budget.is_some() {
+                let rows = part
+                    .iter()
+                    .flat_map(|&a| m.query_positives(a).unwrap_or_default().iter().copied())
+                    .collect();
+                m.gather_spilled(rows)?;
+            }
+            plans.extend(plan_queries(m, part));
+        }
+        m.release_gathered();
+        return Ok(plans);
     }
     let mut by_label: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
     for (i, &a) in anchors.iter().enumerate() {
         by_label.entry(m.label(a)).or_default().push(i);
     }
+    let by_label: Vec<(u32, Vec<usize>)> = by_label.into_iter().collect();
     let mut plans: Vec<Option<AnchorPlan>> = vec![None; anchors.len()];
-    for (label, idx) in by_label {
-        let group = &m.groups[label as usize];
-        let of_label: Vec<u32> = idx.iter().map(|&i| anchors[i]).collect();
-        let label_plans = if group.len() <= SMALL_GROUP {
-            plan_small_group(m, label, group, &of_label)
-        } else {
-            plan_large_group(m, label, group, &of_label)?
-        };
-        for (i, p) in idx.into_iter().zip(label_plans) {
-            plans[i] = Some(p);
+    let sizes: Vec<usize> = by_label
+        .iter()
+        .map(|(label, _)| m.groups[*label as usize].len())
+        .collect();
+    for run in batches(&sizes, budget) {
+        let labels = &by_label[run];
+        // A group over the budget is read through the mapping.
+        if budget.is_some_and(|b| m.groups[labels[0].0 as usize].len() <= b) {
+            let rows = labels
+                .iter()
+                .flat_map(|(label, _)| m.groups[*label as usize].iter().copied())
+                .collect();
+            m.gather_spilled(rows)?;
         }
-        m.table.vectors.relieve();
+        for (label, idx) in labels {
+            let group = &m.groups[*label as usize];
+            let of_label: Vec<u32> = idx.iter().map(|&i| anchors[i]).collect();
+            let label_plans = if group.len() <= SMALL_GROUP {
+                plan_small_group(m, *label, group, &of_label)
+            } else {
+                plan_large_group(m, *label, group, &of_label)?
+            };
+            for (&i, p) in idx.iter().zip(label_plans) {
+                plans[i] = Some(p);
+            }
+            m.table.vectors.relieve();
+        }
     }
+    m.release_gathered();
     Ok(plans
         .into_iter()
         .map(|p| p.expect("every anchor planned"))
         .collect())
+}
+
+/// Consecutive runs of items whose `sizes` add up to at most `budget` (each run at least one
+/// item); all of them in one run when there is no budget.
+fn batches(sizes: &[usize], budget: Option<usize>) -> Vec<std::ops::Range<usize>> {
+    let Some(budget) = budget else {
+        return std::iter::once(0..sizes.len()).collect();
+    };
+    let mut runs = Vec::new();
+    let mut start = 0;
+    while start < sizes.len() {
+        let (mut end, mut sum) = (start + 1, sizes[start]);
+        while end < sizes.len() && sum + sizes[end] <= budget {
+            sum += sizes[end];
+            end += 1;
+        }
+        runs.push(start..end);
+        start = end;
+    }
+    runs
 }
 
 fn wanted(m: &Miner) -> usize {

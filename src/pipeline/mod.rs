@@ -29,7 +29,7 @@ use crate::config::MiningConfig;
 use crate::error::{Error, Result};
 use crate::index::set_native_threads;
 use crate::io::{
-    AtomicPath, Queries, ReadOptions, Table, TripletSink, read_retrieval, read_table_with,
+    AtomicPath, Queries, ReadOptions, Table, TripletSink, Vectors, read_retrieval, read_table_with,
     resolve_inputs, write_atomic, write_parquet,
 };
 use crate::mine::{ANCHOR_BLOCK, MinedBlock, Miner, Triplet};
@@ -123,7 +123,7 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         scratch_dir: config.run.scratch_dir.clone(),
         normalize_if_spilled: config.mine.metric == Metric::Cosine,
     };
-    let (table, queries): (Table, Option<Queries>) = if config.input.retrieval() {
+    let (mut table, mut queries): (Table, Option<Queries>) = if config.input.retrieval() {
         let (corpus, queries) = read_retrieval(&config.input, &read_options)?;
         (corpus, Some(queries))
     } else {
@@ -172,12 +172,6 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         Some(n) if !miner.exact() => recall_anchors(&anchors, n, config.mine.seed),
         _ => Vec::new(),
     };
-    if !recall_sample.is_empty() && table.vectors.is_spilled() {
-        tracing::warn!(
-            "--check-recall builds an exact Flat index over every row: a full copy of the \
-             vectors in memory, beyond what --memory-limit allows"
-        );
-    }
     let mut sampled_triplets: Vec<Triplet> = Vec::new();
     let bar = progress(show, Some(anchors.len() as u64), "mining");
     let layout = OutputLayout::new(
@@ -243,18 +237,13 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
     );
 
     let t = Instant::now();
-    let Report {
-        batch,
-        mut totals,
-        histogram,
-    } = report.finish(&anchor_table.label_values)?;
-    totals.embedding_spread = Some(miner.embedding_spread());
-    if !recall_sample.is_empty() {
+    let embedding_spread = miner.embedding_spread();
+    let recall = if recall_sample.is_empty() {
+        None
+    } else {
         let t = Instant::now();
         let (negatives, candidates) =
             check_recall(&config.mine, &mut miner, &recall_sample, &sampled_triplets)?;
-        totals.recall_negatives = negatives;
-        totals.recall_candidates = Some(candidates);
         tracing::info!(
             stage = "recall",
             rows = recall_sample.len(),
@@ -263,6 +252,25 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
             seconds = t.elapsed().as_secs_f64(),
             "recall against an exact search"
         );
+        Some((negatives, candidates))
+    };
+    // The vectors and the index are done with: free them before the report's group-by.
+    let (index_factory, exact) = (miner.index_info().factory.clone(), miner.exact());
+    drop(miner);
+    let label_values = anchor_table.label_values.clone();
+    table.vectors = Vectors::default();
+    if let Some(q) = &mut queries {
+        q.table.vectors = Vectors::default();
+    }
+    let Report {
+        batch,
+        mut totals,
+        histogram,
+    } = report.finish(&label_values)?;
+    totals.embedding_spread = Some(embedding_spread);
+    if let Some((negatives, candidates)) = recall {
+        totals.recall_negatives = negatives;
+        totals.recall_candidates = Some(candidates);
     }
     let warnings = totals.collapse_warnings(margin);
     for w in &warnings {
@@ -325,8 +333,8 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         queries: queries.as_ref().map(|q| q.table.rows() as u64),
         unknown_queries: queries.as_ref().map_or(0, |q| q.unknown_queries),
         params: config.mine.clone(),
-        index: miner.index_info().factory.clone(),
-        exact: miner.exact(),
+        index: index_factory,
+        exact,
         out: out.out.clone(),
         report: out.report.clone(),
         totals,

@@ -29,15 +29,16 @@ pub(super) fn check_recall(
     sample: &[u32],
     approx_triplets: &[Triplet],
 ) -> Result<(Option<f64>, f64)> {
-    let mut exact = approx.exact_twin()?;
+    let k = params.k;
+    let got = approx.candidates(sample, k)?;
+    let mut exact = approx.exact_twin();
     let key = |t: &Triplet| (t.anchor, t.positive, t.negative);
     let found: HashSet<_> = approx_triplets.iter().map(key).collect();
     let truth = exact.mine_block(sample)?.triplets;
     let negatives = (!truth.is_empty()).then(|| {
         truth.iter().filter(|t| found.contains(&key(t))).count() as f64 / truth.len() as f64
     });
-    let k = params.k;
-    let (got, want) = (approx.candidates(sample, k)?, exact.candidates(sample, k)?);
+    let want = exact.candidates(sample, k)?;
     let (mut hit, mut total) = (0usize, 0usize);
     for (g, w) in got.iter().zip(&want) {
         hit += w.iter().filter(|r| g.contains(r)).count();

@@ -134,14 +134,13 @@ impl Histogram {
     }
 }
 
-/// The per-triplet columns the report is computed from, and the anchor records summed per
-/// label, gathered block by block (the anchors cost memory per label, not per row).
+/// The per-triplet columns the report is computed from (12 bytes a triplet: loss and kind
+/// follow from the distances), and the anchor records summed per label, gathered block by
+/// block (the anchors cost memory per label, not per row).
 #[derive(Debug)]
 pub struct ReportBuilder {
     margin: f32,
     t_label: Vec<u32>,
-    t_loss: Vec<f32>,
-    t_kind: Vec<u32>,
     t_d_ap: Vec<f32>,
     t_d_an: Vec<f32>,
     /// Indexed by label code.
@@ -221,8 +220,6 @@ impl ReportBuilder {
         ReportBuilder {
             margin,
             t_label: Vec::new(),
-            t_loss: Vec::new(),
-            t_kind: Vec::new(),
             t_d_ap: Vec::new(),
             t_d_an: Vec::new(),
             per_label: Vec::new(),
@@ -236,12 +233,8 @@ impl ReportBuilder {
         anchors: &[AnchorRecord],
         label_of: impl Fn(u32) -> u32,
     ) {
-        let margin = self.margin;
         for t in triplets {
             self.t_label.push(label_of(t.anchor));
-            self.t_loss.push(triplet_loss(t.d_ap, t.d_an, margin));
-            self.t_kind
-                .push(TripletKind::classify(t.d_ap, t.d_an, margin) as u32);
             self.t_d_ap.push(t.d_ap);
             self.t_d_an.push(t.d_an);
         }
@@ -284,18 +277,27 @@ impl ReportBuilder {
     }
 
     fn compute(self, label_values: &ArrayRef) -> PolarsResult<Result<Report>> {
+        let margin = self.margin;
+        let pairs = || self.t_d_ap.iter().zip(&self.t_d_an);
+        let t_loss: Vec<f32> = pairs()
+            .map(|(&ap, &an)| triplet_loss(ap, an, margin))
+            .collect();
+        let t_kind: Vec<u32> = pairs()
+            .map(|(&ap, &an)| TripletKind::classify(ap, an, margin) as u32)
+            .collect();
         let t: Vec<f64> = self
             .t_d_an
             .iter()
             .zip(&self.t_d_ap)
             .map(|(an, ap)| *an as f64 - *ap as f64)
             .collect();
-        let histogram = Histogram::of(&t, &self.t_kind);
+        let histogram = Histogram::of(&t, &t_kind);
+        drop(t);
         let pileup = (self.margin as f64 / 100.0).max(f64::MIN_POSITIVE);
         let triplets = df!(
             "label" => self.t_label,
-            "loss" => self.t_loss,
-            "kind" => self.t_kind,
+            "loss" => t_loss,
+            "kind" => t_kind,
             "d_ap" => self.t_d_ap,
             "d_an" => self.t_d_an,
         )?
