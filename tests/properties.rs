@@ -109,7 +109,7 @@ proptest! {
     fn report_counts_add_up(table in table_strategy(), params in params_strategy()) {
         let mined = Miner::new(&table, &params).unwrap().mine_all().unwrap();
         let mut builder = ReportBuilder::new(params.margin);
-        builder.add(&mined.triplets, &mined.anchors, |r| table.label_codes[r as usize]);
+        builder.add(&mined.triplets, &mined.anchors, |r| table.label_codes[r as usize]).unwrap();
         let report = builder.finish(&table.label_values).unwrap();
         let b = &report.batch;
         let rows = b.num_rows();

@@ -151,7 +151,8 @@ fn writer_properties() -> WriterProperties {
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(3).expect("valid level"),
         ))
-        .set_max_row_group_row_count(Some(1 << 20))
+        // Row groups of 262,144 rows: the writer holds one encoded group in memory.
+        .set_max_row_group_row_count(Some(1 << 18))
         .build()
 }
 

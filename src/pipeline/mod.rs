@@ -145,6 +145,7 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         seconds = seconds.read,
         "input read"
     );
+    release_free_heap();
 
     let t = Instant::now();
     let spinner = progress(show, None, "building index");
@@ -165,6 +166,7 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         seconds = seconds.index,
         "index built"
     );
+    release_free_heap();
 
     let t = Instant::now();
     let anchors = miner.anchors();
@@ -182,7 +184,12 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         &config.input.with,
     )?;
     let mut sink = TripletSink::create(&out.out, layout.schema(), out.max_rows_per_file)?;
-    let mut report = ReportBuilder::new(config.mine.margin);
+    let scratch = config
+        .run
+        .scratch_dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir);
+    let mut report = ReportBuilder::spilling(config.mine.margin, &scratch)?;
     // (agreement, row, majority label) of every label-noise suspect.
     let mut suspects: Vec<(f32, u32, u32)> = Vec::new();
     let margin = config.mine.margin;
@@ -195,8 +202,7 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         }));
         report.add(&mined.triplets, &mined.anchors, |r| {
             anchor_table.label_codes[r as usize]
-        });
-        Ok(())
+        })
     };
     // The reuse cap compares anchors across blocks: hold every block until all are mined.
     let hold = config.mine.max_negative_reuse.is_some();
@@ -217,6 +223,7 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
             miner.finish(std::slice::from_mut(&mut mined));
             emit(&mined)?;
         }
+        release_free_heap();
         bar.inc(block.len() as u64);
     }
     if hold {
@@ -383,4 +390,14 @@ fn progress(show: bool, len: Option<u64>, message: &'static str) -> ProgressBar 
     };
     bar.set_draw_target(ProgressDrawTarget::stderr());
     bar.with_message(message)
+}
+
+/// Hands memory the allocator holds but no longer uses back to the system: the reader's
+/// batches, the index's training buffers and each block's lists are freed in pieces that
+/// glibc otherwise keeps in its arenas for reuse, and they would count in the peak RSS.
+fn release_free_heap() {
+    // SAFETY: malloc_trim only releases free memory; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

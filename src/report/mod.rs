@@ -136,13 +136,16 @@ impl Histogram {
 
 /// The per-triplet columns the report is computed from (12 bytes a triplet: loss and kind
 /// follow from the distances), and the anchor records summed per label, gathered block by
-/// block (the anchors cost memory per label, not per row).
+/// block (the anchors cost memory per label, not per row). The triplet columns stay in memory,
+/// or, [`ReportBuilder::spilling`], go to a scratch file until [`ReportBuilder::finish`].
 #[derive(Debug)]
 pub struct ReportBuilder {
     margin: f32,
     t_label: Vec<u32>,
     t_d_ap: Vec<f32>,
     t_d_an: Vec<f32>,
+    /// Where the triplet columns go instead, as `(label, d_ap, d_an)` records.
+    spill: Option<(std::io::BufWriter<std::fs::File>, u64)>,
     /// Indexed by label code.
     per_label: Vec<AnchorSums>,
 }
@@ -222,8 +225,20 @@ impl ReportBuilder {
             t_label: Vec::new(),
             t_d_ap: Vec::new(),
             t_d_an: Vec::new(),
+            spill: None,
             per_label: Vec::new(),
         }
+    }
+
+    /// A builder that keeps the triplet columns in an unnamed scratch file in `dir` (gone when
+    /// the run ends) and reads them back only in [`ReportBuilder::finish`], so a job whose
+    /// vectors are freed by then never holds them beside the vectors.
+    pub fn spilling(margin: f32, dir: &std::path::Path) -> Result<Self> {
+        let file = tempfile::tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
+        Ok(ReportBuilder {
+            spill: Some((std::io::BufWriter::with_capacity(1 << 16, file), 0)),
+            ..Self::new(margin)
+        })
     }
 
     /// Adds one mined block.
@@ -232,11 +247,24 @@ impl ReportBuilder {
         triplets: &[Triplet],
         anchors: &[AnchorRecord],
         label_of: impl Fn(u32) -> u32,
-    ) {
-        for t in triplets {
-            self.t_label.push(label_of(t.anchor));
-            self.t_d_ap.push(t.d_ap);
-            self.t_d_an.push(t.d_an);
+    ) -> Result<()> {
+        if let Some((out, count)) = &mut self.spill {
+            use std::io::Write;
+            for t in triplets {
+                let mut record = [0u8; 12];
+                record[..4].copy_from_slice(&label_of(t.anchor).to_le_bytes());
+                record[4..8].copy_from_slice(&t.d_ap.to_le_bytes());
+                record[8..].copy_from_slice(&t.d_an.to_le_bytes());
+                out.write_all(&record)
+                    .map_err(|e| Error::io(std::path::Path::new("<report scratch>"), e))?;
+            }
+            *count += triplets.len() as u64;
+        } else {
+            for t in triplets {
+                self.t_label.push(label_of(t.anchor));
+                self.t_d_ap.push(t.d_ap);
+                self.t_d_an.push(t.d_an);
+            }
         }
         for a in anchors {
             let code = a.label as usize;
@@ -268,10 +296,36 @@ impl ReportBuilder {
                 *sum += u64::from(v);
             }
         }
+        Ok(())
     }
 
     /// Groups by label; `label_values[code]` gives the label column in its input type.
-    pub fn finish(self, label_values: &ArrayRef) -> Result<Report> {
+    pub fn finish(mut self, label_values: &ArrayRef) -> Result<Report> {
+        if let Some((out, count)) = self.spill.take() {
+            use std::io::{Read, Seek};
+            let scratch = std::path::Path::new("<report scratch>");
+            let mut file = out
+                .into_inner()
+                .map_err(|e| Error::io(scratch, e.into_error()))?;
+            file.rewind().map_err(|e| Error::io(scratch, e))?;
+            let n = count as usize;
+            (self.t_label, self.t_d_ap, self.t_d_an) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+            );
+            let mut input = std::io::BufReader::with_capacity(1 << 16, file);
+            let mut record = [0u8; 12];
+            let word = |b: &[u8]| <[u8; 4]>::try_from(b).expect("4 bytes");
+            for _ in 0..n {
+                input
+                    .read_exact(&mut record)
+                    .map_err(|e| Error::io(scratch, e))?;
+                self.t_label.push(u32::from_le_bytes(word(&record[..4])));
+                self.t_d_ap.push(f32::from_le_bytes(word(&record[4..8])));
+                self.t_d_an.push(f32::from_le_bytes(word(&record[8..])));
+            }
+        }
         self.compute(label_values)
             .map_err(|e| Error::Report(e.to_string()))?
     }
