@@ -167,11 +167,19 @@ fn main() {
     generate_to_file(&spec, &input).expect("generate");
 
     let raw_mib = (spec.rows * spec.dim * 4) as f64 / (1 << 20) as f64;
+    let flags = std::env::var("TRIPMINE_BENCH_ARGS").unwrap_or_default();
+    let flags = if flags.trim().is_empty() {
+        "default strategy".to_string()
+    } else {
+        format!("flags `{}`", flags.trim())
+    };
     println!(
-        "whole job: {} rows x {} dims, {} labels, index {index}, default strategy ({} cores; raw vectors {raw_mib:.1} MiB)",
+        "whole job: {} rows x {} dims, {} labels (separation {}, intrinsic dimension {}), index {index}, {flags} ({} cores; raw vectors {raw_mib:.1} MiB)",
         spec.rows,
         spec.dim,
         spec.labels,
+        spec.separation,
+        spec.intrinsic_dim.unwrap_or(spec.dim),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     let sgemm = sgemm_gflops(spec.dim);

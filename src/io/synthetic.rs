@@ -86,93 +86,68 @@ pub fn generate(spec: &GenSpec, batch_rows: usize) -> Result<Vec<RecordBatch>> {
 pub fn generate_each(
     spec: &GenSpec,
     batch_rows: usize,
-    mut sink: impl FnMut(RecordBatch) -> Result<()>,
+    sink: impl FnMut(RecordBatch) -> Result<()>,
 ) -> Result<()> {
     spec.validate()?;
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
-    let scale = 1.0 / (spec.dim as f32).sqrt();
-    if let Some(r) = spec.intrinsic_dim {
-        return generate_low_rank(spec, r, batch_rows, &mut rng, sink);
-    }
-    let centres: Vec<f32> = (0..spec.labels * spec.dim)
-        .map(|_| Distribution::<f32>::sample(&StandardNormal, &mut rng) * spec.separation * scale)
-        .collect::<Vec<f32>>();
+    let dim = spec.dim;
+    let scale = 1.0 / (dim as f32).sqrt();
+    let normal = |s: f32, rng: &mut ChaCha8Rng| -> f32 {
+        Distribution::<f32>::sample(&StandardNormal, rng) * s
+    };
+    let Some(r) = spec.intrinsic_dim else {
+        let centres: Vec<f32> = (0..spec.labels * dim)
+            .map(|_| normal(spec.separation, &mut rng) * scale)
+            .collect();
+        return in_batches(spec, batch_rows, sink, |values| {
+            let label = rng.random_range(0..spec.labels);
+            for &c in &centres[label * dim..(label + 1) * dim] {
+                values.push(c + normal(scale, &mut rng));
+            }
+            label
+        });
+    };
+    // Centres and spread in `r` dimensions, mapped into `dim` by a fixed random projection
+    // that keeps squared distances on average (entries of variance 1 / dim), plus a residual
+    // of a tenth of the spread in every dimension.
+    let low = 1.0 / (r as f32).sqrt();
+    let projection: Vec<f32> = (0..r * dim).map(|_| normal(scale, &mut rng)).collect();
+    let centres: Vec<f32> = (0..spec.labels * r)
+        .map(|_| normal(spec.separation * low, &mut rng))
+        .collect();
+    let mut point = vec![0f32; r];
+    in_batches(spec, batch_rows, sink, |values| {
+        let label = rng.random_range(0..spec.labels);
+        for (p, c) in point.iter_mut().zip(&centres[label * r..(label + 1) * r]) {
+            *p = c + normal(low, &mut rng);
+        }
+        for j in 0..dim {
+            let mapped: f32 = (0..r).map(|i| point[i] * projection[i * dim + j]).sum();
+            values.push(mapped + normal(0.1 * scale, &mut rng));
+        }
+        label
+    })
+}
+
+/// Hands `sink` batches of `spec.rows` rows, `row` pushing each row's values and giving its
+/// label.
+fn in_batches(
+    spec: &GenSpec,
+    batch_rows: usize,
+    mut sink: impl FnMut(RecordBatch) -> Result<()>,
+    mut row: impl FnMut(&mut Vec<f32>) -> usize,
+) -> Result<()> {
     let schema = gen_schema(spec.dim);
     let item = Arc::new(Field::new("item", DataType::Float32, false));
     let mut start = 0usize;
     while start < spec.rows {
         let len = batch_rows.max(1).min(spec.rows - start);
-        let mut labels = Vec::with_capacity(len);
         let mut values = Vec::with_capacity(len * spec.dim);
-        for _ in 0..len {
-            let label = rng.random_range(0..spec.labels);
-            labels.push(label as i64);
-            let centre = &centres[label * spec.dim..(label + 1) * spec.dim];
-            for &c in centre {
-                let noise: f32 = StandardNormal.sample(&mut rng);
-                values.push(c + noise * scale);
-            }
-        }
+        let labels: Vec<i64> = (0..len).map(|_| row(&mut values) as i64).collect();
         let ids = Int64Array::from_iter_values(start as i64..(start + len) as i64);
         let embedding = FixedSizeListArray::try_new(
             item.clone(),
             spec.dim as i32,
-            Arc::new(Float32Array::from(values)),
-            None,
-        )?;
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(ids),
-            Arc::new(Int64Array::from(labels)),
-            Arc::new(embedding),
-        ];
-        sink(RecordBatch::try_new(schema.clone(), columns)?)?;
-        start += len;
-    }
-    Ok(())
-}
-
-/// [`generate_each`] with centres and spread in `r` dimensions, mapped into `dim` by a fixed
-/// random projection that keeps squared distances on average (entries of variance 1 / dim),
-/// plus a residual of a tenth of the spread in every dimension.
-fn generate_low_rank(
-    spec: &GenSpec,
-    r: usize,
-    batch_rows: usize,
-    rng: &mut ChaCha8Rng,
-    mut sink: impl FnMut(RecordBatch) -> Result<()>,
-) -> Result<()> {
-    let dim = spec.dim;
-    let normal = |s: f32, rng: &mut ChaCha8Rng| -> f32 {
-        Distribution::<f32>::sample(&StandardNormal, rng) * s
-    };
-    let (low, full) = (1.0 / (r as f32).sqrt(), 1.0 / (dim as f32).sqrt());
-    let projection: Vec<f32> = (0..r * dim).map(|_| normal(full, rng)).collect();
-    let centres: Vec<f32> = (0..spec.labels * r)
-        .map(|_| normal(spec.separation * low, rng))
-        .collect();
-    let schema = gen_schema(dim);
-    let item = Arc::new(Field::new("item", DataType::Float32, false));
-    let mut point = vec![0f32; r];
-    let mut start = 0usize;
-    while start < spec.rows {
-        let len = batch_rows.max(1).min(spec.rows - start);
-        let mut labels = Vec::with_capacity(len);
-        let mut values = Vec::with_capacity(len * dim);
-        for _ in 0..len {
-            let label = rng.random_range(0..spec.labels);
-            labels.push(label as i64);
-            for (p, c) in point.iter_mut().zip(&centres[label * r..(label + 1) * r]) {
-                *p = c + normal(low, rng);
-            }
-            for j in 0..dim {
-                let mapped: f32 = (0..r).map(|i| point[i] * projection[i * dim + j]).sum();
-                values.push(mapped + normal(0.1 * full, rng));
-            }
-        }
-        let ids = Int64Array::from_iter_values(start as i64..(start + len) as i64);
-        let embedding = FixedSizeListArray::try_new(
-            item.clone(),
-            dim as i32,
             Arc::new(Float32Array::from(values)),
             None,
         )?;
@@ -301,4 +276,75 @@ pub fn generate_retrieval(spec: &GenSpec, queries: usize, out: &Path) -> Result<
         ],
     )?;
     crate::io::write_parquet(&out.join("qrels.parquet"), &qrels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::AsArray;
+    use arrow::datatypes::Float32Type;
+
+    fn spec(intrinsic_dim: Option<usize>) -> GenSpec {
+        GenSpec {
+            rows: 4000,
+            dim: 16,
+            labels: 20,
+            seed: 3,
+            separation: 1.5,
+            intrinsic_dim,
+        }
+    }
+
+    /// The participation ratio `tr(C)^2 / |C|_F^2` of the rows' covariance: how many
+    /// directions the spread fills (all of `dim` when isotropic).
+    fn directions_filled(spec: &GenSpec) -> f64 {
+        let d = spec.dim;
+        let mut rows: Vec<f64> = Vec::new();
+        for b in generate(spec, 1000).unwrap() {
+            let emb = b.column(2).as_fixed_size_list();
+            rows.extend(
+                emb.values()
+                    .as_primitive::<Float32Type>()
+                    .values()
+                    .iter()
+                    .map(|&x| x as f64),
+            );
+        }
+        let n = rows.len() / d;
+        let mean: Vec<f64> = (0..d)
+            .map(|j| (0..n).map(|i| rows[i * d + j]).sum::<f64>() / n as f64)
+            .collect();
+        let mut cov = vec![0f64; d * d];
+        for i in 0..n {
+            for a in 0..d {
+                for b in 0..d {
+                    cov[a * d + b] += (rows[i * d + a] - mean[a]) * (rows[i * d + b] - mean[b]);
+                }
+            }
+        }
+        let trace: f64 = (0..d).map(|a| cov[a * d + a]).sum();
+        let frobenius_sq: f64 = cov.iter().map(|c| c * c).sum();
+        trace * trace / frobenius_sq
+    }
+
+    #[test]
+    fn an_intrinsic_dimension_confines_the_spread_to_that_many_directions() {
+        let isotropic = directions_filled(&spec(None));
+        let low_rank = directions_filled(&spec(Some(4)));
+        assert!(
+            isotropic > 8.0,
+            "isotropic rows fill most of 16: {isotropic}"
+        );
+        assert!(low_rank < 4.2, "rank-4 rows fill at most 4: {low_rank}");
+    }
+
+    #[test]
+    fn an_intrinsic_dimension_outside_one_to_dim_is_refused() {
+        for r in [0, 17] {
+            assert!(matches!(
+                generate(&spec(Some(r)), 100),
+                Err(Error::Config(_))
+            ));
+        }
+    }
 }
