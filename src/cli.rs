@@ -193,7 +193,7 @@ pub struct MineArgs {
     /// Rows (a seeded sample) an index that needs training is trained on.
     #[arg(long, default_value_t = 100_000)]
     pub train_sample: usize,
-    /// IVF lists probed per search (default: lists / 16, at least 8).
+    /// IVF lists probed per search (default: lists / 64, at least 8).
     #[arg(long)]
     pub nprobe: Option<usize>,
     /// HNSW search depth.

@@ -392,7 +392,7 @@ pub struct MiningParams {
     pub index: String,
     /// Rows (a seeded sample) an index that needs training is trained on.
     pub train_sample: usize,
-    /// IVF lists probed per search (default: lists / 16, at least 8).
+    /// IVF lists probed per search (default: lists / 64, at least 8).
     pub nprobe: Option<usize>,
     /// HNSW search depth (FAISS's `efSearch`).
     pub ef_search: Option<usize>,

@@ -89,15 +89,14 @@ pub fn faiss_error_factor(dim: usize) -> f32 {
 pub const AUTO_FLAT_ROWS: usize = 200_000;
 
 /// The factory string `--index` means for a table of `rows` rows: `auto` becomes `Flat` for
-/// small tables, else `IVF<n>,Flat` with `n` the power of two nearest `4 sqrt(rows)` (FAISS's
-/// guideline is 4 to 16 sqrt(rows) lists, each trained on at least 39 points).
-pub fn resolve_factory(factory: &str, rows: usize) -> String {
-    resolve_factory_within(factory, rows, 0, None)
-}
-
-/// As [`resolve_factory`], under a memory limit: when `rows x dim` vectors take more than half
-/// of it, `auto` picks a compressed IVF-PQ layout (`dim / 4` bytes a row) so that the index
-/// fits beside everything else.
+/// small tables, else `IVF<n>,PQ<dim/2>x4fs` with `n` the power of two nearest `4 sqrt(rows)`
+/// (FAISS's guideline is 4 to 16 sqrt(rows) lists, each trained on at least 39 points): 4-bit
+/// product codes scanned with SIMD (fast-scan), a quarter of a byte per dimension. The index
+/// only proposes candidates, which the miner rescores exactly, so coarse codes cost little
+/// recall and keep the vectors the only large thing in memory (`IVF<n>,SQ8` for odd `dim`).
+///
+/// Under a memory limit, when `rows x dim` vectors take more than half of it (they are
+/// spilled), `auto` picks the compressed layout whatever the number of rows.
 pub fn resolve_factory_within(
     factory: &str,
     rows: usize,
@@ -114,10 +113,10 @@ pub fn resolve_factory_within(
     }
     let lists = (4.0 * (rows as f64).sqrt()).log2().round().exp2() as usize;
     let lists = lists.clamp(16, 65_536);
-    match (tight, dim % 4) {
-        (false, _) => format!("IVF{lists},Flat"),
-        (true, 0) => format!("IVF{lists},PQ{}", dim / 4),
-        (true, _) => format!("IVF{lists},SQ8"),
+    if dim % 2 == 0 {
+        format!("IVF{lists},PQ{}x4fs", dim / 2)
+    } else {
+        format!("IVF{lists},SQ8")
     }
 }
 
@@ -335,12 +334,12 @@ impl NeighbourIndex {
             })
     }
 
-    /// Search-time parameters: `nprobe` (IVF; default lists / 16, at least 8) and `efSearch`.
+    /// Search-time parameters: `nprobe` (IVF; default lists / 64, at least 8) and `efSearch`.
     fn tune(&mut self, spec: &IndexSpec) -> Result<()> {
         let space = ParameterSpace::new()?;
         let nprobe = spec
             .nprobe
-            .or_else(|| ivf_lists(&self.info.factory).map(|lists| (lists / 16).max(8).min(lists)));
+            .or_else(|| ivf_lists(&self.info.factory).map(|lists| (lists / 64).max(8).min(lists)));
         if let Some(nprobe) = nprobe {
             self.set(&space, "nprobe", "--nprobe", nprobe)?;
             tracing::info!(nprobe, "IVF lists probed per search");
@@ -548,10 +547,25 @@ mod tests {
 
     #[test]
     fn auto_is_flat_for_small_tables_and_ivf_sized_to_large_ones() {
-        assert_eq!(resolve_factory("auto", 1000), "Flat");
-        assert_eq!(resolve_factory("auto", 1_000_000), "IVF4096,Flat");
-        assert_eq!(resolve_factory("auto", 5_000_000), "IVF8192,Flat");
-        assert_eq!(resolve_factory(" HNSW32 ", 10), "HNSW32");
+        assert_eq!(resolve_factory_within("auto", 1000, 8, None), "Flat");
+        assert_eq!(
+            resolve_factory_within("auto", 1_000_000, 128, None),
+            "IVF4096,PQ64x4fs"
+        );
+        assert_eq!(
+            resolve_factory_within("auto", 5_000_000, 64, None),
+            "IVF8192,PQ32x4fs"
+        );
+        assert_eq!(
+            resolve_factory_within("auto", 300_000, 33, None),
+            "IVF2048,SQ8"
+        );
+        assert_eq!(
+            resolve_factory_within("auto", 1000, 8, Some(16_000)),
+            "IVF128,PQ4x4fs",
+            "compressed under a tight limit however small"
+        );
+        assert_eq!(resolve_factory_within(" HNSW32 ", 10, 8, None), "HNSW32");
     }
 
     #[test]

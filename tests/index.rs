@@ -226,7 +226,10 @@ fn auto_picks_a_compressed_index_when_the_vectors_exceed_the_memory_limit() {
     )
     .success();
     let s = summary(dir.path());
-    assert_eq!(s["index"], "IVF256,PQ2", "dim 8: PQ of 2 bytes a row");
+    assert_eq!(
+        s["index"], "IVF256,PQ4x4fs",
+        "dim 8: 4-bit PQ, 2 bytes a row"
+    );
     assert_eq!(s["exact"], false);
     assert!(s["totals"]["recall_candidates"].as_f64().unwrap() > 0.0);
 }
