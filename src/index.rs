@@ -113,7 +113,7 @@ pub fn resolve_factory_within(
     }
     let lists = (4.0 * (rows as f64).sqrt()).log2().round().exp2() as usize;
     let lists = lists.clamp(16, 65_536);
-    if dim % 2 == 0 {
+    if dim.is_multiple_of(2) {
         format!("IVF{lists},PQ{}x4fs", dim / 2)
     } else {
         format!("IVF{lists},SQ8")
