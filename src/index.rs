@@ -391,7 +391,8 @@ fn search_shards(
     relieve: &dyn Fn(),
 ) -> Result<Candidates> {
     let nq = queries.len() / dim;
-    let mut best: Vec<(f32, i64)> = Vec::new();
+    // `k` slots a query, empty ones (row -1) last.
+    let mut best: Vec<(f32, i64)> = vec![(f32::INFINITY, -1); nq * k];
     let mut merged = Vec::with_capacity(2 * k);
     for (s, shard) in base.chunks(shard_rows * dim).enumerate() {
         let offset = (s * shard_rows) as i64;
@@ -401,26 +402,10 @@ fn search_shards(
         let kk = k.min(shard.len() / dim);
         let mut c = Candidates::from_search(flat.search(queries, kk)?, kk);
         to_distance(metric, &mut c.dist);
-        let found = |q: usize| {
-            c.of(q)
-                .map(|(d, r)| (d, r as i64 + offset))
-                .collect::<Vec<_>>()
-        };
-        if s == 0 {
-            best = (0..nq)
-                .flat_map(|q| {
-                    let mut l = found(q);
-                    l.resize(k, (f32::INFINITY, -1));
-                    l
-                })
-                .collect();
-            continue;
-        }
-        for q in 0..nq {
-            let kept = &mut best[q * k..(q + 1) * k];
+        for (q, kept) in best.chunks_exact_mut(k).enumerate() {
             merged.clear();
             merged.extend(kept.iter().copied().filter(|x| x.1 >= 0));
-            merged.extend(found(q));
+            merged.extend(c.of(q).map(|(d, r)| (d, r as i64 + offset)));
             merged.sort_unstable_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
             merged.resize(k, (f32::INFINITY, -1));
             kept.copy_from_slice(&merged[..k]);

@@ -534,6 +534,7 @@ impl<'t> Miner<'t> {
         }
         rows.sort_unstable();
         rows.dedup();
+        // Free the previous buffer first, so two are never held at once.
         self.gathered.data = Vec::new();
         self.gathered.data = self.table.vectors.gather_rows(&rows, self.table.dim)?;
         self.gathered.rows = rows;
@@ -573,6 +574,27 @@ impl<'t> Miner<'t> {
         }
         out
     }
+}
+
+/// Consecutive runs of items whose `sizes` add up to at most `budget` (each run at least one
+/// item); all of them in one run when there is no budget. Cuts work on a spilled store into
+/// stretches whose rows fit the gather buffer.
+pub(super) fn batches(sizes: &[usize], budget: Option<usize>) -> Vec<std::ops::Range<usize>> {
+    let Some(budget) = budget else {
+        return std::iter::once(0..sizes.len()).collect();
+    };
+    let mut runs = Vec::new();
+    let mut start = 0;
+    while start < sizes.len() {
+        let (mut end, mut sum) = (start + 1, sizes[start]);
+        while end < sizes.len() && sum + sizes[end] <= budget {
+            sum += sizes[end];
+            end += 1;
+        }
+        runs.push(start..end);
+        start = end;
+    }
+    runs
 }
 
 /// The depth of the first search: `k`, or enough to cover a rank window, which is then

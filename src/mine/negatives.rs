@@ -11,7 +11,9 @@
 use rayon::prelude::*;
 
 use super::positives::AnchorPlan;
-use super::{AnchorRecord, MinedBlock, Miner, NeighbourLabels, Triplet, rng_for, sort_nearest};
+use super::{
+    AnchorRecord, MinedBlock, Miner, NeighbourLabels, Triplet, batches, rng_for, sort_nearest,
+};
 use crate::config::{MiningParams, NegativeSampling, NegativeStrategy};
 use crate::error::Result;
 use crate::score::TripletKind;
@@ -137,7 +139,7 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
                     0
                 }
         };
-        let gather_rows = m.gather_budget_rows();
+        let budget = m.gather_budget_rows();
         for part in pending.chunks(chunk) {
             let queries = m.gather_anchors(part.iter().map(|&i| plans[i].anchor));
             let started = std::time::Instant::now();
@@ -145,18 +147,13 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
             m.search.seconds += started.elapsed().as_secs_f64();
             m.search.queries += part.len() as u64;
             let mut tried: Vec<Option<(Resolved, bool)>> = Vec::with_capacity(part.len());
-            let mut first = 0;
-            while first < part.len() {
-                let mut end = first + 1;
-                if let Some(budget) = gather_rows {
-                    let mut rows = rows_of(part[first]);
-                    while end < part.len() && rows + rows_of(part[end]) <= budget {
-                        rows += rows_of(part[end]);
-                        end += 1;
-                    }
-                    let mut wanted = Vec::with_capacity(rows);
-                    for (q, &i) in part.iter().enumerate().take(end).skip(first) {
-                        let plan = &plans[i];
+            let sizes: Vec<usize> = part.iter().map(|&i| rows_of(i)).collect();
+            for run in batches(&sizes, budget) {
+                let first = run.start;
+                if budget.is_some() {
+                    let mut wanted = Vec::new();
+                    for q in run.clone() {
+                        let plan = &plans[part[q]];
                         wanted.extend(m.anchor_self(plan.anchor));
                         wanted.extend(cands.of(q).map(|(_, r)| r));
                         if near_duplicate {
@@ -164,10 +161,8 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
                         }
                     }
                     m.gather_spilled(wanted)?;
-                } else {
-                    end = part.len();
                 }
-                let sub = &part[first..end];
+                let sub = &part[run];
                 let m = &*m;
                 tried.par_extend(sub.par_iter().enumerate().map(|(q, &i)| {
                     let q = first + q;
@@ -199,7 +194,6 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
                         None => None,
                     }
                 }));
-                first = end;
             }
             for (&i, r) in part.iter().zip(tried) {
                 match r {

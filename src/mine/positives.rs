@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use rayon::prelude::*;
 
-use super::{Miner, rng_for, sort_farthest, sort_nearest};
+use super::{Miner, batches, rng_for, sort_farthest, sort_nearest};
 use crate::config::PositiveStrategy;
 use crate::error::Result;
 use crate::index::{GroupIndex, Order};
@@ -113,26 +113,6 @@ pub(super) fn plan(m: &mut Miner, anchors: &[u32]) -> Result<Vec<AnchorPlan>> {
         .into_iter()
         .map(|p| p.expect("every anchor planned"))
         .collect())
-}
-
-/// Consecutive runs of items whose `sizes` add up to at most `budget` (each run at least one
-/// item); all of them in one run when there is no budget.
-fn batches(sizes: &[usize], budget: Option<usize>) -> Vec<std::ops::Range<usize>> {
-    let Some(budget) = budget else {
-        return std::iter::once(0..sizes.len()).collect();
-    };
-    let mut runs = Vec::new();
-    let mut start = 0;
-    while start < sizes.len() {
-        let (mut end, mut sum) = (start + 1, sizes[start]);
-        while end < sizes.len() && sum + sizes[end] <= budget {
-            sum += sizes[end];
-            end += 1;
-        }
-        runs.push(start..end);
-        start = end;
-    }
-    runs
 }
 
 fn wanted(m: &Miner) -> usize {

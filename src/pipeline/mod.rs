@@ -118,9 +118,15 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
     let out = &config.output;
 
     let spinner = progress(show, None, "reading");
+    // Spilled vectors and the report's triplet columns go here.
+    let scratch = config
+        .run
+        .scratch_dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir);
     let read_options = ReadOptions {
         memory_limit: config.mine.memory_limit.map(|b| b.0),
-        scratch_dir: config.run.scratch_dir.clone(),
+        scratch_dir: Some(scratch.clone()),
         normalize_if_spilled: config.mine.metric == Metric::Cosine,
     };
     let (mut table, mut queries): (Table, Option<Queries>) = if config.input.retrieval() {
@@ -184,11 +190,6 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         &config.input.with,
     )?;
     let mut sink = TripletSink::create(&out.out, layout.schema(), out.max_rows_per_file)?;
-    let scratch = config
-        .run
-        .scratch_dir
-        .clone()
-        .unwrap_or_else(std::env::temp_dir);
     let mut report = ReportBuilder::spilling(config.mine.margin, &scratch)?;
     // (agreement, row, majority label) of every label-noise suspect.
     let mut suspects: Vec<(f32, u32, u32)> = Vec::new();

@@ -339,12 +339,7 @@ impl ReportBuilder {
         let t_kind: Vec<u32> = pairs()
             .map(|(&ap, &an)| TripletKind::classify(ap, an, margin) as u32)
             .collect();
-        let t: Vec<f64> = self
-            .t_d_an
-            .iter()
-            .zip(&self.t_d_ap)
-            .map(|(an, ap)| *an as f64 - *ap as f64)
-            .collect();
+        let t: Vec<f64> = pairs().map(|(&ap, &an)| an as f64 - ap as f64).collect();
         let histogram = Histogram::of(&t, &t_kind);
         drop(t);
         let pileup = (self.margin as f64 / 100.0).max(f64::MIN_POSITIVE);
