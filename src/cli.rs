@@ -116,6 +116,10 @@ pub struct MineArgs {
     /// `positive_COL`, `negative_COL`; repeatable.
     #[arg(long = "with", value_name = "COL")]
     pub with: Vec<String>,
+    /// Mine even though the id column repeats ids (refused by default: a repeated id gives
+    /// triplets whose positive and negative carry the same id).
+    #[arg(long)]
+    pub allow_duplicate_ids: bool,
     /// Distance: squared Euclidean, or 1 - cosine similarity.
     #[arg(long, value_enum, default_value_t = Metric::L2sq)]
     pub metric: Metric,
@@ -329,6 +333,7 @@ impl MineArgs {
                 qrels_query_col: self.qrels_query_col.clone(),
                 qrels_doc_col: self.qrels_doc_col.clone(),
                 with: self.with.clone(),
+                allow_duplicate_ids: self.allow_duplicate_ids,
             },
             mine,
             output: OutputOptions {
@@ -460,17 +465,23 @@ pub fn execute(cli: &Cli) -> Result<()> {
 }
 
 /// Logs go to stderr, as text or one JSON object a line; `RUST_LOG` overrides `-v`.
+///
+/// On a terminal a person reads the progress bars and the summary, so text logs start at
+/// warnings (`-v` adds info, `-vv` debug); elsewhere (a scheduler, a file) they start at info.
+/// Colours only on a terminal, and never with `NO_COLOR` set.
 pub fn init_logging(verbose: u8, format: LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
+    let terminal = std::io::stderr().is_terminal();
+    let quiet_levels = terminal && format == LogFormat::Text;
+    let level = verbose as usize + usize::from(!quiet_levels);
+    let default = ["warn", "info", "debug", "trace"][level.min(3)];
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(terminal && !no_color)
+        .with_writer(crate::pipeline::log_writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

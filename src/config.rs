@@ -5,7 +5,7 @@
 //! so later stages never re-check ranges.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use clap::ValueEnum;
@@ -274,6 +274,10 @@ pub struct InputOptions {
     pub qrels_doc_col: String,
     /// Input columns passed through to the output (`--with`): `anchor_COL`, `positive_COL`, ...
     pub with: Vec<String>,
+    /// Mine a labelled table whose id column repeats ids (refused by default: a repeated id
+    /// makes triplets whose positive and negative carry the same id).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_duplicate_ids: bool,
 }
 
 impl Default for InputOptions {
@@ -291,6 +295,7 @@ impl Default for InputOptions {
             qrels_query_col: "query_id".into(),
             qrels_doc_col: "doc_id".into(),
             with: Vec::new(),
+            allow_duplicate_ids: false,
         }
     }
 }
@@ -650,6 +655,22 @@ pub struct MiningOptions {
 }
 
 impl MiningOptions {
+    /// Every output the job writes, with its key (`output.out`, ...), in the order they are
+    /// named in messages.
+    pub fn outputs(&self) -> Vec<(&'static str, &Path)> {
+        let out = &self.output;
+        let mut named: Vec<(&'static str, &Path)> =
+            vec![("output.out", &out.out), ("output.report", &out.report)];
+        let optional = [
+            ("output.summary_json", out.summary_json.as_deref()),
+            ("report.html", self.report.html.as_deref()),
+            ("report.suspects", self.report.suspects.as_deref()),
+            ("output.save_index", out.save_index.as_deref()),
+        ];
+        named.extend(optional.into_iter().filter_map(|(k, p)| Some((k, p?))));
+        named
+    }
+
     /// The options that shape the outputs: all but `[run]` (threads, progress, force).
     pub fn shaping(&self) -> Shaping<'_> {
         Shaping {
@@ -713,11 +734,18 @@ impl MiningConfig {
                 "is a folder that holds another output; it is replaced whole on every run",
             ));
         }
-        if out.out == out.report
-            || Some(&out.out) == out.summary_json.as_ref()
-            || Some(&out.report) == out.summary_json.as_ref()
-        {
-            return Err(invalid("output.report", "two outputs name the same path"));
+        let named = options.outputs();
+        for (i, (key, path)) in named.iter().enumerate() {
+            if let Some((first, _)) = named[..i].iter().find(|(_, p)| p == path) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "names {}, which {} names too: each output needs its own path",
+                        path.display(),
+                        crate::error::flag_of(first)
+                    ),
+                ));
+            }
         }
         Ok(MiningConfig(options))
     }

@@ -21,7 +21,7 @@ pub enum Error {
     NoInput(String),
 
     /// A required column is absent.
-    #[error("{file}: column `{column}` not found; columns present: {available}")]
+    #[error("{}: column `{column}` not found; columns present: {available}", file.display())]
     MissingColumn {
         file: PathBuf,
         column: String,
@@ -29,7 +29,7 @@ pub enum Error {
     },
 
     /// A column has a type tripmine cannot use.
-    #[error("{file}: column `{column}` has unsupported type {found}; expected {expected}")]
+    #[error("{}: column `{column}` has unsupported type {found}; expected {expected}", file.display())]
     UnsupportedType {
         file: PathBuf,
         column: String,
@@ -38,7 +38,7 @@ pub enum Error {
     },
 
     /// A value is unusable (null, NaN, wrong dimension, ...).
-    #[error("{file}: column `{column}`, row {row}: {reason}")]
+    #[error("{}: column `{column}`, row {row}: {reason}", file.display())]
     BadValue {
         file: PathBuf,
         column: String,
@@ -51,28 +51,36 @@ pub enum Error {
     #[error("bad input data: {0}")]
     BadData(String),
 
+    /// An input file is not a Parquet file tripmine can read: corrupt, truncated, not Parquet
+    /// at all, or not a regular file. `reason` says what is wrong; the reader's own words, if
+    /// any, follow it.
+    #[error("{}: {reason}", path.display())]
+    BadFile { path: PathBuf, reason: String },
+
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
 
-    /// The Parquet reader or writer failed.
-    #[error("{path}: {source}")]
-    Parquet {
+    /// Writing an output failed; `path` is the output as the user named it (not the
+    /// temporary file it is written under).
+    #[error("cannot write {}: {}", path.display(), detail(&source.to_string()))]
+    Output {
         path: PathBuf,
         #[source]
-        source: parquet::errors::ParquetError,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 
     /// An Arrow kernel failed.
-    #[error("arrow: {0}")]
+    #[error("Arrow failed: {}", detail(&.0.to_string()))]
     Arrow(#[from] arrow::error::ArrowError),
 
-    /// FAISS refused an operation (bad factory string, training failure, ...).
-    #[error("faiss: {0}")]
+    /// FAISS failed at run time (training, adding, searching, saving). A factory string it
+    /// cannot build is a configuration error instead.
+    #[error("FAISS failed: {}", faiss_message(.0))]
     Faiss(String),
 
     /// A quality gate held: the outputs were written, but the run is not good enough.
@@ -80,7 +88,7 @@ pub enum Error {
     QualityGate(Vec<String>),
 
     /// A pipeline file cannot be used; the message names the file, key and line.
-    #[error("{file}: {message}")]
+    #[error("{}: {message}", file.display())]
     Pipeline { file: PathBuf, message: String },
 
     /// The report's data frame computation failed.
@@ -123,18 +131,19 @@ impl Error {
     /// Which class the error belongs to.
     pub fn class(&self) -> ErrorClass {
         match self {
-            Error::Config(_) | Error::Invalid { .. } | Error::Pipeline { .. } | Error::Faiss(_) => {
-                ErrorClass::Config
-            }
+            Error::Config(_) | Error::Invalid { .. } | Error::Pipeline { .. } => ErrorClass::Config,
             Error::QualityGate(_) => ErrorClass::QualityGate,
             Error::NoInput(_)
             | Error::MissingColumn { .. }
             | Error::UnsupportedType { .. }
             | Error::BadValue { .. }
-            | Error::BadData(_) => ErrorClass::Data,
-            Error::Io { .. } | Error::Parquet { .. } | Error::Arrow(_) | Error::Report(_) => {
-                ErrorClass::Runtime
-            }
+            | Error::BadData(_)
+            | Error::BadFile { .. } => ErrorClass::Data,
+            Error::Io { .. }
+            | Error::Output { .. }
+            | Error::Arrow(_)
+            | Error::Faiss(_)
+            | Error::Report(_) => ErrorClass::Runtime,
         }
     }
 
@@ -145,12 +154,127 @@ impl Error {
         }
     }
 
-    pub(crate) fn parquet(path: impl Into<PathBuf>, source: parquet::errors::ParquetError) -> Self {
-        Error::Parquet {
+    /// An input that the Parquet reader refused: bad data (exit 3), naming the file.
+    pub(crate) fn bad_parquet(path: impl Into<PathBuf>, source: impl std::fmt::Display) -> Self {
+        Error::BadFile {
             path: path.into(),
-            source,
+            reason: format!(
+                "not a readable Parquet file (corrupt or truncated?): {}",
+                detail(&source.to_string())
+            ),
         }
     }
+
+    /// Writing the output `dest` failed (whatever temporary name it was written under).
+    pub(crate) fn output(
+        dest: impl Into<PathBuf>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error::Output {
+            path: dest.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// A library's message without the prefixes each layer adds ("External: Parquet argument
+/// error: Parquet error: ..."): the words that say what is wrong.
+pub fn detail(message: &str) -> String {
+    const PREFIXES: [&str; 11] = [
+        "External: ",
+        "External error: ",
+        "Parquet argument error: ",
+        "Parquet error: ",
+        "Arrow: ",
+        "Arrow error: ",
+        "Invalid argument error: ",
+        "Compute error: ",
+        "EOF: ",
+        "NYI: ",
+        "General error: ",
+    ];
+    let mut m = message.trim();
+    while let Some(rest) = PREFIXES.iter().find_map(|p| m.strip_prefix(p)) {
+        m = rest.trim_start();
+    }
+    m.to_string()
+}
+
+/// FAISS's own message, without the C++ signature and source path its exceptions carry
+/// ("Error in void faiss::f(...) at /build/.../File.cpp:12: Error: 'x' failed: message").
+pub fn faiss_message(raw: &str) -> String {
+    let mut m = raw.trim();
+    // The crate's own prefixes, then the exception's location.
+    for p in [
+        "Native faiss error: ",
+        "native faiss error: ",
+        "faiss error: ",
+    ] {
+        m = m.strip_prefix(p).unwrap_or(m);
+    }
+    if m.starts_with("Error in ") {
+        // The location ends at the first `:LINE: ` after the source file name.
+        let bytes = m.as_bytes();
+        let mut i = 0;
+        while let Some(colon) = m[i..].find(':').map(|c| c + i) {
+            let digits = bytes[colon + 1..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .count();
+            let end = colon + 1 + digits;
+            if digits > 0 && m[end..].starts_with(": ") {
+                m = &m[end + 2..];
+                break;
+            }
+            i = colon + 1;
+        }
+    }
+    if let Some(rest) = m.strip_prefix("Error: ") {
+        m = rest;
+    }
+    // `'cond' failed: message`: the message is what a person can act on.
+    if m.starts_with('\'')
+        && let Some(at) = m.find("' failed: ")
+    {
+        m = &m[at + "' failed: ".len()..];
+    }
+    m.trim().to_string()
+}
+
+thread_local! {
+    /// How deep this thread is in [`contain_panics`].
+    static CONTAINING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether the current thread is reading a file inside [`contain_panics`]: a panic there
+/// becomes an error naming the file, so a panic hook may stay quiet about it.
+pub fn panic_is_contained() -> bool {
+    CONTAINING.with(|c| c.get() > 0)
+}
+
+/// Runs `f`, the reading of `path`, turning a panic inside a file reader into the usual
+/// bad-data error naming the file: no input may crash the process.
+pub(crate) fn contain_panics<T>(
+    path: &std::path::Path,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    CONTAINING.with(|c| c.set(c.get() + 1));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CONTAINING.with(|c| c.set(c.get() - 1));
+    result.unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(Error::BadFile {
+            path: path.to_path_buf(),
+            reason: format!(
+                "not a readable Parquet file (corrupt or truncated?): the reader failed on it ({})",
+                detail(&what)
+            ),
+        })
+    })
 }
 
 impl From<faiss::error::Error> for Error {
@@ -164,6 +288,7 @@ pub fn flag_of(key: &str) -> String {
     match key {
         "input.paths" => "--in".into(),
         "run.progress" => "--no-progress".into(),
+        "report.html" => "--report-html".into(),
         _ => format!(
             "--{}",
             key.rsplit('.').next().unwrap_or(key).replace('_', "-")
@@ -173,3 +298,45 @@ pub fn flag_of(key: &str) -> String {
 
 /// Result alias used throughout the library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_library_prefixes_are_dropped() {
+        assert_eq!(
+            detail("External: Parquet argument error: Parquet error: bad footer"),
+            "bad footer"
+        );
+        assert_eq!(detail("no prefix: here"), "no prefix: here");
+    }
+
+    #[test]
+    fn faiss_messages_lose_their_signature_and_source_path() {
+        let raw = "Error in virtual void faiss::IndexIVF::train(idx_t, const float*) at \
+                   /root/.cargo/registry/src/faiss-sys/faiss/faiss/IndexIVF.cpp:1234: \
+                   Error: 'n >= nlist' failed: training needs at least as many points as lists";
+        assert_eq!(
+            faiss_message(raw),
+            "training needs at least as many points as lists"
+        );
+        assert_eq!(faiss_message("plain words"), "plain words");
+    }
+
+    #[test]
+    fn a_panic_in_a_reader_becomes_a_bad_file_error() {
+        let e = contain_panics::<()>(std::path::Path::new("x.parquet"), || {
+            panic!("column start and length should not be negative")
+        })
+        .unwrap_err();
+        assert_eq!(e.class(), ErrorClass::Data);
+        let m = e.to_string();
+        assert!(
+            m.starts_with("x.parquet: not a readable Parquet file"),
+            "{m}"
+        );
+        assert!(m.contains("should not be negative"), "{m}");
+        assert!(!panic_is_contained());
+    }
+}

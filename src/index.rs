@@ -16,21 +16,22 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::Metric;
+use crate::error::faiss_message;
 use crate::error::{Error, Result};
 use crate::io::{AtomicPath, write_atomic};
 use crate::score::dot;
 
 unsafe extern "C" {
-    // FAISS is linked with libgomp; its thread count is process-wide.
+    // FAISS is linked with libgomp; the count applies to the calling thread's regions.
     fn omp_set_num_threads(n: c_int);
     fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
 }
 
-/// Caps the threads of FAISS (OpenMP) and of OpenBLAS, where the BLAS linked is OpenBLAS.
+/// Caps the threads of FAISS (OpenMP) and of OpenBLAS, where the BLAS linked is OpenBLAS,
+/// for work started from the calling thread.
 pub fn set_native_threads(n: usize) {
+    set_openmp_threads(n);
     let n = n.min(c_int::MAX as usize) as c_int;
-    // SAFETY: plain setter of the OpenMP runtime, callable at any time.
-    unsafe { omp_set_num_threads(n) }
     // The BLAS is whatever `libblas.so.3` points to; only OpenBLAS has this setter, so it is
     // looked up rather than linked. RTLD_DEFAULT is the null handle on glibc.
     // SAFETY: dlsym with a NUL-terminated name; the symbol, if found, has this signature.
@@ -41,6 +42,16 @@ pub fn set_native_threads(n: usize) {
             set(n);
         }
     }
+}
+
+/// Caps the OpenMP threads (FAISS's) of parallel regions that the calling thread starts.
+///
+/// OpenMP keeps this per thread: a thread that did not call it (a rayon worker, say) starts
+/// regions with as many threads as cores, so every worker of a capped pool must call it.
+pub fn set_openmp_threads(n: usize) {
+    let n = n.min(c_int::MAX as usize) as c_int;
+    // SAFETY: plain setter of the OpenMP runtime, callable at any time.
+    unsafe { omp_set_num_threads(n) }
 }
 
 /// Candidate rows of a batch of queries, `k` per query, nearest (or farthest) first.
@@ -188,16 +199,21 @@ impl NeighbourIndex {
         relieve: &dyn Fn(),
     ) -> Result<Self> {
         let factory = spec.factory.as_str();
-        let mut index = index_factory(dim as u32, factory, faiss_metric(metric))
-            .map_err(|e| Error::Config(format!("index `{factory}` cannot be built: {e}")))?;
+        let mut index = index_factory(dim as u32, factory, faiss_metric(metric)).map_err(|e| {
+            Error::Config(format!(
+                "--index `{factory}` cannot be built: {}",
+                faiss_message(&e.to_string())
+            ))
+        })?;
         let rows = vectors.len() / dim;
         if !index.is_trained() {
             let train = sample_rows(vectors, dim, spec.train_sample, spec.seed, relieve);
             tracing::info!(factory, rows = train.len() / dim, "training index");
             index.train(&train).map_err(|e| {
                 Error::Config(format!(
-                    "index `{factory}` cannot be trained on {} rows: {e}",
-                    train.len() / dim
+                    "--index `{factory}` cannot be trained on {} rows: {}",
+                    train.len() / dim,
+                    faiss_message(&e.to_string())
                 ))
             })?;
         }
@@ -240,8 +256,12 @@ impl NeighbourIndex {
         if !path.is_file() {
             return Err(mismatch("no such file".into()));
         }
-        let index = read_index(path.to_string_lossy().as_ref())
-            .map_err(|e| mismatch(format!("not a FAISS index ({e})")))?;
+        let index = read_index(path.to_string_lossy().as_ref()).map_err(|e| {
+            mismatch(format!(
+                "not a FAISS index ({})",
+                faiss_message(&e.to_string())
+            ))
+        })?;
         let loaded_metric = match index.metric_type() {
             MetricType::L2 => Metric::L2sq,
             MetricType::InnerProduct => Metric::Cosine,
@@ -306,7 +326,7 @@ impl NeighbourIndex {
         };
         let target = AtomicPath::new(path)?;
         write_index(index, target.tmp().to_string_lossy().as_ref())
-            .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))?;
+            .map_err(|e| Error::output(path, faiss_message(&e.to_string())))?;
         target.commit()?;
         write_atomic(
             &info_path(path),

@@ -201,7 +201,7 @@ fn healthy_embeddings_raise_no_collapse_warning() {
 }
 
 #[test]
-fn diff_reports_overlap_and_the_labels_that_moved_most() {
+fn diff_reports_overlap_configuration_changes_and_the_labels_that_moved_most() {
     use arrow::datatypes::Float32Type;
     use std::collections::HashMap;
 
@@ -254,16 +254,24 @@ fn diff_reports_overlap_and_the_labels_that_moved_most() {
         .success()
         .stdout(predicate::str::contains(
             "overlap: 1.0000 mean Jaccard by anchor, 1.0000 over all triplets",
-        ));
+        ))
+        .stdout(predicate::str::contains("configurations: the same"));
 
     tripmine()
         .current_dir(dir.path())
         .args(["diff", "a.parquet", "b.parquet", "--out", "diff.parquet"])
         .assert()
         .success()
-        .stdout(predicate::str::contains("labels that moved most"));
+        .stdout(predicate::str::contains("labels that moved most"))
+        .stdout(predicate::str::contains("configurations DIFFER"))
+        .stdout(predicate::str::contains("mine.margin: 0.2 -> 1.0"));
     let d = read(&dir.path().join("diff.parquet"));
     assert_eq!(d.num_rows(), 6);
+    // Labels keep the input's type.
+    assert_eq!(
+        d.column_by_name("label").unwrap().data_type(),
+        &arrow::datatypes::DataType::Int64
+    );
     // Violation rates equal those counted from each run's triplets.
     let rates = |file: &str| {
         let t = read(&dir.path().join(file));
@@ -288,7 +296,12 @@ fn diff_reports_overlap_and_the_labels_that_moved_most() {
             .collect::<HashMap<_, _>>()
     };
     let (ra, rb) = (rates("a.parquet"), rates("b.parquet"));
-    let labels = d.column_by_name("label").unwrap().as_string::<i32>();
+    let labels = arrow::compute::cast(
+        d.column_by_name("label").unwrap(),
+        &arrow::datatypes::DataType::Utf8,
+    )
+    .unwrap();
+    let labels = labels.as_string::<i32>();
     let col = |n: &str| {
         d.column_by_name(n)
             .unwrap()
@@ -301,6 +314,7 @@ fn diff_reports_overlap_and_the_labels_that_moved_most() {
         col("violation_rate_delta"),
         col("neighbour_violation_share_delta"),
     );
+    let moved = col("movement");
     let mut movement = Vec::new();
     for i in 0..d.num_rows() {
         let l = labels.value(i);
@@ -308,11 +322,78 @@ fn diff_reports_overlap_and_the_labels_that_moved_most() {
         assert!((b.value(i) - rb[l]).abs() < 1e-12, "label {l}");
         assert!((delta.value(i) - (rb[l] - ra[l])).abs() < 1e-12);
         assert_eq!(nbr_delta.value(i), 0.0, "same data, same health figure");
-        movement.push(delta.value(i).abs());
+        // Movement is at least the violation rate's change, and never more than 1.
+        assert!(moved.value(i) >= delta.value(i).abs() - 1e-12);
+        assert!(moved.value(i) <= 1.0);
+        movement.push(moved.value(i));
     }
     assert!(
         movement.windows(2).all(|w| w[0] >= w[1]),
         "moved most first: {movement:?}"
     );
     assert!(movement[0] > 0.0, "a larger margin raises violation rates");
+}
+
+#[test]
+fn diff_ranks_saturated_semihard_runs_by_what_moved_not_by_label_text() {
+    use arrow::datatypes::UInt64Type;
+
+    let dir = TempDir::new().unwrap();
+    let input = dir.path().join("data.parquet");
+    // Twelve labels: text order (0, 1, 10, 11, 2, ...) is not number order.
+    gen_table(
+        &input,
+        &[
+            "--rows",
+            "900",
+            "--dim",
+            "8",
+            "--labels",
+            "12",
+            "--separation",
+            "1.2",
+        ],
+    );
+    for (out, margin) in [("a.parquet", "0.2"), ("b.parquet", "0.6")] {
+        tripmine()
+            .current_dir(dir.path())
+            .args(["mine", "--no-progress", "--margin", margin, "--in"])
+            .arg(&input)
+            .args(["--out", out, "--report", &format!("report-{out}")])
+            .assert()
+            .success();
+    }
+    tripmine()
+        .current_dir(dir.path())
+        .args(["diff", "a.parquet", "b.parquet", "--out", "diff.parquet"])
+        .assert()
+        .success();
+    let d = read(&dir.path().join("diff.parquet"));
+    let f = |n: &str| {
+        d.column_by_name(n)
+            .unwrap()
+            .as_primitive::<Float64Type>()
+            .clone()
+    };
+    let u = |n: &str| {
+        d.column_by_name(n)
+            .unwrap()
+            .as_primitive::<UInt64Type>()
+            .clone()
+    };
+    let (rate_a, rate_b, moved) = (f("violation_rate_a"), f("violation_rate_b"), f("movement"));
+    let (ta, tb) = (u("triplets_a"), u("triplets_b"));
+    // Semi-hard triplets all violate: the rates cannot tell the labels apart.
+    for i in 0..d.num_rows() {
+        assert_eq!((rate_a.value(i), rate_b.value(i)), (1.0, 1.0));
+    }
+    // The triplet counts can: the label whose count moved most comes first.
+    let relative = |i: usize| {
+        let (a, b) = (ta.value(i) as f64, tb.value(i) as f64);
+        (b - a).abs() / a.max(b)
+    };
+    let best = (0..d.num_rows()).map(relative).fold(0.0, f64::max);
+    assert!(best > 0.0);
+    assert!((moved.value(0) - best).abs() < 1e-9 || moved.value(0) > best);
+    assert!(moved.values().windows(2).all(|w| w[0] >= w[1]));
 }

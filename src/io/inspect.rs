@@ -1,15 +1,13 @@
 //! `tripmine inspect`: what a data set holds, before mining it.
 
 use std::fmt;
-use std::fs::File;
 use std::path::PathBuf;
 
 use arrow::util::display::array_value_to_string;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::config::ColumnNames;
-use crate::error::{Error, Result};
-use crate::io::{read_table, resolve_inputs};
+use crate::error::{Result, contain_panics};
+use crate::io::{open_parquet, read_table, resolve_inputs};
 
 /// Schema, size and label counts of the inputs.
 #[derive(Debug, Clone)]
@@ -26,15 +24,14 @@ pub struct Inspection {
 /// Reads the inputs' metadata and their label and embedding columns.
 pub fn inspect(specs: &[PathBuf], columns: &ColumnNames) -> Result<Inspection> {
     let files = resolve_inputs(specs)?;
-    let first = File::open(&files[0]).map_err(|e| Error::io(&files[0], e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(first)
-        .map_err(|e| Error::parquet(&files[0], e))?;
-    let schema = builder
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| format!("{}: {}", f.name(), f.data_type()))
-        .collect();
+    let schema = contain_panics(&files[0], || {
+        Ok(open_parquet(&files[0])?
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| format!("{}: {}", f.name(), f.data_type()))
+            .collect())
+    })?;
     let table = read_table(&files, columns)?;
     let mut counts = vec![0u64; table.num_labels()];
     for &c in &table.label_codes {

@@ -14,9 +14,10 @@ mod write;
 
 pub use inspect::{Inspection, inspect};
 pub use read::{ReadOptions, SourceFile, Table, read_table, read_table_with, resolve_inputs};
+pub(crate) use read::{open_parquet, read_columns};
 pub use retrieval::{Queries, read_retrieval};
 pub use store::Vectors;
 pub use write::{
     AtomicPath, ParquetSink, PartitionedSink, SUCCESS_MARKER, TripletSink, is_folder_output,
-    write_atomic, write_parquet,
+    write_atomic, write_parquet, write_parquet_into,
 };

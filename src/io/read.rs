@@ -16,7 +16,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::store::{VectorSink, Vectors};
 use crate::config::ColumnNames;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, contain_panics};
 
 /// Where a row came from, for error messages.
 const MEMORY: &str = "<memory>";
@@ -110,7 +110,14 @@ impl Table {
                 reason: format!("value {} is not finite", vectors[pos]),
             });
         }
-        Table::assemble(ids, labels, vectors.into(), dim, Vec::new(), path)
+        Table::assemble(
+            ids,
+            labels,
+            vectors.into(),
+            dim,
+            Vec::new(),
+            (path, "label"),
+        )
     }
 
     /// Whether the rows carry labels (labelled mode) or not (queries, corpus).
@@ -129,6 +136,39 @@ impl Table {
         self.labels = Arc::new(arrow::array::NullArray::new(rows));
         self.label_codes = vec![0; rows];
         self.label_values = Arc::new(arrow::array::StringArray::from(vec!["all"]));
+    }
+
+    /// The file a row came from and its row position within that file (`<memory>` and the
+    /// row itself for a table built in memory), for error messages.
+    pub fn locate(&self, row: usize) -> (PathBuf, u64) {
+        let mut start = 0u64;
+        for s in &self.sources {
+            if (row as u64) < start + s.rows {
+                return (s.path.clone(), row as u64 - start);
+            }
+            start += s.rows;
+        }
+        (PathBuf::from(MEMORY), row as u64)
+    }
+
+    /// Refuses a table whose ids repeat, naming the first id that repeats an earlier one,
+    /// where both rows are. `hint` ends the message (how to proceed anyway).
+    pub fn check_unique_ids(&self, id_column: &str, hint: &str) -> Result<()> {
+        let Some((first, repeat)) = first_repeated_id(&self.ids)? else {
+            return Ok(());
+        };
+        let (file, at) = self.locate(repeat);
+        let (first_file, first_at) = self.locate(first);
+        let id = arrow::util::display::array_value_to_string(&self.ids, repeat)?;
+        Err(Error::BadValue {
+            file,
+            column: id_column.into(),
+            row: at,
+            reason: format!(
+                "id {id} repeats row {first_at} of {}; ids must be unique{hint}",
+                first_file.display()
+            ),
+        })
     }
 
     /// Number of rows.
@@ -153,7 +193,7 @@ impl Table {
         vectors: Vectors,
         dim: usize,
         sources: Vec<SourceFile>,
-        first_file: &Path,
+        (first_file, label_name): (&Path, &str),
     ) -> Result<Table> {
         if ids.is_empty() {
             return Err(Error::BadData("the input has no rows".into()));
@@ -173,7 +213,7 @@ impl Table {
             table.strip_labels();
             return Ok(table);
         };
-        let (label_codes, label_values) = encode_labels(&labels, first_file)?;
+        let (label_codes, label_values) = encode_labels(&labels, first_file, label_name)?;
         if label_values.len() < 2 {
             return Err(Error::BadData(format!(
                 "the input has {} distinct label(s); mining needs at least two",
@@ -225,6 +265,13 @@ pub fn resolve_inputs(specs: &[PathBuf]) -> Result<Vec<PathBuf>> {
             files.extend(found);
         } else if spec.is_file() {
             files.push(spec.clone());
+        } else if spec.exists() {
+            return Err(Error::BadFile {
+                path: spec.clone(),
+                reason: "not a Parquet file: it is not a regular file (a device, a pipe or a \
+                         socket)"
+                    .into(),
+            });
         } else {
             let pattern = spec.to_string_lossy();
             let is_glob = pattern.contains(['*', '?', '[']);
@@ -249,6 +296,97 @@ pub fn resolve_inputs(specs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Opens a Parquet input for reading, after checking what its footer claims against the file:
+/// a corrupt footer is a bad-data error naming the file, never a panic or an allocation sized
+/// from its numbers.
+pub(crate) fn open_parquet(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::bad_parquet(path, e))?;
+    check_footer(path, builder.metadata(), len)?;
+    Ok(builder)
+}
+
+/// The batches of the columns `names` of a Parquet input (checked as [`open_parquet`] does),
+/// `batch_size` rows at a time; a missing column is an error listing those present. Errors
+/// while decoding a batch are bad data naming the file.
+pub(crate) fn read_columns<'a>(
+    path: &'a Path,
+    names: &[&str],
+    batch_size: usize,
+) -> Result<impl Iterator<Item = Result<arrow::array::RecordBatch>> + 'a> {
+    let builder = open_parquet(path)?;
+    let schema = builder.schema().clone();
+    let roots = names
+        .iter()
+        .map(|name| {
+            schema
+                .index_of(name)
+                .map_err(|_| Error::missing_column(path, *name, &schema))
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(batch_size)
+        .build()
+        .map_err(|e| Error::bad_parquet(path, e))?;
+    Ok(reader.map(move |b| b.map_err(|e| Error::bad_parquet(path, e))))
+}
+
+fn check_footer(
+    path: &Path,
+    meta: &parquet::file::metadata::ParquetMetaData,
+    file_len: u64,
+) -> Result<()> {
+    let bad = |reason: String| Error::BadFile {
+        path: path.into(),
+        reason: format!("not a readable Parquet file (corrupt or truncated?): {reason}"),
+    };
+    let declared = meta.file_metadata().num_rows();
+    if declared < 0 {
+        return Err(bad(format!("the footer declares {declared} rows")));
+    }
+    let mut in_groups = 0i64;
+    for (g, group) in meta.row_groups().iter().enumerate() {
+        if group.num_rows() < 0 {
+            return Err(bad(format!(
+                "row group {g} declares {} rows",
+                group.num_rows()
+            )));
+        }
+        in_groups = in_groups.saturating_add(group.num_rows());
+        for column in group.columns() {
+            let start = column
+                .dictionary_page_offset()
+                .unwrap_or_else(|| column.data_page_offset());
+            let size = column.compressed_size();
+            let end = start.checked_add(size);
+            if start < 0 || size < 0 || end.is_none_or(|e| e as u64 > file_len) {
+                return Err(bad(format!(
+                    "column `{}` of row group {g} claims bytes {start}..{} of a {file_len}-byte file",
+                    column.column_path(),
+                    start.saturating_add(size)
+                )));
+            }
+        }
+    }
+    if in_groups != declared {
+        return Err(bad(format!(
+            "the footer declares {declared} rows but its row groups hold {in_groups}"
+        )));
+    }
+    Ok(())
+}
+
+/// Vector values worth reserving room for: what the footers declare, but never more values
+/// than the files have bytes, so a lying footer cannot make the reader ask for terabytes
+/// (the buffer still grows as batches arrive).
+fn reservation(rows: u64, dim: usize, file_bytes: u64) -> usize {
+    rows.saturating_mul(dim as u64).min(file_bytes) as usize
+}
+
 /// Reads the three columns of every input file into a [`Table`], batch by batch.
 pub fn read_table(specs: &[PathBuf], columns: &ColumnNames) -> Result<Table> {
     read_table_with(specs, columns, &ReadOptions::default())
@@ -265,15 +403,24 @@ pub fn read_table_with(
     let mut reader = TableReader::new(columns);
     if let Some(limit) = options.memory_limit {
         // Row counts from the footers, to size the vectors before reading them.
-        let mut rows = 0u64;
+        let (mut rows, mut bytes) = (0u64, 0u64);
         for path in &files {
-            let file = File::open(path).map_err(|e| Error::io(path, e))?;
-            let meta = ParquetRecordBatchReaderBuilder::try_new(file)
-                .map_err(|e| Error::parquet(path, e))?;
-            rows += meta.metadata().file_metadata().num_rows().max(0) as u64;
+            let (declared, len) = contain_panics(path, || {
+                let meta = open_parquet(path)?;
+                let len = std::fs::metadata(path)
+                    .map_err(|e| Error::io(path, e))?
+                    .len();
+                Ok((
+                    meta.metadata().file_metadata().num_rows().max(0) as u64,
+                    len,
+                ))
+            })?;
+            rows = rows.saturating_add(declared);
+            bytes = bytes.saturating_add(len);
         }
         reader.spill = Some(SpillPlan {
             rows,
+            bytes,
             limit,
             dir: options
                 .scratch_dir
@@ -290,7 +437,10 @@ pub fn read_table_with(
 
 /// When and where vectors spill.
 struct SpillPlan {
+    /// Rows the footers declare.
     rows: u64,
+    /// Bytes of the files.
+    bytes: u64,
     limit: u64,
     dir: PathBuf,
     normalize: bool,
@@ -334,10 +484,17 @@ impl<'a> TableReader<'a> {
         }
     }
 
+    /// Reads one file's rows; whatever the file holds, the outcome is its rows or an error
+    /// naming it (a panic in the Parquet reader is contained).
     fn read_file(&mut self, path: &Path) -> Result<()> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let builder =
-            ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(path, e))?;
+        contain_panics(path, || self.read_file_unguarded(path))
+    }
+
+    fn read_file_unguarded(&mut self, path: &Path) -> Result<()> {
+        let builder = open_parquet(path)?;
+        let file_len = std::fs::metadata(path)
+            .map_err(|e| Error::io(path, e))?
+            .len();
         let schema = builder.schema().clone();
         let find = |name: &str| schema.index_of(name).ok();
         let missing = |name: &str| Error::missing_column(path, name, &schema);
@@ -431,14 +588,11 @@ impl<'a> TableReader<'a> {
             .with_projection(mask)
             .with_batch_size(8192)
             .build()
-            .map_err(|e| Error::parquet(path, e))?;
+            .map_err(|e| Error::bad_parquet(path, e))?;
 
         let mut row_in_file = 0u64;
         for batch in reader {
-            let batch = batch.map_err(|e| Error::Parquet {
-                path: path.into(),
-                source: e.into(),
-            })?;
+            let batch = batch.map_err(|e| Error::bad_parquet(path, e))?;
             let col = |name: &str| {
                 batch
                     .column_by_name(name)
@@ -464,10 +618,19 @@ impl<'a> TableReader<'a> {
                 )),
             };
             let emb = col(&self.columns.embedding)?;
-            self.append_embeddings(path, &emb, row_in_file, file_rows)?;
+            self.append_embeddings(path, &emb, row_in_file, (file_rows, file_len))?;
             self.ids.push(ids);
             row_in_file += batch.num_rows() as u64;
             self.rows += batch.num_rows() as u64;
+        }
+        if row_in_file != file_rows {
+            return Err(Error::BadFile {
+                path: path.into(),
+                reason: format!(
+                    "not a readable Parquet file (corrupt or truncated?): its footer declares \
+                     {file_rows} rows but it holds {row_in_file}"
+                ),
+            });
         }
         self.sources.push(SourceFile {
             path: path.into(),
@@ -482,7 +645,7 @@ impl<'a> TableReader<'a> {
         path: &Path,
         emb: &ArrayRef,
         first_row: u64,
-        file_rows: u64,
+        (file_rows, file_len): (u64, u64),
     ) -> Result<()> {
         let name = self.columns.embedding.clone();
         let bad = |row: usize, reason: String| Error::BadValue {
@@ -529,7 +692,7 @@ impl<'a> TableReader<'a> {
                         return Err(bad(row, "embedding is empty".into()));
                     }
                     self.dim = Some((len, path.into(), first_row + row as u64));
-                    self.start_vectors(len, file_rows)?;
+                    self.start_vectors(len, file_rows, file_len)?;
                     len
                 }
             };
@@ -564,12 +727,12 @@ impl<'a> TableReader<'a> {
 
     /// Sizes the vector sink once the dimension is known: the heap, or a scratch file when
     /// the vectors would take more than half of the memory limit.
-    fn start_vectors(&mut self, dim: usize, file_rows: u64) -> Result<()> {
+    fn start_vectors(&mut self, dim: usize, file_rows: u64, file_len: u64) -> Result<()> {
         let Some(plan) = &self.spill else {
-            self.vectors.reserve(file_rows as usize * dim);
+            self.vectors.reserve(reservation(file_rows, dim, file_len));
             return Ok(());
         };
-        let bytes = plan.rows * dim as u64 * 4;
+        let bytes = plan.rows.saturating_mul(dim as u64 * 4);
         if bytes > plan.limit / 2 {
             tracing::info!(
                 vectors_mib = bytes >> 20,
@@ -580,7 +743,8 @@ impl<'a> TableReader<'a> {
             self.vectors = VectorSink::spill(&plan.dir, (plan.limit / 10) as usize)?;
             self.normalized = plan.normalize;
         } else {
-            self.vectors.reserve(plan.rows as usize * dim);
+            self.vectors
+                .reserve(reservation(plan.rows, dim, plan.bytes));
         }
         Ok(())
     }
@@ -597,7 +761,15 @@ impl<'a> TableReader<'a> {
         let dim = self.dim.map(|d| d.0).unwrap_or(0);
         debug_assert_eq!(self.vectors.len(), self.rows as usize * dim);
         let vectors = self.vectors.finish()?;
-        let mut table = Table::assemble(ids, labels, vectors, dim, self.sources, first_file)?;
+        let label_name = self.columns.label.as_deref().unwrap_or("label");
+        let mut table = Table::assemble(
+            ids,
+            labels,
+            vectors,
+            dim,
+            self.sources,
+            (first_file, label_name),
+        )?;
         table.normalized = self.normalized;
         for (name, parts) in self.columns.extra.iter().zip(&self.extra) {
             table.extra.push((name.clone(), concat_all(parts)?));
@@ -687,6 +859,15 @@ fn check_key_type(path: &Path, column: &str, t: &DataType) -> Result<()> {
 }
 
 fn check_embedding_type(path: &Path, column: &str, t: &DataType) -> Result<()> {
+    if let DataType::FixedSizeList(_, 0) = t {
+        return Err(Error::BadFile {
+            path: path.into(),
+            reason: format!(
+                "column `{column}`: the embeddings have dimension 0 (a list of fixed size 0); \
+                 each needs at least one value"
+            ),
+        });
+    }
     let child = match t {
         DataType::FixedSizeList(f, _) | DataType::List(f) | DataType::LargeList(f) => {
             Some(f.data_type())
@@ -704,8 +885,50 @@ fn check_embedding_type(path: &Path, column: &str, t: &DataType) -> Result<()> {
     }
 }
 
+/// The first row whose id equals an earlier row's, with that earlier row: `(first, repeat)`.
+///
+/// Sorts (hash, row) pairs, 12 bytes a row, rather than building a hash map of every id, and
+/// compares the ids themselves where hashes meet.
+fn first_repeated_id(ids: &ArrayRef) -> Result<Option<(usize, usize)>> {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let ids = match ids.data_type() {
+        DataType::Dictionary(_, v) => arrow::compute::cast(ids, v)?,
+        _ => ids.clone(),
+    };
+    // Row positions (no id column) are unique by construction.
+    if let Some(p) = ids.as_primitive_opt::<arrow::datatypes::UInt64Type>()
+        && p.values().iter().enumerate().all(|(i, &v)| v == i as u64)
+    {
+        return Ok(None);
+    }
+    let converter =
+        arrow::row::RowConverter::new(vec![arrow::row::SortField::new(ids.data_type().clone())])?;
+    let rows = converter.convert_columns(&[ids])?;
+    let hasher = BuildHasherDefault::<DefaultHasher>::default();
+    let mut keyed: Vec<(u64, u32)> = (0..rows.num_rows())
+        .map(|i| (hasher.hash_one(rows.row(i).as_ref()), i as u32))
+        .collect();
+    keyed.sort_unstable();
+    let mut best: Option<(usize, usize)> = None;
+    for group in keyed.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
+        // Rows ascending within a hash; the first row equal to an earlier one is a repeat.
+        for (j, &(_, r)) in group.iter().enumerate().skip(1) {
+            let earlier = group[..j]
+                .iter()
+                .find(|(_, e)| rows.row(*e as usize) == rows.row(r as usize));
+            if let Some(&(_, e)) = earlier {
+                if best.is_none_or(|(_, b)| (r as usize) < b) {
+                    best = Some((e as usize, r as usize));
+                }
+                break;
+            }
+        }
+    }
+    Ok(best)
+}
+
 /// Dense codes in sorted label order, and the distinct labels in their input type.
-fn encode_labels(labels: &ArrayRef, file: &Path) -> Result<(Vec<u32>, ArrayRef)> {
+fn encode_labels(labels: &ArrayRef, file: &Path, column: &str) -> Result<(Vec<u32>, ArrayRef)> {
     let logical = match labels.data_type() {
         DataType::Dictionary(_, v) => v.as_ref().clone(),
         t => t.clone(),
@@ -719,8 +942,12 @@ fn encode_labels(labels: &ArrayRef, file: &Path) -> Result<(Vec<u32>, ArrayRef)>
         let as_i64 = cast_with_options(labels, &DataType::Int64, &strict).map_err(|e| {
             Error::UnsupportedType {
                 file: file.into(),
-                column: "label".into(),
-                found: format!("{} ({e})", labels.data_type()),
+                column: column.into(),
+                found: format!(
+                    "{} ({})",
+                    labels.data_type(),
+                    crate::error::detail(&e.to_string())
+                ),
                 expected: "labels that fit in a 64-bit signed integer".into(),
             }
         })?;

@@ -6,19 +6,16 @@
 //! rows of its known positives ([`Queries`]).
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::DataType;
 use arrow::row::{OwnedRow, RowConverter, SortField};
-use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use super::read::{ReadOptions, Table, read_table_with};
+use super::read::{ReadOptions, Table, read_columns, read_table_with};
 use crate::config::{ColumnNames, InputOptions};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, contain_panics};
 
 /// The anchors of retrieval mode.
 #[derive(Debug, Clone)]
@@ -57,7 +54,9 @@ pub fn read_retrieval(input: &InputOptions, options: &ReadOptions) -> Result<(Ta
     let (positives, unknown_queries) = match (&input.qrels, &input.positives_col) {
         (Some(qrels), _) => {
             let by_query = IdMap::new(&queries, id_name)?;
-            read_qrels(qrels, input, &by_query, &docs, queries.rows())?
+            contain_panics(qrels, || {
+                read_qrels(qrels, input, &by_query, &docs, queries.rows())
+            })?
         }
         (None, Some(col)) => {
             let list = queries
@@ -89,18 +88,6 @@ pub fn read_retrieval(input: &InputOptions, options: &ReadOptions) -> Result<(Ta
     ))
 }
 
-/// The file and row within it of a table's row, for error messages.
-fn locate(table: &Table, row: usize) -> (PathBuf, u64) {
-    let mut start = 0u64;
-    for s in &table.sources {
-        if (row as u64) < start + s.rows {
-            return (s.path.clone(), row as u64 - start);
-        }
-        start += s.rows;
-    }
-    (PathBuf::from("<memory>"), row as u64)
-}
-
 /// Row of every id of a table; ids must be unique.
 struct IdMap {
     converter: RowConverter,
@@ -125,8 +112,8 @@ impl IdMap {
         let mut rows = HashMap::with_capacity(converted.num_rows());
         for (row, key) in converted.iter().enumerate() {
             if let Some(first) = rows.insert(key.owned(), row as u32) {
-                let (file, at) = locate(table, row);
-                let (first_file, first_at) = locate(table, first as usize);
+                let (file, at) = table.locate(row);
+                let (first_file, first_at) = table.locate(first as usize);
                 return Err(Error::BadValue {
                     file,
                     column: id_name.into(),
@@ -175,33 +162,13 @@ fn read_qrels(
     docs: &IdMap,
     num_queries: usize,
 ) -> Result<(Vec<Vec<u32>>, u64)> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(path, e))?;
-    let schema = builder.schema().clone();
     let (qcol, dcol) = (&input.qrels_query_col, &input.qrels_doc_col);
-    let mut roots = Vec::new();
-    for name in [qcol, dcol] {
-        roots.push(
-            schema
-                .index_of(name)
-                .map_err(|_| Error::missing_column(path, name, &schema))?,
-        );
-    }
-    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-    let reader = builder
-        .with_projection(mask)
-        .with_batch_size(65_536)
-        .build()
-        .map_err(|e| Error::parquet(path, e))?;
+    let reader = read_columns(path, &[qcol, dcol], 65_536)?;
     let mut positives = vec![Vec::new(); num_queries];
     let mut unknown_queries = 0u64;
     let mut first_row = 0u64;
     for batch in reader {
-        let batch = batch.map_err(|e| Error::Parquet {
-            path: path.into(),
-            source: e.into(),
-        })?;
+        let batch = batch?;
         let q = batch.column_by_name(qcol).expect("projected");
         let d = batch.column_by_name(dcol).expect("projected");
         for (name, a) in [(qcol, q), (dcol, d)] {
@@ -262,7 +229,7 @@ fn list_positives(
             )
         }
         other => {
-            let (file, _) = locate(queries, 0);
+            let (file, _) = queries.locate(0);
             return Err(Error::UnsupportedType {
                 file,
                 column: column.into(),
@@ -271,7 +238,7 @@ fn list_positives(
             });
         }
     };
-    let (file, _) = locate(queries, 0);
+    let (file, _) = queries.locate(0);
     let found = docs.lookup(&values, &file, column)?;
     let mut positives = Vec::with_capacity(queries.rows());
     for q in 0..queries.rows() {
@@ -291,7 +258,7 @@ fn list_positives(
                     None
                 };
                 if let Some(reason) = missing {
-                    let (file, row) = locate(queries, q);
+                    let (file, row) = queries.locate(q);
                     return Err(Error::BadValue {
                         file,
                         column: column.into(),

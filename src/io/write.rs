@@ -33,7 +33,7 @@ impl AtomicPath {
     /// As [`AtomicPath::new`], and creates the temporary folder.
     pub fn new_dir(dest: &Path) -> Result<Self> {
         let target = Self::reserve(dest, true)?;
-        std::fs::create_dir(&target.tmp).map_err(|e| Error::io(&target.tmp, e))?;
+        std::fs::create_dir(&target.tmp).map_err(|e| Error::output(dest, e))?;
         Ok(target)
     }
 
@@ -47,7 +47,7 @@ impl AtomicPath {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::output(dest, e))?;
         remove_stale(&dir, &name);
         let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
         Ok(AtomicPath {
@@ -63,15 +63,25 @@ impl AtomicPath {
         &self.tmp
     }
 
+    /// The output as the user named it; errors name this, not the temporary path.
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// Writes `contents` to the temporary path.
+    pub fn write(&self, contents: &[u8]) -> Result<()> {
+        std::fs::write(&self.tmp, contents).map_err(|e| Error::output(&self.dest, e))
+    }
+
     /// Renames the temporary file or folder over the destination.
     pub fn commit(mut self) -> Result<()> {
         let dest = &self.dest;
         if self.is_dir && dest.exists() {
-            exchange(&self.tmp, dest).map_err(|e| Error::io(dest, e))?;
+            exchange(&self.tmp, dest).map_err(|e| Error::output(dest, e))?;
             // The previous folder now sits at the temporary name; drop removes it.
             return Ok(());
         }
-        std::fs::rename(&self.tmp, dest).map_err(|e| Error::io(dest, e))?;
+        std::fs::rename(&self.tmp, dest).map_err(|e| Error::output(dest, e))?;
         self.committed = true;
         Ok(())
     }
@@ -142,7 +152,7 @@ fn remove_stale(dir: &Path, name: &str) {
 /// Writes `contents` to `dest` atomically.
 pub fn write_atomic(dest: &Path, contents: &[u8]) -> Result<()> {
     let target = AtomicPath::new(dest)?;
-    std::fs::write(target.tmp(), contents).map_err(|e| Error::io(target.tmp(), e))?;
+    target.write(contents)?;
     target.commit()
 }
 
@@ -156,10 +166,11 @@ fn writer_properties() -> WriterProperties {
         .build()
 }
 
-fn open_writer(path: &Path, schema: SchemaRef) -> Result<ArrowWriter<File>> {
-    let file = File::create(path).map_err(|e| Error::io(path, e))?;
+/// A Parquet writer on `path`, a file written for the output `dest` (which errors name).
+fn open_writer(path: &Path, dest: &Path, schema: SchemaRef) -> Result<ArrowWriter<File>> {
+    let file = File::create(path).map_err(|e| Error::output(dest, e))?;
     ArrowWriter::try_new(file, schema, Some(writer_properties()))
-        .map_err(|e| Error::parquet(path, e))
+        .map_err(|e| Error::output(dest, e))
 }
 
 /// A zstd-compressed Parquet file written batch by batch.
@@ -172,7 +183,7 @@ impl ParquetSink {
     /// Opens the temporary file for `dest`.
     pub fn create(dest: &Path, schema: SchemaRef) -> Result<Self> {
         let target = AtomicPath::new(dest)?;
-        let writer = open_writer(target.tmp(), schema)?;
+        let writer = open_writer(target.tmp(), dest, schema)?;
         Ok(ParquetSink { writer, target })
     }
 
@@ -180,7 +191,7 @@ impl ParquetSink {
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         self.writer
             .write(batch)
-            .map_err(|e| Error::parquet(self.target.tmp(), e))
+            .map_err(|e| Error::output(self.target.dest(), e))
     }
 
     /// Closes the file and renames it into place.
@@ -193,7 +204,7 @@ impl ParquetSink {
     pub fn close(mut self) -> Result<AtomicPath> {
         self.writer
             .finish()
-            .map_err(|e| Error::parquet(self.target.tmp(), e))?;
+            .map_err(|e| Error::output(self.target.dest(), e))?;
         Ok(self.target)
     }
 }
@@ -236,14 +247,15 @@ impl PartitionedSink {
                     .target
                     .tmp()
                     .join(format!("part-{:05}.parquet", self.parts));
-                self.current = Some((open_writer(&path, self.schema.clone())?, 0));
+                let writer = open_writer(&path, self.target.dest(), self.schema.clone())?;
+                self.current = Some((writer, 0));
                 self.parts += 1;
             }
             let (writer, rows) = self.current.as_mut().expect("opened above");
             let take = (self.max_rows - *rows).min(batch.num_rows() - offset);
             writer
                 .write(&batch.slice(offset, take))
-                .map_err(|e| Error::parquet(self.target.tmp(), e))?;
+                .map_err(|e| Error::output(self.target.dest(), e))?;
             *rows += take;
             offset += take;
         }
@@ -254,7 +266,7 @@ impl PartitionedSink {
         if let Some((writer, _)) = self.current.take() {
             writer
                 .close()
-                .map_err(|e| Error::parquet(self.target.tmp(), e))?;
+                .map_err(|e| Error::output(self.target.dest(), e))?;
         }
         Ok(())
     }
@@ -267,12 +279,13 @@ impl PartitionedSink {
                 .target
                 .tmp()
                 .join(format!("part-{:05}.parquet", self.parts));
-            self.current = Some((open_writer(&path, self.schema.clone())?, 0));
+            let writer = open_writer(&path, self.target.dest(), self.schema.clone())?;
+            self.current = Some((writer, 0));
             self.parts += 1;
         }
         self.finish_part()?;
         let marker = self.target.tmp().join(SUCCESS_MARKER);
-        std::fs::write(&marker, b"").map_err(|e| Error::io(&marker, e))?;
+        std::fs::write(&marker, b"").map_err(|e| Error::output(self.target.dest(), e))?;
         Ok(self.target)
     }
 }
@@ -317,6 +330,19 @@ impl TripletSink {
 /// Whether `--out` names a folder of part files.
 pub fn is_folder_output(dest: &Path) -> bool {
     dest.as_os_str().to_string_lossy().ends_with('/') || dest.is_dir()
+}
+
+/// Writes one batch to the temporary path of `target`, to be committed with other outputs;
+/// errors name the destination.
+pub fn write_parquet_into(target: &AtomicPath, batch: &RecordBatch) -> Result<()> {
+    let mut writer = open_writer(target.tmp(), target.dest(), batch.schema())?;
+    writer
+        .write(batch)
+        .map_err(|e| Error::output(target.dest(), e))?;
+    writer
+        .close()
+        .map_err(|e| Error::output(target.dest(), e))?;
+    Ok(())
 }
 
 /// Writes one batch to `dest` atomically.

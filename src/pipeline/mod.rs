@@ -7,6 +7,7 @@
 //! Pipeline files ([`file`]) describe jobs for schedulers.
 
 pub mod file;
+mod guard;
 pub mod manifest;
 mod outputs;
 mod recall;
@@ -27,10 +28,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::config::Metric;
 use crate::config::MiningConfig;
 use crate::error::{Error, Result};
-use crate::index::set_native_threads;
+use crate::index::{set_native_threads, set_openmp_threads};
 use crate::io::{
     AtomicPath, Queries, ReadOptions, Table, TripletSink, Vectors, read_retrieval, read_table_with,
-    resolve_inputs, write_atomic, write_parquet,
+    resolve_inputs, write_atomic, write_parquet_into,
 };
 use crate::mine::{ANCHOR_BLOCK, MinedBlock, Miner, Triplet};
 use crate::report::{Report, ReportBuilder};
@@ -42,6 +43,7 @@ use manifest::{
 /// date (unless `run.force`), and fails after writing when a quality gate holds.
 pub fn run(config: &MiningConfig) -> Result<Summary> {
     let files = resolve_inputs(&config.input.all_paths())?;
+    guard::refuse_outputs_over_inputs(config.options(), &files)?;
     if let Some(path) = config.input.load_index.as_ref().filter(|p| !p.is_file()) {
         return Err(Error::Config(format!(
             "--load-index {}: no such file",
@@ -70,10 +72,14 @@ pub fn run(config: &MiningConfig) -> Result<Summary> {
             }
         }
         None => {
+            tracing::debug!(threads = live_threads(), "starting the job");
             let mut pool = rayon::ThreadPoolBuilder::new();
             if let Some(n) = config.run.threads {
                 set_native_threads(n);
-                pool = pool.num_threads(n);
+                // FAISS runs on the pool's workers, whose OpenMP setting is their own.
+                pool = pool
+                    .num_threads(n)
+                    .start_handler(move |_| set_openmp_threads(n));
             }
             let pool = pool.build().map_err(|e| {
                 Error::Config(format!(
@@ -113,6 +119,7 @@ pub fn run(config: &MiningConfig) -> Result<Summary> {
 
 fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
     let started = Instant::now();
+    let started_at = std::time::SystemTime::now();
     let mut seconds = Timings::default();
     let show = config.run.progress && std::io::stderr().is_terminal();
     let out = &config.output;
@@ -136,6 +143,10 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         let table = read_table_with(files, &config.input.columns(), &read_options)?;
         (table, None)
     };
+    if queries.is_none() && !config.input.allow_duplicate_ids {
+        let id_column = config.input.id_col.as_deref().unwrap_or("id");
+        table.check_unique_ids(id_column, " (--allow-duplicate-ids to mine them anyway)")?;
+    }
     // Anchor ids, labels and columns come from here; candidates' from `table`.
     let anchor_table = queries.as_ref().map_or(&table, |q| &q.table);
     spinner.finish_and_clear();
@@ -193,7 +204,6 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
     let mut report = ReportBuilder::spilling(config.mine.margin, &scratch)?;
     // (agreement, row, majority label) of every label-noise suspect.
     let mut suspects: Vec<(f32, u32, u32)> = Vec::new();
-    let margin = config.mine.margin;
     let mut emit = |mined: &MinedBlock| -> Result<()> {
         sink.write(&layout.batch(&mined.triplets)?)?;
         suspects.extend(mined.anchors.iter().filter_map(|a| {
@@ -226,6 +236,12 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         }
         release_free_heap();
         bar.inc(block.len() as u64);
+        tracing::debug!(
+            stage = "mine",
+            anchors = block.len(),
+            threads = live_threads(),
+            "block mined"
+        );
     }
     if hold {
         miner.finish(&mut held);
@@ -280,7 +296,7 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         totals.recall_negatives = negatives;
         totals.recall_candidates = Some(candidates);
     }
-    let warnings = totals.collapse_warnings(margin);
+    let warnings = totals.warnings(&config.mine);
     for w in &warnings {
         tracing::warn!(stage = "report", "{w}");
     }
@@ -295,15 +311,21 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         ],
     )?;
     let report_file = AtomicPath::new(&out.report)?;
-    write_parquet(report_file.tmp(), &batch)?;
+    write_parquet_into(&report_file, &batch)?;
     let suspects_file = match &config.report.suspects {
         Some(path) => {
             let target = AtomicPath::new(path)?;
-            write_parquet(target.tmp(), &suspects_batch(&table, suspects)?)?;
+            write_parquet_into(&target, &suspects_batch(&table, suspects)?)?;
             Some(target)
         }
         None => None,
     };
+    let labels = if queries.is_some() {
+        0
+    } else {
+        table.num_labels()
+    };
+    let query_rows = queries.as_ref().map(|q| q.table.rows() as u64);
     let html_file = match &config.report.html {
         Some(path) => {
             let target = AtomicPath::new(path)?;
@@ -313,8 +335,17 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
                 histogram: &histogram,
                 options: config.options(),
                 warnings: &warnings,
+                facts: crate::report::html::RunFacts {
+                    rows: table.rows() as u64,
+                    dim: table.dim,
+                    labels,
+                    queries: query_rows,
+                    index: &index_factory,
+                    exact,
+                    started: started_at,
+                },
             });
-            std::fs::write(target.tmp(), page).map_err(|e| Error::io(target.tmp(), e))?;
+            target.write(page.as_bytes())?;
             Some(target)
         }
         None => None,
@@ -333,18 +364,21 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         inputs: files.to_vec(),
         rows: table.rows() as u64,
         dim: table.dim,
-        labels: if queries.is_some() {
-            0
-        } else {
-            table.num_labels()
-        },
-        queries: queries.as_ref().map(|q| q.table.rows() as u64),
+        labels,
+        queries: query_rows,
         unknown_queries: queries.as_ref().map_or(0, |q| q.unknown_queries),
         params: config.mine.clone(),
         index: index_factory,
         exact,
         out: out.out.clone(),
         report: out.report.clone(),
+        other_outputs: config
+            .options()
+            .outputs()
+            .into_iter()
+            .skip(2)
+            .map(|(_, p)| p.to_path_buf())
+            .collect(),
         totals,
         seconds,
         skipped: false,
@@ -370,6 +404,38 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
     Ok(summary)
 }
 
+/// The bar on screen, if any: log lines are written above it ([`log_writer`]).
+static ON_SCREEN: std::sync::Mutex<Option<ProgressBar>> = std::sync::Mutex::new(None);
+
+/// Stderr for log lines that share the terminal with the progress bars: each line is written
+/// with the bar lifted, so it neither breaks the bar nor is left tangled with it.
+pub fn log_writer() -> LogWriter {
+    LogWriter
+}
+
+/// See [`log_writer`].
+pub struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_all(buf).map(|_| buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let bar = ON_SCREEN.lock().ok().and_then(|b| b.clone());
+        match bar {
+            Some(bar) if !bar.is_finished() => {
+                bar.suspend(|| std::io::Write::write_all(&mut std::io::stderr(), buf))
+            }
+            _ => std::io::Write::write_all(&mut std::io::stderr(), buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::Write::flush(&mut std::io::stderr())
+    }
+}
+
 /// A progress bar (or spinner without a length) on stderr, hidden unless `show`.
 fn progress(show: bool, len: Option<u64>, message: &'static str) -> ProgressBar {
     if !show {
@@ -383,14 +449,26 @@ fn progress(show: bool, len: Option<u64>, message: &'static str) -> ProgressBar 
             .expect("valid template")
             .progress_chars("=> "),
         ),
-        None => {
-            let s = ProgressBar::new_spinner();
-            s.enable_steady_tick(std::time::Duration::from_millis(120));
-            s
-        }
+        None => ProgressBar::new_spinner(),
     };
     bar.set_draw_target(ProgressDrawTarget::stderr());
-    bar.with_message(message)
+    let bar = bar.with_message(message);
+    // Drawn now, and kept fresh while a block takes long: the bar replaces the previous
+    // stage's line at once, not at the end of the first block.
+    bar.enable_steady_tick(std::time::Duration::from_millis(if len.is_some() {
+        500
+    } else {
+        120
+    }));
+    if let Ok(mut on_screen) = ON_SCREEN.lock() {
+        *on_screen = Some(bar.clone());
+    }
+    bar
+}
+
+/// Threads of this process now (Linux), for the debug log: how many `--threads` allowed.
+fn live_threads() -> Option<usize> {
+    std::fs::read_dir("/proc/self/task").ok().map(|d| d.count())
 }
 
 /// Hands memory the allocator holds but no longer uses back to the system: the reader's

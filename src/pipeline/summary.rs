@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::MiningParams;
 use crate::mine::SearchStats;
-use crate::report::Totals;
+use crate::report::{Totals, thousands};
 
 /// Seconds spent in each stage.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -43,6 +43,9 @@ pub struct Summary {
     pub exact: bool,
     pub out: PathBuf,
     pub report: PathBuf,
+    /// The other outputs written (`--report-html`, `--suspects`, `--summary-json`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_outputs: Vec<PathBuf>,
     pub totals: Totals,
     pub seconds: Timings,
     /// True when the outputs were already up to date and nothing ran.
@@ -53,10 +56,16 @@ pub struct Summary {
     pub warnings: Vec<String>,
 }
 
+/// Lines of the printed summary stay within this many characters (a path may not).
+const WIDTH: usize = 100;
+/// The label column's width: `  anchors    `.
+const INDENT: usize = 13;
+
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let t = &self.totals;
         let p = &self.params;
+        let n = |x: u64| thousands(x);
         let fig = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.4}"));
         let share = |x: u64| {
             if t.triplets == 0 {
@@ -65,124 +74,222 @@ impl std::fmt::Display for Summary {
                 format!("{:.1}%", 100.0 * x as f64 / t.triplets as f64)
             }
         };
+        let line = |f: &mut std::fmt::Formatter<'_>, name: &str, text: &str| {
+            writeln!(f, "{}", wrap(&format!("  {name:<10} "), text))
+        };
         if self.skipped {
             writeln!(
                 f,
                 "tripmine: the outputs are up to date with the inputs and configuration; \
-                 nothing ran (--force to redo). The previous run:"
+                 nothing ran\n(--force to redo). The previous run:"
             )?;
         }
         writeln!(
             f,
             "tripmine {}: {} triplets from {} anchors in {:.1} s",
-            self.tripmine_version, t.triplets, t.anchors, self.seconds.total
+            self.tripmine_version,
+            n(t.triplets),
+            n(t.anchors),
+            self.seconds.total
         )?;
-        match self.queries {
-            Some(q) => writeln!(
-                f,
-                "  input      {q} queries against {} documents x {} dims, {} file(s)",
-                self.rows,
+        let files = match self.inputs.len() {
+            1 => "1 file".to_string(),
+            k => format!("{k} files"),
+        };
+        let input = match self.queries {
+            Some(q) => format!(
+                "{} queries against {} documents x {} dims, {files}",
+                n(q),
+                n(self.rows),
+                self.dim
+            ),
+            None => format!(
+                "{} rows x {} dims, {} labels, {files}",
+                n(self.rows),
                 self.dim,
-                self.inputs.len()
-            )?,
-            None => writeln!(
-                f,
-                "  input      {} rows x {} dims, {} labels, {} file(s)",
-                self.rows,
-                self.dim,
-                self.labels,
-                self.inputs.len()
-            )?,
-        }
-        writeln!(
+                n(self.labels as u64)
+            ),
+        };
+        line(f, "input", &input)?;
+        line(
             f,
-            "  index      {} ({}), metric {:?}, margin {}",
-            self.index,
-            if self.exact { "exact" } else { "approximate" },
-            p.metric,
-            p.margin
+            "index",
+            &format!(
+                "{} ({}), metric {}, margin {}",
+                self.index,
+                if self.exact { "exact" } else { "approximate" },
+                lower(p.metric),
+                p.margin
+            ),
         )?;
-        writeln!(
+        line(
             f,
-            "  strategy   positives {:?} x {}, negatives {:?} x {} ({:?})",
-            p.positives, p.num_positives, p.negatives, p.num_negatives, p.sample
+            "strategy",
+            &format!(
+                "positives {} x {}, negatives {} x {} ({})",
+                lower(p.positives),
+                p.num_positives,
+                lower(p.negatives),
+                p.num_negatives,
+                lower(p.sample)
+            ),
         )?;
-        writeln!(
+        line(
             f,
-            "  anchors    {} mined: {} without positive, {} without qualifying negative, {} capped by max-k",
-            t.anchors, t.anchors_without_positive, t.anchors_without_negative, t.anchors_capped
+            "anchors",
+            &format!(
+                "{} mined; no positive {}, no qualifying negative {}, capped by max-k {}",
+                n(t.anchors),
+                n(t.anchors_without_positive),
+                n(t.anchors_without_negative),
+                n(t.anchors_capped)
+            ),
         )?;
-        writeln!(
+        line(
             f,
-            "  kinds      hard {} ({}), semihard {} ({}), easy {} ({})",
-            t.hard,
-            share(t.hard),
-            t.semihard,
-            share(t.semihard),
-            t.easy,
-            share(t.easy)
+            "kinds",
+            &format!(
+                "hard {} ({}), semihard {} ({}), easy {} ({})",
+                n(t.hard),
+                share(t.hard),
+                n(t.semihard),
+                share(t.semihard),
+                n(t.easy),
+                share(t.easy)
+            ),
         )?;
         if p.guarded() || p.max_negative_reuse.is_some() || t.short_pairs > 0 {
-            writeln!(
+            line(
                 f,
-                "  rules      {} pairs, {} short ({} dropped); removed by guards: similarity {}, positive margin {}, positive percent {}, near-duplicate {}; by reuse cap: {}",
-                t.pairs,
-                t.short_pairs,
-                t.dropped_pairs,
-                t.removed_max_negative_similarity,
-                t.removed_positive_margin,
-                t.removed_positive_percent,
-                t.removed_near_duplicate,
-                t.removed_negative_reuse
+                "pairs",
+                &format!(
+                    "{} (anchor, positive), {} short of negatives, {} dropped",
+                    n(t.pairs),
+                    n(t.short_pairs),
+                    n(t.dropped_pairs)
+                ),
+            )?;
+            line(
+                f,
+                "rules",
+                &format!(
+                    "removed by guards: similarity {}, positive margin {}, percent {}, \
+                     near-duplicate {}; reuse cap {}",
+                    n(t.removed_max_negative_similarity),
+                    n(t.removed_positive_margin),
+                    n(t.removed_positive_percent),
+                    n(t.removed_near_duplicate),
+                    n(t.removed_negative_reuse)
+                ),
             )?;
         }
-        writeln!(
+        line(
             f,
-            "  loss       mean {}  p50 {}  p90 {}  p99 {}  max {}  active {}",
-            fig(t.loss_mean),
-            fig(t.loss_p50),
-            fig(t.loss_p90),
-            fig(t.loss_p99),
-            fig(t.loss_max),
-            fig(t.active_fraction)
+            "loss",
+            &format!(
+                "mean {}  p50 {}  p90 {}  p99 {}  max {}  active {}",
+                fig(t.loss_mean),
+                fig(t.loss_p50),
+                fig(t.loss_p90),
+                fig(t.loss_p99),
+                fig(t.loss_max),
+                fig(t.active_fraction)
+            ),
         )?;
-        writeln!(
+        line(
             f,
-            "  distances  mean d_ap {}  mean d_an {}",
-            fig(t.d_ap_mean),
-            fig(t.d_an_mean)
+            "distances",
+            &format!(
+                "mean d_ap {}  mean d_an {}",
+                fig(t.d_ap_mean),
+                fig(t.d_an_mean)
+            ),
         )?;
         let other = if self.queries.is_some() {
             "a non-positive"
         } else {
             "an other-label"
         };
-        writeln!(
+        line(
             f,
-            "  health     {} of anchors have {other} nearest neighbour within d(a, hardest positive) + margin",
-            fig(t.neighbour_violation_share)
+            "health",
+            &format!(
+                "{} of anchors have {other} neighbour within d(a, hardest positive) + margin",
+                fig(t.neighbour_violation_share)
+            ),
         )?;
-        writeln!(
-            f,
-            "  outputs    {} and {}",
-            self.out.display(),
-            self.report.display()
-        )?;
-        if let (Some(c), n) = (t.recall_candidates, t.recall_negatives) {
-            writeln!(
+        let mut outputs = vec![&self.out, &self.report];
+        outputs.extend(&self.other_outputs);
+        for (i, path) in outputs.iter().enumerate() {
+            let name = if i == 0 { "outputs" } else { "" };
+            writeln!(f, "  {name:<10} {}", path.display())?;
+        }
+        if let (Some(c), r) = (t.recall_candidates, t.recall_negatives) {
+            line(
                 f,
-                "  recall     mined negatives {}, candidates {} (against an exact search of a sample)",
-                fig(n),
-                fig(Some(c))
+                "recall",
+                &format!(
+                    "mined negatives {}, candidates {} (against an exact search of a sample)",
+                    fig(r),
+                    fig(Some(c))
+                ),
             )?;
         }
         for w in &self.warnings {
-            writeln!(f, "  WARNING    {w}")?;
+            line(f, "WARNING", w)?;
         }
         write!(
             f,
             "  seconds    read {:.2}, index {:.2}, mine+write {:.2}, report {:.2}",
             self.seconds.read, self.seconds.index, self.seconds.mine, self.seconds.report
         )
+    }
+}
+
+/// A value enum as its command-line spelling.
+fn lower(v: impl std::fmt::Debug) -> String {
+    format!("{v:?}").to_lowercase()
+}
+
+/// `text` after `head`, wrapped at word boundaries to [`WIDTH`] characters, continuation
+/// lines indented under the text.
+fn wrap(head: &str, text: &str) -> String {
+    let mut out = head.to_string();
+    let mut width = head.chars().count();
+    for (i, word) in text.split(' ').enumerate() {
+        let len = word.chars().count();
+        if i > 0 && width + 1 + len > WIDTH {
+            out.push('\n');
+            out.push_str(&" ".repeat(INDENT));
+            width = INDENT;
+        } else if i > 0 {
+            out.push(' ');
+            width += 1;
+        }
+        out.push_str(word);
+        width += len;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lines_wrap_under_the_text() {
+        let text = "word ".repeat(40);
+        let wrapped = wrap("  WARNING    ", text.trim());
+        assert!(wrapped.lines().count() > 1);
+        for l in wrapped.lines() {
+            assert!(l.chars().count() <= WIDTH, "{l}");
+        }
+        assert!(
+            wrapped
+                .lines()
+                .nth(1)
+                .unwrap()
+                .starts_with(&" ".repeat(INDENT))
+        );
     }
 }

@@ -15,6 +15,7 @@ use arrow::datatypes::{Field, Schema};
 use polars::prelude::*;
 use serde::Serialize;
 
+use crate::config::{MiningParams, NegativeStrategy, PositiveStrategy};
 use crate::error::{Error, Result};
 use crate::mine::{AnchorRecord, Triplet};
 use crate::score::{TripletKind, triplet_loss};
@@ -551,7 +552,51 @@ fn figure_field<'a>(t: &'a mut Totals, name: &str) -> &'a mut Option<f64> {
 }
 
 impl Totals {
-    /// Warnings that the embeddings look collapsed, for the summary and the report.
+    /// Warnings about the run, for the summary, the report's metadata and the HTML page:
+    /// [`Totals::coverage_warnings`], then [`Totals::collapse_warnings`].
+    pub fn warnings(&self, params: &MiningParams) -> Vec<String> {
+        let mut w = self.coverage_warnings(params);
+        w.extend(self.collapse_warnings(params.margin));
+        w
+    }
+
+    /// A warning when most anchors that have a positive found no qualifying negative, with
+    /// what to try: the strategy's band is nearly empty on this data.
+    pub fn coverage_warnings(&self, params: &MiningParams) -> Vec<String> {
+        let with_positive = self.anchors.saturating_sub(self.anchors_without_positive);
+        let without = self.anchors_without_negative;
+        if with_positive == 0 || 2 * without <= with_positive {
+            return Vec::new();
+        }
+        let strategy = format!("{:?}", params.negatives).to_lowercase();
+        let mut tries = Vec::new();
+        if matches!(
+            params.negatives,
+            NegativeStrategy::Semihard | NegativeStrategy::Easy
+        ) || params.margin == 0.0
+        {
+            tries.push("a larger --margin".to_string());
+        }
+        if params.negatives != NegativeStrategy::Violating
+            && params.negatives != NegativeStrategy::Hardest
+        {
+            tries.push("--negatives violating (hard and semi-hard)".into());
+        }
+        if params.positives != PositiveStrategy::Hardest {
+            tries.push("--positives hardest".into());
+        }
+        if tries.is_empty() {
+            tries.push("--negatives hardest".into());
+        }
+        vec![format!(
+            "{} of {} anchors with a positive found no qualifying {strategy} negative; try {}",
+            thousands(without),
+            thousands(with_positive),
+            or_list(&tries)
+        )]
+    }
+
+    /// Warnings that the embeddings look collapsed.
     pub fn collapse_warnings(&self, margin: f32) -> Vec<String> {
         let mut w = Vec::new();
         if let Some(share) = self.margin_pileup_share.filter(|&s| s > 0.5) {
@@ -588,6 +633,28 @@ impl Totals {
             serde_json::Value::Object(map) => map.keys().cloned().collect(),
             _ => unreachable!("a struct serialises to an object"),
         }
+    }
+}
+
+/// `12345678` as `12,345,678`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `a`, `a or b`, `a, b or c`.
+fn or_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
     }
 }
 
