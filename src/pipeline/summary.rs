@@ -169,12 +169,14 @@ impl std::fmt::Display for Summary {
                     n(t.dropped_pairs)
                 ),
             )?;
+        }
+        if p.guarded() || p.max_negative_reuse.is_some() {
             line(
                 f,
                 "rules",
                 &format!(
-                    "removed by guards: similarity {}, positive margin {}, percent {}, \
-                     near-duplicate {}; reuse cap {}",
+                    "removed by guards: similarity {}, pos. margin {}, percent {}, \
+                     near-dup. {}; reuse cap {}",
                     n(t.removed_max_negative_similarity),
                     n(t.removed_positive_margin),
                     n(t.removed_positive_percent),
