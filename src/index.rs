@@ -44,6 +44,48 @@ pub fn set_native_threads(n: usize) {
     }
 }
 
+/// While alive, OpenBLAS multiplies on the calling thread only (where the BLAS linked is
+/// OpenBLAS): for work that runs its own products in parallel, one per thread. The thread
+/// count before is restored on drop. OpenBLAS's setting is process-wide.
+pub struct SingleThreadedBlas {
+    restore: Option<(extern "C" fn(c_int), c_int)>,
+}
+
+impl SingleThreadedBlas {
+    pub fn new() -> Self {
+        // SAFETY: dlsym with NUL-terminated names; the symbols, if found, have these
+        // signatures (OpenBLAS's `openblas_get_num_threads` and `openblas_set_num_threads`).
+        unsafe {
+            let get = dlsym(std::ptr::null_mut(), c"openblas_get_num_threads".as_ptr());
+            let set = dlsym(std::ptr::null_mut(), c"openblas_set_num_threads".as_ptr());
+            if get.is_null() || set.is_null() {
+                return SingleThreadedBlas { restore: None };
+            }
+            let get: extern "C" fn() -> c_int = std::mem::transmute(get);
+            let set: extern "C" fn(c_int) = std::mem::transmute(set);
+            let before = get();
+            set(1);
+            SingleThreadedBlas {
+                restore: Some((set, before)),
+            }
+        }
+    }
+}
+
+impl Default for SingleThreadedBlas {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for SingleThreadedBlas {
+    fn drop(&mut self) {
+        if let Some((set, before)) = self.restore {
+            set(before);
+        }
+    }
+}
+
 /// Caps the OpenMP threads (FAISS's) of parallel regions that the calling thread starts.
 ///
 /// OpenMP keeps this per thread: a thread that did not call it (a rayon worker, say) starts

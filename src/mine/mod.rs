@@ -16,10 +16,12 @@
 //! again deeper, up to a full scan.
 
 mod negatives;
+mod onepass;
 mod positives;
 mod select;
 
 pub use negatives::{GUARDS, Guard};
+pub use onepass::Tiles;
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -130,6 +132,11 @@ pub struct Miner<'t> {
     search: SearchStats,
     /// Rows of a spilled store read into memory for the stretch of work at hand.
     gathered: Gathered,
+    /// Whether an exact index mines in one pass over the table where it can (else by the
+    /// deepening ladder); both give the same results.
+    one_pass: bool,
+    /// Tile shape of the one-pass engine.
+    tiles: Tiles,
 }
 
 /// Where a miner's index comes from.
@@ -206,6 +213,8 @@ impl<'t> Miner<'t> {
             start_k: first_k(&self.params, self.table.rows(), self.queries.is_some()),
             search: SearchStats::default(),
             gathered: Gathered::default(),
+            one_pass: self.one_pass,
+            tiles: self.tiles,
         }
     }
 
@@ -309,7 +318,22 @@ impl<'t> Miner<'t> {
             start_k,
             search: SearchStats::default(),
             gathered: Gathered::default(),
+            one_pass: true,
+            tiles: Tiles::default(),
         })
+    }
+
+    /// Mines with the deepening ladder even where the one-pass engine applies (`false`), or
+    /// not; for tests and benchmarks that compare the two. Results are the same.
+    #[doc(hidden)]
+    pub fn set_one_pass(&mut self, one_pass: bool) {
+        self.one_pass = one_pass;
+    }
+
+    /// The one-pass engine's tile shape; results do not depend on it.
+    #[doc(hidden)]
+    pub fn set_tiles(&mut self, tiles: Tiles) {
+        self.tiles = tiles;
     }
 
     /// Time and queries of the neighbour searches so far.

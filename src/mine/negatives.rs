@@ -29,11 +29,11 @@ const SEARCH_BUDGET: usize = 1 << 20;
 const APPROXIMATE_MAX_K_FACTOR: usize = 16;
 
 /// An anchor's resolved output.
-struct Resolved {
-    triplets: Vec<Triplet>,
-    violating_neighbour: Option<bool>,
-    neighbour_labels: Option<NeighbourLabels>,
-    guard_removed: [u32; 4],
+pub(super) struct Resolved {
+    pub triplets: Vec<Triplet>,
+    pub violating_neighbour: Option<bool>,
+    pub neighbour_labels: Option<NeighbourLabels>,
+    pub guard_removed: [u32; 4],
 }
 
 /// A false-negative guard.
@@ -87,8 +87,16 @@ fn rejected_by(m: &Miner, d_ap: f32, d_an: f32, p: u32, n: u32) -> Option<usize>
         .position(|g| g.rejects(&m.params, d_ap, d_an, || m.distance(p, n)) == Some(true))
 }
 
-/// Mines the negatives of every planned anchor of a block.
+/// Mines the negatives of every planned anchor of a block: in one pass over the table where
+/// the one-pass engine serves the parameters, else by searching the index deeper and deeper.
 pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> {
+    if super::onepass::applies(m) {
+        let done = super::onepass::resolve_all(m, &plans)?
+            .into_iter()
+            .map(|r| r.map(|r| (r, false)))
+            .collect();
+        return Ok(assemble(plans, done));
+    }
     let n = m.table.rows();
     let mut done: Vec<Option<(Resolved, bool)>> = (0..plans.len()).map(|_| None).collect();
     let mut pending: Vec<usize> = (0..plans.len())
@@ -212,7 +220,12 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
 
     m.start_k = next_start(m.params.k, &resolved_at);
     m.release_gathered();
+    Ok(assemble(plans, done))
+}
 
+/// The block's triplets and anchor records, in anchor order, from each anchor's outcome
+/// (`None`: not resolved, the anchor has no positive) and whether its search was capped.
+fn assemble(plans: Vec<AnchorPlan>, done: Vec<Option<(Resolved, bool)>>) -> MinedBlock {
     let mut block = MinedBlock::default();
     for (plan, outcome) in plans.into_iter().zip(done) {
         let (triplets, violating_neighbour, neighbour_labels, guard_removed, capped) = match outcome
@@ -242,7 +255,7 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
         });
         block.triplets.extend(triplets);
     }
-    Ok(block)
+    block
 }
 
 /// Where the next block's search starts: the shallowest depth of this block's ladder at which
@@ -362,7 +375,11 @@ fn resolve(m: &Miner, plan: &AnchorPlan, list: &[(f32, u32)], radius: f32) -> Op
 }
 
 /// Agreement with the anchor's label and majority label of `near` (nearest first).
-fn neighbour_labels(m: &Miner, label: u32, near: &[(f32, u32)]) -> Option<NeighbourLabels> {
+pub(super) fn neighbour_labels(
+    m: &Miner,
+    label: u32,
+    near: &[(f32, u32)],
+) -> Option<NeighbourLabels> {
     if near.is_empty() {
         return None;
     }
@@ -389,7 +406,7 @@ fn neighbour_labels(m: &Miner, label: u32, near: &[(f32, u32)]) -> Option<Neighb
 
 /// Whether a negative at distance `d_an` qualifies for the strategy.
 #[inline]
-fn qualifies(strategy: NegativeStrategy, d_ap: f32, d_an: f32, margin: f32) -> bool {
+pub(super) fn qualifies(strategy: NegativeStrategy, d_ap: f32, d_an: f32, margin: f32) -> bool {
     let kind = TripletKind::classify(d_ap, d_an, margin);
     match strategy {
         NegativeStrategy::Hard => kind == TripletKind::Hard,

@@ -1,0 +1,188 @@
+//! The one-pass exact engine: equal to the brute-force oracle and to the deepening ladder
+//! whatever the tile shape (tables not a multiple of a tile, tiles of one row or one anchor),
+//! with bands that are empty, narrower than `N`, or all tied, and with enough rows per band
+//! that its selectors prune.
+
+mod common;
+
+use common::{Oracle, blob_table, grid_table};
+use proptest::prelude::*;
+use tripmine::Table;
+use tripmine::config::{Count, Metric, MiningParams, NegativeStrategy, PositiveStrategy};
+use tripmine::mine::{MinedBlock, Miner, Tiles};
+
+fn mine(table: &Table, params: &MiningParams, one_pass: bool, tiles: Tiles) -> MinedBlock {
+    let mut miner = Miner::new(table, params).unwrap();
+    miner.set_one_pass(one_pass);
+    miner.set_tiles(tiles);
+    miner.mine_all().unwrap()
+}
+
+const STRATEGIES: [NegativeStrategy; 5] = [
+    NegativeStrategy::Hard,
+    NegativeStrategy::Semihard,
+    NegativeStrategy::Easy,
+    NegativeStrategy::Violating,
+    NegativeStrategy::Hardest,
+];
+
+fn params(negatives: NegativeStrategy, num_negatives: Count, metric: Metric) -> MiningParams {
+    MiningParams {
+        metric,
+        negatives,
+        num_negatives,
+        positives: PositiveStrategy::Hardest,
+        num_positives: Count::AtMost(2),
+        margin: 0.3,
+        ..Default::default()
+    }
+}
+
+fn assert_equals_oracle(table: &Table, p: &MiningParams, tiles: Tiles) {
+    let mined = mine(table, p, true, tiles);
+    let (triplets, anchors) = Oracle::new(table, p.metric).mine(p);
+    assert_eq!(mined.anchors, anchors, "{p:?} {tiles:?}");
+    assert_eq!(mined.triplets, triplets, "{p:?} {tiles:?}");
+}
+
+#[test]
+fn tables_that_are_not_a_multiple_of_the_tile_equal_the_oracle() {
+    let table = blob_table(203, 6, 5, 11);
+    for tiles in [
+        Tiles {
+            anchors: 1,
+            rows: 1,
+        },
+        Tiles {
+            anchors: 7,
+            rows: 50,
+        },
+        Tiles {
+            anchors: 64,
+            rows: 202,
+        },
+        Tiles {
+            anchors: 500,
+            rows: 5000,
+        },
+    ] {
+        for s in STRATEGIES {
+            assert_equals_oracle(&table, &params(s, Count::AtMost(3), Metric::L2sq), tiles);
+        }
+    }
+}
+
+#[test]
+fn selectors_that_prune_keep_exact_ranks() {
+    // 900 rows, few labels: each band holds hundreds of rows, so selectors prune many times.
+    for (table, metric) in [
+        (blob_table(900, 8, 3, 5), Metric::L2sq),
+        (blob_table(900, 8, 3, 6), Metric::Cosine),
+        (grid_table(900, 3, 4, 3, 7), Metric::L2sq),
+    ] {
+        for s in STRATEGIES {
+            for n in [Count::AtMost(1), Count::AtMost(5)] {
+                let tiles = Tiles {
+                    anchors: 37,
+                    rows: 64,
+                };
+                assert_equals_oracle(&table, &params(s, n, metric), tiles);
+            }
+        }
+    }
+}
+
+#[test]
+fn all_tied_bands_are_ranked_by_row() {
+    // Every vector the same: every distance 0, every order decided by row.
+    let table = grid_table(120, 4, 3, 1, 3);
+    for s in STRATEGIES {
+        for n in [Count::AtMost(2), Count::All] {
+            let p = MiningParams {
+                margin: 0.0,
+                ..params(s, n, Metric::L2sq)
+            };
+            assert_equals_oracle(
+                &table,
+                &p,
+                Tiles {
+                    anchors: 16,
+                    rows: 17,
+                },
+            );
+        }
+    }
+}
+
+#[test]
+fn bands_that_are_empty_or_narrower_than_n() {
+    let table = grid_table(150, 2, 3, 4, 9);
+    // Margin 0: the semi-hard band is empty. N = 50: wider than any band.
+    for (margin, n) in [(0.0, Count::AtMost(3)), (0.5, Count::AtMost(50))] {
+        for s in STRATEGIES {
+            let p = MiningParams {
+                margin,
+                ..params(s, n, Metric::L2sq)
+            };
+            assert_equals_oracle(
+                &table,
+                &p,
+                Tiles {
+                    anchors: 9,
+                    rows: 31,
+                },
+            );
+        }
+    }
+}
+
+/// Grid tables (ties and duplicate vectors) or continuous ones, with at least two labels.
+fn table_strategy() -> impl Strategy<Value = Table> {
+    (8usize..90, 1usize..5, 2i64..5, 1u32..6, any::<bool>()).prop_flat_map(
+        |(rows, dim, labels, side, grid)| {
+            (
+                proptest::collection::vec(0..side, rows * dim),
+                proptest::collection::vec(-1.0f32..1.0, rows * dim),
+                proptest::collection::vec(0..labels, rows),
+            )
+                .prop_filter_map("two labels", move |(coords, noise, ls)| {
+                    let vectors = if grid {
+                        coords.into_iter().map(|c| c as f32 * 0.5).collect()
+                    } else {
+                        noise
+                    };
+                    let labels = std::sync::Arc::new(arrow::array::Int64Array::from(ls));
+                    Table::from_arrays(None, labels, vectors, dim).ok()
+                })
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 150, ..ProptestConfig::default() })]
+
+    #[test]
+    fn one_pass_equals_the_ladder_whatever_the_tiles(
+        table in table_strategy(),
+        strategy in proptest::sample::select(STRATEGIES.to_vec()),
+        n in prop_oneof![Just(Count::AtMost(1)), Just(Count::AtMost(4)), Just(Count::All)],
+        positives in prop_oneof![Just(PositiveStrategy::Hardest), Just(PositiveStrategy::Easiest), Just(PositiveStrategy::All)],
+        metric in prop_oneof![Just(Metric::L2sq), Just(Metric::Cosine)],
+        margin in prop_oneof![Just(0.0f32), Just(0.2f32), Just(1.5f32)],
+        tiles in (1usize..20, 1usize..40).prop_map(|(anchors, rows)| Tiles { anchors, rows }),
+    ) {
+        let p = MiningParams {
+            metric,
+            margin,
+            negatives: strategy,
+            num_negatives: n,
+            positives,
+            num_positives: Count::AtMost(2),
+            ..Default::default()
+        };
+        let ladder = mine(&table, &p, false, Tiles::default());
+        let one_pass = mine(&table, &p, true, tiles);
+        prop_assert_eq!(one_pass.anchors, ladder.anchors);
+        prop_assert_eq!(one_pass.triplets, ladder.triplets);
+    }
+}
