@@ -186,3 +186,37 @@ proptest! {
         prop_assert_eq!(one_pass.triplets, ladder.triplets);
     }
 }
+
+#[test]
+fn large_norms_and_small_distances_stay_exact() {
+    // Every row far from the origin, rows close together: the products cancel to a few bits,
+    // so nearly every decision is left to exact distances.
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
+    let (rows, dim) = (400usize, 16usize);
+    let vectors: Vec<f32> = (0..rows * dim)
+        .map(|_| 100.0 + rng.random_range(-0.01f32..0.01))
+        .collect();
+    let labels: Vec<i64> = (0..rows as i64).map(|i| i % 4).collect();
+    let table = Table::from_arrays(
+        None,
+        std::sync::Arc::new(arrow::array::Int64Array::from(labels)),
+        vectors,
+        dim,
+    )
+    .unwrap();
+    for s in STRATEGIES {
+        let p = MiningParams {
+            margin: 0.0005,
+            ..params(s, Count::AtMost(3), Metric::L2sq)
+        };
+        assert_equals_oracle(
+            &table,
+            &p,
+            Tiles {
+                anchors: 32,
+                rows: 64,
+            },
+        );
+    }
+}

@@ -105,6 +105,18 @@ fn inner_products(q: &[f32], t: &[f32], dim: usize, out: &mut [f32]) {
     }
 }
 
+/// A bound on |GEMM distance - exact distance| for an anchor of squared norm `a_sq` against
+/// rows of squared norm at most `r_sq`: the inner product's rounding (`gamma_dim |a| |r|`, for
+/// any order of summation; twice, as the distance holds `-2 a.r`), plus the rounding of the
+/// norms, of the two additions and of the exact distance itself (each at most `eps` times
+/// `|a|^2 + |r|^2` or the distance, which is at most twice that).
+fn gemm_error_bound(dim: usize, a_sq: f32, r_sq: f32) -> f32 {
+    let eps = f32::EPSILON as f64;
+    let gamma = dim as f64 * eps / (1.0 - dim as f64 * eps);
+    let (a_sq, r_sq) = (a_sq as f64, r_sq as f64);
+    (2.0 * gamma * (a_sq * r_sq).sqrt() + 8.0 * eps * (a_sq + r_sq)) as f32
+}
+
 /// The band of a strategy in distance, `[lo, hi]` before rounding: a row is certainly in it
 /// when its distance is inside by more than the tolerance, certainly out when outside by more.
 #[derive(Debug, Clone, Copy)]
@@ -248,6 +260,11 @@ fn resolve_group(m: &Miner, plans: &[AnchorPlan], group: &[usize], tiles: Tiles)
             None => m.norms_sq[plans[i].anchor as usize],
         })
         .collect();
+    let query_norm_of = |a: u32| match &m.queries {
+        Some(q) => q.norms_sq[a as usize],
+        None => m.norms_sq[a as usize],
+    };
+    let max_norm = m.max_norm_sq;
     let mut states: Vec<AnchorState> = group
         .iter()
         .map(|&i| {
@@ -270,7 +287,7 @@ fn resolve_group(m: &Miner, plans: &[AnchorPlan], group: &[usize], tiles: Tiles)
                     .collect(),
                 nearest_negative: Nearest::new(1),
                 nearest_rows: Nearest::new(near),
-                slack: 2.0 * m.faiss_slack(plan.anchor),
+                slack: 2.0 * gemm_error_bound(dim, query_norm_of(plan.anchor), max_norm),
             }
         })
         .collect();
