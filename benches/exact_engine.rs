@@ -11,48 +11,14 @@
 //!
 //! Run: `cargo bench --bench exact_engine`
 
+mod common;
+use common::*;
+
 use std::time::Instant;
 
 use tripmine::config::{Count, MiningParams, NegativeStrategy, PositiveStrategy};
 use tripmine::io::synthetic::{GenSpec, generate_to_file};
 use tripmine::mine::{Miner, Tiles};
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
-unsafe extern "C" {
-    fn cblas_sgemm(
-        layout: i32,
-        trans_a: i32,
-        trans_b: i32,
-        m: i32,
-        n: i32,
-        k: i32,
-        alpha: f32,
-        a: *const f32,
-        lda: i32,
-        b: *const f32,
-        ldb: i32,
-        beta: f32,
-        c: *mut f32,
-        ldc: i32,
-    );
-}
 
 /// Seconds of one bare pass of inner products over all pairs of `v` (`rows x dim`), in
 /// blocks of 512 x 2048, results discarded: what every exact miner pays at least.
@@ -69,9 +35,9 @@ fn sgemm_pass(v: &[f32], dim: usize) -> f64 {
             // SAFETY: row-major q (m x dim) times t^T (dim x n) into out (m x n).
             unsafe {
                 cblas_sgemm(
-                    101,
-                    111,
-                    112,
+                    ROW_MAJOR,
+                    NO_TRANS,
+                    TRANS,
                     m,
                     n,
                     dim as i32,
@@ -89,11 +55,6 @@ fn sgemm_pass(v: &[f32], dim: usize) -> f64 {
     }
     std::hint::black_box(&out);
     started.elapsed().as_secs_f64()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {
@@ -208,7 +169,7 @@ fn main() {
             println!(
                 "  {label:<24} {wall:8.2} s  {:5.2} x sgemm  (negatives {pass:.2} s; {triplets} triplets, peak RSS so far {:.0} MiB)",
                 wall / floor,
-                peak_rss_mib()
+                peak_rss_kb() as f64 / 1024.0
             );
         }
         if ladder {

@@ -9,55 +9,17 @@
 //!
 //! Run: `cargo bench --bench whole_job`
 
+mod common;
+use common::*;
+
 use std::time::Instant;
 
 use clap::Parser;
 use tripmine::io::synthetic::{GenSpec, generate_to_file};
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Peak resident set size of this process (kB), from /proc.
-fn peak_rss_kb() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-unsafe extern "C" {
-    // OpenBLAS, linked for FAISS.
-    fn cblas_sgemm(
-        layout: i32,
-        trans_a: i32,
-        trans_b: i32,
-        m: i32,
-        n: i32,
-        k: i32,
-        alpha: f32,
-        a: *const f32,
-        lda: i32,
-        b: *const f32,
-        ldb: i32,
-        beta: f32,
-        c: *mut f32,
-        ldc: i32,
-    );
-}
-
 /// The machine's sgemm GFLOP/s on the shape FAISS's exact search uses: 4096 queries times
 /// 1024 base rows of dimension `dim` (C = A B^T).
 fn sgemm_gflops(dim: usize) -> f64 {
-    const ROW_MAJOR: i32 = 101;
-    const NO_TRANS: i32 = 111;
-    const TRANS: i32 = 112;
     let (m, n) = (4096usize, 1024usize);
     let a: Vec<f32> = (0..m * dim).map(|i| (i % 7) as f32 * 0.1).collect();
     let b: Vec<f32> = (0..n * dim).map(|i| (i % 5) as f32 * 0.1).collect();
@@ -90,11 +52,6 @@ fn sgemm_gflops(dim: usize) -> f64 {
         run();
     }
     2.0 * (m * n * dim * reps) as f64 / started.elapsed().as_secs_f64() / 1e9
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// One run in this process: prints `wall_seconds peak_rss_kb triplets read index mine search
