@@ -316,11 +316,11 @@ fn resolve_group(m: &Miner, plans: &[AnchorPlan], group: &[usize], tiles: Tiles)
             match m.params.metric {
                 Metric::L2sq => {
                     let to_d = |x: f32, tn: f32| qn + tn - 2.0 * x;
-                    scan(m, plan, state, row, norms, to_d, start as u32, limit);
+                    scan_dispatch(m, plan, state, row, norms, to_d, start as u32, limit);
                 }
                 Metric::Cosine => {
                     let to_d = |x: f32, _: f32| 1.0 - x;
-                    scan(m, plan, state, row, norms, to_d, start as u32, limit);
+                    scan_dispatch(m, plan, state, row, norms, to_d, start as u32, limit);
                 }
             }
         }
@@ -342,7 +342,7 @@ const CHUNK: usize = 16;
 /// first tested as a whole (branch-free, vectorised): rows before every band are counted, and
 /// only a chunk holding a row inside some cut is looked at row by row.
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[inline(always)]
 fn scan(
     m: &Miner,
     plan: &AnchorPlan,
@@ -448,6 +448,45 @@ fn scan_chunk(
             cut.1 = cut.1.min(pair.cut);
         }
     }
+}
+
+/// [`scan`] compiled for the widest vector instructions this processor has (AVX2 where
+/// present), chosen at run time: the build stays portable. Results are the same either way.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn scan_dispatch(
+    m: &Miner,
+    plan: &AnchorPlan,
+    state: &mut AnchorState,
+    row: &mut [f32],
+    norms: &[f32],
+    to_d: impl Fn(f32, f32) -> f32,
+    first: u32,
+    limit: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the processor has AVX2 (checked just above).
+        unsafe { scan_avx2(m, plan, state, row, norms, to_d, first, limit) };
+        return;
+    }
+    scan(m, plan, state, row, norms, to_d, first, limit);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2")]
+unsafe fn scan_avx2(
+    m: &Miner,
+    plan: &AnchorPlan,
+    state: &mut AnchorState,
+    row: &mut [f32],
+    norms: &[f32],
+    to_d: impl Fn(f32, f32) -> f32,
+    first: u32,
+    limit: usize,
+) {
+    scan(m, plan, state, row, norms, to_d, first, limit);
 }
 
 /// Keeps the band rows that can still matter: those within `slack` of the `limit`-th row
