@@ -469,9 +469,10 @@ fn repeated_ids_are_mined_when_allowed() {
 // ---- Threads -----------------------------------------------------------------------------
 
 /// The largest thread count the debug log reports during mining, and the count at the start.
-fn threads_seen(dir: &Path, input: &Path, threads: &str) -> (usize, usize) {
+fn threads_seen(dir: &Path, input: &Path, threads: &str, extra: &[&str]) -> (usize, usize) {
     let out = mine_in(dir, input)
         .args(["-v", "--log-format", "json", "--threads", threads])
+        .args(extra)
         .args(["--out", "t.parquet", "--report", "r.parquet", "--force"])
         .output()
         .unwrap();
@@ -494,10 +495,28 @@ fn threads_seen(dir: &Path, input: &Path, threads: &str) -> (usize, usize) {
 fn one_thread_caps_faiss_too() {
     let dir = TempDir::new().unwrap();
     let input = generated(dir.path(), "data.parquet", 3000, 10, 2);
-    let (start, most) = threads_seen(dir.path(), &input, "1");
+    // With --max-k the exact index is searched through FAISS (OpenMP), not by the one-pass
+    // engine.
+    let (start, most) = threads_seen(dir.path(), &input, "1", &["--max-k", "1000000"]);
     // The one rayon worker, and no OpenMP team beside it.
     assert!(most > start, "the worker ran: {start} -> {most}");
-    assert_eq!(most, start + 1, "threads during mining with --threads 1");
+    assert_eq!(
+        most,
+        start + 1,
+        "threads during a FAISS search with --threads 1"
+    );
+}
+
+#[test]
+fn one_thread_caps_the_one_pass_engine_too() {
+    let dir = TempDir::new().unwrap();
+    let input = generated(dir.path(), "data.parquet", 3000, 10, 2);
+    let (start, most) = threads_seen(dir.path(), &input, "1", &[]);
+    assert_eq!(
+        most,
+        start + 1,
+        "threads during one-pass mining with --threads 1"
+    );
 }
 
 // ---- Messages and terminal ----------------------------------------------------------------
