@@ -5,8 +5,9 @@
 //! positive) pair knows its acceptance band before the pass) and an exact index's miner. Out:
 //! the same [`Resolved`] outcome the deepening ladder gives, triplet for triplet.
 //!
-//! Tiles of (anchors x table rows) distances come from one `sgemm` and the rows' norms. Each
-//! pair keeps only what its answer needs: how many rows lie before its band (for ranks), and
+//! Groups of anchors run in parallel, one per core, each multiplying with BLAS on its own
+//! thread: tiles of (anchors x table rows) distances come from one `sgemm` and the rows'
+//! norms. Each pair keeps only what its answer needs: how many rows lie before its band (for ranks), and
 //! the rows of its band nearer than its `N`-th certain negative. GEMM distances are within a
 //! bound `eps` of the exact ones, so every decision within `eps` of an edge is left to the
 //! exact distances computed at the end: the results equal an exhaustive exact search.
