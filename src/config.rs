@@ -250,6 +250,13 @@ impl Default for ColumnNames {
     }
 }
 
+/// A flag value as the command line spells it (`l2sq`, `semihard`, ...).
+pub fn cli_name(value: impl ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .map_or_else(String::new, |v| v.get_name().to_string())
+}
+
 /// Where the rows come from (`[input]` in a pipeline file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

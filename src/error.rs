@@ -156,12 +156,15 @@ impl Error {
 
     /// An input that the Parquet reader refused: bad data (exit 3), naming the file.
     pub(crate) fn bad_parquet(path: impl Into<PathBuf>, source: impl std::fmt::Display) -> Self {
+        Error::corrupt(path, detail(&source.to_string()))
+    }
+
+    /// A Parquet input that is corrupt or truncated: bad data (exit 3), naming the file, with
+    /// `what` is wrong after it.
+    pub(crate) fn corrupt(path: impl Into<PathBuf>, what: impl std::fmt::Display) -> Self {
         Error::BadFile {
             path: path.into(),
-            reason: format!(
-                "not a readable Parquet file (corrupt or truncated?): {}",
-                detail(&source.to_string())
-            ),
+            reason: format!("not a readable Parquet file (corrupt or truncated?): {what}"),
         }
     }
 
@@ -267,13 +270,10 @@ pub(crate) fn contain_panics<T>(
             .map(|s| s.to_string())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "no message".into());
-        Err(Error::BadFile {
-            path: path.to_path_buf(),
-            reason: format!(
-                "not a readable Parquet file (corrupt or truncated?): the reader failed on it ({})",
-                detail(&what)
-            ),
-        })
+        Err(Error::corrupt(
+            path,
+            format!("the reader failed on it ({})", detail(&what)),
+        ))
     })
 }
 

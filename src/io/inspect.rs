@@ -26,6 +26,7 @@ pub fn inspect(specs: &[PathBuf], columns: &ColumnNames) -> Result<Inspection> {
     let files = resolve_inputs(specs)?;
     let schema = contain_panics(&files[0], || {
         Ok(open_parquet(&files[0])?
+            .0
             .schema()
             .fields()
             .iter()

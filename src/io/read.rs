@@ -298,14 +298,14 @@ pub fn resolve_inputs(specs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 /// Opens a Parquet input for reading, after checking what its footer claims against the file:
 /// a corrupt footer is a bad-data error naming the file, never a panic or an allocation sized
-/// from its numbers.
-pub(crate) fn open_parquet(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
+/// from its numbers. Also gives the file's length in bytes.
+pub(crate) fn open_parquet(path: &Path) -> Result<(ParquetRecordBatchReaderBuilder<File>, u64)> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let builder =
         ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::bad_parquet(path, e))?;
     check_footer(path, builder.metadata(), len)?;
-    Ok(builder)
+    Ok((builder, len))
 }
 
 /// The batches of the columns `names` of a Parquet input (checked as [`open_parquet`] does),
@@ -316,7 +316,7 @@ pub(crate) fn read_columns<'a>(
     names: &[&str],
     batch_size: usize,
 ) -> Result<impl Iterator<Item = Result<arrow::array::RecordBatch>> + 'a> {
-    let builder = open_parquet(path)?;
+    let (builder, _) = open_parquet(path)?;
     let schema = builder.schema().clone();
     let roots = names
         .iter()
@@ -340,10 +340,7 @@ fn check_footer(
     meta: &parquet::file::metadata::ParquetMetaData,
     file_len: u64,
 ) -> Result<()> {
-    let bad = |reason: String| Error::BadFile {
-        path: path.into(),
-        reason: format!("not a readable Parquet file (corrupt or truncated?): {reason}"),
-    };
+    let bad = |reason: String| Error::corrupt(path, reason);
     let declared = meta.file_metadata().num_rows();
     if declared < 0 {
         return Err(bad(format!("the footer declares {declared} rows")));
@@ -406,10 +403,7 @@ pub fn read_table_with(
         let (mut rows, mut bytes) = (0u64, 0u64);
         for path in &files {
             let (declared, len) = contain_panics(path, || {
-                let meta = open_parquet(path)?;
-                let len = std::fs::metadata(path)
-                    .map_err(|e| Error::io(path, e))?
-                    .len();
+                let (meta, len) = open_parquet(path)?;
                 Ok((
                     meta.metadata().file_metadata().num_rows().max(0) as u64,
                     len,
@@ -491,10 +485,7 @@ impl<'a> TableReader<'a> {
     }
 
     fn read_file_unguarded(&mut self, path: &Path) -> Result<()> {
-        let builder = open_parquet(path)?;
-        let file_len = std::fs::metadata(path)
-            .map_err(|e| Error::io(path, e))?
-            .len();
+        let (builder, file_len) = open_parquet(path)?;
         let schema = builder.schema().clone();
         let find = |name: &str| schema.index_of(name).ok();
         let missing = |name: &str| Error::missing_column(path, name, &schema);
@@ -624,13 +615,10 @@ impl<'a> TableReader<'a> {
             self.rows += batch.num_rows() as u64;
         }
         if row_in_file != file_rows {
-            return Err(Error::BadFile {
-                path: path.into(),
-                reason: format!(
-                    "not a readable Parquet file (corrupt or truncated?): its footer declares \
-                     {file_rows} rows but it holds {row_in_file}"
-                ),
-            });
+            return Err(Error::corrupt(
+                path,
+                format!("its footer declares {file_rows} rows but it holds {row_in_file}"),
+            ));
         }
         self.sources.push(SourceFile {
             path: path.into(),

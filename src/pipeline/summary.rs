@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::MiningParams;
+use crate::config::{MiningParams, cli_name};
 use crate::mine::SearchStats;
 use crate::report::{Totals, thousands};
 
@@ -118,7 +118,7 @@ impl std::fmt::Display for Summary {
                 "{} ({}), metric {}, margin {}",
                 self.index,
                 if self.exact { "exact" } else { "approximate" },
-                lower(p.metric),
+                cli_name(p.metric),
                 p.margin
             ),
         )?;
@@ -127,11 +127,11 @@ impl std::fmt::Display for Summary {
             "strategy",
             &format!(
                 "positives {} x {}, negatives {} x {} ({})",
-                lower(p.positives),
+                cli_name(p.positives),
                 p.num_positives,
-                lower(p.negatives),
+                cli_name(p.negatives),
                 p.num_negatives,
-                lower(p.sample)
+                cli_name(p.sample)
             ),
         )?;
         line(
@@ -246,11 +246,6 @@ impl std::fmt::Display for Summary {
             self.seconds.read, self.seconds.index, self.seconds.mine, self.seconds.report
         )
     }
-}
-
-/// A value enum as its command-line spelling.
-fn lower(v: impl std::fmt::Debug) -> String {
-    format!("{v:?}").to_lowercase()
 }
 
 /// `text` after `head`, wrapped at word boundaries to [`WIDTH`] characters, continuation

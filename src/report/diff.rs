@@ -454,6 +454,7 @@ fn load_file(path: &Path, r: &mut RunTriplets) -> Result<()> {
 /// `label -> neighbour_violation_share` of a report's per-label rows.
 fn report_health(path: &Path) -> Result<HashMap<String, Option<f64>>> {
     let reader = open_parquet(path)?
+        .0
         .build()
         .map_err(|e| Error::bad_parquet(path, e))?;
     let mut out = HashMap::new();

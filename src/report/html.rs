@@ -14,7 +14,7 @@ use arrow::util::display::array_value_to_string;
 use plotters::prelude::*;
 
 use super::{Histogram, Totals, thousands};
-use crate::config::MiningOptions;
+use crate::config::{MiningOptions, cli_name};
 
 /// What the page shows.
 pub struct Page<'a> {
@@ -89,11 +89,11 @@ pub fn render(page: &Page) -> String {
     let m = &o.mine;
     let strategy = format!(
         "positives {} &times; {}, negatives {} &times; {} ({})",
-        lower(m.positives),
+        cli_name(m.positives),
         m.num_positives,
-        lower(m.negatives),
+        cli_name(m.negatives),
         m.num_negatives,
-        lower(m.sample)
+        cli_name(m.sample)
     );
     h.push_str("<table class=\"figures\" id=\"run\">");
     for (what, value) in [
@@ -109,7 +109,10 @@ pub fn render(page: &Page) -> String {
                 .join(", ")),
         ),
         ("strategy", strategy),
-        ("distance", format!("{}, margin {margin}", lower(m.metric))),
+        (
+            "distance",
+            format!("{}, margin {margin}", cli_name(m.metric)),
+        ),
         (
             "index",
             format!(
@@ -295,11 +298,6 @@ pub fn render(page: &Page) -> String {
         esc(&applicable_config(o))
     );
     h
-}
-
-/// A value enum as its command-line spelling.
-fn lower(v: impl std::fmt::Debug) -> String {
-    format!("{v:?}").to_lowercase()
 }
 
 /// The configuration as TOML, without the keys that do not apply to this run: retrieval

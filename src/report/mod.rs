@@ -568,7 +568,7 @@ impl Totals {
         if with_positive == 0 || 2 * without <= with_positive {
             return Vec::new();
         }
-        let strategy = format!("{:?}", params.negatives).to_lowercase();
+        let strategy = crate::config::cli_name(params.negatives);
         let mut tries = Vec::new();
         if matches!(
             params.negatives,
