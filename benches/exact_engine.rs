@@ -7,7 +7,8 @@
 //! (separation 0.3: mean d(a, p) within 2% of mean d(a, n)), `TRIPMINE_BENCH_ROWS` x
 //! `TRIPMINE_BENCH_DIM` (default 100,000 x 128), `TRIPMINE_BENCH_LABELS` (1,000).
 //! `TRIPMINE_BENCH_TABLES=overlap` runs one table only; `TRIPMINE_BENCH_LADDER=0` skips the
-//! ladder (slow on overlapping classes).
+//! ladder (slow on overlapping classes); `TRIPMINE_BENCH_STRATEGIES=semihard,hard` runs the
+//! strategies whose names start so.
 //!
 //! Run: `cargo bench --bench exact_engine`
 
@@ -16,7 +17,7 @@ use common::*;
 
 use std::time::Instant;
 
-use tripmine::config::{Count, MiningParams, NegativeStrategy, PositiveStrategy};
+use tripmine::config::{Count, MiningParams, NegativeSampling, NegativeStrategy, PositiveStrategy};
 use tripmine::io::synthetic::{GenSpec, generate_to_file};
 use tripmine::mine::{Miner, Tiles};
 
@@ -120,6 +121,13 @@ fn main() {
             },
         ),
         (
+            "semihard, sample random",
+            MiningParams {
+                sample: NegativeSampling::Random,
+                ..base.clone()
+            },
+        ),
+        (
             "positives random x 4",
             MiningParams {
                 positives: PositiveStrategy::Random,
@@ -128,6 +136,18 @@ fn main() {
             },
         ),
     ];
+    // `TRIPMINE_BENCH_STRATEGIES=semihard,hard` runs those only (by the start of their names).
+    let wanted: Option<Vec<String>> = std::env::var("TRIPMINE_BENCH_STRATEGIES")
+        .ok()
+        .map(|s| s.split(',').map(str::to_string).collect());
+    let strategies: Vec<_> = strategies
+        .into_iter()
+        .filter(|(name, _)| {
+            wanted
+                .as_ref()
+                .is_none_or(|w| w.iter().any(|w| name.starts_with(w.as_str())))
+        })
+        .collect();
     for (name, separation) in tables {
         let spec = GenSpec {
             rows,

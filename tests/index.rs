@@ -172,11 +172,16 @@ fn spilled_vectors_give_the_same_triplets_as_vectors_in_memory() {
     // through a group index (over 256).
     for (rows, labels, limit) in [(1200, 8, "64KiB"), (3000, 10, "128KiB")] {
         let input = generated(dir.path(), "data.parquet", rows, labels, 5);
-        for metric in ["l2sq", "cosine"] {
+        // The one-pass engine (l2sq; a seeded sample, ranked by a second sweep) and the
+        // ladder (the guard of cosine).
+        for (metric, random) in [("l2sq", false), ("l2sq", true), ("cosine", false)] {
             let mut common = vec!["--metric", metric, "--positives", "hardest", "--k", "8"];
             if metric == "cosine" {
                 // Compares positives with negatives: their rows are read in with the candidates.
                 common.extend(["--near-duplicate", "0.9"]);
+            }
+            if random {
+                common.extend(["--sample", "random", "--negatives", "hardest"]);
             }
             mine(dir.path(), &input, &common)
                 .success()
@@ -190,7 +195,7 @@ fn spilled_vectors_give_the_same_triplets_as_vectors_in_memory() {
             let from_scratch = std::fs::read(dir.path().join("triplets.parquet")).unwrap();
             assert!(
                 in_memory == from_scratch,
-                "{rows} rows, {metric}: same triplets"
+                "{rows} rows, {metric}, random {random}: same triplets"
             );
             assert_eq!(
                 summary(dir.path())["index"],

@@ -1,14 +1,18 @@
 //! The one-pass exact engine: equal to the brute-force oracle and to the deepening ladder
 //! whatever the tile shape (tables not a multiple of a tile, tiles of one row or one anchor),
 //! with bands that are empty, narrower than `N`, or all tied, and with enough rows per band
-//! that its selectors prune.
+//! that its selectors prune. Random samples are the same for any tiles and thread count, are
+//! qualifying rows with exact ranks, and spread over the band; rank windows (with guards and
+//! random sampling) equal the ladder.
 
 mod common;
 
 use common::{Oracle, blob_table, grid_table};
 use proptest::prelude::*;
 use tripmine::Table;
-use tripmine::config::{Count, Metric, MiningParams, NegativeStrategy, PositiveStrategy};
+use tripmine::config::{
+    Count, Metric, MiningParams, NegativeSampling, NegativeStrategy, PositiveStrategy,
+};
 use tripmine::mine::{MinedBlock, Miner, Tiles};
 
 fn mine(table: &Table, params: &MiningParams, one_pass: bool, tiles: Tiles) -> MinedBlock {
@@ -218,5 +222,172 @@ fn large_norms_and_small_distances_stay_exact() {
                 rows: 64,
             },
         );
+    }
+}
+
+fn random(negatives: NegativeStrategy, n: usize, metric: Metric, seed: u64) -> MiningParams {
+    MiningParams {
+        sample: NegativeSampling::Random,
+        seed,
+        ..params(negatives, Count::AtMost(n), metric)
+    }
+}
+
+fn mine_on_threads(table: &Table, p: &MiningParams, tiles: Tiles, threads: usize) -> MinedBlock {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(|| mine(table, p, true, tiles))
+}
+
+#[test]
+fn random_samples_do_not_depend_on_tiles_or_threads() {
+    let table = blob_table(700, 6, 3, 31);
+    for s in STRATEGIES {
+        let p = random(s, 4, Metric::L2sq, 9);
+        let one = mine_on_threads(&table, &p, Tiles::default(), 1);
+        assert!(!one.triplets.is_empty(), "{s:?}");
+        for (tiles, threads) in [
+            (
+                Tiles {
+                    anchors: 7,
+                    rows: 33,
+                },
+                2,
+            ),
+            (
+                Tiles {
+                    anchors: 1,
+                    rows: 1,
+                },
+                2,
+            ),
+            (
+                Tiles {
+                    anchors: 100,
+                    rows: 512,
+                },
+                1,
+            ),
+        ] {
+            let other = mine_on_threads(&table, &p, tiles, threads);
+            assert_eq!(one.triplets, other.triplets, "{s:?} {tiles:?} {threads}");
+            assert_eq!(one.anchors, other.anchors, "{s:?} {tiles:?} {threads}");
+        }
+    }
+}
+
+#[test]
+fn random_samples_are_qualifying_rows_with_exact_ranks() {
+    for (table, metric) in [
+        (blob_table(500, 6, 3, 32), Metric::L2sq),
+        (blob_table(400, 5, 4, 33), Metric::Cosine),
+        (grid_table(300, 2, 3, 3, 34), Metric::L2sq),
+    ] {
+        let oracle = Oracle::new(&table, metric);
+        for s in STRATEGIES {
+            let p = random(s, 3, metric, 5);
+            let mined = mine(
+                &table,
+                &p,
+                true,
+                Tiles {
+                    anchors: 13,
+                    rows: 40,
+                },
+            );
+            for a in 0..table.rows() {
+                let chosen = oracle.chosen_positives(a, &p);
+                let got: Vec<_> = mined
+                    .triplets
+                    .iter()
+                    .filter(|t| t.anchor == a as u32)
+                    .collect();
+                for &(d_ap, pos) in &chosen {
+                    let qualifying = oracle.qualifying(a, d_ap, &p);
+                    let of_pair: Vec<(u32, f32, u32)> = got
+                        .iter()
+                        .filter(|t| t.positive == pos)
+                        .map(|t| (t.negative_rank, t.d_an, t.negative))
+                        .collect();
+                    assert_eq!(of_pair.len(), qualifying.len().min(3), "{s:?} anchor {a}");
+                    assert!(of_pair.windows(2).all(|w| w[0].0 < w[1].0), "rank order");
+                    for t in &of_pair {
+                        assert!(
+                            qualifying.contains(t),
+                            "{s:?} anchor {a}: {t:?} ({metric:?})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn random_samples_spread_over_the_band() {
+    // Wide bands (hundreds of qualifying rows): where the sampled rows sit in their band,
+    // as a fraction of its length, averages near the middle, far from nearest-first.
+    let table = blob_table(800, 4, 2, 35);
+    let oracle = Oracle::new(&table, Metric::L2sq);
+    let p = random(NegativeStrategy::Hardest, 2, Metric::L2sq, 11);
+    let mined = mine(&table, &p, true, Tiles::default());
+    let mut positions = Vec::new();
+    for t in &mined.triplets {
+        let qualifying = oracle.qualifying(t.anchor as usize, t.d_ap, &p);
+        let at = qualifying
+            .iter()
+            .position(|q| q.2 == t.negative)
+            .expect("a qualifying row");
+        positions.push(at as f64 / qualifying.len() as f64);
+    }
+    assert!(positions.len() > 1000);
+    let mean = positions.iter().sum::<f64>() / positions.len() as f64;
+    assert!((mean - 0.5).abs() < 0.05, "mean position {mean}");
+    let other = mine(
+        &table,
+        &MiningParams {
+            seed: 12,
+            ..p.clone()
+        },
+        true,
+        Tiles::default(),
+    );
+    assert_ne!(
+        mined.triplets, other.triplets,
+        "another seed, another sample"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 120, ..ProptestConfig::default() })]
+
+    #[test]
+    fn rank_windows_equal_the_ladder_whatever_the_tiles(
+        table in table_strategy(),
+        strategy in proptest::sample::select(STRATEGIES.to_vec()),
+        n in prop_oneof![Just(Count::AtMost(1)), Just(Count::AtMost(3)), Just(Count::All)],
+        sample in prop_oneof![Just(NegativeSampling::Nearest), Just(NegativeSampling::Random)],
+        range_min in 0usize..6,
+        range_len in 1usize..30,
+        ceiling in prop_oneof![Just(None), Just(Some(0.5f32))],
+        tiles in (1usize..20, 1usize..40).prop_map(|(anchors, rows)| Tiles { anchors, rows }),
+    ) {
+        let p = MiningParams {
+            metric: Metric::Cosine,
+            margin: 0.2,
+            negatives: strategy,
+            num_negatives: n,
+            sample,
+            range_min,
+            range_max: Some(range_min + range_len),
+            max_negative_similarity: ceiling,
+            ..Default::default()
+        };
+        let ladder = mine(&table, &p, false, Tiles::default());
+        let one_pass = mine(&table, &p, true, tiles);
+        prop_assert_eq!(one_pass.anchors, ladder.anchors);
+        prop_assert_eq!(one_pass.triplets, ladder.triplets);
     }
 }

@@ -276,7 +276,12 @@ fn next_start(k: usize, resolved_at: &[(usize, usize)]) -> usize {
 /// Selects the negatives of every positive of `plan` from `list` (all other rows with
 /// `d < radius`, plus possibly some beyond, sorted by distance then row), or `None` when
 /// a selection reaches past `radius` and the anchor must be searched deeper.
-fn resolve(m: &Miner, plan: &AnchorPlan, list: &[(f32, u32)], radius: f32) -> Option<Resolved> {
+pub(super) fn resolve(
+    m: &Miner,
+    plan: &AnchorPlan,
+    list: &[(f32, u32)],
+    radius: f32,
+) -> Option<Resolved> {
     let margin = m.params.margin;
     let label = plan.label;
     // Entries below the radius are exactly the nearest rows; only they can be ranked.

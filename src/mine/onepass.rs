@@ -14,6 +14,7 @@
 
 use std::os::raw::{c_char, c_int};
 
+use rand::Rng;
 use rayon::prelude::*;
 
 use super::negatives::{Resolved, qualifies};
@@ -51,33 +52,50 @@ pub struct Tiles {
 
 impl Default for Tiles {
     fn default() -> Self {
-        // 256 x 2048 floats: a 2 MiB tile per thread, near cache, and 128 flops of the
-        // product per byte of table read, so the table streams from memory fast enough.
+        // 1024 x 512 floats: a 2 MiB tile per thread, near cache. Many anchors per group, as
+        // each product packs its table rows (a transposing copy) for them all; a few hundred
+        // rows per tile, as each packs the group's anchors again. Measured on 100,000 x 128:
+        // 256 x 2048 and 2048 x 256 were 10% slower, 512 x 512 5%.
         Tiles {
-            anchors: 256,
-            rows: 2048,
+            anchors: 1024,
+            rows: 512,
         }
     }
 }
 
+/// Rank windows up to this many rows are served by the one-pass engine (their rows are kept
+/// per anchor during the pass); wider ones by the ladder.
+const MAX_WINDOW: usize = 1024;
+
+/// Random stream of the sample keys' salts (`--sample random`).
+const STREAM_KEY: u64 = 3;
+
 /// Whether the one-pass engine serves these parameters (else the deepening ladder does):
-/// an exact index over vectors in memory, nearest-first selection, no guard, no rank window,
-/// and no `--max-k` (a cap on the ladder's depth, which the one pass does not have).
+/// an exact index (vectors in memory or spilled: the pass reads them in order), no `--max-k` (a cap on the ladder's depth, which the
+/// one pass does not have), and either nearest-first selection in bands without guards, or a
+/// rank window of at most [`MAX_WINDOW`] rows (then any sampling and guards: everything
+/// selected lies among the window's rows).
 pub(super) fn applies(m: &Miner) -> bool {
     let p = &m.params;
-    m.exact()
-        && m.one_pass
-        && p.max_k.is_none()
-        && !m.table.vectors.is_spilled()
-        && !p.guarded()
+    let plain = !p.guarded()
         && p.range_min == 0
         && p.range_max.is_none()
-        && p.sample == NegativeSampling::Nearest
+        && p.sample == NegativeSampling::Nearest;
+    m.exact() && m.one_pass && p.max_k.is_none() && (plain || window(m).is_some())
+}
+
+/// The rows an anchor keeps in window mode: the `range_max` nearest (at least the
+/// `suspects_k` nearest in labelled mode, for the neighbour labels).
+fn window(m: &Miner) -> Option<usize> {
+    let p = &m.params;
+    let range_max = p.range_max.filter(|&r| r <= MAX_WINDOW)?;
+    let near = if m.queries.is_some() { 0 } else { p.suspects_k };
+    Some(range_max.max(near).min(m.table.rows().saturating_sub(1)))
 }
 
 /// `dot(q_b, t_j)` for every anchor row `q_b` of `q` and table row `t_j` of `t` into
 /// `out[b * rows + j]` (`q`: `anchors x dim`, `t`: `rows x dim`, both row-major).
-fn inner_products(q: &[f32], t: &[f32], dim: usize, out: &mut [f32]) {
+pub(super) fn inner_products(q: &[f32], t: &[f32], dim: usize, out: &mut [f32]) {
     let (anchors, rows) = (q.len() / dim, t.len() / dim);
     debug_assert!(out.len() >= anchors * rows);
     if anchors == 0 || rows == 0 {
@@ -111,7 +129,7 @@ fn inner_products(q: &[f32], t: &[f32], dim: usize, out: &mut [f32]) {
 /// any order of summation; twice, as the distance holds `-2 a.r`), plus the rounding of the
 /// norms, of the two additions and of the exact distance itself (each at most `eps` times
 /// `|a|^2 + |r|^2` or the distance, which is at most twice that).
-fn gemm_error_bound(dim: usize, a_sq: f32, r_sq: f32) -> f32 {
+pub(super) fn gemm_error_bound(dim: usize, a_sq: f32, r_sq: f32) -> f32 {
     let eps = f32::EPSILON as f64;
     let gamma = dim as f64 * eps / (1.0 - dim as f64 * eps);
     let (a_sq, r_sq) = (a_sq as f64, r_sq as f64);
@@ -155,8 +173,35 @@ struct PairState {
     near: Vec<(f32, u32)>,
     /// Rows beyond this approximate distance cannot matter.
     cut: f32,
+    /// [`prune`] again once `near` holds this many rows: soon, so that `cut` stays tight
+    /// and few rows need a closer look.
+    prune_at: usize,
     /// Reused by [`prune`].
     scratch: Vec<f32>,
+    /// Under `--sample random`: the pair's sample is the qualifying rows of smallest key.
+    keyed: Option<Keyed>,
+}
+
+/// A seeded sample of a band without replacement (bottom-`N` by key): each row's key is a
+/// function of the seed, the anchor, the positive and the row only, so the sample does not
+/// depend on tiles, threads or the order rows arrive in.
+#[derive(Debug, Clone, Copy)]
+struct Keyed {
+    salt: u32,
+    /// Rows of a larger key cannot be sampled: `N` rows certainly qualifying have smaller.
+    key_cut: u32,
+}
+
+/// The key of `row` in the sample of salt `salt`: distinct rows, distinct keys (a bijection).
+#[inline(always)]
+fn key(salt: u32, row: u32) -> u32 {
+    // MurmurHash3's finaliser: every input bit moves every output bit.
+    let mut h = row ^ salt;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
 }
 
 /// The `k` nearest rows of some kind with ties left to exact distances: `(approximate d,
@@ -186,7 +231,7 @@ impl Nearest {
             return;
         }
         self.entries.push((d, r));
-        if self.entries.len() >= 2 * self.k + 32 {
+        if self.entries.len() >= 2 * self.k + 8 {
             self.prune(slack);
         }
     }
@@ -214,6 +259,8 @@ struct AnchorState {
     nearest_rows: Nearest,
     /// Twice the bound on |GEMM distance - exact distance| for this anchor.
     slack: f32,
+    /// Reused by [`scan`].
+    edges: Vec<Edges>,
 }
 
 /// Resolves every planned anchor of `plans` (those with a positive) in one pass over the
@@ -229,10 +276,15 @@ pub(super) fn resolve_all(m: &mut Miner, plans: &[AnchorPlan]) -> Result<Vec<Opt
         // Each group multiplies on its own thread: BLAS's threads would only wait between
         // the small products and the scans.
         let _single = crate::index::SingleThreadedBlas::new();
+        // Groups for every thread even when anchors are few.
+        let per_group = tiles
+            .anchors
+            .min(planned.len().div_ceil(rayon::current_num_threads()))
+            .max(1);
         planned
-            .par_chunks(tiles.anchors.max(1))
+            .par_chunks(per_group)
             .map(|group| resolve_group(m, plans, group, tiles))
-            .collect()
+            .collect::<Result<_>>()?
     };
     m.search.seconds += started.elapsed().as_secs_f64();
     m.search.queries += planned.len() as u64;
@@ -243,7 +295,12 @@ pub(super) fn resolve_all(m: &mut Miner, plans: &[AnchorPlan]) -> Result<Vec<Opt
     Ok(out)
 }
 
-fn resolve_group(m: &Miner, plans: &[AnchorPlan], group: &[usize], tiles: Tiles) -> Vec<Resolved> {
+fn resolve_group(
+    m: &Miner,
+    plans: &[AnchorPlan],
+    group: &[usize],
+    tiles: Tiles,
+) -> Result<Vec<Resolved>> {
     let dim = m.table.dim;
     let n = m.table.rows();
     let p = &m.params;
@@ -266,244 +323,516 @@ fn resolve_group(m: &Miner, plans: &[AnchorPlan], group: &[usize], tiles: Tiles)
         None => m.norms_sq[a as usize],
     };
     let max_norm = m.max_norm_sq;
+    let window = window(m);
     let mut states: Vec<AnchorState> = group
         .iter()
         .map(|&i| {
             let plan = &plans[i];
             AnchorState {
+                // In window mode the window's rows are all it keeps.
                 pairs: plan
                     .positives
                     .iter()
-                    .map(|&(d_ap, _)| {
+                    .filter(|_| window.is_none())
+                    .map(|&(d_ap, positive)| {
                         let band = Band::of(p.negatives, d_ap, p.margin);
+                        let keyed = (p.sample == NegativeSampling::Random).then(|| Keyed {
+                            salt: super::rng_for(p.seed, plan.anchor, positive, STREAM_KEY)
+                                .next_u32(),
+                            key_cut: u32::MAX,
+                        });
                         PairState {
                             d_ap,
                             band,
                             below: 0,
                             near: Vec::new(),
                             cut: f32::INFINITY,
+                            prune_at: 2 * limit.min(1 << 20) + 8,
                             scratch: Vec::new(),
+                            keyed,
                         }
                     })
                     .collect(),
                 nearest_negative: Nearest::new(1),
-                nearest_rows: Nearest::new(near),
+                nearest_rows: Nearest::new(window.unwrap_or(near)),
                 slack: 2.0 * gemm_error_bound(dim, query_norm_of(plan.anchor), max_norm),
+                edges: Vec::new(),
             }
         })
         .collect();
-    let rows_per_tile = tiles.rows.max(1);
-    let mut tile = vec![0f32; group.len() * rows_per_tile];
-    for start in (0..n).step_by(rows_per_tile) {
-        let end = (start + rows_per_tile).min(n);
-        let width = end - start;
-        let table = &m.vectors[start * dim..end * dim];
-        let tile = &mut tile[..group.len() * width];
-        inner_products(&queries, table, dim, tile);
-        let norms = &m.norms_sq[start..end];
-        for (((row, state), &i), &qn) in tile
-            .chunks_mut(width)
-            .zip(states.iter_mut())
-            .zip(group)
-            .zip(&query_norms)
-        {
-            let plan = &plans[i];
-            if let Some(s) = m.anchor_self(plan.anchor)
-                && (start..end).contains(&(s as usize))
+    let sweep = Sweep {
+        m,
+        plans,
+        group,
+        queries: &queries,
+        query_norms: &query_norms,
+        tiles,
+    };
+    sweep.run(&mut states, limit);
+    let mut resolved: Vec<Resolved> = Vec::with_capacity(group.len());
+    let mut states = states.into_iter();
+    // A few anchors at a time: a spilled table's rows for them are read into one buffer.
+    for part in group.chunks(FINISH_ANCHORS) {
+        let states: Vec<AnchorState> = states.by_ref().take(part.len()).collect();
+        let rows = RowSource::for_states(m, &states)?;
+        let offset = resolved.len();
+        for (j, (state, &i)) in states.into_iter().zip(part).enumerate() {
+            let anchor = &queries[(offset + j) * dim..(offset + j + 1) * dim];
+            resolved.push(finish(m, &plans[i], state, limit, &rows, anchor));
+        }
+    }
+    if p.sample == NegativeSampling::Random && window.is_none() {
+        rank_samples(&sweep, &mut resolved, max_norm)?;
+    }
+    Ok(resolved)
+}
+
+/// Anchors finished together (their rows read together from a spilled table).
+const FINISH_ANCHORS: usize = 128;
+
+/// One group of anchors against the whole table, tile by tile.
+struct Sweep<'a> {
+    m: &'a Miner<'a>,
+    plans: &'a [AnchorPlan],
+    group: &'a [usize],
+    /// The group's anchor vectors, row-major, and their squared norms.
+    queries: &'a [f32],
+    query_norms: &'a [f32],
+    tiles: Tiles,
+}
+
+impl Sweep<'_> {
+    /// Feeds every (anchor, row) distance to the anchors' `states`.
+    fn run(&self, states: &mut [AnchorState], limit: usize) {
+        let (m, group, plans) = (self.m, self.group, self.plans);
+        let (dim, n) = (m.table.dim, m.table.rows());
+        let rows_per_tile = self.tiles.rows.max(1);
+        let mut tile = vec![0f32; group.len() * rows_per_tile];
+        for start in (0..n).step_by(rows_per_tile) {
+            let end = (start + rows_per_tile).min(n);
+            let width = end - start;
+            let table = &m.vectors[start * dim..end * dim];
+            let tile = &mut tile[..group.len() * width];
+            inner_products(self.queries, table, dim, tile);
+            // A spilled table is read in order through its mapping: drop what was swept.
+            m.table.vectors.relieve();
+            let norms = &m.norms_sq[start..end];
+            for (((row, state), &i), &qn) in tile
+                .chunks_mut(width)
+                .zip(states.iter_mut())
+                .zip(group)
+                .zip(self.query_norms)
             {
-                // NaN fails every comparison: the anchor is never its own neighbour.
-                row[s as usize - start] = f32::NAN;
-            }
-            match m.params.metric {
-                Metric::L2sq => {
-                    let to_d = |x: f32, tn: f32| qn + tn - 2.0 * x;
-                    scan_dispatch(m, plan, state, row, norms, to_d, start as u32, limit);
+                let plan = &plans[i];
+                if let Some(s) = m.anchor_self(plan.anchor)
+                    && (start..end).contains(&(s as usize))
+                {
+                    // NaN fails every comparison: the anchor is never its own neighbour.
+                    row[s as usize - start] = f32::NAN;
                 }
-                Metric::Cosine => {
-                    let to_d = |x: f32, _: f32| 1.0 - x;
-                    scan_dispatch(m, plan, state, row, norms, to_d, start as u32, limit);
-                }
+                let to_d = match m.params.metric {
+                    Metric::L2sq => ToDistance::L2 { query_sq: qn },
+                    Metric::Cosine => ToDistance::Cosine,
+                };
+                scan(m, plan, state, row, norms, to_d, start as u32, limit);
             }
         }
     }
-    states
-        .into_iter()
-        .zip(group)
-        .map(|(state, &i)| finish(m, &plans[i], state, limit))
-        .collect()
+}
+
+/// Ranks the sampled negatives of a group (`--sample random`) by a second sweep: a sample
+/// drawn anywhere in a band has a rank (rows nearer the anchor, every label) that only the
+/// whole table can tell. Each sampled row becomes a band of one distance: rows certainly
+/// nearer are counted, rows within the error bound of it are kept and ordered exactly.
+fn rank_samples(sweep: &Sweep, resolved: &mut [Resolved], max_norm: f32) -> Result<()> {
+    let m = sweep.m;
+    let dim = m.table.dim;
+    let mut states: Vec<AnchorState> = resolved
+        .iter()
+        .zip(sweep.query_norms)
+        .map(|(r, &qn)| AnchorState {
+            pairs: r
+                .triplets
+                .iter()
+                .map(|t| PairState {
+                    d_ap: t.d_an,
+                    band: Band {
+                        lo: t.d_an,
+                        hi: t.d_an,
+                        tol: 0.0,
+                    },
+                    below: 0,
+                    near: Vec::new(),
+                    cut: f32::INFINITY,
+                    prune_at: usize::MAX,
+                    scratch: Vec::new(),
+                    keyed: None,
+                })
+                .collect(),
+            nearest_negative: Nearest::new(0),
+            nearest_rows: Nearest::new(0),
+            slack: 2.0 * gemm_error_bound(dim, qn, max_norm),
+            edges: Vec::new(),
+        })
+        .collect();
+    sweep.run(&mut states, usize::MAX);
+    let rows = RowSource::for_states(m, &states)?;
+    for (b, (r, state)) in resolved.iter_mut().zip(states).enumerate() {
+        let anchor = &sweep.queries[b * dim..(b + 1) * dim];
+        for (t, pair) in r.triplets.iter_mut().zip(state.pairs) {
+            let at = (t.d_an, t.negative);
+            let nearer = pair
+                .near
+                .iter()
+                .filter(|&&(_, x)| x != t.negative)
+                .map(|&(_, x)| (rows.distance(m, anchor, x), x))
+                .filter(|&(d, x)| d.total_cmp(&at.0).then(x.cmp(&at.1)).is_lt())
+                .count();
+            t.negative_rank = pair.below + nearer as u32;
+        }
+        // Per positive, in rank order (the order of (distance, row)).
+        // Positives are in row order.
+        r.triplets.sort_by_key(|t| (t.positive, t.negative_rank));
+    }
+    Ok(())
 }
 
 /// Rows scanned together: a lane-wide test says whether any of them needs a closer look.
 const CHUNK: usize = 16;
 
+/// One pair's edges during a scan: rows before `before` are counted, rows up to `hi` kept
+/// (under a random sample, only those of key at most `key_cut`).
+#[derive(Clone, Copy)]
+struct Edges {
+    before: f32,
+    hi: f32,
+    keyed: Option<Keyed>,
+    /// Per lane, rows counted before the band in this tile (summed once at the end).
+    below: [u32; CHUNK],
+}
+
+/// How a tile's inner products become distances (the same `f32` arithmetic in every path,
+/// so that every path gives the same distances, bit for bit).
+#[derive(Clone, Copy)]
+enum ToDistance {
+    /// `|q|^2 + |r|^2 - 2 q.r`, with the anchor's squared norm.
+    L2 { query_sq: f32 },
+    /// `1 - q.r` (unit vectors).
+    Cosine,
+}
+
+impl ToDistance {
+    #[inline(always)]
+    fn at(self, x: f32, row_sq: f32) -> f32 {
+        match self {
+            ToDistance::L2 { query_sq } => query_sq + row_sq - 2.0 * x,
+            ToDistance::Cosine => 1.0 - x,
+        }
+    }
+}
+
 /// Feeds one anchor's inner products with table rows `first..first + row.len()` (turned into
-/// distances in place by `to_d` from each product and row norm) to its selectors.
+/// distances by `to_d` with each row's squared norm) to its selectors.
 ///
-/// After the first tile almost no row is near enough to matter, so each chunk of rows is
-/// first tested as a whole (branch-free, vectorised): rows before every band are counted, and
-/// only a chunk holding a row inside some cut is looked at row by row.
+/// After the first tiles almost no row is near enough to matter, so each chunk of rows is
+/// first tested as a whole (branch-free, vectorised, distances kept in registers): rows before
+/// every band are counted per lane, and only a chunk holding a row inside some cut is looked
+/// at row by row.
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
 fn scan(
     m: &Miner,
     plan: &AnchorPlan,
     state: &mut AnchorState,
-    row: &mut [f32],
+    row: &[f32],
     norms: &[f32],
-    to_d: impl Fn(f32, f32) -> f32,
+    to_d: ToDistance,
     first: u32,
     limit: usize,
 ) {
     let slack = state.slack;
-    // Before each pair's band (counted), and the end of what it keeps.
-    let mut cuts: Vec<(f32, f32)> = state
-        .pairs
-        .iter()
-        .map(|pair| {
-            let band = pair.band;
-            let before = band.lo - band.tol - slack;
-            let hi = (band.hi + band.tol + slack).min(pair.cut);
-            (before, hi)
-        })
-        .collect();
+    let mut edges = std::mem::take(&mut state.edges);
+    edges.clear();
+    edges.extend(state.pairs.iter().map(|pair| {
+        let band = pair.band;
+        Edges {
+            before: band.lo - band.tol - slack,
+            hi: (band.hi + band.tol + slack).min(pair.cut),
+            keyed: pair.keyed,
+            below: [0; CHUNK],
+        }
+    }));
     let whole = row.len() / CHUNK * CHUNK;
-    let (full, tail) = row.split_at_mut(whole);
-    for (c, (chunk, norms)) in full
-        .chunks_exact_mut(CHUNK)
-        .zip(norms.chunks_exact(CHUNK))
-        .enumerate()
-    {
-        // Arrays of a known length: the tests below compile to a few vector instructions.
-        let chunk: &mut [f32; CHUNK] = chunk.try_into().expect("a whole chunk");
-        let norms: &[f32; CHUNK] = norms.try_into().expect("a whole chunk");
-        let base = first + (c * CHUNK) as u32;
-        scan_chunk(m, plan, state, &mut cuts, chunk, norms, &to_d, base, limit);
+    let chunks = (&row[..whole], &norms[..whole]);
+    #[cfg(target_arch = "x86_64")]
+    if edges.len() <= AVX2_PAIRS && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the processor has AVX2 (checked just above).
+        unsafe { scan_chunks_avx2(m, plan, state, &mut edges, chunks, to_d, first, limit) };
+    } else {
+        scan_chunks(m, plan, state, &mut edges, chunks, to_d, first, limit);
     }
-    let base = first + whole as u32;
-    scan_chunk(
-        m,
-        plan,
-        state,
-        &mut cuts,
-        tail,
-        &norms[whole..],
-        &to_d,
-        base,
-        limit,
-    );
+    #[cfg(not(target_arch = "x86_64"))]
+    scan_chunks(m, plan, state, &mut edges, chunks, to_d, first, limit);
+    // The last rows, fewer than a chunk: counted and looked at one by one.
+    let tail = row.len() - whole;
+    if tail > 0 {
+        let mut d = [0f32; CHUNK];
+        for l in 0..tail {
+            d[l] = to_d.at(row[whole + l], norms[whole + l]);
+            for e in edges.iter_mut() {
+                e.below[l] += (d[l] < e.before) as u32;
+            }
+        }
+        let lanes = (1u32 << tail) - 1;
+        look_closer(
+            m,
+            plan,
+            state,
+            &mut edges,
+            &d,
+            lanes,
+            first + whole as u32,
+            limit,
+        );
+    }
+    for (pair, e) in state.pairs.iter_mut().zip(&edges) {
+        pair.below += e.below.iter().sum::<u32>();
+    }
+    state.edges = edges;
 }
 
-/// [`scan`] of one chunk of rows from `base` on.
+/// The whole chunks of [`scan`], portably.
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn scan_chunk(
+fn scan_chunks(
     m: &Miner,
     plan: &AnchorPlan,
     state: &mut AnchorState,
-    cuts: &mut [(f32, f32)],
-    chunk: &mut [f32],
-    norms: &[f32],
-    to_d: &impl Fn(f32, f32) -> f32,
+    edges: &mut [Edges],
+    (row, norms): (&[f32], &[f32]),
+    to_d: ToDistance,
+    first: u32,
+    limit: usize,
+) {
+    for (c, (chunk, norms)) in row
+        .chunks_exact(CHUNK)
+        .zip(norms.chunks_exact(CHUNK))
+        .enumerate()
+    {
+        let mut d = [0f32; CHUNK];
+        for l in 0..CHUNK {
+            d[l] = to_d.at(chunk[l], norms[l]);
+        }
+        // The nearest rows and nearest negative: their cuts tighten as rows arrive.
+        let small_cut = state.nearest_negative.cut.max(state.nearest_rows.cut);
+        let mut hit = [false; CHUNK];
+        for l in 0..CHUNK {
+            hit[l] = d[l] <= small_cut;
+        }
+        let base = first + (c * CHUNK) as u32;
+        for e in edges.iter_mut() {
+            for l in 0..CHUNK {
+                e.below[l] += (d[l] < e.before) as u32;
+                let sampled = e
+                    .keyed
+                    .is_none_or(|k| key(k.salt, base + l as u32) <= k.key_cut);
+                hit[l] |= (d[l] >= e.before) & (d[l] <= e.hi) & sampled;
+            }
+        }
+        let lanes = hit
+            .iter()
+            .enumerate()
+            .fold(0u32, |lanes, (l, &h)| lanes | (h as u32) << l);
+        if lanes != 0 {
+            look_closer(m, plan, state, edges, &d, lanes, base, limit);
+        }
+    }
+}
+
+/// Most (anchor, positive) pairs per anchor that [`scan_chunks_avx2`] serves.
+const AVX2_PAIRS: usize = 8;
+
+/// The whole chunks of [`scan`] in AVX2: two vectors of 8 rows at a time, counts kept per
+/// lane, the same comparisons as [`scan_chunks`] (ordered: a NaN is in no band).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2")]
+unsafe fn scan_chunks_avx2(
+    m: &Miner,
+    plan: &AnchorPlan,
+    state: &mut AnchorState,
+    edges: &mut [Edges],
+    (row, norms): (&[f32], &[f32]),
+    to_d: ToDistance,
+    first: u32,
+    limit: usize,
+) {
+    use std::arch::x86_64::*;
+    const _: () = assert!(CHUNK == 16);
+    let distances = |x: __m256, tn: __m256| match to_d {
+        // (|q|^2 + |r|^2) - 2 x, as `ToDistance::at` computes it.
+        ToDistance::L2 { query_sq } => _mm256_sub_ps(
+            _mm256_add_ps(_mm256_set1_ps(query_sq), tn),
+            _mm256_add_ps(x, x),
+        ),
+        ToDistance::Cosine => _mm256_sub_ps(_mm256_set1_ps(1.0), x),
+    };
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    // All ones in the lanes whose row's key is at most the cut: `key` in 8 lanes.
+    let sampled = |rows: __m256i, k: Keyed| {
+        let mut h = _mm256_xor_si256(rows, _mm256_set1_epi32(k.salt as i32));
+        h = _mm256_xor_si256(h, _mm256_srli_epi32::<16>(h));
+        h = _mm256_mullo_epi32(h, _mm256_set1_epi32(0x85eb_ca6bu32 as i32));
+        h = _mm256_xor_si256(h, _mm256_srli_epi32::<13>(h));
+        h = _mm256_mullo_epi32(h, _mm256_set1_epi32(0xc2b2_ae35u32 as i32));
+        h = _mm256_xor_si256(h, _mm256_srli_epi32::<16>(h));
+        // Unsigned h <= cut: min(h, cut) == h.
+        let cut = _mm256_set1_epi32(k.key_cut as i32);
+        _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_min_epu32(h, cut), h))
+    };
+    // Counts in registers (or near), up to `AVX2_PAIRS` pairs: the caller checks.
+    let mut below = [[_mm256_setzero_si256(); 2]; AVX2_PAIRS];
+    let below = &mut below[..edges.len()];
+    for c in 0..row.len() / CHUNK {
+        let at = c * CHUNK;
+        // SAFETY: `at + 16 <= row.len() == norms.len()`; unaligned loads.
+        let (d0, d1) = unsafe {
+            let x0 = _mm256_loadu_ps(row.as_ptr().add(at));
+            let x1 = _mm256_loadu_ps(row.as_ptr().add(at + 8));
+            let t0 = _mm256_loadu_ps(norms.as_ptr().add(at));
+            let t1 = _mm256_loadu_ps(norms.as_ptr().add(at + 8));
+            (distances(x0, t0), distances(x1, t1))
+        };
+        let small_cut = _mm256_set1_ps(state.nearest_negative.cut.max(state.nearest_rows.cut));
+        let mut hit0 = _mm256_cmp_ps::<_CMP_LE_OQ>(d0, small_cut);
+        let mut hit1 = _mm256_cmp_ps::<_CMP_LE_OQ>(d1, small_cut);
+        for (e, acc) in edges.iter().zip(below.iter_mut()) {
+            let before = _mm256_set1_ps(e.before);
+            let hi = _mm256_set1_ps(e.hi);
+            let lt0 = _mm256_cmp_ps::<_CMP_LT_OQ>(d0, before);
+            let lt1 = _mm256_cmp_ps::<_CMP_LT_OQ>(d1, before);
+            // A true comparison is all ones, -1 as an integer.
+            acc[0] = _mm256_sub_epi32(acc[0], _mm256_castps_si256(lt0));
+            acc[1] = _mm256_sub_epi32(acc[1], _mm256_castps_si256(lt1));
+            let mut in0 = _mm256_and_ps(
+                _mm256_cmp_ps::<_CMP_GE_OQ>(d0, before),
+                _mm256_cmp_ps::<_CMP_LE_OQ>(d0, hi),
+            );
+            let mut in1 = _mm256_and_ps(
+                _mm256_cmp_ps::<_CMP_GE_OQ>(d1, before),
+                _mm256_cmp_ps::<_CMP_LE_OQ>(d1, hi),
+            );
+            if let Some(k) = e.keyed {
+                let rows0 = _mm256_add_epi32(_mm256_set1_epi32((first + at as u32) as i32), lane);
+                let rows1 = _mm256_add_epi32(rows0, _mm256_set1_epi32(8));
+                in0 = _mm256_and_ps(in0, sampled(rows0, k));
+                in1 = _mm256_and_ps(in1, sampled(rows1, k));
+            }
+            hit0 = _mm256_or_ps(hit0, in0);
+            hit1 = _mm256_or_ps(hit1, in1);
+        }
+        let lanes = (_mm256_movemask_ps(hit0) | _mm256_movemask_ps(hit1) << 8) as u32;
+        if lanes != 0 {
+            let mut d = [0f32; CHUNK];
+            // SAFETY: `d` holds 16 floats.
+            unsafe {
+                _mm256_storeu_ps(d.as_mut_ptr(), d0);
+                _mm256_storeu_ps(d.as_mut_ptr().add(8), d1);
+            }
+            look_closer(m, plan, state, edges, &d, lanes, first + at as u32, limit);
+        }
+    }
+    for (e, acc) in edges.iter_mut().zip(below.iter()) {
+        let mut lanes = [0u32; CHUNK];
+        // SAFETY: `lanes` holds 16 u32s.
+        unsafe {
+            _mm256_storeu_si256(lanes.as_mut_ptr().cast(), acc[0]);
+            _mm256_storeu_si256(lanes.as_mut_ptr().add(8).cast(), acc[1]);
+        }
+        for (b, l) in e.below.iter_mut().zip(lanes) {
+            *b += l;
+        }
+    }
+}
+
+/// The rows of a chunk from `base` on, at distances `d`, one by one (those of `lanes`, a bit
+/// per row: every row that may be near enough; the others would change nothing): offered to
+/// the nearest lists, and kept by every pair whose band they may lie in.
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn look_closer(
+    m: &Miner,
+    plan: &AnchorPlan,
+    state: &mut AnchorState,
+    edges: &mut [Edges],
+    d: &[f32; CHUNK],
+    mut lanes: u32,
     base: u32,
     limit: usize,
 ) {
     let slack = state.slack;
-    // The nearest rows and nearest negative: their cuts tighten as rows arrive.
     let small_cut = state.nearest_negative.cut.max(state.nearest_rows.cut);
-    let mut hit = 0u32;
-    for (x, &tn) in chunk.iter_mut().zip(norms) {
-        let d = to_d(*x, tn);
-        *x = d;
-        hit |= (d <= small_cut) as u32;
-    }
-    for (pair, &(before, hi)) in state.pairs.iter_mut().zip(cuts.iter()) {
-        let (mut below, mut inside) = (0u32, 0u32);
-        for &d in chunk.iter() {
-            below += (d < before) as u32;
-            inside |= ((d >= before) & (d <= hi)) as u32;
-        }
-        pair.below += below;
-        hit |= inside;
-    }
-    if hit == 0 {
-        return;
-    }
     let a = plan.anchor;
-    for (j, &d) in chunk.iter().enumerate() {
-        let r = base + j as u32;
+    while lanes != 0 {
+        let j = lanes.trailing_zeros() as usize;
+        lanes &= lanes - 1;
+        let (d, r) = (d[j], base + j as u32);
         if d <= small_cut {
             state.nearest_rows.offer(d, r, slack);
             if m.is_negative(a, plan.label, r) {
                 state.nearest_negative.offer(d, r, slack);
             }
         }
-        for (pair, &(before, hi)) in state.pairs.iter_mut().zip(cuts.iter()) {
-            if d >= before && d <= hi {
+        for (pair, e) in state.pairs.iter_mut().zip(edges.iter()) {
+            let sampled = pair.keyed.is_none_or(|k| key(k.salt, r) <= k.key_cut);
+            if d >= e.before && d <= e.hi && sampled {
                 pair.near.push((d, r));
             }
         }
     }
-    for (pair, cut) in state.pairs.iter_mut().zip(cuts.iter_mut()) {
-        if limit != usize::MAX && pair.near.len() >= 2 * limit + 64 {
+    for (pair, e) in state.pairs.iter_mut().zip(edges.iter_mut()) {
+        if limit != usize::MAX && pair.near.len() >= pair.prune_at {
             prune(m, plan, pair, limit, slack);
-            cut.1 = cut.1.min(pair.cut);
+            // Rows near the edges stay whatever the cut: wait for `limit` more before trying.
+            pair.prune_at = pair.near.len() + limit + 8;
+            e.hi = e.hi.min(pair.cut);
+            e.keyed = pair.keyed;
         }
     }
-}
-
-/// [`scan`] compiled for the widest vector instructions this processor has (AVX2 where
-/// present), chosen at run time: the build stays portable. Results are the same either way.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-fn scan_dispatch(
-    m: &Miner,
-    plan: &AnchorPlan,
-    state: &mut AnchorState,
-    row: &mut [f32],
-    norms: &[f32],
-    to_d: impl Fn(f32, f32) -> f32,
-    first: u32,
-    limit: usize,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the processor has AVX2 (checked just above).
-        unsafe { scan_avx2(m, plan, state, row, norms, to_d, first, limit) };
-        return;
-    }
-    scan(m, plan, state, row, norms, to_d, first, limit);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2")]
-unsafe fn scan_avx2(
-    m: &Miner,
-    plan: &AnchorPlan,
-    state: &mut AnchorState,
-    row: &mut [f32],
-    norms: &[f32],
-    to_d: impl Fn(f32, f32) -> f32,
-    first: u32,
-    limit: usize,
-) {
-    scan(m, plan, state, row, norms, to_d, first, limit);
 }
 
 /// Keeps the band rows that can still matter: those within `slack` of the `limit`-th row
 /// certainly in the band and certainly a negative.
 fn prune(m: &Miner, plan: &AnchorPlan, pair: &mut PairState, limit: usize, slack: f32) {
     let band = pair.band;
+    let certainly_qualifies = |d: f32, r: u32| {
+        d - slack > band.lo + band.tol
+            && d + slack < band.hi - band.tol
+            && m.is_negative(plan.anchor, plan.label, r)
+    };
+    if let Some(keyed) = &mut pair.keyed {
+        // A sample keeps the smallest keys: beyond the `limit`-th key of rows certainly
+        // qualifying, no row can be drawn.
+        let salt = keyed.salt;
+        let mut keys: Vec<u32> = pair
+            .near
+            .iter()
+            .filter(|&&(d, r)| certainly_qualifies(d, r))
+            .map(|&(_, r)| key(salt, r))
+            .collect();
+        if keys.len() < limit {
+            return;
+        }
+        let (_, nth, _) = keys.select_nth_unstable(limit - 1);
+        keyed.key_cut = keyed.key_cut.min(*nth);
+        let cut = keyed.key_cut;
+        pair.near.retain(|&(_, r)| key(salt, r) <= cut);
+        return;
+    }
     let certain = &mut pair.scratch;
     certain.clear();
     certain.extend(
         pair.near
             .iter()
-            .filter(|&&(d, r)| {
-                d - slack > band.lo + band.tol
-                    && d + slack < band.hi - band.tol
-                    && m.is_negative(plan.anchor, plan.label, r)
-            })
+            .filter(|&&(d, r)| certainly_qualifies(d, r))
             .map(|e| e.0),
     );
     if certain.len() < limit {
@@ -515,14 +844,88 @@ fn prune(m: &Miner, plan: &AnchorPlan, pair: &mut PairState, limit: usize, slack
     pair.near.retain(|e| e.0 <= cut);
 }
 
+/// Where exact distances read the table's rows: the table in memory, or rows read from a
+/// spilled table (in one `pread` per run of rows, not through its mapping, where scattered
+/// rows would fault in whole folios).
+struct RowSource {
+    /// Rows read (ascending) and their vectors, or `None`: read them from memory.
+    read: Option<(Vec<u32>, Vec<f32>)>,
+}
+
+impl RowSource {
+    /// The rows that the entries of `states`' lists name, read now if the table is spilled.
+    fn for_states(m: &Miner, states: &[AnchorState]) -> Result<RowSource> {
+        if m.gather_budget_rows().is_none() {
+            return Ok(RowSource { read: None });
+        }
+        let mut rows: Vec<u32> = states
+            .iter()
+            .flat_map(|s| {
+                let lists = [&s.nearest_negative.entries, &s.nearest_rows.entries];
+                lists
+                    .into_iter()
+                    .chain(s.pairs.iter().map(|p| &p.near))
+                    .flatten()
+                    .map(|e| e.1)
+            })
+            .collect();
+        rows.sort_unstable();
+        rows.dedup();
+        let data = m.table.vectors.gather_rows(&rows, m.table.dim)?;
+        Ok(RowSource {
+            read: Some((rows, data)),
+        })
+    }
+
+    fn row<'a>(&'a self, m: &'a Miner, r: u32) -> &'a [f32] {
+        match &self.read {
+            None => m.row(r),
+            Some((rows, data)) => {
+                let dim = m.table.dim;
+                let j = rows.binary_search(&r).expect("every row needed was read");
+                &data[j * dim..(j + 1) * dim]
+            }
+        }
+    }
+
+    /// The exact distance from `anchor` (its vector) to row `r`, as `Miner::anchor_distance`.
+    fn distance(&self, m: &Miner, anchor: &[f32], r: u32) -> f32 {
+        m.params.metric.distance(anchor, self.row(m, r))
+    }
+
+    /// Asks the processor for the vectors of `entries`' rows ahead of their exact distances:
+    /// they lie anywhere in the table, and one after the other each would wait on memory.
+    fn prefetch(&self, m: &Miner, entries: &[(f32, u32)]) {
+        #[cfg(target_arch = "x86_64")]
+        for &(_, r) in entries {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            let row = self.row(m, r);
+            // A cache line holds 16 floats.
+            for at in (0..row.len()).step_by(16) {
+                // SAFETY: a prefetch of an address inside `row`; it reads nothing.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().add(at).cast()) };
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (m, entries);
+    }
+}
+
 /// Exact distances for the kept rows, and the anchor's outcome as the ladder gives it.
-fn finish(m: &Miner, plan: &AnchorPlan, mut state: AnchorState, limit: usize) -> Resolved {
+fn finish(
+    m: &Miner,
+    plan: &AnchorPlan,
+    mut state: AnchorState,
+    limit: usize,
+    rows: &RowSource,
+    anchor: &[f32],
+) -> Resolved {
     let a = plan.anchor;
     let margin = m.params.margin;
     let exact = |entries: &[(f32, u32)]| -> Vec<(f32, u32)> {
         let mut list: Vec<(f32, u32)> = entries
             .iter()
-            .map(|&(_, r)| (m.anchor_distance(a, r), r))
+            .map(|&(_, r)| (rows.distance(m, anchor, r), r))
             .collect();
         super::sort_nearest(&mut list);
         list
@@ -530,9 +933,26 @@ fn finish(m: &Miner, plan: &AnchorPlan, mut state: AnchorState, limit: usize) ->
     let hardest = plan.hardest.expect("planned anchors have a positive");
     state.nearest_negative.prune(state.slack);
     state.nearest_rows.prune(state.slack);
+    let lists = [&state.nearest_negative.entries, &state.nearest_rows.entries];
+    let near = state.pairs.iter().map(|pair| &pair.near);
+    for list in lists.into_iter().chain(near) {
+        rows.prefetch(m, list);
+    }
     let violating_neighbour = exact(&state.nearest_negative.entries)
         .first()
         .map(|&(d, _)| TripletKind::classify(hardest, d, margin) != TripletKind::Easy);
+    if window(m).is_some() {
+        // The window's rows, exactly and in order, hold every row a rank window can select:
+        // the ladder's own selection over them, as over a list of every row.
+        let k = state.nearest_rows.k;
+        let mut list = exact(&state.nearest_rows.entries);
+        list.truncate(k);
+        let mut resolved = super::negatives::resolve(m, plan, &list, f32::INFINITY)
+            .expect("a list of every row needs no deeper search");
+        // Beyond the window a negative may exist that the list does not hold.
+        resolved.violating_neighbour = violating_neighbour;
+        return resolved;
+    }
     let neighbour_labels = if m.queries.is_some() {
         None
     } else {
@@ -549,6 +969,27 @@ fn finish(m: &Miner, plan: &AnchorPlan, mut state: AnchorState, limit: usize) ->
         }
         let d_ap = pair.d_ap;
         let rows = exact(&pair.near);
+        if let Some(keyed) = pair.keyed {
+            // The sample: the qualifying rows of smallest key, in rank order once the
+            // second sweep has ranked them ([`rank_samples`]).
+            let mut qualifying: Vec<(f32, u32)> = rows
+                .into_iter()
+                .filter(|&(d, r)| {
+                    m.is_negative(a, plan.label, r) && qualifies(strategy, d_ap, d, margin)
+                })
+                .collect();
+            qualifying.sort_unstable_by_key(|&(_, r)| key(keyed.salt, r));
+            qualifying.truncate(limit);
+            triplets.extend(qualifying.into_iter().map(|(d, r)| Triplet {
+                anchor: a,
+                positive: p,
+                negative: r,
+                d_ap,
+                d_an: d,
+                negative_rank: u32::MAX,
+            }));
+            continue;
+        }
         // Band kinds in order; a row of a lower kind than the band's lies before it.
         let band_start = match strategy {
             NegativeStrategy::Semihard => TripletKind::Semihard,

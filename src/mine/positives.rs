@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use rayon::prelude::*;
 
 use super::{Miner, batches, rng_for, sort_farthest, sort_nearest};
-use crate::config::PositiveStrategy;
+use crate::config::{Metric, PositiveStrategy};
 use crate::error::Result;
 use crate::index::{GroupIndex, Order};
 
@@ -94,14 +94,32 @@ pub(super) fn plan(m: &mut Miner, anchors: &[u32]) -> Result<Vec<AnchorPlan>> {
                 .collect();
             m.gather_spilled(rows)?;
         }
-        for (label, idx) in labels {
+        let (small, large): (Vec<_>, Vec<_>) = labels
+            .iter()
+            .partition(|(label, _)| m.groups[*label as usize].len() <= SMALL_GROUP);
+        let small_plans: Vec<Vec<AnchorPlan>> = {
+            let m = &*m;
+            // One small product per group, groups in parallel: BLAS's own threads would only
+            // wait on products this small.
+            let _single = crate::index::SingleThreadedBlas::new();
+            small
+                .par_iter()
+                .map(|(label, idx)| {
+                    let of_label: Vec<u32> = idx.iter().map(|&i| anchors[i]).collect();
+                    plan_small_group(m, *label, &m.groups[*label as usize], &of_label)
+                })
+                .collect()
+        };
+        for ((_, idx), label_plans) in small.iter().zip(small_plans) {
+            for (&i, p) in idx.iter().zip(label_plans) {
+                plans[i] = Some(p);
+            }
+        }
+        m.table.vectors.relieve();
+        for (label, idx) in large {
             let group = &m.groups[*label as usize];
             let of_label: Vec<u32> = idx.iter().map(|&i| anchors[i]).collect();
-            let label_plans = if group.len() <= SMALL_GROUP {
-                plan_small_group(m, *label, group, &of_label)
-            } else {
-                plan_large_group(m, *label, group, &of_label)?
-            };
+            let label_plans = plan_large_group(m, *label, group, &of_label)?;
             for (&i, p) in idx.iter().zip(label_plans) {
                 plans[i] = Some(p);
             }
@@ -140,12 +158,96 @@ fn plan_queries(m: &Miner, anchors: &[u32]) -> Vec<AnchorPlan> {
         .collect()
 }
 
-/// Every distance computed directly.
+/// Every distance of the group's anchors to its members from one product (on the calling
+/// thread), then exact distances only where the answer needs them: the chosen positives,
+/// and the members within the product's error bound of the extremes.
 fn plan_small_group(m: &Miner, label: u32, group: &[u32], anchors: &[u32]) -> Vec<AnchorPlan> {
+    let dim = m.table.dim;
+    let strategy = m.params.positives;
+    let n = wanted(m);
+    if strategy == PositiveStrategy::All || n >= group.len() {
+        // Every distance is an answer.
+        return anchors
+            .iter()
+            .map(|&a| choose_directly(m, a, label, group, |n| random_positives(m, group, a, n)))
+            .collect();
+    }
+    let members = m.gather(group.iter().copied());
+    let queries = m.gather(anchors.iter().copied());
+    let mut products = vec![0f32; anchors.len() * group.len()];
+    super::onepass::inner_products(&queries, &members, dim, &mut products);
+    let member_max_sq = group
+        .iter()
+        .map(|&r| m.norms_sq[r as usize])
+        .fold(0.0, f32::max);
     anchors
-        .par_iter()
-        .map(|&a| choose_directly(m, a, label, group, |n| random_positives(m, group, a, n)))
+        .iter()
+        .zip(products.chunks_exact(group.len()))
+        .map(|(&a, products)| {
+            let a_sq = m.norms_sq[a as usize];
+            let slack = 2.0 * super::onepass::gemm_error_bound(dim, a_sq, member_max_sq);
+            let approx: Vec<(f32, u32)> = group
+                .iter()
+                .zip(products)
+                .filter(|&(&r, _)| r != a)
+                .map(|(&r, &x)| {
+                    let d = match m.params.metric {
+                        Metric::L2sq => a_sq + m.norms_sq[r as usize] - 2.0 * x,
+                        Metric::Cosine => 1.0 - x,
+                    };
+                    (d, r)
+                })
+                .collect();
+            let farthest = exact_extremes(m, a, &approx, Order::Farthest, n, slack);
+            let hardest = farthest.first().map(|x| x.0);
+            let chosen = match strategy {
+                PositiveStrategy::Hardest => farthest,
+                PositiveStrategy::Easiest => {
+                    exact_extremes(m, a, &approx, Order::Nearest, n, slack)
+                }
+                PositiveStrategy::Random => scored(m, a, &random_positives(m, group, a, n)),
+                PositiveStrategy::All => unreachable!("handled above"),
+            };
+            AnchorPlan::new(a, label, chosen, hardest)
+        })
         .collect()
+}
+
+/// The `n` farthest (or nearest) of `approx` (approximate distances within `slack / 2` of
+/// the exact ones), exactly: every row whose approximate distance lies within `slack` of the
+/// `n`-th extreme one is measured exactly, sorted, and the first `n` kept.
+fn exact_extremes(
+    m: &Miner,
+    a: u32,
+    approx: &[(f32, u32)],
+    order: Order,
+    n: usize,
+    slack: f32,
+) -> Vec<(f32, u32)> {
+    let n = n.min(approx.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut ds: Vec<f32> = approx.iter().map(|x| x.0).collect();
+    let (_, nth, _) = match order {
+        Order::Farthest => ds.select_nth_unstable_by(n - 1, |x, y| y.total_cmp(x)),
+        Order::Nearest => ds.select_nth_unstable_by(n - 1, f32::total_cmp),
+    };
+    let nth = *nth;
+    let mut list: Vec<(f32, u32)> = approx
+        .iter()
+        .filter(|x| match order {
+            Order::Farthest => x.0 >= nth - slack,
+            Order::Nearest => x.0 <= nth + slack,
+        })
+        .map(|&(_, r)| (m.anchor_distance(a, r), r))
+        .collect();
+    match order {
+        Order::Farthest => sort_farthest(&mut list),
+        Order::Nearest => sort_nearest(&mut list),
+    }
+    list.truncate(n);
+    list
 }
 
 /// The plan of anchor `a` from every distance to `rows`; `random(n)` draws `n` of them.
