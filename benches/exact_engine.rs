@@ -135,6 +135,13 @@ fn main() {
                 ..base.clone()
             },
         ),
+        (
+            "positives all",
+            MiningParams {
+                positives: PositiveStrategy::All,
+                ..base.clone()
+            },
+        ),
     ];
     // `TRIPMINE_BENCH_STRATEGIES=semihard,hard` runs those only (by the start of their names).
     let wanted: Option<Vec<String>> = std::env::var("TRIPMINE_BENCH_STRATEGIES")

@@ -3,14 +3,17 @@
 //!
 //! In: the block's [`AnchorPlan`]s (positives chosen exactly first, so every (anchor,
 //! positive) pair knows its acceptance band before the pass) and an exact index's miner. Out:
-//! the same [`Resolved`] outcome the deepening ladder gives, triplet for triplet.
+//! the same [`Resolved`] outcome the deepening ladder gives, triplet for triplet (under
+//! `--sample random` without a rank window, a keyed sample of the same band instead).
 //!
 //! Groups of anchors run in parallel, one per core, each multiplying with BLAS on its own
 //! thread: tiles of (anchors x table rows) distances come from one `sgemm` and the rows'
-//! norms. Each pair keeps only what its answer needs: how many rows lie before its band (for ranks), and
-//! the rows of its band nearer than its `N`-th certain negative. GEMM distances are within a
-//! bound `eps` of the exact ones, so every decision within `eps` of an edge is left to the
-//! exact distances computed at the end: the results equal an exhaustive exact search.
+//! norms. Each pair keeps only what its answer needs: how many rows lie before its band (for
+//! ranks), and the rows of its band nearer than its `N`-th certain negative (or, sampled, of
+//! smaller key than its `N`-th certain negative's; a second sweep ranks them). In window mode
+//! an anchor keeps its `range_max` nearest rows. GEMM distances are within a bound `eps` of
+//! the exact ones, so every decision within `eps` of an edge is left to the exact distances
+//! computed at the end: the results equal an exhaustive exact search.
 
 use std::os::raw::{c_char, c_int};
 
@@ -71,17 +74,14 @@ const MAX_WINDOW: usize = 1024;
 const STREAM_KEY: u64 = 3;
 
 /// Whether the one-pass engine serves these parameters (else the deepening ladder does):
-/// an exact index (vectors in memory or spilled: the pass reads them in order), no `--max-k` (a cap on the ladder's depth, which the
-/// one pass does not have), and either nearest-first selection in bands without guards, or a
-/// rank window of at most [`MAX_WINDOW`] rows (then any sampling and guards: everything
-/// selected lies among the window's rows).
+/// an exact index (vectors in memory, or spilled: the pass reads them in order), no `--max-k`
+/// (a cap on the ladder's depth, which the one pass does not have), and either bands without
+/// guards (nearest-first or sampled), or a rank window of at most [`MAX_WINDOW`] rows (then
+/// any sampling and guards: everything selected lies among the window's rows).
 pub(super) fn applies(m: &Miner) -> bool {
     let p = &m.params;
-    let plain = !p.guarded()
-        && p.range_min == 0
-        && p.range_max.is_none()
-        && p.sample == NegativeSampling::Nearest;
-    m.exact() && m.one_pass && p.max_k.is_none() && (plain || window(m).is_some())
+    let bands = !p.guarded() && p.range_min == 0 && p.range_max.is_none();
+    m.exact() && m.one_pass && p.max_k.is_none() && (bands || window(m).is_some())
 }
 
 /// The rows an anchor keeps in window mode: the `range_max` nearest (at least the
