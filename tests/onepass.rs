@@ -174,6 +174,7 @@ proptest! {
         metric in prop_oneof![Just(Metric::L2sq), Just(Metric::Cosine)],
         margin in prop_oneof![Just(0.0f32), Just(0.2f32), Just(1.5f32)],
         tiles in (1usize..20, 1usize..40).prop_map(|(anchors, rows)| Tiles { anchors, rows }),
+        portable in any::<bool>(),
     ) {
         let p = MiningParams {
             metric,
@@ -185,7 +186,10 @@ proptest! {
             ..Default::default()
         };
         let ladder = mine(&table, &p, false, Tiles::default());
-        let one_pass = mine(&table, &p, true, tiles);
+        let mut miner = Miner::new(&table, &p).unwrap();
+        miner.set_tiles(tiles);
+        miner.set_portable_scan(portable);
+        let one_pass = miner.mine_all().unwrap();
         prop_assert_eq!(one_pass.anchors, ladder.anchors);
         prop_assert_eq!(one_pass.triplets, ladder.triplets);
     }
@@ -233,12 +237,19 @@ fn random(negatives: NegativeStrategy, n: usize, metric: Metric, seed: u64) -> M
     }
 }
 
+/// Mines on a pool of `threads`, with the portable scan where `threads` is 1 (so that the
+/// sample is also compared across the two scans).
 fn mine_on_threads(table: &Table, p: &MiningParams, tiles: Tiles, threads: usize) -> MinedBlock {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
         .unwrap()
-        .install(|| mine(table, p, true, tiles))
+        .install(|| {
+            let mut miner = Miner::new(table, p).unwrap();
+            miner.set_tiles(tiles);
+            miner.set_portable_scan(threads == 1);
+            miner.mine_all().unwrap()
+        })
 }
 
 #[test]

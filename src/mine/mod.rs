@@ -137,6 +137,8 @@ pub struct Miner<'t> {
     one_pass: bool,
     /// Tile shape of the one-pass engine.
     tiles: Tiles,
+    /// The one-pass engine scans with portable code even where AVX2 is present (tests).
+    portable_scan: bool,
 }
 
 /// Where a miner's index comes from.
@@ -215,6 +217,7 @@ impl<'t> Miner<'t> {
             gathered: Gathered::default(),
             one_pass: self.one_pass,
             tiles: self.tiles,
+            portable_scan: self.portable_scan,
         }
     }
 
@@ -320,6 +323,7 @@ impl<'t> Miner<'t> {
             gathered: Gathered::default(),
             one_pass: true,
             tiles: Tiles::default(),
+            portable_scan: false,
         })
     }
 
@@ -334,6 +338,13 @@ impl<'t> Miner<'t> {
     #[doc(hidden)]
     pub fn set_tiles(&mut self, tiles: Tiles) {
         self.tiles = tiles;
+    }
+
+    /// Scans with the one-pass engine's portable code even where the processor has AVX2,
+    /// so that tests check both; results are the same.
+    #[doc(hidden)]
+    pub fn set_portable_scan(&mut self, portable: bool) {
+        self.portable_scan = portable;
     }
 
     /// Time and queries of the neighbour searches so far.

@@ -564,7 +564,7 @@ fn scan(
     let whole = row.len() / CHUNK * CHUNK;
     let chunks = (&row[..whole], &norms[..whole]);
     #[cfg(target_arch = "x86_64")]
-    if edges.len() <= AVX2_PAIRS && std::arch::is_x86_feature_detected!("avx2") {
+    if !m.portable_scan && std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the processor has AVX2 (checked just above).
         unsafe { scan_chunks_avx2(m, plan, state, &mut edges, chunks, to_d, first, limit) };
     } else {
@@ -582,17 +582,13 @@ fn scan(
                 e.below[l] += (d[l] < e.before) as u32;
             }
         }
-        let lanes = (1u32 << tail) - 1;
-        look_closer(
-            m,
-            plan,
-            state,
-            &mut edges,
-            &d,
-            lanes,
-            first + whole as u32,
-            limit,
-        );
+        let (lanes, base) = ((1u32 << tail) - 1, first + whole as u32);
+        let slack = state.slack;
+        let (rows, negative) = (&mut state.nearest_rows, &mut state.nearest_negative);
+        offer_nearest(m, plan, rows, negative, slack, &d, lanes, base);
+        for (pair, e) in state.pairs.iter_mut().zip(edges.iter_mut()) {
+            keep(m, plan, pair, e, &d, lanes, base, limit, slack);
+        }
     }
     for (pair, e) in state.pairs.iter_mut().zip(&edges) {
         pair.below += e.below.iter().sum::<u32>();
@@ -621,33 +617,40 @@ fn scan_chunks(
         for l in 0..CHUNK {
             d[l] = to_d.at(chunk[l], norms[l]);
         }
+        let base = first + (c * CHUNK) as u32;
+        let slack = state.slack;
         // The nearest rows and nearest negative: their cuts tighten as rows arrive.
         let small_cut = state.nearest_negative.cut.max(state.nearest_rows.cut);
-        let mut hit = [false; CHUNK];
-        for l in 0..CHUNK {
-            hit[l] = d[l] <= small_cut;
+        let lanes = lanes_where(|l| d[l] <= small_cut);
+        if lanes != 0 {
+            let (rows, negative) = (&mut state.nearest_rows, &mut state.nearest_negative);
+            offer_nearest(m, plan, rows, negative, slack, &d, lanes, base);
         }
-        let base = first + (c * CHUNK) as u32;
-        for e in edges.iter_mut() {
+        for (pair, e) in state.pairs.iter_mut().zip(edges.iter_mut()) {
             for l in 0..CHUNK {
                 e.below[l] += (d[l] < e.before) as u32;
+            }
+            let lanes = lanes_where(|l| {
                 let sampled = e
                     .keyed
                     .is_none_or(|k| key(k.salt, base + l as u32) <= k.key_cut);
-                hit[l] |= (d[l] >= e.before) & (d[l] <= e.hi) & sampled;
+                (d[l] >= e.before) & (d[l] <= e.hi) & sampled
+            });
+            if lanes != 0 {
+                keep(m, plan, pair, e, &d, lanes, base, limit, slack);
             }
-        }
-        let lanes = hit
-            .iter()
-            .enumerate()
-            .fold(0u32, |lanes, (l, &h)| lanes | (h as u32) << l);
-        if lanes != 0 {
-            look_closer(m, plan, state, edges, &d, lanes, base, limit);
         }
     }
 }
 
-/// Most (anchor, positive) pairs per anchor that [`scan_chunks_avx2`] serves.
+/// A bit per lane of a chunk, set where `test` holds.
+#[inline(always)]
+fn lanes_where(test: impl Fn(usize) -> bool) -> u32 {
+    (0..CHUNK).fold(0u32, |lanes, l| lanes | (test(l) as u32) << l)
+}
+
+/// (anchor, positive) pairs per anchor whose counts [`scan_chunks_avx2`] keeps on the stack
+/// (more, on the heap).
 const AVX2_PAIRS: usize = 8;
 
 /// The whole chunks of [`scan`] in AVX2: two vectors of 8 rows at a time, counts kept per
@@ -676,6 +679,9 @@ unsafe fn scan_chunks_avx2(
         ToDistance::Cosine => _mm256_sub_ps(_mm256_set1_ps(1.0), x),
     };
     let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    // A bit per row of the chunk: the sign bits of the two masks.
+    let lanes_of =
+        |m0: __m256, m1: __m256| (_mm256_movemask_ps(m0) | _mm256_movemask_ps(m1) << 8) as u32;
     // All ones in the lanes whose row's key is at most the cut: `key` in 8 lanes.
     let sampled = |rows: __m256i, k: Keyed| {
         let mut h = _mm256_xor_si256(rows, _mm256_set1_epi32(k.salt as i32));
@@ -688,9 +694,15 @@ unsafe fn scan_chunks_avx2(
         let cut = _mm256_set1_epi32(k.key_cut as i32);
         _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_min_epu32(h, cut), h))
     };
-    // Counts in registers (or near), up to `AVX2_PAIRS` pairs: the caller checks.
-    let mut below = [[_mm256_setzero_si256(); 2]; AVX2_PAIRS];
-    let below = &mut below[..edges.len()];
+    // Counts in registers (or near); on the heap for many pairs (`--positives all`).
+    let mut on_stack = [[_mm256_setzero_si256(); 2]; AVX2_PAIRS];
+    let mut on_heap = Vec::new();
+    let below = if edges.len() <= AVX2_PAIRS {
+        &mut on_stack[..edges.len()]
+    } else {
+        on_heap.resize(edges.len(), [_mm256_setzero_si256(); 2]);
+        &mut on_heap[..]
+    };
     for c in 0..row.len() / CHUNK {
         let at = c * CHUNK;
         // SAFETY: `at + 16 <= row.len() == norms.len()`; unaligned loads.
@@ -701,10 +713,35 @@ unsafe fn scan_chunks_avx2(
             let t1 = _mm256_loadu_ps(norms.as_ptr().add(at + 8));
             (distances(x0, t0), distances(x1, t1))
         };
+        let base = first + at as u32;
+        let slack = state.slack;
+        let mut d = [0f32; CHUNK];
+        let mut stored = false;
+        let mut store = |d: &mut [f32; CHUNK]| {
+            if !stored {
+                // SAFETY: `d` holds 16 floats.
+                unsafe {
+                    _mm256_storeu_ps(d.as_mut_ptr(), d0);
+                    _mm256_storeu_ps(d.as_mut_ptr().add(8), d1);
+                }
+                stored = true;
+            }
+        };
         let small_cut = _mm256_set1_ps(state.nearest_negative.cut.max(state.nearest_rows.cut));
-        let mut hit0 = _mm256_cmp_ps::<_CMP_LE_OQ>(d0, small_cut);
-        let mut hit1 = _mm256_cmp_ps::<_CMP_LE_OQ>(d1, small_cut);
-        for (e, acc) in edges.iter().zip(below.iter_mut()) {
+        let small = lanes_of(
+            _mm256_cmp_ps::<_CMP_LE_OQ>(d0, small_cut),
+            _mm256_cmp_ps::<_CMP_LE_OQ>(d1, small_cut),
+        );
+        if small != 0 {
+            store(&mut d);
+            let (rows, negative) = (&mut state.nearest_rows, &mut state.nearest_negative);
+            offer_nearest(m, plan, rows, negative, slack, &d, small, base);
+        }
+        for ((e, acc), pair) in edges
+            .iter_mut()
+            .zip(below.iter_mut())
+            .zip(state.pairs.iter_mut())
+        {
             let before = _mm256_set1_ps(e.before);
             let hi = _mm256_set1_ps(e.hi);
             let lt0 = _mm256_cmp_ps::<_CMP_LT_OQ>(d0, before);
@@ -721,23 +758,16 @@ unsafe fn scan_chunks_avx2(
                 _mm256_cmp_ps::<_CMP_LE_OQ>(d1, hi),
             );
             if let Some(k) = e.keyed {
-                let rows0 = _mm256_add_epi32(_mm256_set1_epi32((first + at as u32) as i32), lane);
+                let rows0 = _mm256_add_epi32(_mm256_set1_epi32(base as i32), lane);
                 let rows1 = _mm256_add_epi32(rows0, _mm256_set1_epi32(8));
                 in0 = _mm256_and_ps(in0, sampled(rows0, k));
                 in1 = _mm256_and_ps(in1, sampled(rows1, k));
             }
-            hit0 = _mm256_or_ps(hit0, in0);
-            hit1 = _mm256_or_ps(hit1, in1);
-        }
-        let lanes = (_mm256_movemask_ps(hit0) | _mm256_movemask_ps(hit1) << 8) as u32;
-        if lanes != 0 {
-            let mut d = [0f32; CHUNK];
-            // SAFETY: `d` holds 16 floats.
-            unsafe {
-                _mm256_storeu_ps(d.as_mut_ptr(), d0);
-                _mm256_storeu_ps(d.as_mut_ptr().add(8), d1);
+            let lanes = lanes_of(in0, in1);
+            if lanes != 0 {
+                store(&mut d);
+                keep(m, plan, pair, e, &d, lanes, base, limit, slack);
             }
-            look_closer(m, plan, state, edges, &d, lanes, first + at as u32, limit);
         }
     }
     for (e, acc) in edges.iter_mut().zip(below.iter()) {
@@ -753,49 +783,67 @@ unsafe fn scan_chunks_avx2(
     }
 }
 
-/// The rows of a chunk from `base` on, at distances `d`, one by one (those of `lanes`, a bit
-/// per row: every row that may be near enough; the others would change nothing): offered to
-/// the nearest lists, and kept by every pair whose band they may lie in.
+/// The rows of a chunk from `base` on, at distances `d`, that `lanes` names (a bit per row;
+/// every row that may be near enough, the others would change nothing), offered to the
+/// anchor's nearest rows and nearest negative.
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
-fn look_closer(
+fn offer_nearest(
     m: &Miner,
     plan: &AnchorPlan,
-    state: &mut AnchorState,
-    edges: &mut [Edges],
+    nearest_rows: &mut Nearest,
+    nearest_negative: &mut Nearest,
+    slack: f32,
     d: &[f32; CHUNK],
     mut lanes: u32,
     base: u32,
-    limit: usize,
 ) {
-    let slack = state.slack;
-    let small_cut = state.nearest_negative.cut.max(state.nearest_rows.cut);
-    let a = plan.anchor;
+    let small_cut = nearest_negative.cut.max(nearest_rows.cut);
     while lanes != 0 {
         let j = lanes.trailing_zeros() as usize;
         lanes &= lanes - 1;
         let (d, r) = (d[j], base + j as u32);
         if d <= small_cut {
-            state.nearest_rows.offer(d, r, slack);
-            if m.is_negative(a, plan.label, r) {
-                state.nearest_negative.offer(d, r, slack);
-            }
-        }
-        for (pair, e) in state.pairs.iter_mut().zip(edges.iter()) {
-            let sampled = pair.keyed.is_none_or(|k| key(k.salt, r) <= k.key_cut);
-            if d >= e.before && d <= e.hi && sampled {
-                pair.near.push((d, r));
+            nearest_rows.offer(d, r, slack);
+            if m.is_negative(plan.anchor, plan.label, r) {
+                nearest_negative.offer(d, r, slack);
             }
         }
     }
-    for (pair, e) in state.pairs.iter_mut().zip(edges.iter_mut()) {
-        if limit != usize::MAX && pair.near.len() >= pair.prune_at {
-            prune(m, plan, pair, limit, slack);
-            // Rows near the edges stay whatever the cut: wait for `limit` more before trying.
-            pair.prune_at = pair.near.len() + limit + 8;
-            e.hi = e.hi.min(pair.cut);
-            e.keyed = pair.keyed;
+}
+
+/// The rows of a chunk from `base` on, at distances `d`, that `lanes` names (rows that may
+/// lie within `edges` and, sampled, have a small enough key), kept by `pair`; its selection
+/// is pruned once it has grown, and `edges` follow.
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn keep(
+    m: &Miner,
+    plan: &AnchorPlan,
+    pair: &mut PairState,
+    edges: &mut Edges,
+    d: &[f32; CHUNK],
+    mut lanes: u32,
+    base: u32,
+    limit: usize,
+    slack: f32,
+) {
+    while lanes != 0 {
+        let j = lanes.trailing_zeros() as usize;
+        lanes &= lanes - 1;
+        let (d, r) = (d[j], base + j as u32);
+        // Edges may have moved since the lanes were tested (a prune in this chunk).
+        let sampled = pair.keyed.is_none_or(|k| key(k.salt, r) <= k.key_cut);
+        if d >= edges.before && d <= edges.hi && sampled {
+            pair.near.push((d, r));
         }
+    }
+    if limit != usize::MAX && pair.near.len() >= pair.prune_at {
+        prune(m, plan, pair, limit, slack);
+        // Rows near the edges stay whatever the cut: wait for `limit` more before trying.
+        pair.prune_at = pair.near.len() + limit + 8;
+        edges.hi = edges.hi.min(pair.cut);
+        edges.keyed = pair.keyed;
     }
 }
 
