@@ -627,8 +627,8 @@ fn scan_chunks(
             offer_nearest(m, plan, rows, negative, slack, &d, lanes, base);
         }
         for (pair, e) in state.pairs.iter_mut().zip(edges.iter_mut()) {
-            for l in 0..CHUNK {
-                e.below[l] += (d[l] < e.before) as u32;
+            for (below, &d) in e.below.iter_mut().zip(&d) {
+                *below += (d < e.before) as u32;
             }
             let lanes = lanes_where(|l| {
                 let sampled = e
