@@ -370,15 +370,15 @@ fn resolve_group(
     };
     sweep.run(&mut states, limit);
     let mut resolved: Vec<Resolved> = Vec::with_capacity(group.len());
+    let runs = runs_within_budget(m, &states);
     let mut states = states.into_iter();
-    // A few anchors at a time: a spilled table's rows for them are read into one buffer.
-    for part in group.chunks(FINISH_ANCHORS) {
-        let states: Vec<AnchorState> = states.by_ref().take(part.len()).collect();
-        let rows = RowSource::for_states(m, &states)?;
-        let offset = resolved.len();
-        for (j, (state, &i)) in states.into_iter().zip(part).enumerate() {
-            let anchor = &queries[(offset + j) * dim..(offset + j + 1) * dim];
-            resolved.push(finish(m, &plans[i], state, limit, &rows, anchor));
+    // A spilled table's rows for a run of anchors are read into one buffer.
+    for run in runs {
+        let part: Vec<AnchorState> = states.by_ref().take(run.len()).collect();
+        let rows = RowSource::for_states(m, &part)?;
+        for (b, state) in run.zip(part) {
+            let anchor = &queries[b * dim..(b + 1) * dim];
+            resolved.push(finish(m, &plans[group[b]], state, limit, &rows, anchor));
         }
     }
     if p.sample == NegativeSampling::Random && window.is_none() {
@@ -387,8 +387,21 @@ fn resolve_group(
     Ok(resolved)
 }
 
-/// Anchors finished together (their rows read together from a spilled table).
-const FINISH_ANCHORS: usize = 128;
+/// Consecutive runs of `states` whose kept rows fit this thread's share of a spilled table's
+/// read budget (all of them in one run when the table is in memory).
+fn runs_within_budget(m: &Miner, states: &[AnchorState]) -> Vec<std::ops::Range<usize>> {
+    let kept: Vec<usize> = states
+        .iter()
+        .map(|s| {
+            let pairs: usize = s.pairs.iter().map(|p| p.near.len()).sum();
+            pairs + s.nearest_negative.entries.len() + s.nearest_rows.entries.len()
+        })
+        .collect();
+    let budget = m
+        .gather_budget_rows()
+        .map(|b| (b / rayon::current_num_threads()).max(1));
+    super::batches(&kept, budget)
+}
 
 /// One group of anchors against the whole table, tile by tile.
 struct Sweep<'a> {
@@ -476,25 +489,40 @@ fn rank_samples(sweep: &Sweep, resolved: &mut [Resolved], max_norm: f32) -> Resu
         })
         .collect();
     sweep.run(&mut states, usize::MAX);
-    let rows = RowSource::for_states(m, &states)?;
-    for (b, (r, state)) in resolved.iter_mut().zip(states).enumerate() {
-        let anchor = &sweep.queries[b * dim..(b + 1) * dim];
-        for (t, pair) in r.triplets.iter_mut().zip(state.pairs) {
-            let at = (t.d_an, t.negative);
-            let nearer = pair
-                .near
-                .iter()
-                .filter(|&&(_, x)| x != t.negative)
-                .map(|&(_, x)| (rows.distance(m, anchor, x), x))
-                .filter(|&(d, x)| d.total_cmp(&at.0).then(x.cmp(&at.1)).is_lt())
-                .count();
-            t.negative_rank = pair.below + nearer as u32;
+    let runs = runs_within_budget(m, &states);
+    let mut states = states.into_iter();
+    for run in runs {
+        let part: Vec<AnchorState> = states.by_ref().take(run.len()).collect();
+        let rows = RowSource::for_states(m, &part)?;
+        for (b, state) in run.zip(part) {
+            rank_anchor(
+                m,
+                &mut resolved[b],
+                state,
+                &rows,
+                &sweep.queries[b * dim..(b + 1) * dim],
+            );
         }
-        // Per positive, in rank order (the order of (distance, row)).
-        // Positives are in row order.
-        r.triplets.sort_by_key(|t| (t.positive, t.negative_rank));
     }
     Ok(())
+}
+
+/// The ranks of one anchor's sampled negatives from its second-sweep `state`, and its
+/// triplets in rank order per positive.
+fn rank_anchor(m: &Miner, r: &mut Resolved, state: AnchorState, rows: &RowSource, anchor: &[f32]) {
+    for (t, pair) in r.triplets.iter_mut().zip(state.pairs) {
+        let at = (t.d_an, t.negative);
+        let nearer = pair
+            .near
+            .iter()
+            .filter(|&&(_, x)| x != t.negative)
+            .map(|&(_, x)| (rows.distance(m, anchor, x), x))
+            .filter(|&(d, x)| d.total_cmp(&at.0).then(x.cmp(&at.1)).is_lt())
+            .count();
+        t.negative_rank = pair.below + nearer as u32;
+    }
+    // Per positive (in row order), in rank order: the order of (distance, row).
+    r.triplets.sort_by_key(|t| (t.positive, t.negative_rank));
 }
 
 /// Rows scanned together: a lane-wide test says whether any of them needs a closer look.
