@@ -371,21 +371,34 @@ fn resolve_group(
     };
     sweep.run(&mut states, limit);
     let mut resolved: Vec<Resolved> = Vec::with_capacity(group.len());
-    let runs = runs_within_budget(m, &states);
-    let mut states = states.into_iter();
-    // A spilled table's rows for a run of anchors are read into one buffer.
-    for run in runs {
-        let part: Vec<AnchorState> = states.by_ref().take(run.len()).collect();
-        let rows = RowSource::for_states(m, &part)?;
-        for (b, state) in run.zip(part) {
-            let anchor = &queries[b * dim..(b + 1) * dim];
-            resolved.push(finish(m, &plans[group[b]], state, limit, &rows, anchor));
-        }
-    }
+    with_rows(m, states, |b, state, rows| {
+        let anchor = &queries[b * dim..(b + 1) * dim];
+        resolved.push(finish(m, &plans[group[b]], state, limit, rows, anchor));
+    })?;
     if p.sample == NegativeSampling::Random && window.is_none() {
         rank_samples(&sweep, &mut resolved, max_norm)?;
     }
     Ok(resolved)
+}
+
+/// Hands each of `states` (in order, with its index) to `visit` with the rows its exact
+/// distances need: a spilled table's rows are read for a run of anchors at a time, runs whose
+/// kept rows fit this thread's share of the read budget.
+fn with_rows(
+    m: &Miner,
+    states: Vec<AnchorState>,
+    mut visit: impl FnMut(usize, AnchorState, &RowSource),
+) -> Result<()> {
+    let runs = runs_within_budget(m, &states);
+    let mut states = states.into_iter();
+    for run in runs {
+        let part: Vec<AnchorState> = states.by_ref().take(run.len()).collect();
+        let rows = RowSource::for_states(m, &part)?;
+        for (b, state) in run.zip(part) {
+            visit(b, state, &rows);
+        }
+    }
+    Ok(())
 }
 
 /// Consecutive runs of `states` whose kept rows fit this thread's share of a spilled table's
@@ -490,22 +503,10 @@ fn rank_samples(sweep: &Sweep, resolved: &mut [Resolved], max_norm: f32) -> Resu
         })
         .collect();
     sweep.run(&mut states, usize::MAX);
-    let runs = runs_within_budget(m, &states);
-    let mut states = states.into_iter();
-    for run in runs {
-        let part: Vec<AnchorState> = states.by_ref().take(run.len()).collect();
-        let rows = RowSource::for_states(m, &part)?;
-        for (b, state) in run.zip(part) {
-            rank_anchor(
-                m,
-                &mut resolved[b],
-                state,
-                &rows,
-                &sweep.queries[b * dim..(b + 1) * dim],
-            );
-        }
-    }
-    Ok(())
+    with_rows(m, states, |b, state, rows| {
+        let anchor = &sweep.queries[b * dim..(b + 1) * dim];
+        rank_anchor(m, &mut resolved[b], state, rows, anchor);
+    })
 }
 
 /// The ranks of one anchor's sampled negatives from its second-sweep `state`, and its
