@@ -55,7 +55,8 @@ fn sgemm_gflops(dim: usize) -> f64 {
 }
 
 /// One run in this process: prints `wall_seconds peak_rss_kb triplets read index mine search
-/// queries recall_negatives recall_candidates`. `extra` holds `tripmine mine` flags.
+/// queries recall_negatives recall_candidates tune`, and the index with how it was chosen
+/// and tuned into `search.txt`. `extra` holds `tripmine mine` flags.
 fn child(input: &str, index: &str, out_dir: &str, extra: &str) {
     let out = std::path::Path::new(out_dir);
     let mut argv: Vec<String> = ["tripmine", "mine", "--in", input, "--index", index]
@@ -82,7 +83,7 @@ fn child(input: &str, index: &str, out_dir: &str, extra: &str) {
     let summary = tripmine::run(&config).expect("job runs");
     let wall = started.elapsed().as_secs_f64();
     println!(
-        "{wall} {} {} {} {} {} {} {} {} {}",
+        "{wall} {} {} {} {} {} {} {} {} {} {}",
         peak_rss_kb(),
         summary.totals.triplets,
         summary.seconds.read,
@@ -91,8 +92,25 @@ fn child(input: &str, index: &str, out_dir: &str, extra: &str) {
         summary.seconds.search.seconds,
         summary.seconds.search.queries,
         summary.totals.recall_negatives.unwrap_or(f64::NAN),
-        summary.totals.recall_candidates.unwrap_or(f64::NAN)
+        summary.totals.recall_candidates.unwrap_or(f64::NAN),
+        summary.seconds.tune
     );
+    // The index mined with and how it was chosen and tuned, for the parent to print.
+    let note = tripmine::pipeline::search_note(
+        summary.tuning.as_ref(),
+        summary.auto.as_ref(),
+        summary.exact,
+    );
+    let lo = summary.totals.recall_negatives_lo.unwrap_or(f64::NAN);
+    std::fs::write(
+        out.join("search.txt"),
+        format!(
+            "index {} (recall negatives lower bound {lo:.4}){}",
+            summary.index,
+            note.map_or(String::new(), |n| format!(": {n}"))
+        ),
+    )
+    .expect("search note written");
 }
 
 fn main() {
@@ -171,6 +189,11 @@ fn main() {
         println!(
             "  run {run}: {wall:7.2} s  {rate:9.0} rows/s  peak RSS {peak_mib:7.1} MiB  ({} triplets; read {:.2} s, index {:.2} s, mine+write {:.2} s, of which search {:.2} s for {} queries: {search_gflops:.1} GFLOP/s if exact; recall negatives {:.4}, candidates {:.4})",
             f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9]
+        );
+        println!(
+            "         tune {:.2} s; {}",
+            f[10],
+            std::fs::read_to_string(dir.path().join("search.txt")).unwrap_or_default()
         );
         search.push(search_gflops);
         walls.push(wall);

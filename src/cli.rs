@@ -184,9 +184,10 @@ pub struct MineArgs {
     /// Seed of every random choice.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Neighbours searched first per anchor (searches go deeper where needed).
-    #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
-    pub k: i64,
+    /// Neighbours searched first per anchor (searches go deeper where needed) [default: 64;
+    /// unset, an approximate index's recall tuning may start deeper].
+    #[arg(long, allow_negative_numbers = true)]
+    pub k: Option<i64>,
     /// Deepest search per anchor (default: as deep as exactness needs).
     #[arg(long, allow_negative_numbers = true)]
     pub max_k: Option<i64>,
@@ -203,10 +204,21 @@ pub struct MineArgs {
     /// HNSW search depth.
     #[arg(long)]
     pub ef_search: Option<usize>,
-    /// With an approximate index, redo this many seeded anchors exactly and report the recall
-    /// of the mined negatives and of the candidate lists.
-    #[arg(long, value_name = "N")]
-    pub check_recall: Option<usize>,
+    /// With an approximate index, mine N seeded anchors exactly as well: the recall of the
+    /// mined negatives and of the candidate lists is measured (with a 95% interval) and the
+    /// search tuned on them; 0 skips both.
+    #[arg(long, value_name = "N", alias = "check-recall", default_value_t = crate::config::DEFAULT_RECALL_SAMPLE)]
+    pub recall_sample: usize,
+    /// With an approximate index, tune nprobe / efSearch / k (those not set) on the recall
+    /// sample until the lower end of the recall's interval reaches R; 0 only measures.
+    #[arg(long, value_name = "R", default_value_t = 0.95)]
+    pub target_recall: f64,
+    /// `--index auto` below this many rows is exact without weighing an approximate index.
+    #[arg(long, value_name = "ROWS", hide = true, default_value_t = crate::index::AUTO_FLAT_ROWS)]
+    pub auto_exact_below: usize,
+    /// `--index auto` weighs exact mining's estimated time times W (tests emulate scale).
+    #[arg(long, value_name = "W", hide = true, default_value_t = 1.0)]
+    pub auto_exact_weight: f64,
     /// Save the index built (FAISS's format) for later runs.
     #[arg(long, value_name = "PATH")]
     pub save_index: Option<PathBuf>,
@@ -301,14 +313,17 @@ impl MineArgs {
             sample: self.sample,
             anchors_sample: self.anchors_sample,
             seed: self.seed,
-            k: count("k", self.k)?,
+            k: self.k.map(|k| count("k", k)).transpose()?,
             max_k: self.max_k.map(|m| count("max-k", m)).transpose()?,
             index: self.index.clone(),
             suspects_k: self.suspects_k,
             train_sample: self.train_sample,
             nprobe: self.nprobe,
             ef_search: self.ef_search,
-            check_recall: self.check_recall,
+            recall_sample: self.recall_sample,
+            target_recall: self.target_recall,
+            auto_exact_below: self.auto_exact_below,
+            auto_exact_weight: self.auto_exact_weight,
             max_negative_similarity: self.max_negative_similarity,
             positive_margin: self.positive_margin,
             positive_percent: self.positive_percent,

@@ -395,8 +395,9 @@ pub struct MiningParams {
     /// Mine only a seeded random subset of this many anchors.
     pub anchors_sample: Option<usize>,
     pub seed: u64,
-    /// Neighbours searched first for every anchor.
-    pub k: usize,
+    /// Neighbours searched first for every anchor (default [`DEFAULT_K`]; unset, an
+    /// approximate index's recall tuning may search deeper from the start).
+    pub k: Option<usize>,
     /// Deepest search for one anchor; `None` searches as deep as exactness needs.
     pub max_k: Option<usize>,
     /// FAISS factory string; `Flat` is exact; `auto` picks Flat for small tables and an IVF
@@ -408,8 +409,20 @@ pub struct MiningParams {
     pub nprobe: Option<usize>,
     /// HNSW search depth (FAISS's `efSearch`).
     pub ef_search: Option<usize>,
-    /// With an approximate index, redo this many seeded anchors exactly and report recall.
-    pub check_recall: Option<usize>,
+    /// With an approximate index, mine this many seeded anchors exactly as well: the recall
+    /// of the run is measured on them (and the search tuned on them); 0 skips both.
+    #[serde(alias = "check_recall")]
+    pub recall_sample: usize,
+    /// With an approximate index, the recall of mined negatives to reach: the search is tuned
+    /// on the recall sample until the lower end of its confidence interval reaches it
+    /// (search parameters set explicitly are kept); 0 only measures.
+    pub target_recall: f64,
+    /// `index = "auto"` below this many rows is exact without weighing an approximate index
+    /// (a parameter so that tests can weigh at small scale).
+    pub auto_exact_below: usize,
+    /// `index = "auto"` weighs exact mining's estimated time times this (1: as measured; tests
+    /// emulate a large table at small scale with more).
+    pub auto_exact_weight: f64,
     /// Neighbours whose labels are compared with an anchor's, for label-noise suspects.
     pub suspects_k: usize,
     /// False-negative guard: a negative's similarity to the anchor is at most this.
@@ -447,13 +460,16 @@ impl Default for MiningParams {
             sample: NegativeSampling::Nearest,
             anchors_sample: None,
             seed: 0,
-            k: 64,
+            k: None,
             max_k: None,
             index: "Flat".into(),
             train_sample: 100_000,
             nprobe: None,
             ef_search: None,
-            check_recall: None,
+            recall_sample: DEFAULT_RECALL_SAMPLE,
+            target_recall: 0.95,
+            auto_exact_below: crate::index::AUTO_FLAT_ROWS,
+            auto_exact_weight: 1.0,
             suspects_k: 10,
             max_negative_similarity: None,
             positive_margin: None,
@@ -468,7 +484,18 @@ impl Default for MiningParams {
     }
 }
 
+/// Neighbours searched first for every anchor when `k` is not set.
+pub const DEFAULT_K: usize = 64;
+
+/// Anchors of the recall sample when `recall_sample` is not set.
+pub const DEFAULT_RECALL_SAMPLE: usize = 300;
+
 impl MiningParams {
+    /// Neighbours searched first for every anchor.
+    pub fn k(&self) -> usize {
+        self.k.unwrap_or(DEFAULT_K)
+    }
+
     /// Checks ranges; every entry point calls it before mining.
     pub fn validate(&self) -> Result<()> {
         if !self.margin.is_finite() || self.margin < 0.0 {
@@ -477,15 +504,30 @@ impl MiningParams {
                 format!("must be a finite number >= 0, got {}", self.margin),
             ));
         }
-        if self.k < 1 {
+        if self.k == Some(0) {
             return Err(invalid("mine.k", "must be at least 1"));
         }
         if let Some(max_k) = self.max_k
-            && max_k < self.k
+            && max_k < self.k()
         {
             return Err(invalid(
                 "mine.max_k",
-                format!("({max_k}) must be at least k ({})", self.k),
+                format!("({max_k}) must be at least k ({})", self.k()),
+            ));
+        }
+        if !(self.auto_exact_weight.is_finite() && self.auto_exact_weight > 0.0) {
+            return Err(invalid(
+                "mine.auto_exact_weight",
+                format!(
+                    "must be a finite number > 0, got {}",
+                    self.auto_exact_weight
+                ),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.target_recall) {
+            return Err(invalid(
+                "mine.target_recall",
+                format!("must lie in [0, 1], got {}", self.target_recall),
             ));
         }
         if self.anchors_sample == Some(0) {
@@ -495,7 +537,6 @@ impl MiningParams {
             ("mine.train_sample", Some(self.train_sample)),
             ("mine.nprobe", self.nprobe),
             ("mine.ef_search", self.ef_search),
-            ("mine.check_recall", self.check_recall),
         ] {
             if v == Some(0) {
                 return Err(invalid(key, "must be at least 1"));

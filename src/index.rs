@@ -156,12 +156,25 @@ pub fn resolve_factory_within(
     dim: usize,
     memory_limit: Option<u64>,
 ) -> String {
+    resolve_factory(factory, rows, dim, memory_limit, AUTO_FLAT_ROWS)
+}
+
+/// As [`resolve_factory_within`], `Flat` below `exact_below` rows instead of
+/// [`AUTO_FLAT_ROWS`]. Above, the IVF layout is a candidate: the run weighs it against the
+/// exact engine on a sample before mining.
+pub fn resolve_factory(
+    factory: &str,
+    rows: usize,
+    dim: usize,
+    memory_limit: Option<u64>,
+    exact_below: usize,
+) -> String {
     let factory = factory.trim();
     if !factory.eq_ignore_ascii_case("auto") {
         return factory.to_string();
     }
     let tight = memory_limit.is_some_and(|limit| (rows * dim * 4) as u64 > limit / 2);
-    if rows < AUTO_FLAT_ROWS && !tight {
+    if rows < exact_below && !tight {
         return "Flat".into();
     }
     let lists = (4.0 * (rows as f64).sqrt()).log2().round().exp2() as usize;
@@ -219,7 +232,13 @@ pub struct NeighbourIndex {
     metric: Metric,
     rows: usize,
     info: IndexInfo,
+    /// The search parameters set: IVF lists probed, HNSW's `efSearch`.
+    nprobe: Option<usize>,
+    ef_search: Option<usize>,
 }
+
+/// FAISS's `efSearch` of an HNSW index when none is set.
+pub const HNSW_DEFAULT_EF_SEARCH: usize = 16;
 
 fn faiss_metric(metric: Metric) -> MetricType {
     match metric {
@@ -275,6 +294,8 @@ impl NeighbourIndex {
             index: None,
             metric,
             rows,
+            nprobe: None,
+            ef_search: None,
             info: IndexInfo {
                 factory: "Flat".into(),
                 metric,
@@ -354,6 +375,8 @@ impl NeighbourIndex {
             metric,
             rows,
             info,
+            nprobe: None,
+            ef_search: None,
         };
         ready.tune(spec)?;
         Ok(ready)
@@ -405,11 +428,49 @@ impl NeighbourIndex {
         if let Some(nprobe) = nprobe {
             self.set(&space, "nprobe", "--nprobe", nprobe)?;
             tracing::info!(nprobe, "IVF lists probed per search");
+            self.nprobe = Some(nprobe);
         }
         if let Some(ef) = spec.ef_search {
             self.set(&space, "efSearch", "--ef-search", ef)?;
+            self.ef_search = Some(ef);
         }
         Ok(())
+    }
+
+    /// Sets the search parameters given (recall tuning); the others stay.
+    pub fn set_search(&mut self, nprobe: Option<usize>, ef_search: Option<usize>) -> Result<()> {
+        let space = ParameterSpace::new()?;
+        if let Some(nprobe) = nprobe
+            && self.nprobe != Some(nprobe)
+        {
+            self.set(&space, "nprobe", "--nprobe", nprobe)?;
+            self.nprobe = Some(nprobe);
+        }
+        if let Some(ef) = ef_search
+            && self.ef_search != Some(ef)
+        {
+            self.set(&space, "efSearch", "--ef-search", ef)?;
+            self.ef_search = Some(ef);
+        }
+        Ok(())
+    }
+
+    /// IVF lists probed per search (IVF indexes).
+    pub fn nprobe(&self) -> Option<usize> {
+        self.nprobe
+    }
+
+    /// HNSW's search depth (HNSW indexes; FAISS's default when none was set).
+    pub fn ef_search(&self) -> Option<usize> {
+        self.info
+            .factory
+            .contains("HNSW")
+            .then(|| self.ef_search.unwrap_or(HNSW_DEFAULT_EF_SEARCH))
+    }
+
+    /// The IVF lists of the index (IVF indexes).
+    pub fn lists(&self) -> Option<usize> {
+        ivf_lists(&self.info.factory)
     }
 
     /// The `k` nearest candidates of each query (rows of `queries`). `base` is the vectors

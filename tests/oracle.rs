@@ -56,7 +56,7 @@ fn sweep(table: &Table, metric: Metric, margin: f32, ks: &[usize]) {
                             num_positives,
                             negatives,
                             num_negatives,
-                            k,
+                            k: Some(k),
                             ..Default::default()
                         };
                         assert_matches_oracle(table, &oracle, &params);
@@ -116,7 +116,7 @@ fn large_label_groups_use_exact_extremes() {
                     num_positives,
                     negatives,
                     num_negatives: Count::AtMost(2),
-                    k: 8,
+                    k: Some(8),
                     ..Default::default()
                 };
                 assert_matches_oracle(&table, &oracle, &params);
@@ -134,7 +134,7 @@ fn random_positives_are_a_seeded_subset_of_the_label() {
         num_positives: Count::AtMost(3),
         negatives: NegativeStrategy::Hardest,
         num_negatives: Count::AtMost(1),
-        k: 4,
+        k: Some(4),
         ..Default::default()
     };
     let mined = Miner::new(&table, &params).unwrap().mine_all().unwrap();
@@ -188,7 +188,7 @@ fn random_negatives_are_a_seeded_subset_of_the_qualifying_ones() {
             negatives,
             num_negatives: Count::AtMost(4),
             sample: NegativeSampling::Random,
-            k: 4,
+            k: Some(4),
             ..Default::default()
         };
         let mined = Miner::new(&table, &params).unwrap().mine_all().unwrap();
@@ -269,7 +269,7 @@ fn max_k_caps_deep_searches_and_counts_them() {
     let params = MiningParams {
         negatives: NegativeStrategy::Easy,
         num_negatives: Count::All,
-        k: 4,
+        k: Some(4),
         max_k: Some(8),
         ..Default::default()
     };
@@ -301,7 +301,7 @@ fn anchors_resolved_within_max_k_are_not_counted_as_capped() {
         positives: PositiveStrategy::Hardest,
         negatives: NegativeStrategy::Hardest,
         num_negatives: Count::AtMost(1),
-        k: 64,
+        k: Some(64),
         max_k: Some(64),
         ..Default::default()
     };

@@ -65,7 +65,7 @@ fn params_strategy() -> impl Strategy<Value = MiningParams> {
                     num_positives,
                     negatives,
                     num_negatives,
-                    k,
+                    k: Some(k),
                     ..Default::default()
                 }
             },

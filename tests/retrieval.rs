@@ -116,7 +116,7 @@ fn queries_against_a_corpus_equal_brute_force_for_every_strategy() {
                             num_positives: Count::AtMost(2),
                             negatives,
                             num_negatives,
-                            k,
+                            k: Some(k),
                             ..Default::default()
                         };
                         assert_retrieval_matches(&corpus, &queries, &oracle, &p);
@@ -157,7 +157,7 @@ fn guard_settings() -> Vec<(&'static str, MiningParams)> {
         positives: PositiveStrategy::All,
         negatives: NegativeStrategy::Hardest,
         num_negatives: Count::AtMost(3),
-        k: 4,
+        k: Some(4),
         ..Default::default()
     };
     vec![
@@ -289,7 +289,7 @@ fn rank_window_equals_brute_force_in_both_modes() {
                     num_negatives,
                     range_min,
                     range_max,
-                    k: 2,
+                    k: Some(2),
                     ..Default::default()
                 };
                 assert_labelled_matches(&table, &oracle, &p);
@@ -455,7 +455,7 @@ fn params_strategy(metric: Metric) -> impl Strategy<Value = MiningParams> {
                     num_positives: Count::AtMost(2),
                     negatives,
                     num_negatives,
-                    k,
+                    k: Some(k),
                     max_negative_similarity: ceiling.filter(|_| cosine),
                     positive_margin: margin.filter(|_| cosine),
                     positive_percent: percent.filter(|_| cosine),

@@ -18,10 +18,12 @@
 mod negatives;
 mod onepass;
 mod positives;
+mod recall;
 mod select;
 
 pub use negatives::{GUARDS, Guard};
 pub use onepass::Tiles;
+pub use recall::{AutoChoice, Estimate, Recall, SearchKnobs, Truth, TuneStep, Tuning};
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -33,8 +35,7 @@ use rayon::prelude::*;
 use crate::config::{Metric, MiningParams};
 use crate::error::Result;
 use crate::index::{
-    Candidates, IndexInfo, IndexSpec, NeighbourIndex, faiss_error_factor, is_exact,
-    resolve_factory_within,
+    Candidates, IndexInfo, IndexSpec, NeighbourIndex, faiss_error_factor, is_exact, resolve_factory,
 };
 use crate::io::{Queries, Table};
 use crate::score::{dot, normalize_rows};
@@ -172,6 +173,16 @@ pub struct SearchStats {
     pub queries: u64,
 }
 
+impl SearchStats {
+    /// What was searched after `before`.
+    pub fn since(self, before: SearchStats) -> SearchStats {
+        SearchStats {
+            seconds: self.seconds - before.seconds,
+            queries: self.queries - before.queries,
+        }
+    }
+}
+
 impl<'t> Miner<'t> {
     /// Validates `params` and builds the index over `table`.
     pub fn new(table: &'t Table, params: &MiningParams) -> Result<Self> {
@@ -194,7 +205,7 @@ impl<'t> Miner<'t> {
     pub fn exact_twin(&self) -> Miner<'_> {
         let params = MiningParams {
             index: "Flat".into(),
-            check_recall: None,
+            recall_sample: 0,
             nprobe: None,
             ef_search: None,
             ..self.params.clone()
@@ -277,11 +288,12 @@ impl<'t> Miner<'t> {
         }
         let started = std::time::Instant::now();
         let spec = IndexSpec {
-            factory: resolve_factory_within(
+            factory: resolve_factory(
                 &params.index,
                 table.rows(),
                 dim,
                 params.memory_limit.map(|b| b.0),
+                params.auto_exact_below,
             ),
             train_sample: params.train_sample,
             seed: params.seed,
@@ -547,6 +559,24 @@ impl<'t> Miner<'t> {
         &self.vectors[i as usize * d..(i as usize + 1) * d]
     }
 
+    /// Asks the processor for the vectors of `rows` ahead of their use (they lie anywhere in
+    /// the table, and one after the other each would wait on memory).
+    #[inline]
+    fn prefetch_rows(&self, rows: impl Iterator<Item = u32>) {
+        #[cfg(target_arch = "x86_64")]
+        for r in rows {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            let row = self.row(r);
+            // A cache line holds 16 floats.
+            for at in (0..row.len()).step_by(16) {
+                // SAFETY: a prefetch of an address inside `row`; it reads nothing.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().add(at).cast()) };
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = rows;
+    }
+
     /// How many rows a buffer of gathered rows may hold: the spilled store's page budget
     /// (`None` when the vectors are not spilled, or are normalised into a copy).
     fn gather_budget_rows(&self) -> Option<usize> {
@@ -637,8 +667,8 @@ pub(super) fn batches(sizes: &[usize], budget: Option<usize>) -> Vec<std::ops::R
 fn first_k(params: &MiningParams, rows: usize, retrieval: bool) -> usize {
     let self_row = usize::from(!retrieval);
     match params.range_max {
-        Some(max) => params.k.max((max + self_row).min(rows)),
-        None => params.k,
+        Some(max) => params.k().max((max + self_row).min(rows)),
+        None => params.k(),
     }
 }
 

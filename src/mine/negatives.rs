@@ -26,7 +26,7 @@ const STREAM_NEGATIVE: u64 = 2;
 const SEARCH_BUDGET: usize = 1 << 20;
 
 /// Default `max_k` of an approximate index, in multiples of `k`.
-const APPROXIMATE_MAX_K_FACTOR: usize = 16;
+pub(super) const APPROXIMATE_MAX_K_FACTOR: usize = 16;
 
 /// An anchor's resolved output.
 pub(super) struct Resolved {
@@ -107,7 +107,7 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
     let max_k = m.params.max_k.unwrap_or(if m.exact() {
         usize::MAX
     } else {
-        APPROXIMATE_MAX_K_FACTOR * m.params.k
+        APPROXIMATE_MAX_K_FACTOR * m.params.k()
     });
     let mut k = m.start_k.min(max_k);
     // How many anchors each search depth resolved, to start the next block deep enough.
@@ -178,6 +178,9 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
                     let mut got = 0;
                     let mut bound = f32::NEG_INFINITY;
                     let mut list: Vec<(f32, u32)> = Vec::with_capacity(cands.k);
+                    // The candidates lie anywhere in the table: ask for all of their rows
+                    // first, rather than wait on memory for each in turn.
+                    m.prefetch_rows(cands.of(q).map(|(_, r)| r));
                     for (approx, r) in cands.of(q) {
                         got += 1;
                         bound = bound.max(approx);
@@ -218,7 +221,7 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
         k = k.saturating_mul(2).min(max_k);
     }
 
-    m.start_k = next_start(m.params.k, &resolved_at);
+    m.start_k = next_start(m.params.k(), &resolved_at);
     m.release_gathered();
     Ok(assemble(plans, done))
 }

@@ -14,10 +14,11 @@ mod recall;
 mod summary;
 
 pub use outputs::OutputLayout;
-pub use summary::{Summary, Timings};
+pub use summary::{Summary, Timings, search_note};
 
 use outputs::{json, suspects_batch, with_metadata};
-use recall::{check_recall, recall_anchors};
+use recall::RecallPlan;
+use std::ops::Not;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -187,10 +188,17 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
 
     let t = Instant::now();
     let anchors = miner.anchors();
-    let recall_sample = match config.mine.check_recall {
-        Some(n) if !miner.exact() => recall_anchors(&anchors, n, config.mine.seed),
-        _ => Vec::new(),
-    };
+    let spinner = progress(show, None, "measuring recall");
+    let RecallPlan {
+        truth: mut recall_truth,
+        tuning,
+        auto,
+    } = recall::prepare(&config.mine, &mut miner, &anchors)?;
+    spinner.finish_and_clear();
+    let recall_sample: &[u32] = recall_truth.as_ref().map_or(&[], |t| &t.anchors);
+    seconds.tune = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let search_before = miner.search_stats();
     let mut sampled_triplets: Vec<Triplet> = Vec::new();
     let bar = progress(show, Some(anchors.len() as u64), "mining");
     let layout = OutputLayout::new(
@@ -252,7 +260,7 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
     bar.finish_and_clear();
     let triplets_file = sink.close()?;
     seconds.mine = t.elapsed().as_secs_f64();
-    seconds.search = miner.search_stats();
+    seconds.search = miner.search_stats().since(search_before);
     tracing::info!(
         stage = "mine",
         rows = anchors.len(),
@@ -262,21 +270,21 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
 
     let t = Instant::now();
     let embedding_spread = miner.embedding_spread();
-    let recall = if recall_sample.is_empty() {
-        None
-    } else {
-        let t = Instant::now();
-        let (negatives, candidates) =
-            check_recall(&config.mine, &mut miner, &recall_sample, &sampled_triplets)?;
-        tracing::info!(
-            stage = "recall",
-            rows = recall_sample.len(),
-            negatives,
-            candidates,
-            seconds = t.elapsed().as_secs_f64(),
-            "recall against an exact search"
-        );
-        Some((negatives, candidates))
+    let recall = match &mut recall_truth {
+        None => None,
+        Some(truth) => {
+            let t = Instant::now();
+            let recall = miner.recall_of(truth, &sampled_triplets)?;
+            tracing::info!(
+                stage = "recall",
+                rows = recall.anchors,
+                negatives = recall.negatives.map(|e| e.value),
+                candidates = recall.candidates.value,
+                seconds = t.elapsed().as_secs_f64(),
+                "recall against an exact search"
+            );
+            Some(recall)
+        }
     };
     // The vectors and the index are done with: free them before the report's group-by.
     let (index_factory, exact) = (miner.index_info().factory.clone(), miner.exact());
@@ -292,11 +300,22 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         histogram,
     } = report.finish(&label_values)?;
     totals.embedding_spread = Some(embedding_spread);
-    if let Some((negatives, candidates)) = recall {
-        totals.recall_negatives = negatives;
-        totals.recall_candidates = Some(candidates);
+    if let Some(recall) = &recall {
+        recall::record(&mut totals, recall, config.mine.target_recall);
     }
-    let warnings = totals.warnings(&config.mine);
+    let mut warnings = totals.warnings(&config.mine);
+    if let Some(t) = tuning.as_ref().filter(|t| !t.met && exact.not())
+        && let Some(why) = &t.stopped
+    {
+        warnings.insert(
+            0,
+            format!(
+                "tuning did not reach recall {} ({why}); mined with {}",
+                t.target, t.settled
+            ),
+        );
+    }
+    let search_note = summary::search_note(tuning.as_ref(), auto.as_ref(), exact);
     for w in &warnings {
         tracing::warn!(stage = "report", "{w}");
     }
@@ -308,6 +327,10 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
             // What shaped the outputs; `run` (threads, progress) changes none of them.
             ("tripmine.config", json(&config.shaping())),
             ("tripmine.warnings", json(&warnings)),
+            (
+                "tripmine.search",
+                json(&serde_json::json!({ "tuning": &tuning, "auto": &auto })),
+            ),
         ],
     )?;
     let report_file = AtomicPath::new(&out.report)?;
@@ -342,6 +365,7 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
                     queries: query_rows,
                     index: &index_factory,
                     exact,
+                    search: search_note.clone(),
                     started: started_at,
                 },
             });
@@ -383,6 +407,8 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         seconds,
         skipped: false,
         warnings,
+        tuning,
+        auto,
     };
     // Every output is complete: rename them into place.
     triplets_file.commit()?;

@@ -1,16 +1,24 @@
-//! `--check-recall`: how much of an exact search an approximate index found, on a sample.
-
-use std::collections::HashSet;
+//! Recall of an approximate run: a seeded sample of anchors mined exactly as well, the search
+//! tuned on it to the recall target, and `index = "auto"`'s choice between the exact engine
+//! and the approximate index by their estimated cost at that target.
 
 use crate::config::MiningParams;
 use crate::error::Result;
-use crate::mine::{Miner, Triplet};
+use crate::mine::{AutoChoice, Miner, Recall, Truth, Tuning};
+use crate::report::Totals;
 
-/// A seeded sample of at most `n` of `anchors`, in row order.
-pub(super) fn recall_anchors(anchors: &[u32], n: usize, seed: u64) -> Vec<u32> {
+/// Anchors `auto` times the exact engine on: a full group of the one-pass engine per thread,
+/// so that the time per anchor is the full run's.
+fn auto_timing_anchors() -> usize {
+    crate::mine::Tiles::default().anchors * rayon::current_num_threads()
+}
+
+/// A seeded sample of at most `n` of `anchors`, in row order (`stream` apart from the others).
+pub(super) fn sample_anchors(anchors: &[u32], n: usize, seed: u64, stream: u64) -> Vec<u32> {
     use rand::SeedableRng;
     // Its own random stream, apart from the anchor sample's.
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(crate::mine::mix(seed, u64::MAX, 1, 0));
+    let mut rng =
+        rand_chacha::ChaCha8Rng::seed_from_u64(crate::mine::mix(seed, u64::MAX, 1, stream));
     let mut picked: Vec<u32> =
         rand::seq::index::sample(&mut rng, anchors.len(), n.min(anchors.len()))
             .into_iter()
@@ -20,29 +28,133 @@ pub(super) fn recall_anchors(anchors: &[u32], n: usize, seed: u64) -> Vec<u32> {
     picked
 }
 
-/// Mines `sample` again with an exact index: the share of its exact triplets the approximate
-/// run found (`None` without any; both before the reuse cap and shortfall policy), and the
-/// share of each anchor's exact `k` nearest rows among the approximate index's `k` candidates.
-pub(super) fn check_recall(
+/// What was learnt about recall before mining.
+pub(super) struct RecallPlan {
+    /// The sample's exact answers, while the miner is approximate.
+    pub truth: Option<Truth>,
+    pub tuning: Option<Tuning>,
+    pub auto: Option<AutoChoice>,
+}
+
+/// Before mining with an approximate index: mines the recall sample exactly, tunes the search
+/// for the target, and under `index = "auto"` switches to the exact engine when it is the
+/// cheaper way to the target (or the approximate index cannot reach it).
+pub(super) fn prepare(
     params: &MiningParams,
-    approx: &mut Miner,
-    sample: &[u32],
-    approx_triplets: &[Triplet],
-) -> Result<(Option<f64>, f64)> {
-    let k = params.k;
-    let got = approx.candidates(sample, k)?;
-    let mut exact = approx.exact_twin();
-    let key = |t: &Triplet| (t.anchor, t.positive, t.negative);
-    let found: HashSet<_> = approx_triplets.iter().map(key).collect();
-    let truth = exact.mine_block(sample)?.triplets;
-    let negatives = (!truth.is_empty()).then(|| {
-        truth.iter().filter(|t| found.contains(&key(t))).count() as f64 / truth.len() as f64
-    });
-    let want = exact.candidates(sample, k)?;
-    let (mut hit, mut total) = (0usize, 0usize);
-    for (g, w) in got.iter().zip(&want) {
-        hit += w.iter().filter(|r| g.contains(r)).count();
-        total += w.len();
+    miner: &mut Miner,
+    anchors: &[u32],
+) -> Result<RecallPlan> {
+    let none = RecallPlan {
+        truth: None,
+        tuning: None,
+        auto: None,
+    };
+    if miner.exact() || params.recall_sample == 0 || anchors.is_empty() {
+        return Ok(none);
     }
-    Ok((negatives, hit as f64 / total.max(1) as f64))
+    let sample = sample_anchors(anchors, params.recall_sample, params.seed, 0);
+    let mut truth = miner.recall_truth(&sample)?;
+    let auto = params.index.trim().eq_ignore_ascii_case("auto");
+    let exact_per_anchor = if auto {
+        let timing = sample_anchors(anchors, auto_timing_anchors(), params.seed, 1);
+        Some(miner.exact_seconds_per_anchor(&timing)? * params.auto_exact_weight)
+    } else {
+        None
+    };
+    let give_up = exact_per_anchor.map(|s| s * truth.anchors.len() as f64);
+    let tuning = miner.tune_recall(&mut truth, params.target_recall, give_up)?;
+    let step = *tuning.settled_step();
+    tracing::info!(
+        stage = "tune",
+        settled = %tuning.settled,
+        met = tuning.met,
+        target = params.target_recall,
+        seconds = tuning.seconds,
+        "search tuned for recall"
+    );
+    let Some(per_anchor) = exact_per_anchor else {
+        return Ok(RecallPlan {
+            truth: Some(truth),
+            tuning: Some(tuning),
+            auto: None,
+        });
+    };
+    let candidate = miner.index_info().factory.clone();
+    let n = anchors.len() as f64;
+    let exact_seconds = per_anchor * n;
+    let approximate_seconds = step.seconds / truth.anchors.len().max(1) as f64 * n;
+    let target = params.target_recall;
+    let recall = step
+        .recall
+        .negatives
+        .map_or(step.recall.candidates.value, |e| e.value);
+    let (exact, reason) = if !tuning.met {
+        let why = match give_up {
+            Some(limit)
+                if step.seconds > limit || tuning.steps.iter().any(|s| s.seconds > limit) =>
+            {
+                "before costing more than exact mining".to_string()
+            }
+            _ => tuning.stopped.clone().unwrap_or_default(),
+        };
+        (
+            true,
+            format!(
+                "{candidate} reached recall {recall:.3} at best ({}), short of {target} ({why}); exact mining is estimated at {exact_seconds:.1} s",
+                tuning.settled
+            ),
+        )
+    } else if exact_seconds <= approximate_seconds {
+        (
+            true,
+            format!(
+                "exact mining is estimated at {exact_seconds:.1} s, {candidate} at {approximate_seconds:.1} s for recall {target} ({})",
+                tuning.settled
+            ),
+        )
+    } else {
+        (
+            false,
+            format!(
+                "{candidate} is estimated at {approximate_seconds:.1} s for recall {target} ({}), exact mining at {exact_seconds:.1} s",
+                tuning.settled
+            ),
+        )
+    };
+    if exact {
+        miner.become_exact();
+    }
+    let choice = AutoChoice {
+        candidate,
+        chosen: miner.index_info().factory.clone(),
+        exact_seconds,
+        approximate_seconds: Some(approximate_seconds),
+        reason,
+    };
+    tracing::info!(
+        stage = "tune",
+        choice = %choice.chosen,
+        reason = %choice.reason,
+        "index auto"
+    );
+    Ok(RecallPlan {
+        truth: (!exact).then_some(truth),
+        tuning: Some(tuning),
+        auto: Some(choice),
+    })
+}
+
+/// The run's recall figures in the totals.
+pub(super) fn record(totals: &mut Totals, recall: &Recall, target: f64) {
+    totals.recall_anchors = Some(recall.anchors as u64);
+    if let Some(e) = recall.negatives {
+        totals.recall_negatives = Some(e.value);
+        totals.recall_negatives_lo = Some(e.lo);
+        totals.recall_negatives_hi = Some(e.hi);
+    }
+    let c = recall.candidates;
+    totals.recall_candidates = Some(c.value);
+    totals.recall_candidates_lo = Some(c.lo);
+    totals.recall_candidates_hi = Some(c.hi);
+    totals.recall_target = (target > 0.0).then_some(target);
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{MiningParams, cli_name};
-use crate::mine::SearchStats;
+use crate::mine::{AutoChoice, SearchStats, Tuning};
 use crate::report::{Totals, thousands};
 
 /// Seconds spent in each stage.
@@ -16,6 +16,9 @@ pub struct Timings {
     /// Mining, scoring and writing the triplets (they stream together).
     pub mine: f64,
     pub report: f64,
+    /// Before mining: the recall sample mined exactly, the search tuned, `auto`'s choice.
+    #[serde(default)]
+    pub tune: f64,
     pub total: f64,
     /// Of `mine`: the time in the neighbour index's searches, and their queries.
     #[serde(default)]
@@ -54,6 +57,42 @@ pub struct Summary {
     /// Signs that the embeddings have collapsed (empty when none).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// With an approximate index: the search settings tried for the recall target, and the
+    /// one settled on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuning: Option<Tuning>,
+    /// `index = "auto"` weighing the exact engine against an approximate index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<AutoChoice>,
+}
+
+/// One sentence on how the search was chosen and tuned (`None` when nothing was).
+pub fn search_note(
+    tuning: Option<&Tuning>,
+    auto: Option<&AutoChoice>,
+    exact: bool,
+) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(a) = auto {
+        parts.push(format!("auto chose {}: {}", a.chosen, a.reason));
+    }
+    if let Some(t) = tuning.filter(|_| !exact) {
+        let tried = t.steps.len();
+        parts.push(if t.target == 0.0 {
+            format!("searched with {} (no recall target)", t.settled)
+        } else if t.met {
+            format!(
+                "tuned for recall {}: {} ({tried} settings tried, {:.1} s)",
+                t.target, t.settled, t.seconds
+            )
+        } else {
+            format!(
+                "recall {} not reached; best setting {} ({tried} settings tried, {:.1} s)",
+                t.target, t.settled, t.seconds
+            )
+        });
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 /// Lines of the printed summary stay within this many characters (a path may not).
@@ -226,16 +265,30 @@ impl std::fmt::Display for Summary {
             let name = if i == 0 { "outputs" } else { "" };
             writeln!(f, "  {name:<10} {}", path.display())?;
         }
-        if let (Some(c), r) = (t.recall_candidates, t.recall_negatives) {
+        if let Some(c) = t.recall_candidates {
+            let with = |v: Option<f64>, lo: Option<f64>, hi: Option<f64>| match (v, lo, hi) {
+                (Some(v), Some(lo), Some(hi)) => format!("{v:.3} [{lo:.3}, {hi:.3}]"),
+                (v, _, _) => fig(v),
+            };
             line(
                 f,
                 "recall",
                 &format!(
-                    "mined negatives {}, candidates {} (against an exact search of a sample)",
-                    fig(r),
-                    fig(Some(c))
+                    "mined negatives {}, candidates {} (95% intervals, {} anchors mined exactly as well{})",
+                    with(
+                        t.recall_negatives,
+                        t.recall_negatives_lo,
+                        t.recall_negatives_hi
+                    ),
+                    with(Some(c), t.recall_candidates_lo, t.recall_candidates_hi),
+                    n(t.recall_anchors.unwrap_or(0)),
+                    t.recall_target
+                        .map_or(String::new(), |r| format!("; target {r}"))
                 ),
             )?;
+        }
+        if let Some(note) = search_note(self.tuning.as_ref(), self.auto.as_ref(), self.exact) {
+            line(f, "search", &note)?;
         }
         for w in &self.warnings {
             line(f, "WARNING", w)?;

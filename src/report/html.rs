@@ -39,6 +39,8 @@ pub struct RunFacts<'a> {
     /// The index used (`auto` resolved).
     pub index: &'a str,
     pub exact: bool,
+    /// How the index's search was chosen and tuned (`auto`'s choice, the recall tuning).
+    pub search: Option<String>,
     /// When the run started.
     pub started: std::time::SystemTime,
 }
@@ -116,9 +118,12 @@ pub fn render(page: &Page) -> String {
         (
             "index",
             format!(
-                "{} ({})",
+                "{} ({}){}",
                 esc(f.index),
-                if f.exact { "exact" } else { "approximate" }
+                if f.exact { "exact" } else { "approximate" },
+                f.search
+                    .as_ref()
+                    .map_or(String::new(), |s| format!("<br>{}", esc(s)))
             ),
         ),
     ] {
@@ -171,6 +176,30 @@ pub fn render(page: &Page) -> String {
         ),
     ] {
         figure_row(&mut h, name, what, t.figure(name).flatten());
+    }
+    if t.recall_anchors.is_some() {
+        let sampled = format!(
+            "on {} anchors mined exactly as well",
+            thousands(t.recall_anchors.unwrap_or(0))
+        );
+        for (name, what) in [
+            ("recall_negatives", "recall of mined negatives"),
+            ("recall_negatives_lo", "&nbsp;&nbsp;95% interval, low"),
+            ("recall_negatives_hi", "&nbsp;&nbsp;95% interval, high"),
+            ("recall_candidates", "recall of candidates"),
+            ("recall_candidates_lo", "&nbsp;&nbsp;95% interval, low"),
+            ("recall_candidates_hi", "&nbsp;&nbsp;95% interval, high"),
+            ("recall_target", "recall target"),
+        ] {
+            if let Some(v) = t.figure(name).flatten() {
+                let what = if name == "recall_negatives" {
+                    format!("{what} ({sampled})")
+                } else {
+                    what.to_string()
+                };
+                figure_row(&mut h, name, &what, Some(v));
+            }
+        }
     }
     h.push_str("</table>\n");
 

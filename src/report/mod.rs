@@ -49,12 +49,27 @@ pub struct Totals {
     /// Share of triplets with `|d_an - d_ap| <= margin / 100`: losses piling up at the margin,
     /// a sign of collapsed embeddings.
     pub margin_pileup_share: Option<f64>,
-    /// With an approximate index and `--check-recall`: the share of a sample's exactly mined
-    /// triplets that the run found, and of its exact `k` nearest rows among the candidates.
+    /// With an approximate index (and `--recall-sample` above 0): the share of a sample's
+    /// exactly mined triplets that the run found, and of its exact `k` nearest rows among the
+    /// candidates, each with its 95% interval (`_lo`, `_hi`).
     #[serde(default)]
     pub recall_negatives: Option<f64>,
     #[serde(default)]
+    pub recall_negatives_lo: Option<f64>,
+    #[serde(default)]
+    pub recall_negatives_hi: Option<f64>,
+    #[serde(default)]
     pub recall_candidates: Option<f64>,
+    #[serde(default)]
+    pub recall_candidates_lo: Option<f64>,
+    #[serde(default)]
+    pub recall_candidates_hi: Option<f64>,
+    /// Anchors the recall was measured on.
+    #[serde(default)]
+    pub recall_anchors: Option<u64>,
+    /// The recall target (`--target-recall`, when above 0).
+    #[serde(default)]
+    pub recall_target: Option<f64>,
     /// Total variance of the (for cosine, normalised) embeddings over their mean squared norm:
     /// near 0 when every vector is nearly the same.
     #[serde(default)]
@@ -555,9 +570,47 @@ impl Totals {
     /// Warnings about the run, for the summary, the report's metadata and the HTML page:
     /// [`Totals::coverage_warnings`], then [`Totals::collapse_warnings`].
     pub fn warnings(&self, params: &MiningParams) -> Vec<String> {
-        let mut w = self.coverage_warnings(params);
+        let mut w = self.recall_warnings();
+        w.extend(self.coverage_warnings(params));
         w.extend(self.collapse_warnings(params.margin));
         w
+    }
+
+    /// A warning when the measured recall of mined negatives (else of candidates, where exact
+    /// mining of the sample found no triplet) is below the target.
+    pub fn recall_warnings(&self) -> Vec<String> {
+        let Some(target) = self.recall_target else {
+            return Vec::new();
+        };
+        let (what, value, lo, hi) = match self.recall_negatives {
+            Some(v) => (
+                "mined negatives",
+                v,
+                self.recall_negatives_lo,
+                self.recall_negatives_hi,
+            ),
+            None => match self.recall_candidates {
+                Some(v) => (
+                    "candidates",
+                    v,
+                    self.recall_candidates_lo,
+                    self.recall_candidates_hi,
+                ),
+                None => return Vec::new(),
+            },
+        };
+        if value >= target {
+            return Vec::new();
+        }
+        let interval = match (lo, hi) {
+            (Some(lo), Some(hi)) => format!(" (95% interval {lo:.3} to {hi:.3})"),
+            _ => String::new(),
+        };
+        vec![format!(
+            "recall of {what} is {value:.3}{interval} on {} sampled anchors, below the target \
+             {target}: raise --nprobe / --ef-search / --k, or mine exactly (--index Flat)",
+            thousands(self.recall_anchors.unwrap_or(0))
+        )]
     }
 
     /// A warning when most anchors that have a positive found no qualifying negative, with

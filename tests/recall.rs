@@ -1,0 +1,276 @@
+//! Approximate indexes: recall measured on a sample with an interval that holds the true
+//! recall, the search tuned to a target, explicit settings kept, the recall gate, and `auto`
+//! weighing the exact engine against an IVF index.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use common::bin::{gen_table, tripmine};
+use common::{Oracle, blob_table};
+use predicates::prelude::*;
+use rand::SeedableRng;
+use tempfile::TempDir;
+use tripmine::config::{Metric, MiningParams, NegativeStrategy, PositiveStrategy};
+use tripmine::mine::Miner;
+
+fn mine(dir: &Path, input: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
+    tripmine()
+        .current_dir(dir)
+        .args(["mine", "--no-progress", "--force", "--in"])
+        .arg(input)
+        .args(["--summary-json", "s.json"])
+        .args(extra)
+        .assert()
+}
+
+fn summary(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("s.json")).unwrap()).unwrap()
+}
+
+fn figure(s: &serde_json::Value, name: &str) -> f64 {
+    s["totals"][name]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{name} in {}", s["totals"]))
+}
+
+#[test]
+fn the_recall_interval_holds_the_true_recall_of_the_whole_run() {
+    let table = blob_table(2000, 16, 20, 7);
+    let params = MiningParams {
+        positives: PositiveStrategy::Hardest,
+        negatives: NegativeStrategy::Hardest,
+        index: "IVF32,Flat".into(),
+        nprobe: Some(2),
+        k: Some(16),
+        max_k: Some(64),
+        ..MiningParams::default()
+    };
+    let mut miner = Miner::new(&table, &params).unwrap();
+    let approx = miner.mine_all().unwrap().triplets;
+    let key = |t: &tripmine::mine::Triplet| (t.anchor, t.positive, t.negative);
+    let found: HashSet<_> = approx.iter().map(key).collect();
+    // The truth of the whole table, by exhaustive search.
+    let exact_params = MiningParams {
+        index: "Flat".into(),
+        nprobe: None,
+        max_k: None,
+        ..params.clone()
+    };
+    let (exact, _) = Oracle::new(&table, Metric::L2sq).mine(&exact_params);
+    let truth =
+        exact.iter().filter(|t| found.contains(&key(t))).count() as f64 / exact.len() as f64;
+    assert!(
+        (0.2..0.95).contains(&truth),
+        "a recall worth estimating: {truth}"
+    );
+    // Ten samples of 200 anchors: a 95% interval misses now and then, rarely three times.
+    let mut covered = 0;
+    for seed in 0..10u64 {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut sample: Vec<u32> = rand::seq::index::sample(&mut rng, 2000, 200)
+            .into_iter()
+            .map(|r| r as u32)
+            .collect();
+        sample.sort_unstable();
+        let mut exact_sample = miner.recall_truth(&sample).unwrap();
+        let recall = miner.recall_of(&mut exact_sample, &approx).unwrap();
+        let e = recall.negatives.expect("exact mining finds triplets");
+        assert!(e.lo <= e.value && e.value <= e.hi, "{e}");
+        assert!(e.hi - e.lo < 0.25, "an informative interval: {e}");
+        covered += usize::from(e.lo <= truth && truth <= e.hi);
+    }
+    assert!(covered >= 8, "{covered} of 10 intervals hold {truth}");
+}
+
+fn overlapping(dir: &Path) -> std::path::PathBuf {
+    let input = dir.join("data.parquet");
+    gen_table(
+        &input,
+        &[
+            "--rows",
+            "4000",
+            "--dim",
+            "16",
+            "--labels",
+            "40",
+            "--separation",
+            "1",
+        ],
+    );
+    input
+}
+
+#[test]
+fn tuning_reaches_the_target_where_the_default_search_does_not() {
+    let dir = TempDir::new().unwrap();
+    let input = overlapping(dir.path());
+    let index = ["--index", "IVF64,Flat"];
+    let mut measured_only = index.to_vec();
+    measured_only.extend(["--target-recall", "0"]);
+    mine(dir.path(), &input, &measured_only).success();
+    let s = summary(dir.path());
+    let before = figure(&s, "recall_negatives");
+    assert!(before < 0.9, "the default search misses: {before}");
+    assert!(s["tuning"]["steps"].as_array().unwrap().len() == 1);
+
+    let mut tuned = index.to_vec();
+    tuned.extend(["--report-html", "r.html"]);
+    mine(dir.path(), &input, &tuned)
+        .success()
+        .stdout(predicate::str::contains("tuned for recall 0.95"));
+    let s = summary(dir.path());
+    assert_eq!(s["tuning"]["met"], true);
+    let settled = &s["tuning"]["settled"];
+    assert!(
+        settled["nprobe"].as_u64().unwrap() > 8 || settled["k"].as_u64().unwrap() > 64,
+        "{settled}"
+    );
+    assert!(figure(&s, "recall_negatives_lo") >= 0.95, "{}", s["totals"]);
+    assert_eq!(figure(&s, "recall_target"), 0.95);
+    assert!(
+        s["warnings"].as_array().unwrap().is_empty(),
+        "{}",
+        s["warnings"]
+    );
+    let html = std::fs::read_to_string(dir.path().join("r.html")).unwrap();
+    assert!(html.contains("data-figure=\"recall_negatives_lo\""));
+    assert!(html.contains("tuned for recall 0.95"));
+}
+
+#[test]
+fn explicit_search_settings_are_kept_and_a_missed_target_is_a_warning() {
+    let dir = TempDir::new().unwrap();
+    let input = overlapping(dir.path());
+    mine(
+        dir.path(),
+        &input,
+        &["--index", "IVF64,Flat", "--nprobe", "1", "--k", "16"],
+    )
+    .success()
+    .stdout(predicate::str::contains(
+        "WARNING    recall of mined negatives",
+    ));
+    let s = summary(dir.path());
+    assert_eq!(s["tuning"]["met"], false);
+    assert_eq!(s["tuning"]["steps"].as_array().unwrap().len(), 1);
+    assert_eq!(s["tuning"]["settled"]["nprobe"], 1);
+    assert_eq!(s["tuning"]["settled"]["k"], 16);
+    let warnings = s["warnings"].to_string();
+    assert!(
+        warnings.contains("those set explicitly are kept"),
+        "{warnings}"
+    );
+    assert!(warnings.contains("below the target 0.95"), "{warnings}");
+}
+
+#[test]
+fn a_recall_gate_fails_the_run_after_writing_its_outputs() {
+    let dir = TempDir::new().unwrap();
+    let input = overlapping(dir.path());
+    mine(
+        dir.path(),
+        &input,
+        &[
+            "--index",
+            "IVF64,Flat",
+            "--nprobe",
+            "1",
+            "--target-recall",
+            "0",
+            "--fail-if",
+            "recall_negatives < 0.9",
+        ],
+    )
+    .failure()
+    .code(4)
+    .stderr(predicate::str::contains("recall_negatives < 0.9"));
+    assert!(dir.path().join("triplets.parquet").is_file());
+}
+
+#[test]
+fn no_recall_sample_no_recall_and_no_tuning() {
+    let dir = TempDir::new().unwrap();
+    let input = overlapping(dir.path());
+    mine(
+        dir.path(),
+        &input,
+        &["--index", "IVF64,Flat", "--recall-sample", "0"],
+    )
+    .success();
+    let s = summary(dir.path());
+    assert!(s["totals"]["recall_negatives"].is_null());
+    assert!(s["tuning"].is_null());
+}
+
+/// `auto` as on a large table: the IVF layout is weighed from 1,000 rows, and exact mining's
+/// measured time counts 20 times (at millions of rows it costs that much more per anchor).
+const AS_AT_SCALE: [&str; 6] = [
+    "--index",
+    "auto",
+    "--auto-exact-below",
+    "1000",
+    "--auto-exact-weight",
+    "20",
+];
+
+#[test]
+fn auto_mines_exactly_where_no_ivf_setting_reaches_the_target_cheaper() {
+    let dir = TempDir::new().unwrap();
+    let input = dir.path().join("iso.parquet");
+    gen_table(
+        &input,
+        &[
+            "--rows",
+            "20000",
+            "--dim",
+            "32",
+            "--labels",
+            "200",
+            "--separation",
+            "0.3",
+        ],
+    );
+    mine(dir.path(), &input, &AS_AT_SCALE)
+        .success()
+        .stdout(predicate::str::contains("auto chose Flat"));
+    let s = summary(dir.path());
+    assert_eq!(s["index"], "Flat");
+    assert_eq!(s["exact"], true);
+    assert!(s["auto"]["candidate"].as_str().unwrap().starts_with("IVF"));
+    assert!(
+        s["totals"]["recall_negatives"].is_null(),
+        "exact: nothing to measure"
+    );
+}
+
+#[test]
+fn auto_keeps_ivf_where_it_reaches_the_target_cheaper() {
+    let dir = TempDir::new().unwrap();
+    let input = dir.path().join("low.parquet");
+    gen_table(
+        &input,
+        &[
+            "--rows",
+            "20000",
+            "--dim",
+            "64",
+            "--labels",
+            "200",
+            "--separation",
+            "3",
+            "--intrinsic-dim",
+            "8",
+        ],
+    );
+    mine(dir.path(), &input, &AS_AT_SCALE).success();
+    let s = summary(dir.path());
+    assert_eq!(s["exact"], false, "{}", s["auto"]);
+    assert_eq!(s["index"], s["auto"]["candidate"]);
+    assert!(
+        s["auto"]["approximate_seconds"].as_f64().unwrap()
+            < s["auto"]["exact_seconds"].as_f64().unwrap()
+    );
+    assert_eq!(s["tuning"]["met"], true);
+}
