@@ -126,6 +126,19 @@ fn main() {
             Some(exact_per_anchor * sample.len() as f64),
         )
         .expect("tuning");
+    for step in &tuning.steps {
+        let show =
+            |e: Option<tripmine::mine::Estimate>| e.map_or("-".to_string(), |e| e.to_string());
+        println!(
+            "  tried {}: recall {}, reach {}, within depth {}, capped {}, {:.2} s",
+            step.knobs,
+            show(step.recall.negatives),
+            show(step.recall.reach),
+            show(step.recall.depth),
+            step.capped,
+            step.seconds
+        );
+    }
     let settled = tuning.settled_step();
     println!(
         "--target-recall 0.95 from {defaults}: {} after {} settings ({:.1} s); recall {}, all anchors {:.0} s{}",

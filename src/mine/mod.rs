@@ -140,6 +140,9 @@ pub struct Miner<'t> {
     tiles: Tiles,
     /// The one-pass engine scans with portable code even where AVX2 is present (tests).
     portable_scan: bool,
+    /// Which search parameters were set explicitly (`nprobe`, `efSearch`, `k`): recall
+    /// tuning keeps them.
+    explicit: (bool, bool, bool),
 }
 
 /// Where a miner's index comes from.
@@ -229,6 +232,7 @@ impl<'t> Miner<'t> {
             one_pass: self.one_pass,
             tiles: self.tiles,
             portable_scan: self.portable_scan,
+            explicit: self.explicit,
         }
     }
 
@@ -336,6 +340,11 @@ impl<'t> Miner<'t> {
             one_pass: true,
             tiles: Tiles::default(),
             portable_scan: false,
+            explicit: (
+                params.nprobe.is_some(),
+                params.ef_search.is_some(),
+                params.k.is_some(),
+            ),
         })
     }
 

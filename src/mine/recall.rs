@@ -94,12 +94,15 @@ pub struct Recall {
     pub negatives: Option<Estimate>,
     /// Share of each sampled anchor's exact `k` nearest rows among the index's `k` candidates.
     pub candidates: Estimate,
-    /// Share of the sample's exact negatives among the index's candidates at the deepest
-    /// search allowed (`16 k`, or `max_k`): what its search can reach, whatever order its
-    /// compressed codes put them in (tuning raises `nprobe` or `efSearch` while this is
-    /// short, else `k`). `None` where exact mining found no triplet.
+    /// Share of the sample's exact negatives the index returns among its first `4 r + 64`
+    /// candidates (`r` the exact rank), whatever `k`: what its probing reaches (tuning raises
+    /// `nprobe` or `efSearch` while this is short). `None` where exact mining found none.
     #[serde(default)]
     pub reach: Option<Estimate>,
+    /// Share of them whose exact rank lies within the deepest search `k` allows (`16 k`, or
+    /// `max_k`; tuning raises `k` while this is short).
+    #[serde(default)]
+    pub depth: Option<Estimate>,
 }
 
 impl Recall {
@@ -119,9 +122,14 @@ pub struct Truth {
     /// Each anchor's exact `nearest_k` nearest rows.
     nearest: Vec<Vec<u32>>,
     nearest_k: usize,
+    /// [`Recall::reach`] by the probing it was measured with.
+    reach: Vec<(Probing, Option<Estimate>)>,
     /// Seconds exact mining of the sample took.
     pub seconds: f64,
 }
+
+/// How far an index's search probes: (`nprobe`, `efSearch`).
+type Probing = (Option<usize>, Option<usize>);
 
 /// The search parameters recall depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,6 +207,12 @@ pub struct AutoChoice {
 
 /// Candidates held at once by the reach search (distances and rows, as a search chunk).
 const REACH_BUDGET: usize = 1 << 20;
+/// An exact negative of rank `r` counts as reached among the index's first
+/// `REACH_FACTOR r + REACH_SLACK` candidates (compressed codes blur the order)...
+const REACH_FACTOR: usize = 4;
+const REACH_SLACK: usize = 64;
+/// ... looked for no deeper than this.
+const REACH_MAX_DEPTH: usize = 1 << 16;
 
 /// Evaluations of settings at most while tuning (each mines the sample once).
 const MAX_EVALUATIONS: usize = 16;
@@ -222,6 +236,7 @@ impl Miner<'_> {
             triplets,
             nearest,
             nearest_k,
+            reach: Vec::new(),
             seconds,
         })
     }
@@ -274,30 +289,81 @@ impl Miner<'_> {
             .max_k
             .unwrap_or(super::negatives::APPROXIMATE_MAX_K_FACTOR * k)
             .min(self.table.rows().saturating_sub(1).max(1));
-        // A few anchors at a time: deep lists of many anchors would hold a lot at once.
-        let mut reached: Vec<HashSet<u32>> = Vec::with_capacity(truth.anchors.len());
-        for part in truth.anchors.chunks((REACH_BUDGET / deepest).max(1)) {
-            reached.extend(
-                self.candidates(part, deepest)?
-                    .into_iter()
-                    .map(|c| c.into_iter().collect::<HashSet<u32>>()),
-            );
-        }
-        let mut reach: Vec<(usize, usize)> = vec![(0, 0); truth.anchors.len()];
-        for t in &truth.triplets {
-            let at = truth
+        let at = |t: &Triplet| {
+            truth
                 .anchors
                 .binary_search(&t.anchor)
-                .expect("of the sample");
-            reach[at].1 += 1;
-            reach[at].0 += usize::from(reached[at].contains(&t.negative));
+                .expect("truth's triplets are of its anchors")
+        };
+        // Depth: the exact negatives whose exact rank lies within the deepest search.
+        let mut depth: Vec<(usize, usize)> = vec![(0, 0); truth.anchors.len()];
+        for t in &truth.triplets {
+            depth[at(t)].1 += 1;
+            depth[at(t)].0 += usize::from((t.negative_rank as usize) < deepest);
         }
+        // Reach: whether the index returns each exact negative among its first `4 r + 64`
+        // candidates (`r` its exact rank), whatever `k`: what probing finds. It depends on
+        // the probing alone, so tuning steps that change only `k` reuse it.
+        let probing = (self.index.nprobe(), self.index.ef_search());
+        let reach = match truth.reach.iter().find(|(p, _)| *p == probing) {
+            Some((_, r)) => *r,
+            None => {
+                let r = self.reach(truth)?;
+                truth.reach.push((probing, r));
+                r
+            }
+        };
         Ok(Recall {
             anchors: truth.anchors.len(),
             negatives: Estimate::of(&per_anchor),
             candidates: Estimate::of(&lists).unwrap_or(full),
-            reach: Estimate::of(&reach),
+            reach,
+            depth: Estimate::of(&depth),
         })
+    }
+
+    /// Share of `truth`'s exact negatives this index returns among its first `4 r + 64`
+    /// candidates (`r` the exact rank).
+    fn reach(&mut self, truth: &Truth) -> Result<Option<Estimate>> {
+        let at = |t: &Triplet| {
+            truth
+                .anchors
+                .binary_search(&t.anchor)
+                .expect("truth's triplets are of its anchors")
+        };
+        let slack = |rank: u32| REACH_FACTOR * rank as usize + REACH_SLACK;
+        let reach_depth = truth
+            .triplets
+            .iter()
+            .map(|t| slack(t.negative_rank))
+            .max()
+            .unwrap_or(1)
+            .min(REACH_MAX_DEPTH)
+            .min(self.table.rows().saturating_sub(1).max(1));
+        let mut reach: Vec<(usize, usize)> = vec![(0, 0); truth.anchors.len()];
+        // A few anchors at a time: deep lists of many anchors would hold a lot at once.
+        let per_part = (REACH_BUDGET / reach_depth).max(1);
+        for (p, part) in truth.anchors.chunks(per_part).enumerate() {
+            let lists = self.candidates(part, reach_depth)?;
+            let positions: Vec<std::collections::HashMap<u32, usize>> = lists
+                .into_iter()
+                .map(|c| c.into_iter().enumerate().map(|(i, r)| (r, i)).collect())
+                .collect();
+            let first = p * per_part;
+            for t in &truth.triplets {
+                let a = at(t);
+                if !(first..first + part.len()).contains(&a) {
+                    continue;
+                }
+                reach[a].1 += 1;
+                reach[a].0 += usize::from(
+                    positions[a - first]
+                        .get(&t.negative)
+                        .is_some_and(|&i| i < slack(t.negative_rank)),
+                );
+            }
+        }
+        Ok(Estimate::of(&reach))
     }
 
     /// The search parameters in use.
@@ -332,11 +398,7 @@ impl Miner<'_> {
     ) -> Result<Tuning> {
         let started = Instant::now();
         let (lists, rows) = (self.index.lists(), self.table.rows());
-        let given = (
-            self.params.nprobe.is_some(),
-            self.params.ef_search.is_some(),
-            self.params.k.is_some(),
-        );
+        let given = self.explicit;
         let k_cap = MAX_TUNED_K
             .min(rows.saturating_sub(1).max(1))
             .min(self.params.max_k.unwrap_or(usize::MAX));
@@ -437,12 +499,13 @@ impl Miner<'_> {
     }
 
     /// The setting to try after `step`, raising (doubling) what the step's figures point to:
-    /// the index's reach (`nprobe`, `efSearch`) while its deepest search misses exact
-    /// negatives and probing further finds more of them (`reach_saturated` when it did not), the depth (`k`, and with it the deepest search, 16 k) while sampled anchors hit
-    /// the deepest search, or when reach is not the problem: compressed codes misorder
-    /// candidates, and a deeper list lets the exact rescoring fix that. Whatever can grow
-    /// when neither can.
-    /// `None` when nothing can grow. `given`: (nprobe, efSearch, k) set explicitly.
+    /// the index's reach (`nprobe`, `efSearch`) while it misses exact negatives at any depth
+    /// and probing further finds more of them (`reach_saturated` when it did not); the depth
+    /// (`k`, and with it the deepest search, 16 k) while exact negatives lie deeper than the
+    /// deepest search or sampled anchors hit it, and when neither explains the misses
+    /// (compressed codes misorder candidates, and a deeper list lets the exact rescoring fix
+    /// that). Whatever can grow when those cannot. `None` when nothing can grow. `given`:
+    /// (nprobe, efSearch, k) set explicitly.
     fn next_setting(
         &self,
         step: &TuneStep,
@@ -464,12 +527,13 @@ impl Miner<'_> {
         let k = (!given.2 && now.k < k_cap).then(|| (2 * now.k).min(k_cap));
         let reach = step.recall.reach.unwrap_or(step.recall.candidates);
         let misses = reach.lo < target && !reach_saturated;
+        let shallow = step.recall.depth.is_some_and(|d| d.lo < target) || step.capped > 0;
         let mut next = now;
         if misses {
             next.nprobe = nprobe.or(now.nprobe);
             next.ef_search = ef.or(now.ef_search);
         }
-        if step.capped > 0 || next == now {
+        if shallow || next == now {
             next.k = k.unwrap_or(now.k);
         }
         if next == now {
@@ -501,6 +565,7 @@ impl Miner<'_> {
             recall_negatives_lo = recall.negatives.map(|e| e.lo),
             recall_candidates = recall.candidates.value,
             reach = recall.reach.map(|e| e.value),
+            depth = recall.depth.map(|e| e.value),
             capped,
             seconds,
             "search setting tried"
