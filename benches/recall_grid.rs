@@ -13,10 +13,10 @@ mod common;
 
 use std::time::Instant;
 
-use common::{env_or, median};
+use common::{env_or, median, spec_from_env};
 use tripmine::config::{MiningParams, NegativeStrategy};
 use tripmine::index::resolve_factory;
-use tripmine::io::synthetic::{GenSpec, generate_to_file};
+use tripmine::io::synthetic::generate_to_file;
 use tripmine::mine::{Miner, SearchKnobs};
 
 fn list(name: &str, default: &str) -> Vec<usize> {
@@ -32,16 +32,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let spec = GenSpec {
-        rows: env_or("TRIPMINE_BENCH_ROWS", 300_000),
-        dim: env_or("TRIPMINE_BENCH_DIM", 64),
-        labels: env_or("TRIPMINE_BENCH_LABELS", 3_000),
-        seed: 42,
-        separation: env_or("TRIPMINE_BENCH_SEPARATION", 1.0),
-        intrinsic_dim: std::env::var("TRIPMINE_BENCH_INTRINSIC_DIM")
-            .ok()
-            .and_then(|v| v.parse().ok()),
-    };
+    let spec = spec_from_env(300_000, 64, 3_000, 1.0);
     let negatives: NegativeStrategy = clap::ValueEnum::from_str(
         &env_or("TRIPMINE_BENCH_NEGATIVES", "semihard".to_string()),
         true,

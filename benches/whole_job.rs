@@ -15,7 +15,7 @@ use common::*;
 use std::time::Instant;
 
 use clap::Parser;
-use tripmine::io::synthetic::{GenSpec, generate_to_file};
+use tripmine::io::synthetic::generate_to_file;
 
 /// The machine's sgemm GFLOP/s on the shape FAISS's exact search uses: 4096 queries times
 /// 1024 base rows of dimension `dim` (C = A B^T).
@@ -126,16 +126,7 @@ fn main() {
         child(&input, &index, &out_dir, &extra);
         return;
     }
-    let spec = GenSpec {
-        rows: env_or("TRIPMINE_BENCH_ROWS", 100_000),
-        dim: env_or("TRIPMINE_BENCH_DIM", 128),
-        labels: env_or("TRIPMINE_BENCH_LABELS", 1_000),
-        seed: 42,
-        separation: env_or("TRIPMINE_BENCH_SEPARATION", 1.0),
-        intrinsic_dim: std::env::var("TRIPMINE_BENCH_INTRINSIC_DIM")
-            .ok()
-            .and_then(|v| v.parse().ok()),
-    };
+    let spec = spec_from_env(100_000, 128, 1_000, 1.0);
     let runs: usize = env_or("TRIPMINE_BENCH_RUNS", 3);
     let dir = tempfile::TempDir::new().expect("temp dir");
     let input = dir.path().join("bench.parquet");

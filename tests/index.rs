@@ -2,25 +2,9 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::bin::{gen_table, generated, tripmine};
+use common::bin::{gen_table, generated, mine_with_summary as mine, summary};
 use predicates::prelude::*;
 use tempfile::TempDir;
-
-fn mine(dir: &Path, input: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
-    tripmine()
-        .current_dir(dir)
-        .args(["mine", "--no-progress", "--force", "--in"])
-        .arg(input)
-        .args(["--summary-json", "s.json"])
-        .args(extra)
-        .assert()
-}
-
-fn summary(dir: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(dir.join("s.json")).unwrap()).unwrap()
-}
 
 #[test]
 fn a_saved_index_loads_and_gives_the_same_triplets() {

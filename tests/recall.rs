@@ -7,27 +7,13 @@ mod common;
 use std::collections::HashSet;
 use std::path::Path;
 
-use common::bin::{gen_table, tripmine};
+use common::bin::{gen_table, mine_with_summary as mine, summary};
 use common::{Oracle, blob_table};
 use predicates::prelude::*;
 use rand::SeedableRng;
 use tempfile::TempDir;
 use tripmine::config::{Metric, MiningParams, NegativeStrategy, PositiveStrategy};
 use tripmine::mine::Miner;
-
-fn mine(dir: &Path, input: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
-    tripmine()
-        .current_dir(dir)
-        .args(["mine", "--no-progress", "--force", "--in"])
-        .arg(input)
-        .args(["--summary-json", "s.json"])
-        .args(extra)
-        .assert()
-}
-
-fn summary(dir: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(dir.join("s.json")).unwrap()).unwrap()
-}
 
 fn figure(s: &serde_json::Value, name: &str) -> f64 {
     s["totals"][name]

@@ -20,6 +20,26 @@ pub fn peak_rss_kb() -> u64 {
         .unwrap_or(0)
 }
 
+/// The generated table's shape from `TRIPMINE_BENCH_ROWS`, `_DIM`, `_LABELS`, `_SEPARATION`
+/// and `_INTRINSIC_DIM`, with these defaults (seed 42).
+pub fn spec_from_env(
+    rows: usize,
+    dim: usize,
+    labels: usize,
+    separation: f32,
+) -> tripmine::io::synthetic::GenSpec {
+    tripmine::io::synthetic::GenSpec {
+        rows: env_or("TRIPMINE_BENCH_ROWS", rows),
+        dim: env_or("TRIPMINE_BENCH_DIM", dim),
+        labels: env_or("TRIPMINE_BENCH_LABELS", labels),
+        seed: 42,
+        separation: env_or("TRIPMINE_BENCH_SEPARATION", separation),
+        intrinsic_dim: std::env::var("TRIPMINE_BENCH_INTRINSIC_DIM")
+            .ok()
+            .and_then(|v| v.parse().ok()),
+    }
+}
+
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]

@@ -11,6 +11,23 @@ pub fn tripmine() -> Command {
     Command::cargo_bin("tripmine").unwrap()
 }
 
+/// `tripmine mine --in INPUT EXTRA` run in `dir` (forced, no progress bar), writing its
+/// summary to `dir/s.json` (read back by [`summary`]).
+pub fn mine_with_summary(dir: &Path, input: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
+    tripmine()
+        .current_dir(dir)
+        .args(["mine", "--no-progress", "--force", "--in"])
+        .arg(input)
+        .args(["--summary-json", "s.json"])
+        .args(extra)
+        .assert()
+}
+
+/// The summary [`mine_with_summary`] wrote.
+pub fn summary(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("s.json")).unwrap()).unwrap()
+}
+
 /// Writes a table made by `tripmine gen ARGS` to `path` (e.g. `["--rows", "500"]`).
 pub fn gen_table(path: &Path, args: &[&str]) {
     tripmine()
