@@ -260,3 +260,33 @@ fn auto_keeps_ivf_where_it_reaches_the_target_cheaper() {
     );
     assert_eq!(s["tuning"]["met"], true);
 }
+
+#[test]
+fn a_sample_too_small_to_show_the_target_stops_tuning_and_says_so() {
+    let dir = TempDir::new().unwrap();
+    let input = overlapping(dir.path());
+    // Every list probed: nothing is missed, but five anchors cannot show 0.95.
+    mine(
+        dir.path(),
+        &input,
+        &[
+            "--index",
+            "IVF64,Flat",
+            "--nprobe",
+            "64",
+            "--recall-sample",
+            "5",
+        ],
+    )
+    .success();
+    let s = summary(dir.path());
+    assert_eq!(figure(&s, "recall_negatives"), 1.0);
+    assert!(figure(&s, "recall_negatives_lo") < 0.95);
+    assert_eq!(
+        s["tuning"]["steps"].as_array().unwrap().len(),
+        1,
+        "nothing to raise"
+    );
+    let stopped = s["tuning"]["stopped"].as_str().unwrap();
+    assert!(stopped.contains("raise --recall-sample"), "{stopped}");
+}

@@ -410,6 +410,16 @@ impl Miner<'_> {
         let mut previous: Option<TuneStep> = None;
         let reach_of = |s: &TuneStep| s.recall.reach.unwrap_or(s.recall.candidates).value;
         while current.recall.lower() < target {
+            if let Some(e) = current.recall.negatives.filter(|e| e.value >= 1.0) {
+                // Nothing missed: no setting can do better, the sample is too small to show it.
+                stopped = Some(format!(
+                    "none of the sample's exact triplets was missed, but they are too few to \
+                     show recall {target} with 95% confidence (the lower end is {:.3}): raise \
+                     --recall-sample",
+                    e.lo
+                ));
+                break;
+            }
             if let Some(limit) = give_up_seconds
                 && current.seconds > limit
             {
