@@ -290,6 +290,39 @@ fn random_samples_do_not_depend_on_tiles_or_threads() {
 }
 
 #[test]
+fn samples_drawn_before_the_pass_equal_those_the_pass_finds() {
+    // Dense bands (hardest: every negative) are drawn in key order before the pass, sparse
+    // ones found by it; with drawing off, the pass finds all of them. Same triplets, ranks
+    // and records either way.
+    for (table, metric) in [
+        (blob_table(600, 6, 3, 41), Metric::L2sq),
+        (blob_table(500, 5, 20, 42), Metric::Cosine),
+        (grid_table(400, 2, 3, 3, 43), Metric::L2sq),
+    ] {
+        let mut total = 0;
+        for s in STRATEGIES {
+            for n in [1, 4] {
+                let p = random(s, n, metric, 13);
+                let mined = |draw: bool| {
+                    let mut miner = Miner::new(&table, &p).unwrap();
+                    miner.set_tiles(Tiles {
+                        anchors: 37,
+                        rows: 64,
+                    });
+                    miner.set_draw_samples(draw);
+                    miner.mine_all().unwrap()
+                };
+                let (drawn, found) = (mined(true), mined(false));
+                total += found.triplets.len();
+                assert_eq!(drawn.triplets, found.triplets, "{s:?} {n} {metric:?}");
+                assert_eq!(drawn.anchors, found.anchors, "{s:?} {n} {metric:?}");
+            }
+        }
+        assert!(total > 1000, "{metric:?}: {total} triplets");
+    }
+}
+
+#[test]
 fn random_samples_are_qualifying_rows_with_exact_ranks() {
     for (table, metric) in [
         (blob_table(500, 6, 3, 32), Metric::L2sq),

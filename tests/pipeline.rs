@@ -415,7 +415,24 @@ fn kill_at_any_point(out: &str) {
         .assert()
         .success();
     let complete = |path: &Path| read(path).num_rows();
-    let first = complete(&out_path);
+    // The rows a complete run of `seed` writes (into another output).
+    let rows_of = |seed: u64| {
+        let other = if out.ends_with('/') {
+            "other/"
+        } else {
+            "other.parquet"
+        };
+        let mut a = args(seed);
+        let at = a.iter().position(|x| x == "--out").unwrap();
+        a[at + 1] = other.to_string();
+        tripmine()
+            .current_dir(dir.path())
+            .args(a)
+            .assert()
+            .success();
+        complete(&dir.path().join(other.trim_end_matches('/')))
+    };
+    let mut previous = complete(&out_path);
     let mut outcomes = Vec::new();
     for (i, delay_ms) in [5u64, 30, 80, 150, 300, 600, 1200].into_iter().enumerate() {
         let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("tripmine"))
@@ -429,12 +446,14 @@ fn kill_at_any_point(out: &str) {
         let _ = child.kill();
         let status = child.wait().unwrap();
         outcomes.push(status.success());
-        // Either the previous output or the new one, complete and readable.
+        // Either the previous output or the new one, complete and readable (a run killed
+        // after it put its outputs in place left the new one).
         let rows = complete(&out_path);
         assert!(
-            rows > 0 && (rows == first || status.success()),
+            rows > 0 && (rows == previous || status.success() || rows == rows_of(i as u64 + 1)),
             "after a kill at {delay_ms} ms"
         );
+        previous = rows;
         if out.ends_with('/') {
             assert!(out_path.join(SUCCESS_MARKER).exists());
         }

@@ -140,6 +140,9 @@ pub struct Miner<'t> {
     tiles: Tiles,
     /// The one-pass engine scans with portable code even where AVX2 is present (tests).
     portable_scan: bool,
+    /// Under `--sample random`, the one-pass engine draws dense bands' samples in key order
+    /// before the pass (else the pass finds them, and a second pass ranks them).
+    draw_samples: bool,
     /// Which search parameters were set explicitly (`nprobe`, `efSearch`, `k`): recall
     /// tuning keeps them.
     explicit: (bool, bool, bool),
@@ -232,6 +235,7 @@ impl<'t> Miner<'t> {
             one_pass: self.one_pass,
             tiles: self.tiles,
             portable_scan: self.portable_scan,
+            draw_samples: self.draw_samples,
             explicit: self.explicit,
         }
     }
@@ -340,6 +344,7 @@ impl<'t> Miner<'t> {
             one_pass: true,
             tiles: Tiles::default(),
             portable_scan: false,
+            draw_samples: true,
             explicit: (
                 params.nprobe.is_some(),
                 params.ef_search.is_some(),
@@ -366,6 +371,14 @@ impl<'t> Miner<'t> {
     #[doc(hidden)]
     pub fn set_portable_scan(&mut self, portable: bool) {
         self.portable_scan = portable;
+    }
+
+    /// Under `--sample random`, whether the one-pass engine draws dense bands' samples before
+    /// its pass (`true`) or finds every sample in the pass; for tests that compare the two.
+    /// Results are the same.
+    #[doc(hidden)]
+    pub fn set_draw_samples(&mut self, draw: bool) {
+        self.draw_samples = draw;
     }
 
     /// Time and queries of the neighbour searches so far.

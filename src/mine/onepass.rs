@@ -184,25 +184,91 @@ struct PairState {
 }
 
 /// A seeded sample of a band without replacement (bottom-`N` by key): each row's key is a
-/// function of the seed, the anchor, the positive and the row only, so the sample does not
-/// depend on tiles, threads or the order rows arrive in.
+/// function of the seed, the anchor, the positive, the row and the table's size in bits only,
+/// so the sample does not depend on tiles, threads or the order rows arrive in. Keys are a
+/// bijection of the `bits`-bit numbers, so rows can also be visited in key order
+/// ([`Keyed::row_of`]): a dense band's sample is found by drawing rows in that order.
 #[derive(Debug, Clone, Copy)]
 struct Keyed {
+    /// Below `2^bits`.
     salt: u32,
+    /// The smallest number of bits that holds every row position.
+    bits: u32,
     /// Rows of a larger key cannot be sampled: `N` rows certainly qualifying have smaller.
     key_cut: u32,
 }
 
-/// The key of `row` in the sample of salt `salt`: distinct rows, distinct keys (a bijection).
-#[inline(always)]
-fn key(salt: u32, row: u32) -> u32 {
-    // MurmurHash3's finaliser: every input bit moves every output bit.
-    let mut h = row ^ salt;
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^ (h >> 16)
+/// Multipliers of the key's mixing (MurmurHash3's finaliser), odd, so invertible modulo any
+/// power of two; and their inverses modulo `2^32`.
+const MIX1: u32 = 0x85eb_ca6b;
+const MIX2: u32 = 0xc2b2_ae35;
+const UNMIX1: u32 = inverse_mod_2_32(MIX1);
+const UNMIX2: u32 = inverse_mod_2_32(MIX2);
+
+/// `x` with `x * c == 1` modulo `2^32` (`c` odd), by Newton's iteration.
+const fn inverse_mod_2_32(c: u32) -> u32 {
+    let mut x = c; // correct to 3 bits
+    let mut i = 0;
+    while i < 5 {
+        x = x.wrapping_mul(2u32.wrapping_sub(c.wrapping_mul(x)));
+        i += 1;
+    }
+    x
+}
+
+impl Keyed {
+    fn new(seed_salt: u32, rows: usize) -> Keyed {
+        let bits = (usize::BITS - rows.max(2).saturating_sub(1).leading_zeros()).clamp(1, 32);
+        let keyed = Keyed {
+            salt: 0,
+            bits,
+            key_cut: u32::MAX,
+        };
+        Keyed {
+            salt: seed_salt & keyed.mask(),
+            ..keyed
+        }
+    }
+
+    #[inline(always)]
+    fn mask(self) -> u32 {
+        u32::MAX >> (32 - self.bits)
+    }
+
+    #[inline(always)]
+    fn shift(self) -> u32 {
+        self.bits.div_ceil(2)
+    }
+
+    /// The key of `row`: distinct rows, distinct keys (xor-shifts and odd multiplications
+    /// of `bits`-bit numbers, each invertible).
+    #[inline(always)]
+    fn key(self, row: u32) -> u32 {
+        let (mask, s) = (self.mask(), self.shift());
+        let mut h = (row ^ self.salt) & mask;
+        h ^= h >> s;
+        h = h.wrapping_mul(MIX1) & mask;
+        h ^= h >> s;
+        h = h.wrapping_mul(MIX2) & mask;
+        h ^ (h >> s)
+    }
+
+    /// The row of key `k` (possibly beyond the table: keys cover `2^bits` rows).
+    fn row_of(self, k: u32) -> u32 {
+        let (mask, s) = (self.mask(), self.shift());
+        let unshift = |h: u32| {
+            let mut x = h;
+            for _ in 0..self.bits.div_ceil(s) {
+                x = h ^ (x >> s);
+            }
+            x
+        };
+        let mut h = unshift(k & mask);
+        h = h.wrapping_mul(UNMIX2) & mask;
+        h = unshift(h);
+        h = h.wrapping_mul(UNMIX1) & mask;
+        (unshift(h) ^ self.salt) & mask
+    }
 }
 
 /// The `k` nearest rows of some kind with ties left to exact distances: `(approximate d,
@@ -325,10 +391,33 @@ fn resolve_group(
     };
     let max_norm = m.max_norm_sq;
     let window = window(m);
+    // Under `--sample random`, dense bands' samples drawn in key order before the pass: the
+    // pass then only ranks them.
+    let drawn: Vec<Option<Vec<Triplet>>> = group
+        .iter()
+        .enumerate()
+        .map(|(b, &i)| {
+            let sampled = p.sample == NegativeSampling::Random && window.is_none();
+            let anchor = &queries[b * dim..(b + 1) * dim];
+            (sampled && m.draw_samples && limit != usize::MAX && m.gather_budget_rows().is_none())
+                .then(|| draw_samples(m, &plans[i], anchor, limit))
+                .flatten()
+        })
+        .collect();
     let mut states: Vec<AnchorState> = group
         .iter()
-        .map(|&i| {
+        .zip(&drawn)
+        .map(|(&i, drawn)| {
             let plan = &plans[i];
+            if let Some(triplets) = drawn {
+                return AnchorState {
+                    pairs: sample_pairs(triplets),
+                    nearest_negative: Nearest::new(1),
+                    nearest_rows: Nearest::new(near),
+                    slack: 2.0 * gemm_error_bound(dim, query_norm_of(plan.anchor), max_norm),
+                    edges: Vec::new(),
+                };
+            }
             AnchorState {
                 // In window mode the window's rows are all it keeps.
                 pairs: plan
@@ -337,10 +426,10 @@ fn resolve_group(
                     .filter(|_| window.is_none())
                     .map(|&(d_ap, positive)| {
                         let band = Band::of(p.negatives, d_ap, p.margin);
-                        let keyed = (p.sample == NegativeSampling::Random).then(|| Keyed {
-                            salt: super::rng_for(p.seed, plan.anchor, positive, STREAM_KEY)
-                                .next_u32(),
-                            key_cut: u32::MAX,
+                        let keyed = (p.sample == NegativeSampling::Random).then(|| {
+                            let salt = super::rng_for(p.seed, plan.anchor, positive, STREAM_KEY)
+                                .next_u32();
+                            Keyed::new(salt, n)
                         });
                         PairState {
                             d_ap,
@@ -371,14 +460,117 @@ fn resolve_group(
     };
     sweep.run(&mut states, limit);
     let mut resolved: Vec<Resolved> = Vec::with_capacity(group.len());
-    with_rows(m, states, |b, state, rows| {
+    with_rows(m, states, |b, mut state, rows| {
         let anchor = &queries[b * dim..(b + 1) * dim];
-        resolved.push(finish(m, &plans[group[b]], state, limit, rows, anchor));
+        let plan = &plans[group[b]];
+        match &drawn[b] {
+            Some(triplets) => {
+                // The pairs of the pass were the samples' ranks; the rest as for any anchor.
+                let ranks = std::mem::take(&mut state.pairs);
+                let mut r = finish(m, plan, state, limit, rows, anchor);
+                r.triplets = triplets.clone();
+                rank_anchor(m, &mut r, ranks, rows, anchor);
+                resolved.push(r);
+            }
+            None => resolved.push(finish(m, plan, state, limit, rows, anchor)),
+        }
     })?;
     if p.sample == NegativeSampling::Random && window.is_none() {
-        rank_samples(&sweep, &mut resolved, max_norm)?;
+        let unranked: Vec<usize> = (0..group.len()).filter(|&b| drawn[b].is_none()).collect();
+        rank_samples(&sweep, &mut resolved, max_norm, &unranked)?;
     }
     Ok(resolved)
+}
+
+/// Rows drawn in key order per pair before giving up on drawing its sample, as a multiple
+/// of the samples' size (plus a few): bands denser than about one row in eight qualify.
+const DRAW_FACTOR: usize = 8;
+const DRAW_SLACK: usize = 32;
+/// Rows drawn (and prefetched) together.
+const DRAW_BATCH: usize = 16;
+
+/// `--sample random`: each pair's sample drawn by visiting rows in key order, computing
+/// exact distances, until `limit` qualify; the same rows the pass would keep (the qualifying
+/// rows of smallest key), unranked. `None` when a pair's band is too sparse to find them
+/// among the first rows drawn: the pass finds that anchor's samples instead.
+fn draw_samples(
+    m: &Miner,
+    plan: &AnchorPlan,
+    anchor: &[f32],
+    limit: usize,
+) -> Option<Vec<Triplet>> {
+    let (n, p) = (m.table.rows(), &m.params);
+    let budget = DRAW_FACTOR * limit + DRAW_SLACK;
+    let mut triplets = Vec::new();
+    let mut batch = Vec::with_capacity(DRAW_BATCH);
+    for &(d_ap, positive) in &plan.positives {
+        let salt = super::rng_for(p.seed, plan.anchor, positive, STREAM_KEY).next_u32();
+        let keyed = Keyed::new(salt, n);
+        let keys = 1u64 << keyed.bits;
+        let (mut next, mut drawn, mut taken) = (0u64, 0usize, 0usize);
+        while taken < limit {
+            batch.clear();
+            while batch.len() < DRAW_BATCH && next < keys {
+                let r = keyed.row_of(next as u32);
+                next += 1;
+                if (r as usize) < n && Some(r) != m.anchor_self(plan.anchor) {
+                    batch.push(r);
+                }
+            }
+            if batch.is_empty() {
+                // Every row seen: the band holds fewer than `limit`.
+                break;
+            }
+            if drawn >= budget {
+                return None;
+            }
+            m.prefetch_rows(batch.iter().copied());
+            for &r in &batch {
+                drawn += 1;
+                if !m.is_negative(plan.anchor, plan.label, r) {
+                    continue;
+                }
+                let d = p.metric.distance(anchor, m.row(r));
+                if qualifies(p.negatives, d_ap, d, p.margin) {
+                    triplets.push(Triplet {
+                        anchor: plan.anchor,
+                        positive,
+                        negative: r,
+                        d_ap,
+                        d_an: d,
+                        negative_rank: u32::MAX,
+                    });
+                    taken += 1;
+                    if taken == limit {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Some(triplets)
+}
+
+/// One pair per sampled triplet, its band the sample's distance: the pass counts the rows
+/// certainly nearer and keeps those within the error bound (for [`rank_anchor`]).
+fn sample_pairs(triplets: &[Triplet]) -> Vec<PairState> {
+    triplets
+        .iter()
+        .map(|t| PairState {
+            d_ap: t.d_an,
+            band: Band {
+                lo: t.d_an,
+                hi: t.d_an,
+                tol: 0.0,
+            },
+            below: 0,
+            near: Vec::new(),
+            cut: f32::INFINITY,
+            prune_at: usize::MAX,
+            scratch: Vec::new(),
+            keyed: None,
+        })
+        .collect()
 }
 
 /// Hands each of `states` (in order, with its index) to `visit` with the rows its exact
@@ -467,52 +659,62 @@ impl Sweep<'_> {
     }
 }
 
-/// Ranks the sampled negatives of a group (`--sample random`) by a second sweep: a sample
-/// drawn anywhere in a band has a rank (rows nearer the anchor, every label) that only the
-/// whole table can tell. Each sampled row becomes a band of one distance: rows certainly
-/// nearer are counted, rows within the error bound of it are kept and ordered exactly.
-fn rank_samples(sweep: &Sweep, resolved: &mut [Resolved], max_norm: f32) -> Result<()> {
+/// Ranks the sampled negatives of the group's anchors `which` (`--sample random`, samples
+/// found by the pass) by a second sweep: a sample drawn anywhere in a band has a rank (rows
+/// nearer the anchor, every label) that only the whole table can tell. Each sampled row
+/// becomes a band of one distance ([`sample_pairs`]).
+fn rank_samples(
+    sweep: &Sweep,
+    resolved: &mut [Resolved],
+    max_norm: f32,
+    which: &[usize],
+) -> Result<()> {
+    if which.is_empty() {
+        return Ok(());
+    }
     let m = sweep.m;
     let dim = m.table.dim;
-    let mut states: Vec<AnchorState> = resolved
+    let group: Vec<usize> = which.iter().map(|&b| sweep.group[b]).collect();
+    let queries: Vec<f32> = which
         .iter()
-        .zip(sweep.query_norms)
-        .map(|(r, &qn)| AnchorState {
-            pairs: r
-                .triplets
-                .iter()
-                .map(|t| PairState {
-                    d_ap: t.d_an,
-                    band: Band {
-                        lo: t.d_an,
-                        hi: t.d_an,
-                        tol: 0.0,
-                    },
-                    below: 0,
-                    near: Vec::new(),
-                    cut: f32::INFINITY,
-                    prune_at: usize::MAX,
-                    scratch: Vec::new(),
-                    keyed: None,
-                })
-                .collect(),
+        .flat_map(|&b| &sweep.queries[b * dim..(b + 1) * dim])
+        .copied()
+        .collect();
+    let query_norms: Vec<f32> = which.iter().map(|&b| sweep.query_norms[b]).collect();
+    let sub = Sweep {
+        group: &group,
+        queries: &queries,
+        query_norms: &query_norms,
+        ..*sweep
+    };
+    let mut states: Vec<AnchorState> = which
+        .iter()
+        .zip(&query_norms)
+        .map(|(&b, &qn)| AnchorState {
+            pairs: sample_pairs(&resolved[b].triplets),
             nearest_negative: Nearest::new(0),
             nearest_rows: Nearest::new(0),
             slack: 2.0 * gemm_error_bound(dim, qn, max_norm),
             edges: Vec::new(),
         })
         .collect();
-    sweep.run(&mut states, usize::MAX);
-    with_rows(m, states, |b, state, rows| {
-        let anchor = &sweep.queries[b * dim..(b + 1) * dim];
-        rank_anchor(m, &mut resolved[b], state, rows, anchor);
+    sub.run(&mut states, usize::MAX);
+    with_rows(m, states, |j, state, rows| {
+        let anchor = &queries[j * dim..(j + 1) * dim];
+        rank_anchor(m, &mut resolved[which[j]], state.pairs, rows, anchor);
     })
 }
 
-/// The ranks of one anchor's sampled negatives from its second-sweep `state`, and its
-/// triplets in rank order per positive.
-fn rank_anchor(m: &Miner, r: &mut Resolved, state: AnchorState, rows: &RowSource, anchor: &[f32]) {
-    for (t, pair) in r.triplets.iter_mut().zip(state.pairs) {
+/// The ranks of one anchor's sampled negatives from the `pairs` a pass made of them
+/// ([`sample_pairs`]), and its triplets in rank order per positive.
+fn rank_anchor(
+    m: &Miner,
+    r: &mut Resolved,
+    pairs: Vec<PairState>,
+    rows: &RowSource,
+    anchor: &[f32],
+) {
+    for (t, pair) in r.triplets.iter_mut().zip(pairs) {
         let at = (t.d_an, t.negative);
         let nearer = pair
             .near
@@ -661,9 +863,7 @@ fn scan_chunks(
                 *below += (d < e.before) as u32;
             }
             let lanes = lanes_where(|l| {
-                let sampled = e
-                    .keyed
-                    .is_none_or(|k| key(k.salt, base + l as u32) <= k.key_cut);
+                let sampled = e.keyed.is_none_or(|k| k.key(base + l as u32) <= k.key_cut);
                 (d[l] >= e.before) & (d[l] <= e.hi) & sampled
             });
             if lanes != 0 {
@@ -714,12 +914,18 @@ unsafe fn scan_chunks_avx2(
         |m0: __m256, m1: __m256| (_mm256_movemask_ps(m0) | _mm256_movemask_ps(m1) << 8) as u32;
     // All ones in the lanes whose row's key is at most the cut: `key` in 8 lanes.
     let sampled = |rows: __m256i, k: Keyed| {
-        let mut h = _mm256_xor_si256(rows, _mm256_set1_epi32(k.salt as i32));
-        h = _mm256_xor_si256(h, _mm256_srli_epi32::<16>(h));
-        h = _mm256_mullo_epi32(h, _mm256_set1_epi32(0x85eb_ca6bu32 as i32));
-        h = _mm256_xor_si256(h, _mm256_srli_epi32::<13>(h));
-        h = _mm256_mullo_epi32(h, _mm256_set1_epi32(0xc2b2_ae35u32 as i32));
-        h = _mm256_xor_si256(h, _mm256_srli_epi32::<16>(h));
+        // [`Keyed::key`], eight lanes at a time.
+        let mask = _mm256_set1_epi32(k.mask() as i32);
+        let s = _mm_cvtsi32_si128(k.shift() as i32);
+        let mut h = _mm256_and_si256(
+            _mm256_xor_si256(rows, _mm256_set1_epi32(k.salt as i32)),
+            mask,
+        );
+        h = _mm256_xor_si256(h, _mm256_srl_epi32(h, s));
+        h = _mm256_and_si256(_mm256_mullo_epi32(h, _mm256_set1_epi32(MIX1 as i32)), mask);
+        h = _mm256_xor_si256(h, _mm256_srl_epi32(h, s));
+        h = _mm256_and_si256(_mm256_mullo_epi32(h, _mm256_set1_epi32(MIX2 as i32)), mask);
+        h = _mm256_xor_si256(h, _mm256_srl_epi32(h, s));
         // Unsigned h <= cut: min(h, cut) == h.
         let cut = _mm256_set1_epi32(k.key_cut as i32);
         _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_min_epu32(h, cut), h))
@@ -863,7 +1069,7 @@ fn keep(
         lanes &= lanes - 1;
         let (d, r) = (d[j], base + j as u32);
         // Edges may have moved since the lanes were tested (a prune in this chunk).
-        let sampled = pair.keyed.is_none_or(|k| key(k.salt, r) <= k.key_cut);
+        let sampled = pair.keyed.is_none_or(|k| k.key(r) <= k.key_cut);
         if d >= edges.before && d <= edges.hi && sampled {
             pair.near.push((d, r));
         }
@@ -889,12 +1095,12 @@ fn prune(m: &Miner, plan: &AnchorPlan, pair: &mut PairState, limit: usize, slack
     if let Some(keyed) = &mut pair.keyed {
         // A sample keeps the smallest keys: beyond the `limit`-th key of rows certainly
         // qualifying, no row can be drawn.
-        let salt = keyed.salt;
+        let k = *keyed;
         let mut keys: Vec<u32> = pair
             .near
             .iter()
             .filter(|&&(d, r)| certainly_qualifies(d, r))
-            .map(|&(_, r)| key(salt, r))
+            .map(|&(_, r)| k.key(r))
             .collect();
         if keys.len() < limit {
             return;
@@ -902,7 +1108,7 @@ fn prune(m: &Miner, plan: &AnchorPlan, pair: &mut PairState, limit: usize, slack
         let (_, nth, _) = keys.select_nth_unstable(limit - 1);
         keyed.key_cut = keyed.key_cut.min(*nth);
         let cut = keyed.key_cut;
-        pair.near.retain(|&(_, r)| key(salt, r) <= cut);
+        pair.near.retain(|&(_, r)| k.key(r) <= cut);
         return;
     }
     let certain = &mut pair.scratch;
@@ -1056,7 +1262,7 @@ fn finish(
                     m.is_negative(a, plan.label, r) && qualifies(strategy, d_ap, d, margin)
                 })
                 .collect();
-            qualifying.sort_unstable_by_key(|&(_, r)| key(keyed.salt, r));
+            qualifying.sort_unstable_by_key(|&(_, r)| keyed.key(r));
             qualifying.truncate(limit);
             triplets.extend(qualifying.into_iter().map(|(d, r)| Triplet {
                 anchor: a,
@@ -1105,5 +1311,31 @@ fn finish(
         violating_neighbour,
         neighbour_labels,
         guard_removed: [0; 4],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_a_permutation_that_rows_can_be_visited_in() {
+        for rows in [1usize, 2, 3, 5, 8, 9, 100, 1000, 4096, 4097] {
+            let k = Keyed::new(0x9e37_79b9, rows);
+            let all = 1u32 << k.bits;
+            assert!(all as usize >= rows && (all as usize) < 2 * rows.max(2));
+            let mut seen = vec![false; all as usize];
+            for r in 0..all {
+                let key = k.key(r);
+                assert!(key < all && !seen[key as usize], "{rows}: key {key} twice");
+                seen[key as usize] = true;
+                assert_eq!(k.row_of(key), r, "{rows}");
+            }
+        }
+        let wide = Keyed::new(12345, usize::MAX >> 1);
+        assert_eq!(wide.bits, 32);
+        for r in [0u32, 1, 77, u32::MAX / 3, u32::MAX] {
+            assert_eq!(wide.row_of(wide.key(r)), r);
+        }
     }
 }
