@@ -290,10 +290,10 @@ fn random_samples_do_not_depend_on_tiles_or_threads() {
 }
 
 #[test]
-fn samples_drawn_before_the_pass_equal_those_the_pass_finds() {
+fn sample_shortcuts_give_the_samples_and_ranks_of_two_passes() {
     // Dense bands (hardest: every negative) are drawn in key order before the pass, sparse
-    // ones found by it; with drawing off, the pass finds all of them. Same triplets, ranks
-    // and records either way.
+    // ones found by it and ranked from the whole band it kept; with the shortcuts off, the
+    // pass finds all of them and a second pass ranks them. Same triplets, ranks and records.
     for (table, metric) in [
         (blob_table(600, 6, 3, 41), Metric::L2sq),
         (blob_table(500, 5, 20, 42), Metric::Cosine),
@@ -309,7 +309,7 @@ fn samples_drawn_before_the_pass_equal_those_the_pass_finds() {
                         anchors: 37,
                         rows: 64,
                     });
-                    miner.set_draw_samples(draw);
+                    miner.set_sample_shortcuts(draw);
                     miner.mine_all().unwrap()
                 };
                 let (drawn, found) = (mined(true), mined(false));

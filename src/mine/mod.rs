@@ -141,8 +141,9 @@ pub struct Miner<'t> {
     /// The one-pass engine scans with portable code even where AVX2 is present (tests).
     portable_scan: bool,
     /// Under `--sample random`, the one-pass engine draws dense bands' samples in key order
-    /// before the pass (else the pass finds them, and a second pass ranks them).
-    draw_samples: bool,
+    /// before the pass and ranks sparse bands' from the rows it kept (else the pass finds
+    /// every sample, and a second pass ranks them).
+    sample_shortcuts: bool,
     /// Which search parameters were set explicitly (`nprobe`, `efSearch`, `k`): recall
     /// tuning keeps them.
     explicit: (bool, bool, bool),
@@ -235,7 +236,7 @@ impl<'t> Miner<'t> {
             one_pass: self.one_pass,
             tiles: self.tiles,
             portable_scan: self.portable_scan,
-            draw_samples: self.draw_samples,
+            sample_shortcuts: self.sample_shortcuts,
             explicit: self.explicit,
         }
     }
@@ -344,7 +345,7 @@ impl<'t> Miner<'t> {
             one_pass: true,
             tiles: Tiles::default(),
             portable_scan: false,
-            draw_samples: true,
+            sample_shortcuts: true,
             explicit: (
                 params.nprobe.is_some(),
                 params.ef_search.is_some(),
@@ -374,11 +375,12 @@ impl<'t> Miner<'t> {
     }
 
     /// Under `--sample random`, whether the one-pass engine draws dense bands' samples before
-    /// its pass (`true`) or finds every sample in the pass; for tests that compare the two.
-    /// Results are the same.
+    /// its pass and ranks sparse bands' from the rows it kept (`true`), or finds every sample
+    /// in the pass and ranks them in a second; for tests that compare the two. Results are
+    /// the same.
     #[doc(hidden)]
-    pub fn set_draw_samples(&mut self, draw: bool) {
-        self.draw_samples = draw;
+    pub fn set_sample_shortcuts(&mut self, on: bool) {
+        self.sample_shortcuts = on;
     }
 
     /// Time and queries of the neighbour searches so far.

@@ -393,15 +393,25 @@ fn resolve_group(
     let window = window(m);
     // Under `--sample random`, dense bands' samples drawn in key order before the pass: the
     // pass then only ranks them.
+    // Where most bands of the group's first anchors turn out sparse, the rest do not try.
+    let draw = p.sample == NegativeSampling::Random
+        && window.is_none()
+        && m.sample_shortcuts
+        && limit != usize::MAX
+        && m.gather_budget_rows().is_none();
+    let (mut tried, mut failed) = (0usize, 0usize);
     let drawn: Vec<Option<Vec<Triplet>>> = group
         .iter()
         .enumerate()
         .map(|(b, &i)| {
-            let sampled = p.sample == NegativeSampling::Random && window.is_none();
+            if !draw || (tried >= DRAW_PROBE && 2 * failed > tried) {
+                return None;
+            }
+            tried += 1;
             let anchor = &queries[b * dim..(b + 1) * dim];
-            (sampled && m.draw_samples && limit != usize::MAX && m.gather_budget_rows().is_none())
-                .then(|| draw_samples(m, &plans[i], anchor, limit))
-                .flatten()
+            let samples = draw_samples(m, &plans[i], anchor, limit);
+            failed += usize::from(samples.is_none());
+            samples
         })
         .collect();
     let mut states: Vec<AnchorState> = group
@@ -437,7 +447,13 @@ fn resolve_group(
                             below: 0,
                             near: Vec::new(),
                             cut: f32::INFINITY,
-                            prune_at: 2 * limit.min(1 << 20) + 8,
+                            // A sample keeps its whole band while it is small: the sample's
+                            // ranks then come from it, without a second pass.
+                            prune_at: if keyed.is_some() && m.sample_shortcuts {
+                                WHOLE_BAND.max(2 * limit.min(1 << 20) + 8)
+                            } else {
+                                2 * limit.min(1 << 20) + 8
+                            },
                             scratch: Vec::new(),
                             keyed,
                         }
@@ -476,7 +492,15 @@ fn resolve_group(
         }
     })?;
     if p.sample == NegativeSampling::Random && window.is_none() {
-        let unranked: Vec<usize> = (0..group.len()).filter(|&b| drawn[b].is_none()).collect();
+        let unranked: Vec<usize> = (0..group.len())
+            .filter(|&b| {
+                drawn[b].is_none()
+                    && resolved[b]
+                        .triplets
+                        .iter()
+                        .any(|t| t.negative_rank == u32::MAX)
+            })
+            .collect();
         rank_samples(&sweep, &mut resolved, max_norm, &unranked)?;
     }
     Ok(resolved)
@@ -486,8 +510,14 @@ fn resolve_group(
 /// of the samples' size (plus a few): bands denser than about one row in eight qualify.
 const DRAW_FACTOR: usize = 8;
 const DRAW_SLACK: usize = 32;
+/// Under `--sample random`, a pair keeps every row of its band up to this many (their ranks
+/// are then known at the end of the pass); beyond, only the rows of smallest key.
+const WHOLE_BAND: usize = 1024;
 /// Rows drawn (and prefetched) together.
 const DRAW_BATCH: usize = 16;
+/// Anchors of a group that try to draw before the group judges its bands (drawing stops when
+/// most failed).
+const DRAW_PROBE: usize = 32;
 
 /// `--sample random`: each pair's sample drawn by visiting rows in key order, computing
 /// exact distances, until `limit` qualify; the same rows the pass would keep (the qualifying
@@ -1246,31 +1276,43 @@ fn finish(
     };
     let strategy = m.params.negatives;
     let mut triplets = Vec::new();
+    let mut sampled = false;
     for (pair, &(_, p)) in state.pairs.iter_mut().zip(&plan.positives) {
+        // A sample that kept its whole band ranks from it (nothing was dropped by key).
+        let whole_band = pair.keyed.is_some_and(|k| k.key_cut == u32::MAX);
         // Fewer exact distances: only what the last tiles left within reach.
-        if limit != usize::MAX && pair.near.len() > limit {
+        if limit != usize::MAX && pair.near.len() > limit && !whole_band {
             prune(m, plan, pair, limit, state.slack);
         }
         let d_ap = pair.d_ap;
         let rows = exact(&pair.near);
         if let Some(keyed) = pair.keyed {
-            // The sample: the qualifying rows of smallest key, in rank order once the
-            // second sweep has ranked them ([`rank_samples`]).
+            // The sample: the qualifying rows of smallest key, in rank order once ranked
+            // (here from the whole band, else by a second sweep: [`rank_samples`]).
             let mut qualifying: Vec<(f32, u32)> = rows
-                .into_iter()
+                .iter()
+                .copied()
                 .filter(|&(d, r)| {
                     m.is_negative(a, plan.label, r) && qualifies(strategy, d_ap, d, margin)
                 })
                 .collect();
             qualifying.sort_unstable_by_key(|&(_, r)| keyed.key(r));
             qualifying.truncate(limit);
+            sampled = true;
             triplets.extend(qualifying.into_iter().map(|(d, r)| Triplet {
                 anchor: a,
                 positive: p,
                 negative: r,
                 d_ap,
                 d_an: d,
-                negative_rank: u32::MAX,
+                // Rows certainly before the band, and the band's rows before this one.
+                negative_rank: if whole_band && m.sample_shortcuts {
+                    let nearer =
+                        rows.partition_point(|&(x, y)| x.total_cmp(&d).then(y.cmp(&r)).is_lt());
+                    pair.below + nearer as u32
+                } else {
+                    u32::MAX
+                },
             }));
             continue;
         }
@@ -1305,6 +1347,10 @@ fn finish(
             }
             rank += 1;
         }
+    }
+    if sampled && triplets.iter().all(|t| t.negative_rank != u32::MAX) {
+        // As [`rank_anchor`] orders them.
+        triplets.sort_by_key(|t| (t.positive, t.negative_rank));
     }
     Resolved {
         triplets,
