@@ -1015,14 +1015,9 @@ unsafe fn scan_chunks_avx2(
             // A true comparison is all ones, -1 as an integer.
             acc[0] = _mm256_sub_epi32(acc[0], _mm256_castps_si256(lt0));
             acc[1] = _mm256_sub_epi32(acc[1], _mm256_castps_si256(lt1));
-            let mut in0 = _mm256_and_ps(
-                _mm256_cmp_ps::<_CMP_GE_OQ>(d0, before),
-                _mm256_cmp_ps::<_CMP_LE_OQ>(d0, hi),
-            );
-            let mut in1 = _mm256_and_ps(
-                _mm256_cmp_ps::<_CMP_GE_OQ>(d1, before),
-                _mm256_cmp_ps::<_CMP_LE_OQ>(d1, hi),
-            );
+            // `before <= d <= hi` as `d <= hi` and not `d < before` (NaN: neither).
+            let mut in0 = _mm256_andnot_ps(lt0, _mm256_cmp_ps::<_CMP_LE_OQ>(d0, hi));
+            let mut in1 = _mm256_andnot_ps(lt1, _mm256_cmp_ps::<_CMP_LE_OQ>(d1, hi));
             if let Some(k) = e.keyed {
                 let rows0 = _mm256_add_epi32(_mm256_set1_epi32(base as i32), lane);
                 let rows1 = _mm256_add_epi32(rows0, _mm256_set1_epi32(8));
