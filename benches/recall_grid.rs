@@ -99,12 +99,12 @@ fn main() {
             let mined = miner.mine_block(&sample).expect("mined");
             let seconds = started.elapsed().as_secs_f64();
             let recall = miner
-                .recall_of(&mut truth, &mined.triplets)
+                .recall_of(&mut truth, &mined.triplets, true)
                 .expect("recall");
             let negatives = recall.negatives.map_or("-".to_string(), |e| e.to_string());
             println!(
                 "| {nprobe} | {k} | {negatives} | {} | {seconds:.2} | {:.0} |",
-                recall.candidates,
+                recall.candidates.map_or("-".to_string(), |e| e.to_string()),
                 seconds / sample.len() as f64 * all
             );
         }

@@ -61,7 +61,7 @@ fn the_recall_interval_holds_the_true_recall_of_the_whole_run() {
             .collect();
         sample.sort_unstable();
         let mut exact_sample = miner.recall_truth(&sample).unwrap();
-        let recall = miner.recall_of(&mut exact_sample, &approx).unwrap();
+        let recall = miner.recall_of(&mut exact_sample, &approx, false).unwrap();
         let e = recall.negatives.expect("exact mining finds triplets");
         assert!(e.lo <= e.value && e.value <= e.hi, "{e}");
         assert!(e.hi - e.lo < 0.25, "an informative interval: {e}");

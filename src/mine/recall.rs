@@ -92,8 +92,10 @@ pub struct Recall {
     /// Share of the sample's exactly mined triplets found (`None` when exact mining found
     /// none); before the reuse cap and the shortfall policy.
     pub negatives: Option<Estimate>,
-    /// Share of each sampled anchor's exact `k` nearest rows among the index's `k` candidates.
-    pub candidates: Estimate,
+    /// Share of each sampled anchor's exact `k` nearest rows among the index's `k` candidates
+    /// (`None` where not measured: tuning measures it only where exact mining found no
+    /// triplet, as it costs an exact search of the sample at every `k`).
+    pub candidates: Option<Estimate>,
     /// Share of the sample's exact negatives the index returns among its first `4 r + 64`
     /// candidates (`r` the exact rank), whatever `k`: what its probing reaches (tuning raises
     /// `nprobe` or `efSearch` while this is short). `None` where exact mining found none.
@@ -109,7 +111,7 @@ impl Recall {
     /// The lower end of the figure tuned on: the negatives' interval, or the candidates'
     /// where exact mining found no triplet.
     fn lower(&self) -> f64 {
-        self.negatives.map_or(self.candidates.lo, |e| e.lo)
+        self.negatives.or(self.candidates).map_or(1.0, |e| e.lo)
     }
 }
 
@@ -252,7 +254,12 @@ impl Miner<'_> {
 
     /// The recall of `mined` (this miner's triplets of the sample's anchors, possibly among
     /// others') against `truth`, and of this index's candidates at the current `k`.
-    pub fn recall_of(&mut self, truth: &mut Truth, mined: &[Triplet]) -> Result<Recall> {
+    pub fn recall_of(
+        &mut self,
+        truth: &mut Truth,
+        mined: &[Triplet],
+        candidates: bool,
+    ) -> Result<Recall> {
         let key = |t: &Triplet| (t.anchor, t.positive, t.negative);
         let found: HashSet<_> = mined.iter().map(key).collect();
         let mut per_anchor: Vec<(usize, usize)> = vec![(0, 0); truth.anchors.len()];
@@ -265,7 +272,9 @@ impl Miner<'_> {
             per_anchor[at].0 += usize::from(found.contains(&key(t)));
         }
         let k = self.params.k();
-        if truth.nearest_k != k {
+        // The candidates' recall needs the exact nearest rows at this `k`: a search of the
+        // whole table for the sample, so only where it is asked for.
+        if candidates && truth.nearest_k != k {
             truth.nearest = self.exact_twin().candidates(&truth.anchors, k)?;
             truth.nearest_k = k;
         }
@@ -283,7 +292,11 @@ impl Miner<'_> {
             lo: 1.0,
             hi: 1.0,
         };
-        let lists = overlap(&self.candidates(&truth.anchors, k)?);
+        let lists = if candidates {
+            Some(Estimate::of(&overlap(&self.candidates(&truth.anchors, k)?)).unwrap_or(full))
+        } else {
+            None
+        };
         let deepest = self
             .params
             .max_k
@@ -316,7 +329,7 @@ impl Miner<'_> {
         Ok(Recall {
             anchors: truth.anchors.len(),
             negatives: Estimate::of(&per_anchor),
-            candidates: Estimate::of(&lists).unwrap_or(full),
+            candidates: lists,
             reach,
             depth: Estimate::of(&depth),
         })
@@ -408,7 +421,12 @@ impl Miner<'_> {
         let mut stopped = None;
         let mut reach_saturated = false;
         let mut previous: Option<TuneStep> = None;
-        let reach_of = |s: &TuneStep| s.recall.reach.unwrap_or(s.recall.candidates).value;
+        let reach_of = |s: &TuneStep| {
+            s.recall
+                .reach
+                .or(s.recall.candidates)
+                .map_or(1.0, |e| e.value)
+        };
         while current.recall.lower() < target {
             if let Some(e) = current.recall.negatives.filter(|e| e.value >= 1.0) {
                 // Nothing missed: no setting can do better, the sample is too small to show it.
@@ -535,8 +553,8 @@ impl Miner<'_> {
             _ => None,
         };
         let k = (!given.2 && now.k < k_cap).then(|| (2 * now.k).min(k_cap));
-        let reach = step.recall.reach.unwrap_or(step.recall.candidates);
-        let misses = reach.lo < target && !reach_saturated;
+        let reach = step.recall.reach.or(step.recall.candidates);
+        let misses = reach.is_some_and(|r| r.lo < target) && !reach_saturated;
         let shallow = step.recall.depth.is_some_and(|d| d.lo < target) || step.capped > 0;
         let mut next = now;
         if misses {
@@ -563,7 +581,7 @@ impl Miner<'_> {
         let mined = self.mine_block(&truth.anchors)?;
         let seconds = started.elapsed().as_secs_f64();
         let capped = mined.anchors.iter().filter(|a| a.capped).count();
-        let recall = self.recall_of(truth, &mined.triplets)?;
+        let recall = self.recall_of(truth, &mined.triplets, truth.triplets.is_empty())?;
         // Each evaluation starts from the same depth, as the run will.
         self.set_search_knobs(knobs)?;
         tracing::info!(
@@ -573,7 +591,7 @@ impl Miner<'_> {
             k = knobs.k,
             recall_negatives = recall.negatives.map(|e| e.value),
             recall_negatives_lo = recall.negatives.map(|e| e.lo),
-            recall_candidates = recall.candidates.value,
+            recall_candidates = recall.candidates.map(|e| e.value),
             reach = recall.reach.map(|e| e.value),
             depth = recall.depth.map(|e| e.value),
             capped,

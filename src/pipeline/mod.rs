@@ -274,12 +274,12 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         None => None,
         Some(truth) => {
             let t = Instant::now();
-            let recall = miner.recall_of(truth, &sampled_triplets)?;
+            let recall = miner.recall_of(truth, &sampled_triplets, true)?;
             tracing::info!(
                 stage = "recall",
                 rows = recall.anchors,
                 negatives = recall.negatives.map(|e| e.value),
-                candidates = recall.candidates.value,
+                candidates = recall.candidates.map(|e| e.value),
                 seconds = t.elapsed().as_secs_f64(),
                 "recall against an exact search"
             );

@@ -87,7 +87,8 @@ pub(super) fn prepare(
     let recall = step
         .recall
         .negatives
-        .map_or(step.recall.candidates.value, |e| e.value);
+        .or(step.recall.candidates)
+        .map_or(1.0, |e| e.value);
     let (exact, reason) = if !tuning.met {
         let why = match give_up {
             Some(limit)
@@ -152,9 +153,10 @@ pub(super) fn record(totals: &mut Totals, recall: &Recall, target: f64) {
         totals.recall_negatives_lo = Some(e.lo);
         totals.recall_negatives_hi = Some(e.hi);
     }
-    let c = recall.candidates;
-    totals.recall_candidates = Some(c.value);
-    totals.recall_candidates_lo = Some(c.lo);
-    totals.recall_candidates_hi = Some(c.hi);
+    if let Some(c) = recall.candidates {
+        totals.recall_candidates = Some(c.value);
+        totals.recall_candidates_lo = Some(c.lo);
+        totals.recall_candidates_hi = Some(c.hi);
+    }
     totals.recall_target = (target > 0.0).then_some(target);
 }
