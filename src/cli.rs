@@ -211,7 +211,7 @@ pub struct MineArgs {
     pub recall_sample: usize,
     /// With an approximate index, tune nprobe / efSearch / k (those not set) on the recall
     /// sample until the lower end of the recall's interval reaches R; 0 only measures.
-    #[arg(long, value_name = "R", default_value_t = 0.95)]
+    #[arg(long, value_name = "R", default_value_t = crate::config::DEFAULT_TARGET_RECALL)]
     pub target_recall: f64,
     /// `--index auto` below this many rows is exact without weighing an approximate index.
     #[arg(long, value_name = "ROWS", hide = true, default_value_t = crate::index::AUTO_FLAT_ROWS)]

@@ -467,7 +467,7 @@ impl Default for MiningParams {
             nprobe: None,
             ef_search: None,
             recall_sample: DEFAULT_RECALL_SAMPLE,
-            target_recall: 0.95,
+            target_recall: DEFAULT_TARGET_RECALL,
             auto_exact_below: crate::index::AUTO_FLAT_ROWS,
             auto_exact_weight: 1.0,
             suspects_k: 10,
@@ -489,6 +489,9 @@ pub const DEFAULT_K: usize = 64;
 
 /// Anchors of the recall sample when `recall_sample` is not set.
 pub const DEFAULT_RECALL_SAMPLE: usize = 300;
+
+/// The recall target when `target_recall` is not set.
+pub const DEFAULT_TARGET_RECALL: f64 = 0.95;
 
 impl MiningParams {
     /// Neighbours searched first for every anchor.

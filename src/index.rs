@@ -421,18 +421,12 @@ impl NeighbourIndex {
 
     /// Search-time parameters: `nprobe` (IVF; default lists / 64, at least 8) and `efSearch`.
     fn tune(&mut self, spec: &IndexSpec) -> Result<()> {
-        let space = ParameterSpace::new()?;
         let nprobe = spec
             .nprobe
             .or_else(|| ivf_lists(&self.info.factory).map(|lists| (lists / 64).max(8).min(lists)));
+        self.set_search(nprobe, spec.ef_search)?;
         if let Some(nprobe) = nprobe {
-            self.set(&space, "nprobe", "--nprobe", nprobe)?;
             tracing::info!(nprobe, "IVF lists probed per search");
-            self.nprobe = Some(nprobe);
-        }
-        if let Some(ef) = spec.ef_search {
-            self.set(&space, "efSearch", "--ef-search", ef)?;
-            self.ef_search = Some(ef);
         }
         Ok(())
     }

@@ -70,40 +70,40 @@ fn the_recall_interval_holds_the_true_recall_of_the_whole_run() {
     assert!(covered >= 8, "{covered} of 10 intervals hold {truth}");
 }
 
-fn overlapping(dir: &Path) -> std::path::PathBuf {
+/// `tripmine mine --index IVF64,Flat EXTRA` on a table of overlapping classes in `dir`
+/// (made on first use).
+fn mine_ivf(dir: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
     let input = dir.join("data.parquet");
-    gen_table(
-        &input,
-        &[
-            "--rows",
-            "4000",
-            "--dim",
-            "16",
-            "--labels",
-            "40",
-            "--separation",
-            "1",
-        ],
-    );
-    input
+    if !input.exists() {
+        gen_table(
+            &input,
+            &[
+                "--rows",
+                "4000",
+                "--dim",
+                "16",
+                "--labels",
+                "40",
+                "--separation",
+                "1",
+            ],
+        );
+    }
+    let mut args = vec!["--index", "IVF64,Flat"];
+    args.extend(extra);
+    mine(dir, &input, &args)
 }
 
 #[test]
 fn tuning_reaches_the_target_where_the_default_search_does_not() {
     let dir = TempDir::new().unwrap();
-    let input = overlapping(dir.path());
-    let index = ["--index", "IVF64,Flat"];
-    let mut measured_only = index.to_vec();
-    measured_only.extend(["--target-recall", "0"]);
-    mine(dir.path(), &input, &measured_only).success();
+    mine_ivf(dir.path(), &["--target-recall", "0"]).success();
     let s = summary(dir.path());
     let before = figure(&s, "recall_negatives");
     assert!(before < 0.9, "the default search misses: {before}");
     assert!(s["tuning"]["steps"].as_array().unwrap().len() == 1);
 
-    let mut tuned = index.to_vec();
-    tuned.extend(["--report-html", "r.html"]);
-    mine(dir.path(), &input, &tuned)
+    mine_ivf(dir.path(), &["--report-html", "r.html"])
         .success()
         .stdout(predicate::str::contains("tuned for recall 0.95"));
     let s = summary(dir.path());
@@ -128,16 +128,11 @@ fn tuning_reaches_the_target_where_the_default_search_does_not() {
 #[test]
 fn explicit_search_settings_are_kept_and_a_missed_target_is_a_warning() {
     let dir = TempDir::new().unwrap();
-    let input = overlapping(dir.path());
-    mine(
-        dir.path(),
-        &input,
-        &["--index", "IVF64,Flat", "--nprobe", "1", "--k", "16"],
-    )
-    .success()
-    .stdout(predicate::str::contains(
-        "WARNING    recall of mined negatives",
-    ));
+    mine_ivf(dir.path(), &["--nprobe", "1", "--k", "16"])
+        .success()
+        .stdout(predicate::str::contains(
+            "WARNING    recall of mined negatives",
+        ));
     let s = summary(dir.path());
     assert_eq!(s["tuning"]["met"], false);
     assert_eq!(s["tuning"]["steps"].as_array().unwrap().len(), 1);
@@ -154,13 +149,9 @@ fn explicit_search_settings_are_kept_and_a_missed_target_is_a_warning() {
 #[test]
 fn a_recall_gate_fails_the_run_after_writing_its_outputs() {
     let dir = TempDir::new().unwrap();
-    let input = overlapping(dir.path());
-    mine(
+    mine_ivf(
         dir.path(),
-        &input,
         &[
-            "--index",
-            "IVF64,Flat",
             "--nprobe",
             "1",
             "--target-recall",
@@ -178,13 +169,7 @@ fn a_recall_gate_fails_the_run_after_writing_its_outputs() {
 #[test]
 fn no_recall_sample_no_recall_and_no_tuning() {
     let dir = TempDir::new().unwrap();
-    let input = overlapping(dir.path());
-    mine(
-        dir.path(),
-        &input,
-        &["--index", "IVF64,Flat", "--recall-sample", "0"],
-    )
-    .success();
+    mine_ivf(dir.path(), &["--recall-sample", "0"]).success();
     let s = summary(dir.path());
     assert!(s["totals"]["recall_negatives"].is_null());
     assert!(s["tuning"].is_null());
@@ -264,21 +249,8 @@ fn auto_keeps_ivf_where_it_reaches_the_target_cheaper() {
 #[test]
 fn a_sample_too_small_to_show_the_target_stops_tuning_and_says_so() {
     let dir = TempDir::new().unwrap();
-    let input = overlapping(dir.path());
     // Every list probed: nothing is missed, but five anchors cannot show 0.95.
-    mine(
-        dir.path(),
-        &input,
-        &[
-            "--index",
-            "IVF64,Flat",
-            "--nprobe",
-            "64",
-            "--recall-sample",
-            "5",
-        ],
-    )
-    .success();
+    mine_ivf(dir.path(), &["--nprobe", "64", "--recall-sample", "5"]).success();
     let s = summary(dir.path());
     assert_eq!(figure(&s, "recall_negatives"), 1.0);
     assert!(figure(&s, "recall_negatives_lo") < 0.95);

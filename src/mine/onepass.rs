@@ -400,7 +400,7 @@ fn resolve_group(
         && limit != usize::MAX
         && m.gather_budget_rows().is_none();
     let (mut tried, mut failed) = (0usize, 0usize);
-    let drawn: Vec<Option<Vec<Triplet>>> = group
+    let mut drawn: Vec<Option<Vec<Triplet>>> = group
         .iter()
         .enumerate()
         .map(|(b, &i)| {
@@ -419,46 +419,42 @@ fn resolve_group(
         .zip(&drawn)
         .map(|(&i, drawn)| {
             let plan = &plans[i];
-            if let Some(triplets) = drawn {
-                return AnchorState {
-                    pairs: sample_pairs(triplets),
-                    nearest_negative: Nearest::new(1),
-                    nearest_rows: Nearest::new(near),
-                    slack: 2.0 * gemm_error_bound(dim, query_norm_of(plan.anchor), max_norm),
-                    edges: Vec::new(),
-                };
-            }
             AnchorState {
-                // In window mode the window's rows are all it keeps.
-                pairs: plan
-                    .positives
-                    .iter()
-                    .filter(|_| window.is_none())
-                    .map(|&(d_ap, positive)| {
-                        let band = Band::of(p.negatives, d_ap, p.margin);
-                        let keyed = (p.sample == NegativeSampling::Random).then(|| {
-                            let salt = super::rng_for(p.seed, plan.anchor, positive, STREAM_KEY)
-                                .next_u32();
-                            Keyed::new(salt, n)
-                        });
-                        PairState {
-                            d_ap,
-                            band,
-                            below: 0,
-                            near: Vec::new(),
-                            cut: f32::INFINITY,
-                            // A sample keeps its whole band while it is small: the sample's
-                            // ranks then come from it, without a second pass.
-                            prune_at: if keyed.is_some() && m.sample_shortcuts {
-                                WHOLE_BAND.max(2 * limit.min(1 << 20) + 8)
-                            } else {
-                                2 * limit.min(1 << 20) + 8
-                            },
-                            scratch: Vec::new(),
-                            keyed,
-                        }
-                    })
-                    .collect(),
+                // Drawn samples: the pass only ranks them. In window mode the window's rows
+                // are all it keeps.
+                pairs: match drawn {
+                    Some(triplets) => sample_pairs(triplets),
+                    None => plan
+                        .positives
+                        .iter()
+                        .filter(|_| window.is_none())
+                        .map(|&(d_ap, positive)| {
+                            let band = Band::of(p.negatives, d_ap, p.margin);
+                            let keyed = (p.sample == NegativeSampling::Random).then(|| {
+                                let salt =
+                                    super::rng_for(p.seed, plan.anchor, positive, STREAM_KEY)
+                                        .next_u32();
+                                Keyed::new(salt, n)
+                            });
+                            PairState {
+                                d_ap,
+                                band,
+                                below: 0,
+                                near: Vec::new(),
+                                cut: f32::INFINITY,
+                                // A sample keeps its whole band while it is small: the sample's
+                                // ranks then come from it, without a second pass.
+                                prune_at: if keyed.is_some() && m.sample_shortcuts {
+                                    WHOLE_BAND.max(2 * limit.min(1 << 20) + 8)
+                                } else {
+                                    2 * limit.min(1 << 20) + 8
+                                },
+                                scratch: Vec::new(),
+                                keyed,
+                            }
+                        })
+                        .collect(),
+                },
                 nearest_negative: Nearest::new(1),
                 nearest_rows: Nearest::new(window.unwrap_or(near)),
                 slack: 2.0 * gemm_error_bound(dim, query_norm_of(plan.anchor), max_norm),
@@ -479,12 +475,12 @@ fn resolve_group(
     with_rows(m, states, |b, mut state, rows| {
         let anchor = &queries[b * dim..(b + 1) * dim];
         let plan = &plans[group[b]];
-        match &drawn[b] {
+        match drawn[b].take() {
             Some(triplets) => {
                 // The pairs of the pass were the samples' ranks; the rest as for any anchor.
                 let ranks = std::mem::take(&mut state.pairs);
                 let mut r = finish(m, plan, state, limit, rows, anchor);
-                r.triplets = triplets.clone();
+                r.triplets = triplets;
                 rank_anchor(m, &mut r, ranks, rows, anchor);
                 resolved.push(r);
             }
@@ -492,13 +488,13 @@ fn resolve_group(
         }
     })?;
     if p.sample == NegativeSampling::Random && window.is_none() {
+        // Samples the pass found in bands too large to keep whole: a second pass ranks them.
         let unranked: Vec<usize> = (0..group.len())
             .filter(|&b| {
-                drawn[b].is_none()
-                    && resolved[b]
-                        .triplets
-                        .iter()
-                        .any(|t| t.negative_rank == u32::MAX)
+                resolved[b]
+                    .triplets
+                    .iter()
+                    .any(|t| t.negative_rank == u32::MAX)
             })
             .collect();
         rank_samples(&sweep, &mut resolved, max_norm, &unranked)?;

@@ -119,15 +119,30 @@ impl Recall {
 pub struct Truth {
     /// The sample, in row order.
     pub anchors: Vec<u32>,
-    /// Exactly mined triplets (before the reuse cap and the shortfall policy).
+    /// Exactly mined triplets (before the reuse cap and the shortfall policy), in anchor
+    /// order.
     triplets: Vec<Triplet>,
-    /// Each anchor's exact `nearest_k` nearest rows.
-    nearest: Vec<Vec<u32>>,
-    nearest_k: usize,
+    /// Each anchor's exact `k` nearest rows, for the last `k` the candidates' recall was
+    /// measured at (searched when first needed: tuning changes `k`).
+    nearest: Option<(usize, Vec<Vec<u32>>)>,
     /// [`Recall::reach`] by the probing it was measured with.
     reach: Vec<(Probing, Option<Estimate>)>,
-    /// Seconds exact mining of the sample took.
-    pub seconds: f64,
+}
+
+impl Truth {
+    /// Per sampled anchor, (its exact triplets that `hit`, all its exact triplets).
+    fn per_anchor(&self, hit: impl Fn(&Triplet) -> bool) -> Vec<(usize, usize)> {
+        let mut counts = vec![(0, 0); self.anchors.len()];
+        for t in &self.triplets {
+            let at = self
+                .anchors
+                .binary_search(&t.anchor)
+                .expect("truth's triplets are of its anchors");
+            counts[at].1 += 1;
+            counts[at].0 += usize::from(hit(t));
+        }
+        counts
+    }
 }
 
 /// How far an index's search probes: (`nprobe`, `efSearch`).
@@ -227,19 +242,11 @@ impl Miner<'_> {
     /// Mines `anchors` exactly (sharing this miner's vectors): the truth recall is measured
     /// against.
     pub fn recall_truth(&self, anchors: &[u32]) -> Result<Truth> {
-        let mut exact = self.exact_twin();
-        let started = Instant::now();
-        let triplets = exact.mine_block(anchors)?.triplets;
-        let seconds = started.elapsed().as_secs_f64();
-        let nearest_k = self.params.k();
-        let nearest = exact.candidates(anchors, nearest_k)?;
         Ok(Truth {
             anchors: anchors.to_vec(),
-            triplets,
-            nearest,
-            nearest_k,
+            triplets: self.exact_twin().mine_block(anchors)?.triplets,
+            nearest: None,
             reach: Vec::new(),
-            seconds,
         })
     }
 
@@ -262,58 +269,39 @@ impl Miner<'_> {
     ) -> Result<Recall> {
         let key = |t: &Triplet| (t.anchor, t.positive, t.negative);
         let found: HashSet<_> = mined.iter().map(key).collect();
-        let mut per_anchor: Vec<(usize, usize)> = vec![(0, 0); truth.anchors.len()];
-        for t in &truth.triplets {
-            let at = truth
-                .anchors
-                .binary_search(&t.anchor)
-                .expect("truth's triplets are of its anchors");
-            per_anchor[at].1 += 1;
-            per_anchor[at].0 += usize::from(found.contains(&key(t)));
-        }
+        let negatives = Estimate::of(&truth.per_anchor(|t| found.contains(&key(t))));
         let k = self.params.k();
-        // The candidates' recall needs the exact nearest rows at this `k`: a search of the
-        // whole table for the sample, so only where it is asked for.
-        if candidates && truth.nearest_k != k {
-            truth.nearest = self.exact_twin().candidates(&truth.anchors, k)?;
-            truth.nearest_k = k;
-        }
-        let overlap = |got: &[Vec<u32>]| -> Vec<(usize, usize)> {
-            got.iter()
-                .zip(&truth.nearest)
-                .map(|(g, w)| {
-                    let g: HashSet<u32> = g.iter().copied().collect();
-                    (w.iter().filter(|r| g.contains(r)).count(), w.len())
+        let candidates = if candidates {
+            // The exact nearest rows at this `k`: a search of the whole table for the sample,
+            // so only where the figure is asked for.
+            if truth.nearest.as_ref().is_none_or(|n| n.0 != k) {
+                truth.nearest = Some((k, self.exact_twin().candidates(&truth.anchors, k)?));
+            }
+            let exact = &truth.nearest.as_ref().expect("just searched").1;
+            let lists: Vec<(usize, usize)> = self
+                .candidates(&truth.anchors, k)?
+                .iter()
+                .zip(exact)
+                .map(|(got, want)| {
+                    let got: HashSet<u32> = got.iter().copied().collect();
+                    (want.iter().filter(|r| got.contains(r)).count(), want.len())
                 })
-                .collect()
-        };
-        let full = Estimate {
-            value: 1.0,
-            lo: 1.0,
-            hi: 1.0,
-        };
-        let lists = if candidates {
-            Some(Estimate::of(&overlap(&self.candidates(&truth.anchors, k)?)).unwrap_or(full))
+                .collect();
+            Some(Estimate::of(&lists).unwrap_or(Estimate {
+                value: 1.0,
+                lo: 1.0,
+                hi: 1.0,
+            }))
         } else {
             None
         };
+        // Depth: the exact negatives whose exact rank lies within the deepest search.
         let deepest = self
             .params
             .max_k
             .unwrap_or(super::negatives::APPROXIMATE_MAX_K_FACTOR * k)
             .min(self.table.rows().saturating_sub(1).max(1));
-        let at = |t: &Triplet| {
-            truth
-                .anchors
-                .binary_search(&t.anchor)
-                .expect("truth's triplets are of its anchors")
-        };
-        // Depth: the exact negatives whose exact rank lies within the deepest search.
-        let mut depth: Vec<(usize, usize)> = vec![(0, 0); truth.anchors.len()];
-        for t in &truth.triplets {
-            depth[at(t)].1 += 1;
-            depth[at(t)].0 += usize::from((t.negative_rank as usize) < deepest);
-        }
+        let depth = Estimate::of(&truth.per_anchor(|t| (t.negative_rank as usize) < deepest));
         // Reach: whether the index returns each exact negative among its first `4 r + 64`
         // candidates (`r` its exact rank), whatever `k`: what probing finds. It depends on
         // the probing alone, so tuning steps that change only `k` reuse it.
@@ -328,22 +316,16 @@ impl Miner<'_> {
         };
         Ok(Recall {
             anchors: truth.anchors.len(),
-            negatives: Estimate::of(&per_anchor),
-            candidates: lists,
+            negatives,
+            candidates,
             reach,
-            depth: Estimate::of(&depth),
+            depth,
         })
     }
 
     /// Share of `truth`'s exact negatives this index returns among its first `4 r + 64`
     /// candidates (`r` the exact rank).
     fn reach(&mut self, truth: &Truth) -> Result<Option<Estimate>> {
-        let at = |t: &Triplet| {
-            truth
-                .anchors
-                .binary_search(&t.anchor)
-                .expect("truth's triplets are of its anchors")
-        };
         let slack = |rank: u32| REACH_FACTOR * rank as usize + REACH_SLACK;
         let reach_depth = truth
             .triplets
@@ -353,30 +335,28 @@ impl Miner<'_> {
             .unwrap_or(1)
             .min(REACH_MAX_DEPTH)
             .min(self.table.rows().saturating_sub(1).max(1));
-        let mut reach: Vec<(usize, usize)> = vec![(0, 0); truth.anchors.len()];
+        // (anchor, negative) of every exact negative reached.
+        let mut reached: HashSet<(u32, u32)> = HashSet::new();
         // A few anchors at a time: deep lists of many anchors would hold a lot at once.
-        let per_part = (REACH_BUDGET / reach_depth).max(1);
-        for (p, part) in truth.anchors.chunks(per_part).enumerate() {
+        for part in truth.anchors.chunks((REACH_BUDGET / reach_depth).max(1)) {
             let lists = self.candidates(part, reach_depth)?;
-            let positions: Vec<std::collections::HashMap<u32, usize>> = lists
-                .into_iter()
-                .map(|c| c.into_iter().enumerate().map(|(i, r)| (r, i)).collect())
-                .collect();
-            let first = p * per_part;
-            for t in &truth.triplets {
-                let a = at(t);
-                if !(first..first + part.len()).contains(&a) {
-                    continue;
+            // The part's triplets: `truth.triplets` is in anchor order.
+            let from = truth.triplets.partition_point(|t| t.anchor < part[0]);
+            let last = part[part.len() - 1];
+            for t in truth.triplets[from..]
+                .iter()
+                .take_while(|t| t.anchor <= last)
+            {
+                let list = &lists[part.binary_search(&t.anchor).expect("of the part")];
+                let first = &list[..slack(t.negative_rank).min(list.len())];
+                if first.contains(&t.negative) {
+                    reached.insert((t.anchor, t.negative));
                 }
-                reach[a].1 += 1;
-                reach[a].0 += usize::from(
-                    positions[a - first]
-                        .get(&t.negative)
-                        .is_some_and(|&i| i < slack(t.negative_rank)),
-                );
             }
         }
-        Ok(Estimate::of(&reach))
+        Ok(Estimate::of(
+            &truth.per_anchor(|t| reached.contains(&(t.anchor, t.negative))),
+        ))
     }
 
     /// The search parameters in use.

@@ -18,7 +18,6 @@ pub use summary::{Summary, Timings, search_note};
 
 use outputs::{json, suspects_batch, with_metadata};
 use recall::RecallPlan;
-use std::ops::Not;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -304,7 +303,7 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         recall::record(&mut totals, recall, config.mine.target_recall);
     }
     let mut warnings = totals.warnings(&config.mine);
-    if let Some(t) = tuning.as_ref().filter(|t| !t.met && exact.not())
+    if let Some(t) = tuning.as_ref().filter(|t| !t.met && !exact)
         && let Some(why) = &t.stopped
     {
         warnings.insert(

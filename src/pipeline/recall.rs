@@ -91,9 +91,8 @@ pub(super) fn prepare(
         .map_or(1.0, |e| e.value);
     let (exact, reason) = if !tuning.met {
         let why = match give_up {
-            Some(limit)
-                if step.seconds > limit || tuning.steps.iter().any(|s| s.seconds > limit) =>
-            {
+            // The settled step is one of the steps.
+            Some(limit) if tuning.steps.iter().any(|s| s.seconds > limit) => {
                 "before costing more than exact mining".to_string()
             }
             _ => tuning.stopped.clone().unwrap_or_default(),
