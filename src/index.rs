@@ -467,6 +467,83 @@ impl NeighbourIndex {
         ivf_lists(&self.info.factory)
     }
 
+    /// The IVF layer of the index, also behind transforms such as `OPQ` or `PCA` (whether
+    /// one was passed), or null.
+    fn ivf(&self) -> (*mut faiss_sys::FaissIndexIVF, bool) {
+        use faiss_sys::faiss_IndexPreTransform_index;
+        use faiss_sys::{faiss_IndexIVF_cast, faiss_IndexPreTransform_cast};
+        let Some(index) = self.index.as_ref() else {
+            return (std::ptr::null_mut(), false);
+        };
+        let mut transformed = false;
+        // SAFETY: casts and a getter on the live index owned by `self`.
+        unsafe {
+            let mut inner = index.inner_ptr();
+            loop {
+                let ivf = faiss_IndexIVF_cast(inner);
+                if !ivf.is_null() {
+                    return (ivf, transformed);
+                }
+                let pre = faiss_IndexPreTransform_cast(inner);
+                if pre.is_null() {
+                    return (std::ptr::null_mut(), false);
+                }
+                inner = faiss_IndexPreTransform_index(pre);
+                transformed = true;
+            }
+        }
+    }
+
+    /// The IVF list nearest each of `queries` (`None` unless the index is an IVF index
+    /// without a transform, or when FAISS fails).
+    pub fn lists_of_queries(&self, queries: &[f32]) -> Option<Vec<u32>> {
+        use faiss_sys::{faiss_Index_assign, faiss_IndexIVF_quantizer};
+        let (ivf, transformed) = self.ivf();
+        if ivf.is_null() || transformed {
+            return None;
+        }
+        let n = queries.len() / self.info.dim;
+        let mut lists = vec![-1i64; n];
+        // SAFETY: the quantizer belongs to the live index; `queries` holds `n` vectors of the
+        // index's dimension and `lists` room for one label each.
+        let status = unsafe {
+            let quantizer = faiss_IndexIVF_quantizer(ivf);
+            faiss_Index_assign(quantizer, n as i64, queries.as_ptr(), lists.as_mut_ptr(), 1)
+        };
+        (status == 0).then(|| lists.iter().map(|&l| l.max(0) as u32).collect())
+    }
+
+    /// The IVF list of every indexed row (IVF indexes, also behind a transform such as
+    /// `OPQ` or `PCA`; `None` for other indexes). Rows of one list are near each other, so
+    /// anchors taken list by list share most of their candidates.
+    pub fn list_of_rows(&self) -> Option<Vec<u32>> {
+        use faiss_sys::{
+            faiss_IndexIVF_get_list_size, faiss_IndexIVF_invlists_get_ids, faiss_IndexIVF_nlist,
+        };
+        let (ivf, _) = self.ivf();
+        if ivf.is_null() {
+            return None;
+        }
+        // SAFETY: `ivf` is part of the live index owned by `self` and only read; each list's
+        // ids are written into a buffer of the list's own size.
+        unsafe {
+            let mut list_of = vec![u32::MAX; self.rows];
+            let mut ids: Vec<i64> = Vec::new();
+            for list in 0..faiss_IndexIVF_nlist(ivf) {
+                let size = faiss_IndexIVF_get_list_size(ivf, list);
+                ids.clear();
+                ids.resize(size, -1);
+                faiss_IndexIVF_invlists_get_ids(ivf, list, ids.as_mut_ptr());
+                for &id in &ids {
+                    if let Some(slot) = usize::try_from(id).ok().and_then(|i| list_of.get_mut(i)) {
+                        *slot = list as u32;
+                    }
+                }
+            }
+            Some(list_of)
+        }
+    }
+
     /// The `k` nearest candidates of each query (rows of `queries`). `base` is the vectors
     /// indexed, which an index of shards reads (calling `relieve` after each shard).
     pub fn search(

@@ -126,6 +126,53 @@ fn tuning_reaches_the_target_where_the_default_search_does_not() {
 }
 
 #[test]
+fn tuning_probes_fewer_lists_where_the_default_reaches_more_than_the_target_needs() {
+    let dir = TempDir::new().unwrap();
+    let input = dir.path().join("clustered.parquet");
+    // Many small classes in a plane: the nearest other-label rows sit in the next few lists.
+    gen_table(
+        &input,
+        &[
+            "--rows",
+            "4000",
+            "--dim",
+            "16",
+            "--labels",
+            "400",
+            "--separation",
+            "3",
+            "--intrinsic-dim",
+            "2",
+        ],
+    );
+    let args = ["--index", "IVF128,Flat", "--negatives", "hardest"];
+    mine(dir.path(), &input, &args).success();
+    let s = summary(dir.path());
+    let steps = s["tuning"]["steps"].as_array().unwrap();
+    assert_eq!(
+        steps[0]["knobs"]["nprobe"], 8,
+        "the default: lists / 64, at least 8"
+    );
+    let settled = s["tuning"]["settled"]["nprobe"].as_u64().unwrap();
+    assert!(settled < 8, "{}", s["tuning"]);
+    assert!(figure(&s, "recall_negatives_lo") >= 0.95, "{}", s["totals"]);
+    // The step below the one settled on missed the target (or nprobe reached 1).
+    let last = steps.last().unwrap();
+    assert!(
+        settled == 1 || last["recall"]["negatives"]["lo"].as_f64().unwrap() < 0.95,
+        "{last}"
+    );
+    // An explicit nprobe is kept.
+    mine(
+        dir.path(),
+        &input,
+        &[&args[..], &["--nprobe", "8"]].concat(),
+    )
+    .success();
+    assert_eq!(summary(dir.path())["tuning"]["settled"]["nprobe"], 8);
+}
+
+#[test]
 fn explicit_search_settings_are_kept_and_a_missed_target_is_a_warning() {
     let dir = TempDir::new().unwrap();
     mine_ivf(dir.path(), &["--nprobe", "1", "--k", "16"])
@@ -261,4 +308,62 @@ fn a_sample_too_small_to_show_the_target_stops_tuning_and_says_so() {
     );
     let stopped = s["tuning"]["stopped"].as_str().unwrap();
     assert!(stopped.contains("raise --recall-sample"), "{stopped}");
+}
+
+#[test]
+fn spilled_runs_mined_in_ivf_list_order_equal_in_memory_runs() {
+    let dir = TempDir::new().unwrap();
+    let input = dir.path().join("data.parquet");
+    // 10 MB of vectors: under a 19 MiB limit they spill, and a window of anchors taken
+    // list by list spans several blocks.
+    gen_table(
+        &input,
+        &[
+            "--rows",
+            "40000",
+            "--dim",
+            "64",
+            "--labels",
+            "400",
+            "--separation",
+            "3",
+            "--intrinsic-dim",
+            "8",
+        ],
+    );
+    for strategy in [
+        &["--negatives", "hardest", "--num-negatives", "1"][..],
+        &["--positives", "hardest", "--num-negatives", "3"][..],
+    ] {
+        let mut common = vec![
+            "--index",
+            "IVF128,PQ16x4fs",
+            "--nprobe",
+            "4",
+            "--k",
+            "16",
+            "-v",
+        ];
+        common.extend(strategy);
+        mine(dir.path(), &input, &common)
+            .success()
+            .stderr(predicate::str::contains("IVF-list order").not());
+        let in_memory = std::fs::read(dir.path().join("triplets.parquet")).unwrap();
+        let in_memory_summary = summary(dir.path());
+        let mut spilled = common.clone();
+        spilled.extend(["--memory-limit", "19MiB", "--scratch-dir", "."]);
+        mine(dir.path(), &input, &spilled)
+            .success()
+            .stderr(predicate::str::contains("vectors spill to a scratch file"))
+            .stderr(predicate::str::contains("IVF-list order"));
+        let from_scratch = std::fs::read(dir.path().join("triplets.parquet")).unwrap();
+        assert!(in_memory == from_scratch, "{strategy:?}: the same triplets");
+        let s = summary(dir.path());
+        for figure in ["triplets", "anchors_capped", "recall_negatives"] {
+            assert_eq!(
+                s["totals"][figure], in_memory_summary["totals"][figure],
+                "{strategy:?}: {figure}"
+            );
+        }
+    }
 }

@@ -191,6 +191,11 @@ fn a_spilled_corpus_gives_the_same_triplets_as_one_in_memory() {
     // 400 x 8 f32 are 12.5 KiB, over half of 16 KiB; 51 rows are read in at a time.
     let spilled = run(&["--memory-limit", "16KiB", "--force"]);
     assert!(in_memory == spilled, "same triplets");
+    // An IVF index: queries are taken in the order of their nearest lists.
+    let ivf = ["--index", "IVF8,Flat", "--nprobe", "2", "--force"];
+    let in_memory = run(&ivf);
+    let spilled = run(&[&ivf[..], &["--memory-limit", "16KiB"]].concat());
+    assert!(in_memory == spilled, "same triplets with an IVF index");
 }
 
 fn queries_with_positive_lists(ex: &Path, path: &Path) {

@@ -73,8 +73,8 @@ impl Vectors {
     }
 
     /// Rows `rows` (ascending) of width `dim`, copied into one buffer. A spilled store reads
-    /// them from its file (runs of consecutive rows in one read, in parallel), not through
-    /// the mapping, so nothing is mapped in.
+    /// them from its file (rows close together in one read, in parallel), not through the
+    /// mapping, so nothing is mapped in.
     pub fn gather_rows(&self, rows: &[u32], dim: usize) -> Result<Vec<f32>> {
         use rayon::prelude::*;
         let mut out = vec![0f32; rows.len() * dim];
@@ -88,7 +88,15 @@ impl Vectors {
             Inner::Mapped(spill) => spill,
         };
         const ROWS_PER_TASK: usize = 1024;
+        // A system call costs about what copying a few KiB does: rows this close are read
+        // in one call with the rows between them, up to a span of `MAX_SPAN` bytes (on E3,
+        // 5,000,000 rows of 256 bytes, this made mining 8% faster than one call per run of
+        // consecutive rows).
+        const GAP_BYTES: usize = 4096;
+        const MAX_SPAN: usize = 1 << 20;
         let row_bytes = dim * 4;
+        let gap = (GAP_BYTES / row_bytes) as u32 + 1;
+        let max_span = (MAX_SPAN / row_bytes).max(1) as u32;
         out.par_chunks_mut(ROWS_PER_TASK * dim)
             .zip(rows.par_chunks(ROWS_PER_TASK))
             .try_for_each(|(dst, rows)| {
@@ -96,20 +104,37 @@ impl Vectors {
                 let dst = unsafe {
                     std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), dst.len() * 4)
                 };
+                let mut span_buf: Vec<u8> = Vec::new();
                 let mut i = 0;
                 while i < rows.len() {
-                    let mut run = 1;
-                    while i + run < rows.len() && rows[i + run] == rows[i] + run as u32 {
-                        run += 1;
+                    let first = rows[i];
+                    let mut end = i + 1;
+                    while end < rows.len()
+                        && rows[end] - rows[end - 1] <= gap
+                        && rows[end] - first < max_span
+                    {
+                        end += 1;
                     }
-                    spill
-                        .file
-                        .read_exact_at(
-                            &mut dst[i * row_bytes..(i + run) * row_bytes],
-                            rows[i] as u64 * row_bytes as u64,
-                        )
-                        .map_err(|e| Error::io(Path::new("<scratch>"), e))?;
-                    i += run;
+                    let span = (rows[end - 1] - first + 1) as usize;
+                    let at = first as u64 * row_bytes as u64;
+                    let read = |buf: &mut [u8]| {
+                        spill
+                            .file
+                            .read_exact_at(buf, at)
+                            .map_err(|e| Error::io(Path::new("<scratch>"), e))
+                    };
+                    if span == end - i {
+                        read(&mut dst[i * row_bytes..end * row_bytes])?;
+                    } else {
+                        span_buf.resize(span * row_bytes, 0);
+                        read(&mut span_buf)?;
+                        for (t, &r) in rows[i..end].iter().enumerate() {
+                            let from = (r - first) as usize * row_bytes;
+                            dst[(i + t) * row_bytes..(i + t + 1) * row_bytes]
+                                .copy_from_slice(&span_buf[from..from + row_bytes]);
+                        }
+                    }
+                    i = end;
                 }
                 Ok::<_, Error>(())
             })?;

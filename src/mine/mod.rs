@@ -147,6 +147,8 @@ pub struct Miner<'t> {
     /// Which search parameters were set explicitly (`nprobe`, `efSearch`, `k`): recall
     /// tuning keeps them.
     explicit: (bool, bool, bool),
+    /// The IVF list of every anchor, once asked for (`None` inside: not an IVF index).
+    anchor_lists: std::sync::OnceLock<Option<Vec<u32>>>,
 }
 
 /// Where a miner's index comes from.
@@ -233,6 +235,7 @@ impl<'t> Miner<'t> {
             start_k: first_k(&self.params, self.table.rows(), self.queries.is_some()),
             search: SearchStats::default(),
             gathered: Gathered::default(),
+            anchor_lists: Default::default(),
             one_pass: self.one_pass,
             tiles: self.tiles,
             portable_scan: self.portable_scan,
@@ -342,6 +345,7 @@ impl<'t> Miner<'t> {
             start_k,
             search: SearchStats::default(),
             gathered: Gathered::default(),
+            anchor_lists: Default::default(),
             one_pass: true,
             tiles: Tiles::default(),
             portable_scan: false,
@@ -505,11 +509,112 @@ impl<'t> Miner<'t> {
         negatives::mine(self, plans)
     }
 
+    /// How many anchors [`Miner::mine_window`] should take at once: one block, or on a
+    /// spilled table with an IVF index as many whole blocks as a tenth of the memory limit
+    /// holds the results of, twice (at least one), so that taking them list by list groups anchors
+    /// that share candidates and labels.
+    pub fn window_len(&self) -> usize {
+        let Some(budget) = self.locality_budget() else {
+            return ANCHOR_BLOCK;
+        };
+        let rows = self.table.rows();
+        let group = rows / self.groups.len().max(1);
+        let positives = self.params.num_positives.limit().min(group.max(1));
+        let negatives = self
+            .params
+            .num_negatives
+            .limit()
+            .min(negatives::APPROXIMATE_MAX_K_FACTOR * self.params.k());
+        let per_anchor = std::mem::size_of::<AnchorRecord>()
+            + std::mem::size_of::<Triplet>() * positives.saturating_mul(negatives);
+        // The results are held twice while they are put back in anchor order, with 16 bytes
+        // an anchor of bookkeeping. Whole blocks: outputs are written a block at a time from
+        // the same anchors as without windows.
+        (budget / (2 * per_anchor + 16) / ANCHOR_BLOCK).max(1) * ANCHOR_BLOCK
+    }
+
+    /// The bytes the results of a window may hold when anchors are taken in IVF-list order
+    /// (`None`: they are not).
+    fn locality_budget(&self) -> Option<usize> {
+        if self.exact() {
+            return None;
+        }
+        let budget = self.table.vectors.spill_budget()?;
+        self.anchor_lists
+            .get_or_init(|| match &self.queries {
+                Some(q) => self.index.lists_of_queries(&q.vectors),
+                None => self.index.list_of_rows(),
+            })
+            .as_ref()
+            .map(|_| budget)
+    }
+
+    /// Mines `anchors` (in row order; see [`Miner::window_len`]) and returns their triplets
+    /// and records in that order, as [`Miner::mine_block`] does. On a spilled table with an
+    /// IVF index the anchors are mined list by list, so the rows each stretch reads back
+    /// (candidates, label groups) are mostly the same; the results do not depend on it.
+    /// `mined(n)` is called after each block of `n` anchors (progress).
+    pub fn mine_window(
+        &mut self,
+        anchors: &[u32],
+        mut mined: impl FnMut(usize),
+    ) -> Result<MinedBlock> {
+        let lists = match self.locality_budget() {
+            Some(_) => self.anchor_lists.get().cloned().flatten(),
+            None => None,
+        };
+        let Some(lists) = lists else {
+            let mut all = MinedBlock::default();
+            for block in anchors.chunks(ANCHOR_BLOCK) {
+                let block_mined = self.mine_block(block)?;
+                all.triplets.extend(block_mined.triplets);
+                all.anchors.extend(block_mined.anchors);
+                mined(block.len());
+            }
+            return Ok(all);
+        };
+        let mut order: Vec<usize> = (0..anchors.len()).collect();
+        order.sort_by_key(|&i| (lists[anchors[i] as usize], i));
+        tracing::debug!(
+            anchors = anchors.len(),
+            first = anchors.first(),
+            "a window of anchors mined in IVF-list order"
+        );
+        // (position in `anchors`, block, record, first triplet) of every mined anchor.
+        let mut at: Vec<[u32; 4]> = Vec::with_capacity(anchors.len());
+        let mut parts: Vec<MinedBlock> = Vec::new();
+        for chunk in order.chunks(ANCHOR_BLOCK) {
+            let block: Vec<u32> = chunk.iter().map(|&i| anchors[i]).collect();
+            let block_mined = self.mine_block(&block)?;
+            let mut first = 0;
+            for (j, (record, &i)) in block_mined.anchors.iter().zip(chunk).enumerate() {
+                at.push([i as u32, parts.len() as u32, j as u32, first]);
+                first += record.triplets;
+            }
+            parts.push(block_mined);
+            mined(chunk.len());
+        }
+        at.sort_unstable_by_key(|x| x[0]);
+        let mut all = MinedBlock {
+            triplets: Vec::with_capacity(parts.iter().map(|p| p.triplets.len()).sum()),
+            anchors: Vec::with_capacity(anchors.len()),
+        };
+        for [_, part, j, first] in at {
+            let part = &parts[part as usize];
+            let record = part.anchors[j as usize];
+            let first = first as usize;
+            all.triplets
+                .extend_from_slice(&part.triplets[first..first + record.triplets as usize]);
+            all.anchors.push(record);
+        }
+        Ok(all)
+    }
+
     /// Mines every anchor, cross-anchor rules applied ([`Miner::finish`]).
     pub fn mine_all(&mut self) -> Result<MinedBlock> {
         let mut all = MinedBlock::default();
-        for block in self.anchors().chunks(ANCHOR_BLOCK) {
-            let mined = self.mine_block(block)?;
+        for window in self.anchors().chunks(self.window_len()) {
+            let mined = self.mine_window(window, |_| ())?;
             all.triplets.extend(mined.triplets);
             all.anchors.extend(mined.anchors);
         }
@@ -684,6 +789,60 @@ pub(super) fn batches(sizes: &[usize], budget: Option<usize>) -> Vec<std::ops::R
         start = end;
     }
     runs
+}
+
+/// Cuts a list of items, each needing some rows of the table, into consecutive runs whose
+/// distinct rows fit a budget. Holds one bit per row of the table, clear between runs.
+pub(super) struct DistinctRows {
+    seen: Vec<u64>,
+    item_rows: Vec<u32>,
+}
+
+impl DistinctRows {
+    pub(super) fn new(rows: usize) -> Self {
+        DistinctRows {
+            seen: vec![0; rows.div_ceil(64)],
+            item_rows: Vec::new(),
+        }
+    }
+
+    /// The run of items from `start` (at least one, at most up to `items`) whose distinct
+    /// rows, given by `rows_of(item, out)`, number at most `budget`; returns its end and
+    /// those rows (in no order).
+    pub(super) fn run(
+        &mut self,
+        start: usize,
+        items: usize,
+        budget: usize,
+        mut rows_of: impl FnMut(usize, &mut Vec<u32>),
+    ) -> (usize, Vec<u32>) {
+        let mut wanted: Vec<u32> = Vec::new();
+        let mut end = start;
+        while end < items {
+            self.item_rows.clear();
+            rows_of(end, &mut self.item_rows);
+            let before = wanted.len();
+            for &r in &self.item_rows {
+                let (word, bit) = (r as usize / 64, 1u64 << (r % 64));
+                if self.seen[word] & bit == 0 {
+                    self.seen[word] |= bit;
+                    wanted.push(r);
+                }
+            }
+            if wanted.len() > budget && end > start {
+                for &r in &wanted[before..] {
+                    self.seen[r as usize / 64] &= !(1u64 << (r % 64));
+                }
+                wanted.truncate(before);
+                break;
+            }
+            end += 1;
+        }
+        for &r in &wanted {
+            self.seen[r as usize / 64] = 0;
+        }
+        (end, wanted)
+    }
 }
 
 /// The depth of the first search: `k`, or enough to cover a rank window, which is then

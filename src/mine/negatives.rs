@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::positives::AnchorPlan;
 use super::{
-    AnchorRecord, MinedBlock, Miner, NeighbourLabels, Triplet, batches, rng_for, sort_nearest,
+    AnchorRecord, DistinctRows, MinedBlock, Miner, NeighbourLabels, Triplet, rng_for, sort_nearest,
 };
 use crate::config::{MiningParams, NegativeSampling, NegativeStrategy};
 use crate::error::Result;
@@ -110,7 +110,10 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
         APPROXIMATE_MAX_K_FACTOR * m.params.k()
     });
     let mut k = m.start_k.min(max_k);
-    // How many anchors each search depth resolved, to start the next block deep enough.
+    // How many anchors each search depth resolved, to start the next block deep enough
+    // (exact indexes only: an approximate index's answer depends on the depth searched, so
+    // every block starts at `k`, and an anchor's triplets do not depend on which anchors
+    // were mined before it).
     let mut resolved_at: Vec<(usize, usize)> = Vec::new();
     while !pending.is_empty() {
         let capped = k >= max_k;
@@ -139,15 +142,7 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
         // A spilled store reads the rows each few anchors score into memory first (their
         // candidates, themselves, and the positives a near-duplicate guard compares).
         let near_duplicate = m.params.near_duplicate.is_some();
-        let rows_of = |i: usize| {
-            1 + k
-                + if near_duplicate {
-                    plans[i].positives.len()
-                } else {
-                    0
-                }
-        };
-        let budget = m.gather_budget_rows();
+        let mut budget = m.gather_budget_rows().map(|b| (b, DistinctRows::new(n)));
         for part in pending.chunks(chunk) {
             let queries = m.gather_anchors(part.iter().map(|&i| plans[i].anchor));
             let started = std::time::Instant::now();
@@ -155,21 +150,28 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
             m.search.seconds += started.elapsed().as_secs_f64();
             m.search.queries += part.len() as u64;
             let mut tried: Vec<Option<(Resolved, bool)>> = Vec::with_capacity(part.len());
-            let sizes: Vec<usize> = part.iter().map(|&i| rows_of(i)).collect();
-            for run in batches(&sizes, budget) {
-                let first = run.start;
-                if budget.is_some() {
-                    let mut wanted = Vec::new();
-                    for q in run.clone() {
-                        let plan = &plans[part[q]];
-                        wanted.extend(m.anchor_self(plan.anchor));
-                        wanted.extend(cands.of(q).map(|(_, r)| r));
-                        if near_duplicate {
-                            wanted.extend(plan.positives.iter().map(|x| x.1));
-                        }
+            let mut next = 0;
+            while next < part.len() {
+                // A spilled store reads the rows of as many anchors as fit its budget, counted
+                // once however many anchors share them (anchors taken in IVF-list order share
+                // most of their candidates).
+                let run = match &mut budget {
+                    None => 0..part.len(),
+                    Some((budget, distinct)) => {
+                        let (end, wanted) = distinct.run(next, part.len(), *budget, |q, out| {
+                            let plan = &plans[part[q]];
+                            out.extend(m.anchor_self(plan.anchor));
+                            out.extend(cands.of(q).map(|(_, r)| r));
+                            if near_duplicate {
+                                out.extend(plan.positives.iter().map(|x| x.1));
+                            }
+                        });
+                        m.gather_spilled(wanted)?;
+                        next..end
                     }
-                    m.gather_spilled(wanted)?;
-                }
+                };
+                next = run.end;
+                let first = run.start;
                 let sub = &part[run];
                 let m = &*m;
                 tried.par_extend(sub.par_iter().enumerate().map(|(q, &i)| {
@@ -221,7 +223,9 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
         k = k.saturating_mul(2).min(max_k);
     }
 
-    m.start_k = next_start(m.params.k(), &resolved_at);
+    if m.exact() {
+        m.start_k = next_start(m.params.k(), &resolved_at);
+    }
     m.release_gathered();
     Ok(assemble(plans, done))
 }

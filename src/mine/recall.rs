@@ -237,6 +237,8 @@ const MAX_EVALUATIONS: usize = 16;
 const MAX_TUNED_K: usize = 8192;
 /// Largest `efSearch` tuning tries.
 const MAX_TUNED_EF: usize = 4096;
+/// The lowest `efSearch` tuning goes down to (FAISS's default).
+const MIN_TUNED_EF: usize = 16;
 
 impl Miner<'_> {
     /// Mines `anchors` exactly (sharing this miner's vectors): the truth recall is measured
@@ -381,7 +383,8 @@ impl Miner<'_> {
     /// end of the recall's interval on `truth` reaches `target`, nothing can grow, or the
     /// budget of settings is spent; also when mining the sample gets slower than
     /// `give_up_seconds` (exact mining would be cheaper). A setting that meets the target
-    /// after a doubling is tried once more halfway back. Leaves the miner at the cheapest
+    /// after a doubling is tried once more halfway back; then `nprobe` and `efSearch` (those
+    /// not set explicitly) are halved while the target holds. Leaves the miner at the cheapest
     /// setting found that meets the target (else the one of highest lower end).
     pub fn tune_recall(
         &mut self,
@@ -480,6 +483,36 @@ impl Miner<'_> {
                 if step.recall.lower() >= target {
                     current = step;
                 }
+            }
+        }
+        if met && target > 0.0 {
+            // The reach the default `nprobe` (lists / 64) or `efSearch` gives may be more than
+            // the target needs (tightly clustered data): halve them while the target holds,
+            // which cuts the search, the largest cost at millions of rows.
+            while steps.len() < MAX_EVALUATIONS {
+                let now = current.knobs;
+                let lower = SearchKnobs {
+                    nprobe: now.nprobe.filter(|&n| !given.0 && n > 1).map(|n| n / 2),
+                    ef_search: now
+                        .ef_search
+                        .filter(|&ef| !given.1 && ef > MIN_TUNED_EF)
+                        .map(|ef| (ef / 2).max(MIN_TUNED_EF)),
+                    k: now.k,
+                };
+                let lower = SearchKnobs {
+                    nprobe: lower.nprobe.or(now.nprobe),
+                    ef_search: lower.ef_search.or(now.ef_search),
+                    k: now.k,
+                };
+                if lower == now {
+                    break;
+                }
+                let step = self.evaluate(truth, lower)?;
+                steps.push(step);
+                if step.recall.lower() < target {
+                    break;
+                }
+                current = step;
             }
         }
         let settled = if met {
@@ -594,6 +627,7 @@ impl Miner<'_> {
         self.params.index = "Flat".into();
         self.params.nprobe = None;
         self.params.ef_search = None;
+        self.anchor_lists = Default::default();
         self.start_k = first_k(&self.params, self.table.rows(), self.queries.is_some());
     }
 }

@@ -212,21 +212,28 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
     // (agreement, row, majority label) of every label-noise suspect.
     let mut suspects: Vec<(f32, u32, u32)> = Vec::new();
     let mut emit = |mined: &MinedBlock| -> Result<()> {
-        sink.write(&layout.batch(&mined.triplets)?)?;
-        suspects.extend(mined.anchors.iter().filter_map(|a| {
-            let n = a.neighbour_labels?;
-            n.suspect(a.label)
-                .then_some((n.agreement, a.anchor, n.majority))
-        }));
-        report.add(&mined.triplets, &mined.anchors, |r| {
-            anchor_table.label_codes[r as usize]
-        })
+        // A block of anchors at a time, however many were mined together: the writer's pages
+        // follow the batches it is given, and the file must not depend on the window.
+        let mut first = 0;
+        for anchors in mined.anchors.chunks(ANCHOR_BLOCK) {
+            let n: usize = anchors.iter().map(|a| a.triplets as usize).sum();
+            let triplets = &mined.triplets[first..first + n];
+            first += n;
+            sink.write(&layout.batch(triplets)?)?;
+            suspects.extend(anchors.iter().filter_map(|a| {
+                let n = a.neighbour_labels?;
+                n.suspect(a.label)
+                    .then_some((n.agreement, a.anchor, n.majority))
+            }));
+            report.add(triplets, anchors, |r| anchor_table.label_codes[r as usize])?;
+        }
+        Ok(())
     };
     // The reuse cap compares anchors across blocks: hold every block until all are mined.
     let hold = config.mine.max_negative_reuse.is_some();
     let mut held: Vec<MinedBlock> = Vec::new();
-    for block in anchors.chunks(ANCHOR_BLOCK) {
-        let mut mined = miner.mine_block(block)?;
+    for block in anchors.chunks(miner.window_len()) {
+        let mut mined = miner.mine_window(block, |n| bar.inc(n as u64))?;
         if !recall_sample.is_empty() {
             sampled_triplets.extend(
                 mined
@@ -242,7 +249,6 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
             emit(&mined)?;
         }
         release_free_heap();
-        bar.inc(block.len() as u64);
         tracing::debug!(
             stage = "mine",
             anchors = block.len(),
