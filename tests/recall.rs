@@ -15,6 +15,39 @@ use tempfile::TempDir;
 use tripmine::config::{Metric, MiningParams, NegativeStrategy, PositiveStrategy};
 use tripmine::mine::Miner;
 
+/// `tripmine gen` of `rows` x `dim` in `labels` classes at `separation`, spread in
+/// `intrinsic` directions (else all) to `path`.
+fn gen_shaped(
+    path: &Path,
+    rows: usize,
+    dim: usize,
+    labels: usize,
+    separation: f32,
+    intrinsic: Option<usize>,
+) {
+    let (rows, dim, labels, separation) = (
+        rows.to_string(),
+        dim.to_string(),
+        labels.to_string(),
+        separation.to_string(),
+    );
+    let mut args = vec![
+        "--rows",
+        &rows,
+        "--dim",
+        &dim,
+        "--labels",
+        &labels,
+        "--separation",
+        &separation,
+    ];
+    let intrinsic = intrinsic.map(|i| i.to_string());
+    if let Some(i) = &intrinsic {
+        args.extend(["--intrinsic-dim", i]);
+    }
+    gen_table(path, &args);
+}
+
 fn figure(s: &serde_json::Value, name: &str) -> f64 {
     s["totals"][name]
         .as_f64()
@@ -75,19 +108,7 @@ fn the_recall_interval_holds_the_true_recall_of_the_whole_run() {
 fn mine_ivf(dir: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
     let input = dir.join("data.parquet");
     if !input.exists() {
-        gen_table(
-            &input,
-            &[
-                "--rows",
-                "4000",
-                "--dim",
-                "16",
-                "--labels",
-                "40",
-                "--separation",
-                "1",
-            ],
-        );
+        gen_shaped(&input, 4000, 16, 40, 1.0, None);
     }
     let mut args = vec!["--index", "IVF64,Flat"];
     args.extend(extra);
@@ -130,21 +151,7 @@ fn tuning_probes_fewer_lists_where_the_default_reaches_more_than_the_target_need
     let dir = TempDir::new().unwrap();
     let input = dir.path().join("clustered.parquet");
     // Many small classes in a plane: the nearest other-label rows sit in the next few lists.
-    gen_table(
-        &input,
-        &[
-            "--rows",
-            "4000",
-            "--dim",
-            "16",
-            "--labels",
-            "400",
-            "--separation",
-            "3",
-            "--intrinsic-dim",
-            "2",
-        ],
-    );
+    gen_shaped(&input, 4000, 16, 400, 3.0, Some(2));
     let args = ["--index", "IVF128,Flat", "--negatives", "hardest"];
     mine(dir.path(), &input, &args).success();
     let s = summary(dir.path());
@@ -237,19 +244,7 @@ const AS_AT_SCALE: [&str; 6] = [
 fn auto_mines_exactly_where_no_ivf_setting_reaches_the_target_cheaper() {
     let dir = TempDir::new().unwrap();
     let input = dir.path().join("iso.parquet");
-    gen_table(
-        &input,
-        &[
-            "--rows",
-            "20000",
-            "--dim",
-            "32",
-            "--labels",
-            "200",
-            "--separation",
-            "0.3",
-        ],
-    );
+    gen_shaped(&input, 20000, 32, 200, 0.3, None);
     mine(dir.path(), &input, &AS_AT_SCALE)
         .success()
         .stdout(predicate::str::contains("auto chose Flat"));
@@ -267,21 +262,7 @@ fn auto_mines_exactly_where_no_ivf_setting_reaches_the_target_cheaper() {
 fn auto_keeps_ivf_where_it_reaches_the_target_cheaper() {
     let dir = TempDir::new().unwrap();
     let input = dir.path().join("low.parquet");
-    gen_table(
-        &input,
-        &[
-            "--rows",
-            "20000",
-            "--dim",
-            "64",
-            "--labels",
-            "200",
-            "--separation",
-            "3",
-            "--intrinsic-dim",
-            "8",
-        ],
-    );
+    gen_shaped(&input, 20000, 64, 200, 3.0, Some(8));
     mine(dir.path(), &input, &AS_AT_SCALE).success();
     let s = summary(dir.path());
     assert_eq!(s["exact"], false, "{}", s["auto"]);
@@ -316,21 +297,7 @@ fn spilled_runs_mined_in_ivf_list_order_equal_in_memory_runs() {
     let input = dir.path().join("data.parquet");
     // 10 MB of vectors: under a 19 MiB limit they spill, and a window of anchors taken
     // list by list spans several blocks.
-    gen_table(
-        &input,
-        &[
-            "--rows",
-            "40000",
-            "--dim",
-            "64",
-            "--labels",
-            "400",
-            "--separation",
-            "3",
-            "--intrinsic-dim",
-            "8",
-        ],
-    );
+    gen_shaped(&input, 40000, 64, 400, 3.0, Some(8));
     for strategy in [
         &["--negatives", "hardest", "--num-negatives", "1"][..],
         &["--positives", "hardest", "--num-negatives", "3"][..],
