@@ -525,12 +525,14 @@ impl<'t> Miner<'t> {
             .num_negatives
             .limit()
             .min(negatives::APPROXIMATE_MAX_K_FACTOR * self.params.k());
-        let per_anchor = std::mem::size_of::<AnchorRecord>()
-            + std::mem::size_of::<Triplet>() * positives.saturating_mul(negatives);
+        let per_anchor = std::mem::size_of::<Triplet>()
+            .saturating_mul(positives.saturating_mul(negatives))
+            .saturating_add(std::mem::size_of::<AnchorRecord>());
         // The results are held twice while they are put back in anchor order, with 16 bytes
         // an anchor of bookkeeping. Whole blocks: outputs are written a block at a time from
         // the same anchors as without windows.
-        (budget / (2 * per_anchor + 16) / ANCHOR_BLOCK).max(1) * ANCHOR_BLOCK
+        (budget / per_anchor.saturating_mul(2).saturating_add(16) / ANCHOR_BLOCK).max(1)
+            * ANCHOR_BLOCK
     }
 
     /// The bytes the results of a window may hold when anchors are taken in IVF-list order
