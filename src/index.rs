@@ -516,7 +516,7 @@ impl NeighbourIndex {
     /// The IVF list of every indexed row (IVF indexes, also behind a transform such as
     /// `OPQ` or `PCA`; `None` for other indexes). Rows of one list are near each other, so
     /// anchors taken list by list share most of their candidates.
-    pub fn list_of_rows(&self) -> Option<Vec<u32>> {
+    pub fn lists_of_rows(&self) -> Option<Vec<u32>> {
         use faiss_sys::{
             faiss_IndexIVF_get_list_size, faiss_IndexIVF_invlists_get_ids, faiss_IndexIVF_nlist,
         };

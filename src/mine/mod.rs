@@ -514,7 +514,8 @@ impl<'t> Miner<'t> {
     /// holds the results of, twice (at least one), so that taking them list by list groups anchors
     /// that share candidates and labels.
     pub fn window_len(&self) -> usize {
-        let Some(budget) = self.locality_budget() else {
+        let (Some(_), Some(budget)) = (self.anchor_lists(), self.table.vectors.spill_budget())
+        else {
             return ANCHOR_BLOCK;
         };
         let rows = self.table.rows();
@@ -535,20 +536,19 @@ impl<'t> Miner<'t> {
             * ANCHOR_BLOCK
     }
 
-    /// The bytes the results of a window may hold when anchors are taken in IVF-list order
-    /// (`None`: they are not).
-    fn locality_budget(&self) -> Option<usize> {
-        if self.exact() {
+    /// The IVF list of every anchor where anchors are mined list by list: an IVF index over
+    /// a spilled table whose rows are read back with `pread` (`None` otherwise). Looked up
+    /// once.
+    fn anchor_lists(&self) -> Option<&[u32]> {
+        if self.exact() || self.gather_budget_rows().is_none() {
             return None;
         }
-        let budget = self.table.vectors.spill_budget()?;
         self.anchor_lists
             .get_or_init(|| match &self.queries {
                 Some(q) => self.index.lists_of_queries(&q.vectors),
-                None => self.index.list_of_rows(),
+                None => self.index.lists_of_rows(),
             })
-            .as_ref()
-            .map(|_| budget)
+            .as_deref()
     }
 
     /// Mines `anchors` (in row order; see [`Miner::window_len`]) and returns their triplets
@@ -561,11 +561,12 @@ impl<'t> Miner<'t> {
         anchors: &[u32],
         mut mined: impl FnMut(usize),
     ) -> Result<MinedBlock> {
-        let lists = match self.locality_budget() {
-            Some(_) => self.anchor_lists.get().cloned().flatten(),
-            None => None,
-        };
-        let Some(lists) = lists else {
+        let order = self.anchor_lists().map(|lists| {
+            let mut order: Vec<usize> = (0..anchors.len()).collect();
+            order.sort_by_key(|&i| (lists[anchors[i] as usize], i));
+            order
+        });
+        let Some(order) = order else {
             let mut all = MinedBlock::default();
             for block in anchors.chunks(ANCHOR_BLOCK) {
                 let block_mined = self.mine_block(block)?;
@@ -575,8 +576,6 @@ impl<'t> Miner<'t> {
             }
             return Ok(all);
         };
-        let mut order: Vec<usize> = (0..anchors.len()).collect();
-        order.sort_by_key(|&i| (lists[anchors[i] as usize], i));
         tracing::debug!(
             anchors = anchors.len(),
             first = anchors.first(),

@@ -115,6 +115,9 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
     // every block starts at `k`, and an anchor's triplets do not depend on which anchors
     // were mined before it).
     let mut resolved_at: Vec<(usize, usize)> = Vec::new();
+    // A spilled store reads the rows each few anchors score into memory first (their
+    // candidates, themselves, and the positives a near-duplicate guard compares).
+    let mut budget = m.gather_budget_rows().map(|b| (b, DistinctRows::new(n)));
     while !pending.is_empty() {
         let capped = k >= max_k;
         if k.saturating_mul(2) > n && !capped {
@@ -139,10 +142,7 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
         }
         let mut still = Vec::new();
         let chunk = (SEARCH_BUDGET / k).max(1);
-        // A spilled store reads the rows each few anchors score into memory first (their
-        // candidates, themselves, and the positives a near-duplicate guard compares).
         let near_duplicate = m.params.near_duplicate.is_some();
-        let mut budget = m.gather_budget_rows().map(|b| (b, DistinctRows::new(n)));
         for part in pending.chunks(chunk) {
             let queries = m.gather_anchors(part.iter().map(|&i| plans[i].anchor));
             let started = std::time::Instant::now();

@@ -492,16 +492,14 @@ impl Miner<'_> {
             while steps.len() < MAX_EVALUATIONS {
                 let now = current.knobs;
                 let lower = SearchKnobs {
-                    nprobe: now.nprobe.filter(|&n| !given.0 && n > 1).map(|n| n / 2),
-                    ef_search: now
-                        .ef_search
-                        .filter(|&ef| !given.1 && ef > MIN_TUNED_EF)
-                        .map(|ef| (ef / 2).max(MIN_TUNED_EF)),
-                    k: now.k,
-                };
-                let lower = SearchKnobs {
-                    nprobe: lower.nprobe.or(now.nprobe),
-                    ef_search: lower.ef_search.or(now.ef_search),
+                    nprobe: now.nprobe.map(|n| if given.0 { n } else { (n / 2).max(1) }),
+                    ef_search: now.ef_search.map(|ef| {
+                        if given.1 {
+                            ef
+                        } else {
+                            (ef / 2).max(MIN_TUNED_EF).min(ef)
+                        }
+                    }),
                     k: now.k,
                 };
                 if lower == now {

@@ -232,8 +232,8 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
     // The reuse cap compares anchors across blocks: hold every block until all are mined.
     let hold = config.mine.max_negative_reuse.is_some();
     let mut held: Vec<MinedBlock> = Vec::new();
-    for block in anchors.chunks(miner.window_len()) {
-        let mut mined = miner.mine_window(block, |n| bar.inc(n as u64))?;
+    for window in anchors.chunks(miner.window_len()) {
+        let mut mined = miner.mine_window(window, |n| bar.inc(n as u64))?;
         if !recall_sample.is_empty() {
             sampled_triplets.extend(
                 mined
@@ -251,9 +251,9 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         release_free_heap();
         tracing::debug!(
             stage = "mine",
-            anchors = block.len(),
+            anchors = window.len(),
             threads = live_threads(),
-            "block mined"
+            "anchors mined"
         );
     }
     if hold {
