@@ -189,13 +189,16 @@ pub fn resolve_factory(
 /// Rows added to an index at a time.
 const ADD_BATCH_ROWS: usize = 65_536;
 
+/// Bytes of the table an exact index searched in place copies at a time.
+const SHARD_BYTES: usize = 8 << 20;
+
 /// Whether a factory string gives exact neighbours, so the mined sets equal brute force.
 pub fn is_exact(factory: &str) -> bool {
     matches!(factory.trim(), "Flat" | "IDMap,Flat")
 }
 
 /// The number of IVF lists a factory string names (`IVF1024,Flat` gives 1024).
-fn ivf_lists(factory: &str) -> Option<usize> {
+pub(crate) fn ivf_lists(factory: &str) -> Option<usize> {
     let at = factory.find("IVF")? + 3;
     let digits: String = factory[at..]
         .chars()
@@ -213,6 +216,24 @@ pub struct IndexSpec {
     pub seed: u64,
     pub nprobe: Option<usize>,
     pub ef_search: Option<usize>,
+    /// Under a memory limit: bytes the training sample and each batch of added rows may
+    /// take, and an exact index searches the table in place instead of copying it.
+    pub memory: Option<BuildMemory>,
+}
+
+/// What an index build may hold beside the table and the index (see [`IndexSpec::memory`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildMemory {
+    /// The training sample, counted twice (FAISS trains product codes on a copy of the
+    /// residuals).
+    pub train_bytes: usize,
+    /// One batch of rows added (FAISS encodes it through a copy).
+    pub add_bytes: usize,
+}
+
+/// Rows of `dim` values that `bytes` hold `copies` times over (at least one).
+fn rows_within(bytes: usize, dim: usize, copies: usize) -> usize {
+    (bytes / (dim * 4 * copies).max(1)).max(1)
 }
 
 /// What `--save-index` writes beside the FAISS file, and `--load-index` checks.
@@ -260,15 +281,22 @@ impl NeighbourIndex {
         relieve: &dyn Fn(),
     ) -> Result<Self> {
         let factory = spec.factory.as_str();
+        let rows = vectors.len() / dim;
+        if spec.memory.is_some() && is_exact(factory) {
+            // A copy of the vectors would double what the limit was set against.
+            return Ok(Self::exact_shards(dim, metric, rows));
+        }
         let mut index = index_factory(dim as u32, factory, faiss_metric(metric)).map_err(|e| {
             Error::Config(format!(
                 "--index `{factory}` cannot be built: {}",
                 faiss_message(&e.to_string())
             ))
         })?;
-        let rows = vectors.len() / dim;
         if !index.is_trained() {
-            let train = sample_rows(vectors, dim, spec.train_sample, spec.seed, relieve);
+            let most = spec.memory.map_or(spec.train_sample, |m| {
+                spec.train_sample.min(rows_within(m.train_bytes, dim, 2))
+            });
+            let train = sample_rows(vectors, dim, most, spec.seed, relieve);
             tracing::info!(factory, rows = train.len() / dim, "training index");
             index.train(&train).map_err(|e| {
                 Error::Config(format!(
@@ -278,7 +306,10 @@ impl NeighbourIndex {
                 ))
             })?;
         }
-        for batch in vectors.chunks(ADD_BATCH_ROWS * dim) {
+        let batch_rows = spec.memory.map_or(ADD_BATCH_ROWS, |m| {
+            ADD_BATCH_ROWS.min(rows_within(m.add_bytes, dim, 2))
+        });
+        for batch in vectors.chunks(batch_rows * dim) {
             index.add(batch)?;
             relieve();
         }
@@ -556,7 +587,9 @@ impl NeighbourIndex {
         let k = k.min(self.rows).max(1);
         let Some(index) = &mut self.index else {
             let (dim, metric) = (self.info.dim, self.metric);
-            return search_shards(base, dim, metric, queries, k, ADD_BATCH_ROWS, relieve);
+            // Shards of a few MiB: each is copied into a small Flat index for the search.
+            let shard_rows = rows_within(SHARD_BYTES, dim, 1).min(ADD_BATCH_ROWS);
+            return search_shards(base, dim, metric, queries, k, shard_rows, relieve);
         };
         let mut c = Candidates::from_search(index.search(queries, k)?, k);
         to_distance(self.metric, &mut c.dist);
@@ -762,6 +795,7 @@ mod tests {
                 seed: 0,
                 nprobe: None,
                 ef_search: None,
+                memory: None,
             };
             let mut flat = NeighbourIndex::build(&base, dim, metric, &spec, &|| {}).unwrap();
             let want = flat.search(&queries, k, &base, &|| {}).unwrap();

@@ -31,6 +31,7 @@ pub mod config;
 pub mod error;
 pub mod index;
 pub mod io;
+pub mod memory;
 pub mod mine;
 pub mod pipeline;
 pub mod report;

@@ -721,7 +721,23 @@ impl<'a> TableReader<'a> {
             return Ok(());
         };
         let bytes = plan.rows.saturating_mul(dim as u64 * 4);
-        if bytes > plan.limit / 2 {
+        let spill = bytes > plan.limit / 2;
+        // Before any row is read: a limit the table cannot be held under is refused now.
+        let mut parts = vec![
+            (
+                "the process holds".to_string(),
+                crate::memory::Resident::now().now,
+            ),
+            (
+                format!("the ids, labels and codes of {} rows need", plan.rows),
+                plan.rows.saturating_mul(crate::memory::TABLE_BYTES_PER_ROW),
+            ),
+        ];
+        if !spill {
+            parts.push(("the vectors need".to_string(), bytes));
+        }
+        crate::memory::check_minimum(plan.limit, &parts)?;
+        if spill {
             tracing::info!(
                 vectors_mib = bytes >> 20,
                 limit_mib = plan.limit >> 20,

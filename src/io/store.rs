@@ -4,8 +4,10 @@
 //! In: rows of `f32` as they stream from the reader. Out: [`Vectors`], one contiguous `&[f32]`
 //! either way, so every kernel reads slices. A spilled store is an unnamed file (removed by the
 //! system when the run ends, also on error or kill) mapped read-only; its resident pages count
-//! towards the process's RSS, so stages that sweep it call [`Vectors::relieve`] between chunks,
-//! which drops them (they stay in the page cache) once they exceed the store's page budget.
+//! towards the process's RSS, so they are dropped (they stay in the page cache, which a
+//! container's limit reclaims rather than kills for) once they exceed the store's page budget:
+//! by stages that sweep it, between chunks ([`Vectors::relieve`]), and on every other path by
+//! a watch thread that looks every [`WATCH_INTERVAL`] while the store lives.
 //! Random access (the rows a block of anchors scores) does not go through the mapping:
 //! [`Vectors::gather_rows`] reads them with `pread` into a buffer, because faulting scattered
 //! rows in maps whole folios around each one and the page budget then thrashes.
@@ -15,6 +17,7 @@ use std::io::{BufWriter, Write};
 use std::ops::Deref;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
@@ -30,13 +33,52 @@ enum Inner {
 
 #[derive(Debug)]
 struct Spill {
-    map: memmap2::Mmap,
+    pages: Arc<MappedPages>,
     /// The mapped file, for `pread`.
     file: File,
+    /// Stops the watch thread (dropping the sender wakes it) and waits for it.
+    watch: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+}
+
+/// The mapping and what bounds its resident pages (shared with the watch thread).
+#[derive(Debug)]
+struct MappedPages {
+    map: memmap2::Mmap,
     /// Resident pages of the mapping allowed before they are dropped, in bytes.
-    budget: usize,
+    budget: std::sync::atomic::AtomicUsize,
     /// File-backed resident bytes of the process when the store was mapped.
     baseline: usize,
+}
+
+/// How often the watch thread of a spilled store looks at the process's mapped pages. Faults
+/// from the page cache come in at most a few GB/s, so a few milliseconds bound the overshoot
+/// to a few MB; a look costs microseconds (one read of `/proc/self/statm`).
+pub const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
+
+impl MappedPages {
+    /// Drops the mapping's resident pages if the process's file-backed pages grew past the
+    /// budget since the store was mapped.
+    fn relieve(&self) {
+        let resident = file_backed_resident_bytes().saturating_sub(self.baseline);
+        if resident > self.budget.load(std::sync::atomic::Ordering::Relaxed) {
+            // SAFETY: a read-only shared file mapping; dropping its pages loses nothing, they
+            // are read back from the file (or the page cache) on the next access, also by a
+            // thread reading the mapping while they are dropped.
+            let _ = unsafe {
+                self.map
+                    .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+            };
+        }
+    }
+}
+
+impl Drop for Spill {
+    fn drop(&mut self) {
+        if let Some((stop, thread)) = self.watch.take() {
+            drop(stop);
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Vectors {
@@ -48,18 +90,33 @@ impl Vectors {
     /// Drops the store's resident pages if they exceed its budget (a spilled store only;
     /// cheap otherwise). Call between chunks of work that touch many rows.
     pub fn relieve(&self) {
-        let Inner::Mapped(spill) = &self.0 else {
-            return;
-        };
-        let resident = file_backed_resident_bytes().saturating_sub(spill.baseline);
-        if resident > spill.budget {
-            // SAFETY: a read-only shared file mapping; dropping its pages loses nothing, they
-            // are read back from the file (or the page cache) on the next access.
+        if let Inner::Mapped(spill) = &self.0 {
+            spill.pages.relieve();
+        }
+    }
+
+    /// Drops all of the store's resident pages (a spilled store only), before memory is
+    /// measured.
+    pub fn relieve_all(&self) {
+        if let Inner::Mapped(spill) = &self.0 {
+            // SAFETY: as in `MappedPages::relieve`.
             let _ = unsafe {
                 spill
+                    .pages
                     .map
                     .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
             };
+        }
+    }
+
+    /// Sets how many bytes of a spilled store's pages may stay resident (once a memory
+    /// limit's share for them is known).
+    pub fn set_page_budget(&self, bytes: usize) {
+        if let Inner::Mapped(spill) = &self.0 {
+            spill
+                .pages
+                .budget
+                .store(bytes, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -67,7 +124,12 @@ impl Vectors {
     /// gathered rows should stay within.
     pub fn spill_budget(&self) -> Option<usize> {
         match &self.0 {
-            Inner::Mapped(spill) => Some(spill.budget),
+            Inner::Mapped(spill) => Some(
+                spill
+                    .pages
+                    .budget
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
             Inner::Heap(_) => None,
         }
     }
@@ -155,7 +217,7 @@ impl Deref for Vectors {
             Inner::Mapped(s) => {
                 // SAFETY: the file holds whole f32 values written by `VectorSink`, and a
                 // mapping is page-aligned, so aligned for f32.
-                let bytes: &[u8] = &s.map;
+                let bytes: &[u8] = &s.pages.map;
                 unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), bytes.len() / 4) }
             }
         }
@@ -275,15 +337,39 @@ impl VectorSink {
                 let map =
                     unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(scratch, e))?;
                 let _ = map.advise(memmap2::Advice::Random);
-                Ok(Vectors(Inner::Mapped(Spill {
+                let pages = Arc::new(MappedPages {
                     map,
-                    file,
-                    budget,
+                    budget: budget.into(),
                     baseline: file_backed_resident_bytes(),
+                });
+                let watch = watch(Arc::clone(&pages)).map_err(|e| Error::io(scratch, e))?;
+                Ok(Vectors(Inner::Mapped(Spill {
+                    pages,
+                    file,
+                    watch: Some(watch),
                 })))
             }
         }
     }
+}
+
+/// Starts the thread that keeps a spilled store's resident pages within its budget on paths
+/// that read the mapping without sweeping it (a row here and there, over and over).
+fn watch(
+    pages: Arc<MappedPages>,
+) -> std::io::Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("tripmine-spill-watch".into())
+        .stack_size(64 << 10)
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(WATCH_INTERVAL)
+            {
+                pages.relieve();
+            }
+        })?;
+    Ok((stop, thread))
 }
 
 /// File-backed resident bytes of this process (`RssFile`, the `shared` field of statm).

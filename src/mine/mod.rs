@@ -35,9 +35,11 @@ use rayon::prelude::*;
 use crate::config::{Metric, MiningParams};
 use crate::error::Result;
 use crate::index::{
-    Candidates, IndexInfo, IndexSpec, NeighbourIndex, faiss_error_factor, is_exact, resolve_factory,
+    BuildMemory, Candidates, IndexInfo, IndexSpec, NeighbourIndex, faiss_error_factor, is_exact,
+    resolve_factory,
 };
 use crate::io::{Queries, Table};
+use crate::memory::Scratch;
 use crate::score::{dot, normalize_rows};
 
 /// One mined triplet, by row position, with exact distances.
@@ -133,6 +135,9 @@ pub struct Miner<'t> {
     search: SearchStats,
     /// Rows of a spilled store read into memory for the stretch of work at hand.
     gathered: Gathered,
+    /// Under a memory limit, what it leaves for the buffers that scale (measured once the
+    /// table and the index were resident).
+    scratch: Option<Scratch>,
     /// Whether an exact index mines in one pass over the table where it can (else by the
     /// deepening ladder); both give the same results.
     one_pass: bool,
@@ -236,6 +241,7 @@ impl<'t> Miner<'t> {
             search: SearchStats::default(),
             gathered: Gathered::default(),
             anchor_lists: Default::default(),
+            scratch: self.scratch,
             one_pass: self.one_pass,
             tiles: self.tiles,
             portable_scan: self.portable_scan,
@@ -299,20 +305,27 @@ impl<'t> Miner<'t> {
             groups[code as usize].push(row as u32);
         }
         let started = std::time::Instant::now();
+        let auto = params.index.trim().eq_ignore_ascii_case("auto");
+        let mut factory = resolve_factory(
+            &params.index,
+            table.rows(),
+            dim,
+            params.memory_limit.map(|b| b.0),
+            params.auto_exact_below,
+        );
+        let memory = match params.memory_limit {
+            Some(limit) => Some(plan_build(limit.0, &mut factory, auto, table, &source)?),
+            None => None,
+        };
         let spec = IndexSpec {
-            factory: resolve_factory(
-                &params.index,
-                table.rows(),
-                dim,
-                params.memory_limit.map(|b| b.0),
-                params.auto_exact_below,
-            ),
+            factory,
             train_sample: params.train_sample,
             seed: params.seed,
             nprobe: params.nprobe,
             ef_search: params.ef_search,
+            memory,
         };
-        if params.index.trim().eq_ignore_ascii_case("auto") {
+        if auto {
             tracing::info!(rows = table.rows(), choice = %spec.factory, "index auto");
         }
         let index = match source {
@@ -325,6 +338,24 @@ impl<'t> Miner<'t> {
                 })?
             }
         };
+        // What the limit leaves once the table and the index are resident is shared among
+        // the buffers that scale with the work.
+        let scratch = params.memory_limit.map(|limit| {
+            table.vectors.relieve_all();
+            let scratch = Scratch::measured(limit.0);
+            table.vectors.set_page_budget(scratch.mapped_pages());
+            if let Some(q) = queries.as_ref() {
+                q.queries
+                    .table
+                    .vectors
+                    .set_page_budget(scratch.mapped_pages());
+            }
+            tracing::debug!(
+                scratch_mib = crate::memory::mib(scratch.bytes() as u64),
+                "memory left for buffers"
+            );
+            scratch
+        });
         tracing::info!(
             index = %index.info().factory,
             rows = table.rows(),
@@ -346,6 +377,7 @@ impl<'t> Miner<'t> {
             search: SearchStats::default(),
             gathered: Gathered::default(),
             anchor_lists: Default::default(),
+            scratch,
             one_pass: true,
             tiles: Tiles::default(),
             portable_scan: false,
@@ -426,10 +458,31 @@ impl<'t> Miner<'t> {
     }
 
     /// The index's `k` candidates for each of `queries`.
+    /// Under a memory limit, a few queries at a time (FAISS's lookup tables and heaps grow
+    /// with the queries of one call).
     fn search_index(&mut self, queries: &[f32], k: usize) -> Result<Candidates> {
         let table = self.table;
-        self.index
-            .search(queries, k, &self.vectors, &|| table.vectors.relieve())
+        let dim = table.dim;
+        let chunk = self.search_chunk(k, usize::MAX);
+        if queries.len() <= chunk * dim {
+            return self
+                .index
+                .search(queries, k, &self.vectors, &|| table.vectors.relieve());
+        }
+        let mut all: Option<Candidates> = None;
+        for part in queries.chunks(chunk * dim) {
+            let c = self
+                .index
+                .search(part, k, &self.vectors, &|| table.vectors.relieve())?;
+            match &mut all {
+                None => all = Some(c),
+                Some(all) => {
+                    all.dist.extend_from_slice(&c.dist);
+                    all.rows.extend_from_slice(&c.rows);
+                }
+            }
+        }
+        Ok(all.expect("at least one query"))
     }
 
     /// Applies the rules that look across anchors to blocks mined by [`Miner::mine_block`]:
@@ -510,11 +563,11 @@ impl<'t> Miner<'t> {
     }
 
     /// How many anchors [`Miner::mine_window`] should take at once: one block, or on a
-    /// spilled table with an IVF index as many whole blocks as a tenth of the memory limit
-    /// holds the results of, twice (at least one), so that taking them list by list groups anchors
+    /// spilled table with an IVF index as many whole blocks as the memory limit's share for
+    /// results ([`Scratch::results`]) holds the results of, twice (at least one), so that taking them list by list groups anchors
     /// that share candidates and labels.
     pub fn window_len(&self) -> usize {
-        let (Some(_), Some(budget)) = (self.anchor_lists(), self.table.vectors.spill_budget())
+        let (Some(_), Some(budget)) = (self.anchor_lists(), self.scratch.map(|s| s.results()))
         else {
             return ANCHOR_BLOCK;
         };
@@ -707,15 +760,28 @@ impl<'t> Miner<'t> {
         let _ = rows;
     }
 
+    /// Anchors searched at once at depth `k`: at most `entries` candidates in all, and under
+    /// a memory limit what its share for searches holds: the candidate lists and FAISS's
+    /// heaps (24 bytes a candidate) and an IVF search's lookup tables (for fast-scan codes
+    /// up to 8 bytes a dimension for every list probed).
+    fn search_chunk(&self, k: usize, entries: usize) -> usize {
+        let by_count = (entries / k.max(1)).max(1);
+        let Some(scratch) = self.scratch else {
+            return by_count;
+        };
+        let tables = self.index.nprobe().unwrap_or(0) * self.table.dim * 8;
+        let per_query = k.saturating_mul(24).saturating_add(tables);
+        by_count.min((scratch.search() / per_query.max(1)).max(1))
+    }
+
     /// How many rows a buffer of gathered rows may hold: the spilled store's page budget
     /// (`None` when the vectors are not spilled, or are normalised into a copy).
     fn gather_budget_rows(&self) -> Option<usize> {
         match self.vectors {
-            Cow::Borrowed(_) => self
-                .table
-                .vectors
-                .spill_budget()
-                .map(|b| (b / (4 * self.table.dim)).max(1)),
+            Cow::Borrowed(_) if self.table.vectors.is_spilled() => self
+                .scratch
+                .map(|s| (s.gathered_rows() / (4 * self.table.dim)).max(1)),
+            Cow::Borrowed(_) => None,
             Cow::Owned(_) => None,
         }
     }
@@ -769,6 +835,78 @@ impl<'t> Miner<'t> {
         }
         out
     }
+}
+
+/// Under a memory limit, before the index is built: refuses a limit that the process, the
+/// table and the index leave no room under (exit 2, naming each part), fits `auto`'s product
+/// codes to the room (halving them down to an eighth of a byte per dimension), and sizes the
+/// build's training sample and batches to what is left.
+fn plan_build(
+    limit: u64,
+    factory: &mut String,
+    auto: bool,
+    table: &Table,
+    source: &IndexSource,
+) -> Result<BuildMemory> {
+    use crate::memory::{MIN_SCRATCH, RESERVE, Resident, check_minimum, index_bytes};
+    let (rows, dim) = (table.rows() as u64, table.dim as u64);
+    table.vectors.relieve_all();
+    let held = Resident::now().now;
+    let room = |f: &str| held + index_bytes(f, rows, dim) + MIN_SCRATCH + RESERVE;
+    while auto && room(factory) > limit && !crate::memory::unchecked() {
+        let Some(smaller) = halved_codes(factory, table.dim) else {
+            break;
+        };
+        *factory = smaller;
+    }
+    let index = match source {
+        IndexSource::Load(path) => std::fs::metadata(path).map_or(0, |m| m.len()),
+        IndexSource::Build => index_bytes(factory, rows, dim),
+    };
+    // k-means needs a few points per list; the sample is counted twice (FAISS trains the
+    // codes on a copy of the residuals).
+    let lists = crate::index::ivf_lists(factory).unwrap_or(0) as u64;
+    let least_training = lists * MIN_TRAINING_PER_LIST * dim * 4 * 2;
+    check_minimum(
+        limit,
+        &[
+            ("the process and the table hold".to_string(), held),
+            (
+                format!("the index {factory} needs"),
+                index.max(least_training),
+            ),
+        ],
+    )?;
+    let free = limit - held - RESERVE;
+    Ok(BuildMemory {
+        // Training comes before the codes are added: it may use all but the least scratch.
+        train_bytes: (free - MIN_SCRATCH) as usize,
+        add_bytes: ((free - index) / 4) as usize,
+    })
+}
+
+/// Training points per IVF list below which a limit is refused (FAISS asks for 39 and warns
+/// below; centroids trained on fewer points only make the index less even).
+const MIN_TRAINING_PER_LIST: u64 = 8;
+
+/// `auto`'s factory with product codes half as long (`PQ64x4fs` to `PQ32x4fs`), if they stay
+/// at least an eighth of a byte per dimension.
+fn halved_codes(factory: &str, dim: usize) -> Option<String> {
+    let at = factory.find(",PQ")? + 3;
+    let digits: String = factory[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let m: usize = digits.parse().ok()?;
+    let half = m / 2;
+    if half == 0 || half * 4 < dim || !dim.is_multiple_of(half) {
+        return None;
+    }
+    Some(format!(
+        "{}{half}{}",
+        &factory[..at],
+        &factory[at + digits.len()..]
+    ))
 }
 
 /// Consecutive runs of items whose `sizes` add up to at most `budget` (each run at least one

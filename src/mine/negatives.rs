@@ -141,7 +141,7 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
             break;
         }
         let mut still = Vec::new();
-        let chunk = (SEARCH_BUDGET / k).max(1);
+        let chunk = m.search_chunk(k, SEARCH_BUDGET);
         let near_duplicate = m.params.near_duplicate.is_some();
         for part in pending.chunks(chunk) {
             let queries = m.gather_anchors(part.iter().map(|&i| plans[i].anchor));

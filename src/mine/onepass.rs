@@ -511,6 +511,9 @@ const DRAW_SLACK: usize = 32;
 const WHOLE_BAND: usize = 1024;
 /// Rows drawn (and prefetched) together.
 const DRAW_BATCH: usize = 16;
+
+/// Rows drawn at random between two looks at a spilled table's resident pages.
+const RELIEVE_EVERY_ROWS: usize = 1024;
 /// Anchors of a group that try to draw before the group judges its bands (drawing stops when
 /// most failed).
 const DRAW_PROBE: usize = 32;
@@ -529,6 +532,7 @@ fn draw_samples(
     let budget = DRAW_FACTOR * limit + DRAW_SLACK;
     let mut triplets = Vec::new();
     let mut batch = Vec::with_capacity(DRAW_BATCH);
+    let mut since_relief = 0;
     for &(d_ap, positive) in &plan.positives {
         let salt = super::rng_for(p.seed, plan.anchor, positive, STREAM_KEY).next_u32();
         let keyed = Keyed::new(salt, n);
@@ -549,6 +553,13 @@ fn draw_samples(
             }
             if drawn >= budget {
                 return None;
+            }
+            // Rows drawn at random from a spilled table fault its pages in one by one,
+            // faster than the store's watch thread may get a core to drop them.
+            since_relief += batch.len();
+            if since_relief >= RELIEVE_EVERY_ROWS {
+                m.table.vectors.relieve();
+                since_relief = 0;
             }
             m.prefetch_rows(batch.iter().copied());
             for &r in &batch {

@@ -160,6 +160,8 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         files = files.len(),
         spilled = table.vectors.is_spilled(),
         seconds = seconds.read,
+        rss_mib = rss_mib(),
+        peak_rss_mib = peak_rss_mib(),
         "input read"
     );
     release_free_heap();
@@ -181,6 +183,8 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         stage = "index",
         rows = table.rows(),
         seconds = seconds.index,
+        rss_mib = rss_mib(),
+        peak_rss_mib = peak_rss_mib(),
         "index built"
     );
     release_free_heap();
@@ -253,6 +257,8 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
             stage = "mine",
             anchors = window.len(),
             threads = live_threads(),
+            rss_mib = rss_mib(),
+            peak_rss_mib = peak_rss_mib(),
             "anchors mined"
         );
     }
@@ -270,6 +276,8 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         stage = "mine",
         rows = anchors.len(),
         seconds = seconds.mine,
+        rss_mib = rss_mib(),
+        peak_rss_mib = peak_rss_mib(),
         "mined and scored"
     );
 
@@ -384,6 +392,8 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         stage = "report",
         rows = batch.num_rows(),
         seconds = seconds.report,
+        rss_mib = rss_mib(),
+        peak_rss_mib = peak_rss_mib(),
         "report computed"
     );
     seconds.total = started.elapsed().as_secs_f64();
@@ -430,6 +440,8 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         rows = summary.rows,
         triplets = summary.totals.triplets,
         seconds = summary.seconds.total,
+        rss_mib = rss_mib(),
+        peak_rss_mib = peak_rss_mib(),
         "finished"
     );
     Ok(summary)
@@ -500,6 +512,16 @@ fn progress(show: bool, len: Option<u64>, message: &'static str) -> ProgressBar 
 /// Threads of this process now (Linux), for the debug log: how many `--threads` allowed.
 fn live_threads() -> Option<usize> {
     std::fs::read_dir("/proc/self/task").ok().map(|d| d.count())
+}
+
+/// The resident set now, in MiB (for stage logs).
+fn rss_mib() -> u64 {
+    crate::memory::mib(crate::memory::Resident::now().now)
+}
+
+/// The highest resident set so far, in MiB (for stage logs).
+fn peak_rss_mib() -> u64 {
+    crate::memory::mib(crate::memory::Resident::now().peak)
 }
 
 /// Hands memory the allocator holds but no longer uses back to the system: the reader's

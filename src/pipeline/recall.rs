@@ -54,10 +54,19 @@ pub(super) fn prepare(
     }
     let sample = sample_anchors(anchors, params.recall_sample, params.seed, 0);
     let mut truth = miner.recall_truth(&sample)?;
+    tracing::debug!(
+        peak_mib = crate::memory::mib(crate::memory::Resident::now().peak),
+        "recall sample mined exactly"
+    );
     let auto = params.index.trim().eq_ignore_ascii_case("auto");
     let exact_per_anchor = if auto {
         let timing = sample_anchors(anchors, auto_timing_anchors(), params.seed, 1);
-        Some(miner.exact_seconds_per_anchor(&timing)? * params.auto_exact_weight)
+        let s = miner.exact_seconds_per_anchor(&timing)?;
+        tracing::debug!(
+            peak_mib = crate::memory::mib(crate::memory::Resident::now().peak),
+            "exact mining timed"
+        );
+        Some(s * params.auto_exact_weight)
     } else {
         None
     };

@@ -1,0 +1,178 @@
+//! `--memory-limit` is a ceiling on the resident set: jobs on a table of 512 MB of vectors,
+//! 2.7 times a 192 MiB limit, run as child processes whose peak RSS (the kernel's high-water
+//! mark, from `wait4`) and file-backed plus anonymous pages (sampled from `/proc/PID/status`
+//! while they run) stay under the limit, mode by mode. A limit below what the run cannot do
+//! without is refused before any row is mined.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::bin::tripmine;
+
+const LIMIT_MIB: u64 = 192;
+
+/// 1,000,000 x 128 (512 MB of vectors), 5,000 labels, generated once for every test here.
+fn table() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        tripmine()
+            .args([
+                "gen", "--rows", "1000000", "--dim", "128", "--labels", "5000",
+            ])
+            .args(["--seed", "5", "--out"])
+            .arg(dir.path().join("t.parquet"))
+            .assert()
+            .success();
+        dir
+    });
+    // Leaked on purpose: a static's destructor never runs, the folder goes with the
+    // test process's temporary folder.
+    Box::leak(Box::new(dir.path().join("t.parquet")))
+}
+
+/// What a child's memory did.
+#[derive(Debug)]
+struct Peak {
+    /// High-water mark of the resident set (`ru_maxrss`), MiB.
+    rss_mib: u64,
+    /// Highest `RssAnon + RssFile` seen while sampling, MiB.
+    sampled_mib: u64,
+    exit_code: i32,
+    stderr: String,
+}
+
+/// Runs `tripmine mine --in TABLE --memory-limit 192MiB ARGS` in a fresh folder and measures it.
+fn run_limited(args: &[&str]) -> Peak {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr_path = dir.path().join("stderr.log");
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("tripmine"))
+        .current_dir(dir.path())
+        .args(["mine", "--no-progress", "--in"])
+        .arg(table())
+        .args(["--memory-limit", &format!("{LIMIT_MIB}MiB")])
+        .args(["--scratch-dir"])
+        .arg(dir.path())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let status_path = PathBuf::from(format!("/proc/{pid}/status"));
+    let mut sampled = 0u64;
+    let (exit_code, rss_kb) = loop {
+        if let Ok(status) = std::fs::read_to_string(&status_path) {
+            let kb = |name: &str| -> u64 {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.trim_start_matches(':').split_whitespace().next())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            };
+            sampled = sampled.max(kb("RssAnon") + kb("RssFile"));
+        }
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is valid; wait4 fills it in for our own child.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let done = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if done == pid {
+            break (libc::WEXITSTATUS(status), usage.ru_maxrss as u64);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // Reaped by wait4 already; keep `Child` from trying again.
+    std::mem::forget(child);
+    Peak {
+        rss_mib: rss_kb / 1024,
+        sampled_mib: sampled / 1024,
+        exit_code,
+        stderr: std::fs::read_to_string(&stderr_path).unwrap(),
+    }
+}
+
+/// Runs a mode and asserts it succeeded within the limit.
+fn assert_within_limit(args: &[&str]) {
+    let peak = run_limited(args);
+    eprintln!(
+        "{args:?}: peak {} MiB, sampled {} MiB",
+        peak.rss_mib, peak.sampled_mib
+    );
+    assert_eq!(peak.exit_code, 0, "{args:?} failed:\n{}", peak.stderr);
+    assert!(
+        peak.rss_mib <= LIMIT_MIB && peak.sampled_mib <= LIMIT_MIB,
+        "{args:?} peaked at {} MiB (sampled {} MiB) under --memory-limit {LIMIT_MIB}MiB",
+        peak.rss_mib,
+        peak.sampled_mib
+    );
+}
+
+#[test]
+fn exact_mining_of_a_sample_of_anchors_stays_under_the_limit() {
+    assert_within_limit(&["--anchors-sample", "3000"]);
+}
+
+#[test]
+fn hardest_positives_and_all_violating_negatives_stay_under_the_limit() {
+    assert_within_limit(&[
+        "--anchors-sample",
+        "2000",
+        "--positives",
+        "hardest",
+        "--negatives",
+        "violating",
+        "--num-negatives",
+        "all",
+    ]);
+}
+
+#[test]
+fn random_sampled_negatives_with_reports_stay_under_the_limit() {
+    assert_within_limit(&[
+        "--anchors-sample",
+        "3000",
+        "--sample",
+        "random",
+        "--report-html",
+        "r.html",
+        "--suspects",
+        "s.parquet",
+    ]);
+}
+
+#[test]
+fn an_ivf_index_with_recall_measured_and_tuned_stays_under_the_limit() {
+    assert_within_limit(&[
+        "--anchors-sample",
+        "3000",
+        "--index",
+        "IVF256,PQ32x4fs",
+        "--negatives",
+        "hardest",
+        "--recall-sample",
+        "200",
+    ]);
+}
+
+#[test]
+fn a_limit_below_what_the_table_needs_is_refused_before_mining_naming_the_minimum() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tripmine()
+        .current_dir(dir.path())
+        .args(["mine", "--no-progress", "--in"])
+        .arg(table())
+        .args(["--memory-limit", "48MiB", "--out", "t.parquet"])
+        .assert()
+        .code(2);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(
+        stderr.contains("--memory-limit 48 MiB is below what this run cannot do without")
+            && stderr.contains("the smallest limit for this table and index is"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("t.parquet").exists());
+}
