@@ -47,12 +47,18 @@ struct Peak {
 
 /// Runs `tripmine mine --in TABLE --memory-limit 192MiB ARGS` in a fresh folder and measures it.
 fn run_limited(args: &[&str]) -> Peak {
+    let input = ["--in".to_string(), table().display().to_string()];
+    run_limited_on(&input, args)
+}
+
+/// Runs `tripmine mine INPUT --memory-limit 192MiB ARGS` in a fresh folder and measures it.
+fn run_limited_on(input: &[String], args: &[&str]) -> Peak {
     let dir = tempfile::tempdir().unwrap();
     let stderr_path = dir.path().join("stderr.log");
     let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("tripmine"))
         .current_dir(dir.path())
-        .args(["mine", "--no-progress", "--in"])
-        .arg(table())
+        .args(["mine", "--no-progress"])
+        .args(input)
         .args(["--memory-limit", &format!("{LIMIT_MIB}MiB")])
         .args(["--scratch-dir"])
         .arg(dir.path())
@@ -97,7 +103,10 @@ fn run_limited(args: &[&str]) -> Peak {
 
 /// Runs a mode and asserts it succeeded within the limit.
 fn assert_within_limit(args: &[&str]) {
-    let peak = run_limited(args);
+    assert_peak_within_limit(run_limited(args), args);
+}
+
+fn assert_peak_within_limit(peak: Peak, args: &[&str]) {
     eprintln!(
         "{args:?}: peak {} MiB, sampled {} MiB",
         peak.rss_mib, peak.sampled_mib
@@ -142,6 +151,49 @@ fn random_sampled_negatives_with_reports_stay_under_the_limit() {
         "--suspects",
         "s.parquet",
     ]);
+}
+
+#[test]
+fn all_positives_of_large_label_groups_stay_under_the_limit() {
+    // 200 rows a label: 199 pairs an anchor, each keeping the band rows it may still need.
+    assert_within_limit(&[
+        "--anchors-sample",
+        "1000",
+        "--positives",
+        "all",
+        "--negatives",
+        "violating",
+    ]);
+}
+
+#[test]
+fn retrieval_over_a_corpus_with_string_ids_stays_under_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let ex = dir.path().join("ex");
+    tripmine()
+        .args([
+            "gen",
+            "--retrieval",
+            "--rows",
+            "1000000",
+            "--queries",
+            "2000",
+        ])
+        .args(["--dim", "128", "--labels", "5000", "--seed", "5", "--out"])
+        .arg(&ex)
+        .assert()
+        .success();
+    let file = |name: &str| ex.join(name).display().to_string();
+    let input = [
+        "--queries".to_string(),
+        file("queries.parquet"),
+        "--corpus".to_string(),
+        file("corpus.parquet"),
+        "--qrels".to_string(),
+        file("qrels.parquet"),
+    ];
+    let args = ["--negatives", "hardest"];
+    assert_peak_within_limit(run_limited_on(&input, &args), &args);
 }
 
 #[test]

@@ -893,7 +893,7 @@ fn check_embedding_type(path: &Path, column: &str, t: &DataType) -> Result<()> {
 ///
 /// Sorts (hash, row) pairs, 12 bytes a row, rather than building a hash map of every id, and
 /// compares the ids themselves where hashes meet.
-fn first_repeated_id(ids: &ArrayRef) -> Result<Option<(usize, usize)>> {
+pub(crate) fn first_repeated_id(ids: &ArrayRef) -> Result<Option<(usize, usize)>> {
     use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
     let ids = match ids.data_type() {
         DataType::Dictionary(_, v) => arrow::compute::cast(ids, v)?,

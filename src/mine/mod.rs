@@ -112,6 +112,9 @@ pub struct MinedBlock {
 /// Anchors mined per block: bounds the memory of candidate lists and of output batches.
 pub const ANCHOR_BLOCK: usize = 8192;
 
+/// The fewest anchors a block is cut to under a memory limit.
+pub const MIN_LIMITED_BLOCK: usize = 256;
+
 /// Rows per chunk of a sweep over all vectors (a spilled store is relieved between chunks).
 const SWEEP_ROWS: usize = 65_536;
 
@@ -138,6 +141,8 @@ pub struct Miner<'t> {
     /// Under a memory limit, what it leaves for the buffers that scale (measured once the
     /// table and the index were resident).
     scratch: Option<Scratch>,
+    /// The most bytes of results per anchor of any block mined so far.
+    result_bytes_seen: Option<usize>,
     /// Whether an exact index mines in one pass over the table where it can (else by the
     /// deepening ladder); both give the same results.
     one_pass: bool,
@@ -242,6 +247,7 @@ impl<'t> Miner<'t> {
             gathered: Gathered::default(),
             anchor_lists: Default::default(),
             scratch: self.scratch,
+            result_bytes_seen: None,
             one_pass: self.one_pass,
             tiles: self.tiles,
             portable_scan: self.portable_scan,
@@ -378,6 +384,7 @@ impl<'t> Miner<'t> {
             gathered: Gathered::default(),
             anchor_lists: Default::default(),
             scratch,
+            result_bytes_seen: None,
             one_pass: true,
             tiles: Tiles::default(),
             portable_scan: false,
@@ -559,18 +566,35 @@ impl<'t> Miner<'t> {
     /// positive row, `d_an`, negative row.
     pub fn mine_block(&mut self, anchors: &[u32]) -> Result<MinedBlock> {
         let plans = positives::plan(self, anchors)?;
-        negatives::mine(self, plans)
+        let mined = negatives::mine(self, plans)?;
+        if !anchors.is_empty() {
+            let bytes = mined.triplets.len() * std::mem::size_of::<Triplet>()
+                + mined.anchors.len() * std::mem::size_of::<AnchorRecord>();
+            let per_anchor = bytes.div_ceil(anchors.len());
+            self.result_bytes_seen = Some(self.result_bytes_seen.unwrap_or(0).max(per_anchor));
+        }
+        Ok(mined)
     }
 
-    /// How many anchors [`Miner::mine_window`] should take at once: one block, or on a
-    /// spilled table with an IVF index as many whole blocks as the memory limit's share for
-    /// results ([`Scratch::results`]) holds the results of, twice (at least one), so that taking them list by list groups anchors
-    /// that share candidates and labels.
-    pub fn window_len(&self) -> usize {
-        let (Some(_), Some(budget)) = (self.anchor_lists(), self.scratch.map(|s| s.results()))
-        else {
+    /// Anchors mined together ([`Miner::mine_block`] at a time): [`ANCHOR_BLOCK`], or under a
+    /// memory limit fewer when their results would not fit its share for results (at least
+    /// [`MIN_LIMITED_BLOCK`]: each block is a pass over the table). Results do not depend on
+    /// it, so it follows what the blocks mined so far held per anchor (the most of any),
+    /// and before the first block an estimate from the counts asked for.
+    pub fn block_len(&self) -> usize {
+        let Some(budget) = self.scratch.map(|s| s.results()) else {
             return ANCHOR_BLOCK;
         };
+        (budget / self.result_bytes_per_anchor().max(1)).clamp(MIN_LIMITED_BLOCK, ANCHOR_BLOCK)
+    }
+
+    /// What an anchor's results take: the most per anchor of any block mined so far, else
+    /// an estimate from the counts asked for (positives of an average label group times
+    /// negatives, the latter at most what the ladder's deepest search returns) and its record.
+    fn result_bytes_per_anchor(&self) -> usize {
+        if let Some(seen) = self.result_bytes_seen {
+            return seen;
+        }
         let rows = self.table.rows();
         let group = rows / self.groups.len().max(1);
         let positives = self.params.num_positives.limit().min(group.max(1));
@@ -579,14 +603,28 @@ impl<'t> Miner<'t> {
             .num_negatives
             .limit()
             .min(negatives::APPROXIMATE_MAX_K_FACTOR * self.params.k());
-        let per_anchor = std::mem::size_of::<Triplet>()
+        std::mem::size_of::<Triplet>()
             .saturating_mul(positives.saturating_mul(negatives))
-            .saturating_add(std::mem::size_of::<AnchorRecord>());
+            .saturating_add(std::mem::size_of::<AnchorRecord>())
+    }
+
+    /// How many anchors [`Miner::mine_window`] should take at once: one block, or on a
+    /// spilled table with an IVF index as many whole blocks as the memory limit's share for
+    /// results ([`Scratch::results`]) holds the results of, twice (at least one), so that
+    /// taking them list by list groups anchors that share candidates and labels.
+    pub fn window_len(&self) -> usize {
+        let block = self.block_len();
+        let (Some(_), Some(budget)) = (self.anchor_lists(), self.scratch.map(|s| s.results()))
+        else {
+            return block;
+        };
         // The results are held twice while they are put back in anchor order, with 16 bytes
-        // an anchor of bookkeeping. Whole blocks: outputs are written a block at a time from
-        // the same anchors as without windows.
-        (budget / per_anchor.saturating_mul(2).saturating_add(16) / ANCHOR_BLOCK).max(1)
-            * ANCHOR_BLOCK
+        // an anchor of bookkeeping.
+        let per_anchor = self
+            .result_bytes_per_anchor()
+            .saturating_mul(2)
+            .saturating_add(16);
+        (budget / per_anchor / block).max(1) * block
     }
 
     /// The IVF list of every anchor where anchors are mined list by list: an IVF index over
@@ -621,7 +659,7 @@ impl<'t> Miner<'t> {
         });
         let Some(order) = order else {
             let mut all = MinedBlock::default();
-            for block in anchors.chunks(ANCHOR_BLOCK) {
+            for block in anchors.chunks(self.block_len()) {
                 let block_mined = self.mine_block(block)?;
                 all.triplets.extend(block_mined.triplets);
                 all.anchors.extend(block_mined.anchors);
@@ -637,7 +675,7 @@ impl<'t> Miner<'t> {
         // (position in `anchors`, block, record, first triplet) of every mined anchor.
         let mut at: Vec<[u32; 4]> = Vec::with_capacity(anchors.len());
         let mut parts: Vec<MinedBlock> = Vec::new();
-        for chunk in order.chunks(ANCHOR_BLOCK) {
+        for chunk in order.chunks(self.block_len()) {
             let block: Vec<u32> = chunk.iter().map(|&i| anchors[i]).collect();
             let block_mined = self.mine_block(&block)?;
             let mut first = 0;

@@ -348,9 +348,9 @@ pub(super) fn resolve_all(m: &mut Miner, plans: &[AnchorPlan]) -> Result<Vec<Opt
             .anchors
             .min(planned.len().div_ceil(rayon::current_num_threads()))
             .max(1);
-        planned
-            .par_chunks(per_group)
-            .map(|group| resolve_group(m, plans, group, tiles))
+        groups_within_memory(m, plans, &planned, per_group)
+            .into_par_iter()
+            .map(|range| resolve_group(m, plans, &planned[range], tiles))
             .collect::<Result<_>>()?
     };
     m.search.seconds += started.elapsed().as_secs_f64();
@@ -361,6 +361,60 @@ pub(super) fn resolve_all(m: &mut Miner, plans: &[AnchorPlan]) -> Result<Vec<Opt
     }
     Ok(out)
 }
+
+/// Groups of at most `per_group` consecutive planned anchors; under a memory limit also
+/// groups whose pairs' state (each (anchor, positive) pair keeps the band rows it may still
+/// need) fits one thread's share of the budget for results, so that `--positives all` over
+/// large label groups does not hold every pair of a thousand anchors at once.
+fn groups_within_memory(
+    m: &Miner,
+    plans: &[AnchorPlan],
+    planned: &[usize],
+    per_group: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let Some(scratch) = m.scratch else {
+        return (0..planned.len())
+            .step_by(per_group)
+            .map(|s| s..(s + per_group).min(planned.len()))
+            .collect();
+    };
+    // `all` keeps every band row, however many: counted as many as the ladder's deepest
+    // search would return.
+    let limit = m
+        .params
+        .num_negatives
+        .limit()
+        .min(super::negatives::APPROXIMATE_MAX_K_FACTOR * m.params.k());
+    let kept = if m.params.sample == crate::config::NegativeSampling::Random {
+        WHOLE_BAND.max(2 * limit + 8)
+    } else {
+        2 * limit + 8
+    };
+    // A pair's state, its kept rows (8 bytes, in a buffer that may have doubled, and more
+    // than `kept` after a prune keeps the rows near the band's edges) and the prune's
+    // scratch: measured at 1.2 KB a pair for 5 negatives on 1,000,000 x 128.
+    let pair_bytes = 256 + 48 * kept;
+    let share = scratch.results() / rayon::current_num_threads().max(1);
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0usize);
+    for (at, &i) in planned.iter().enumerate() {
+        let pairs = plans[i].positives.len().max(1);
+        bytes = bytes.saturating_add(pairs.saturating_mul(pair_bytes));
+        let len = at + 1 - start;
+        // Each group is a pass over the table: never fewer than `MIN_GROUP` anchors.
+        if len == per_group || (bytes > share && len >= MIN_GROUP) {
+            out.push(start..at + 1);
+            (start, bytes) = (at + 1, 0);
+        }
+    }
+    if start < planned.len() {
+        out.push(start..planned.len());
+    }
+    out
+}
+
+/// The fewest anchors of a group of the one-pass engine under a memory limit.
+const MIN_GROUP: usize = 32;
 
 fn resolve_group(
     m: &Miner,

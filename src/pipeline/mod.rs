@@ -16,7 +16,7 @@ mod summary;
 pub use outputs::OutputLayout;
 pub use summary::{Summary, Timings, search_note};
 
-use outputs::{json, suspects_batch, with_metadata};
+use outputs::{Batcher, json, suspects_batch, with_metadata};
 use recall::RecallPlan;
 
 use std::io::IsTerminal;
@@ -33,7 +33,7 @@ use crate::io::{
     AtomicPath, Queries, ReadOptions, Table, TripletSink, Vectors, read_retrieval, read_table_with,
     resolve_inputs, write_atomic, write_parquet_into,
 };
-use crate::mine::{ANCHOR_BLOCK, MinedBlock, Miner, Triplet};
+use crate::mine::{MinedBlock, Miner, Triplet};
 use crate::report::{Report, ReportBuilder};
 use manifest::{
     Manifest, fingerprint, manifest_path, stat_inputs, stat_outputs, up_to_date, write_manifest,
@@ -215,28 +215,26 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
     let mut report = ReportBuilder::spilling(config.mine.margin, &scratch)?;
     // (agreement, row, majority label) of every label-noise suspect.
     let mut suspects: Vec<(f32, u32, u32)> = Vec::new();
+    let mut batcher = Batcher::default();
     let mut emit = |mined: &MinedBlock| -> Result<()> {
-        // A block of anchors at a time, however many were mined together: the writer's pages
-        // follow the batches it is given, and the file must not depend on the window.
-        let mut first = 0;
-        for anchors in mined.anchors.chunks(ANCHOR_BLOCK) {
-            let n: usize = anchors.iter().map(|a| a.triplets as usize).sum();
-            let triplets = &mined.triplets[first..first + n];
-            first += n;
-            sink.write(&layout.batch(triplets)?)?;
-            suspects.extend(anchors.iter().filter_map(|a| {
-                let n = a.neighbour_labels?;
-                n.suspect(a.label)
-                    .then_some((n.agreement, a.anchor, n.majority))
-            }));
-            report.add(triplets, anchors, |r| anchor_table.label_codes[r as usize])?;
-        }
-        Ok(())
+        batcher.add(&mined.triplets, |t| sink.write(&layout.batch(t)?))?;
+        suspects.extend(mined.anchors.iter().filter_map(|a| {
+            let n = a.neighbour_labels?;
+            n.suspect(a.label)
+                .then_some((n.agreement, a.anchor, n.majority))
+        }));
+        report.add(&mined.triplets, &mined.anchors, |r| {
+            anchor_table.label_codes[r as usize]
+        })
     };
     // The reuse cap compares anchors across blocks: hold every block until all are mined.
     let hold = config.mine.max_negative_reuse.is_some();
     let mut held: Vec<MinedBlock> = Vec::new();
-    for window in anchors.chunks(miner.window_len()) {
+    let mut start = 0;
+    while start < anchors.len() {
+        // Asked again for every window: under a memory limit it follows the results so far.
+        let window = &anchors[start..(start + miner.window_len()).min(anchors.len())];
+        start += window.len();
         let mut mined = miner.mine_window(window, |n| bar.inc(n as u64))?;
         if !recall_sample.is_empty() {
             sampled_triplets.extend(
@@ -268,6 +266,7 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
             emit(mined)?;
         }
     }
+    batcher.finish(|t| sink.write(&layout.batch(t)?))?;
     bar.finish_and_clear();
     let triplets_file = sink.close()?;
     seconds.mine = t.elapsed().as_secs_f64();

@@ -374,3 +374,120 @@ impl<'a> OutputLayout<'a> {
 fn f32_column(values: impl Iterator<Item = f32>) -> ArrayRef {
     Arc::new(Float32Array::from_iter_values(values))
 }
+
+/// Triplet rows per batch handed to the writer.
+pub(super) const WRITE_BATCH_ROWS: usize = 65_536;
+
+/// Gathers triplets into batches of exactly [`WRITE_BATCH_ROWS`] rows (the last one shorter),
+/// whatever blocks they were mined in: the writer's pages follow the batches it is given, so
+/// the file must not depend on how anchors were grouped for mining (windows of IVF lists,
+/// blocks shrunk to a memory limit).
+#[derive(Default)]
+pub(super) struct Batcher {
+    pending: Vec<Triplet>,
+}
+
+impl Batcher {
+    /// Adds `triplets`, handing every full batch to `write`.
+    pub(super) fn add(
+        &mut self,
+        mut triplets: &[Triplet],
+        mut write: impl FnMut(&[Triplet]) -> Result<()>,
+    ) -> Result<()> {
+        while !triplets.is_empty() {
+            if self.pending.is_empty() && triplets.len() >= WRITE_BATCH_ROWS {
+                let (batch, rest) = triplets.split_at(WRITE_BATCH_ROWS);
+                write(batch)?;
+                triplets = rest;
+                continue;
+            }
+            let take = (WRITE_BATCH_ROWS - self.pending.len()).min(triplets.len());
+            let (some, rest) = triplets.split_at(take);
+            self.pending.extend_from_slice(some);
+            triplets = rest;
+            if self.pending.len() == WRITE_BATCH_ROWS {
+                write(&self.pending)?;
+                self.pending.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands what is left to `write`.
+    pub(super) fn finish(&mut self, mut write: impl FnMut(&[Triplet]) -> Result<()>) -> Result<()> {
+        if !self.pending.is_empty() {
+            write(&self.pending)?;
+            self.pending = Vec::new();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod batcher_tests {
+    use super::*;
+
+    fn triplets(n: usize) -> Vec<Triplet> {
+        (0..n as u32)
+            .map(|i| Triplet {
+                anchor: i,
+                positive: i,
+                negative: i,
+                d_ap: 0.0,
+                d_an: 0.0,
+                negative_rank: 0,
+            })
+            .collect()
+    }
+
+    /// The batch lengths written for `pieces` added in turn.
+    fn batches_of(pieces: &[usize]) -> Vec<(usize, u32)> {
+        let all = triplets(pieces.iter().sum());
+        let mut b = Batcher::default();
+        let mut out = Vec::new();
+        let mut at = 0;
+        for &n in pieces {
+            b.add(&all[at..at + n], |t| {
+                out.push((t.len(), t[0].anchor));
+                Ok(())
+            })
+            .unwrap();
+            at += n;
+        }
+        b.finish(|t| {
+            out.push((t.len(), t[0].anchor));
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn batches_do_not_depend_on_how_the_triplets_arrive() {
+        let total = 2 * WRITE_BATCH_ROWS + 100;
+        let whole = batches_of(&[total]);
+        assert_eq!(
+            whole,
+            vec![
+                (WRITE_BATCH_ROWS, 0),
+                (WRITE_BATCH_ROWS, WRITE_BATCH_ROWS as u32),
+                (100, 2 * WRITE_BATCH_ROWS as u32)
+            ]
+        );
+        assert_eq!(batches_of(&[1, total - 1]), whole);
+        assert_eq!(
+            batches_of(
+                &[7000; 18]
+                    .iter()
+                    .copied()
+                    .chain([total - 7000 * 18])
+                    .collect::<Vec<_>>()
+            ),
+            whole
+        );
+        assert_eq!(
+            batches_of(&[WRITE_BATCH_ROWS - 1, 2, total - WRITE_BATCH_ROWS - 1]),
+            whole
+        );
+    }
+}
