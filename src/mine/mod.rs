@@ -115,8 +115,14 @@ pub const ANCHOR_BLOCK: usize = 8192;
 /// The fewest anchors a block is cut to under a memory limit.
 pub const MIN_LIMITED_BLOCK: usize = 256;
 
-/// Rows per chunk of a sweep over all vectors (a spilled store is relieved between chunks).
-const SWEEP_ROWS: usize = 65_536;
+/// Bytes per chunk of a sweep over all vectors: a spilled store is relieved between chunks,
+/// so a chunk's pages are what a sweep adds to the resident set at most.
+const SWEEP_BYTES: usize = 4 << 20;
+
+/// Rows of `dim` values in a chunk of a sweep.
+fn sweep_rows(dim: usize) -> usize {
+    (SWEEP_BYTES / (4 * dim).max(1)).max(1)
+}
 
 /// Holds the index and the per-label groups; mines anchors block by block.
 pub struct Miner<'t> {
@@ -281,7 +287,7 @@ impl<'t> Miner<'t> {
             };
             // In chunks, so that a spilled store can drop the pages swept.
             let mut norms_sq = Vec::with_capacity(t.rows());
-            for chunk in vectors.chunks(SWEEP_ROWS * dim) {
+            for chunk in vectors.chunks(sweep_rows(dim) * dim) {
                 norms_sq.par_extend(chunk.par_chunks(dim).map(|r| dot(r, r) as f32));
                 t.vectors.relieve();
             }
@@ -517,7 +523,10 @@ impl<'t> Miner<'t> {
             a
         };
         let mut sum = vec![0f64; dim];
-        for chunk in self.vectors.chunks(SWEEP_ROWS * dim) {
+        for chunk in self
+            .vectors
+            .chunks(sweep_rows(self.table.dim) * self.table.dim)
+        {
             let part = chunk
                 .par_chunks(dim)
                 .fold(
@@ -762,6 +771,10 @@ impl<'t> Miner<'t> {
 
     /// The vectors of anchors, gathered into one contiguous buffer (FAISS queries).
     fn gather_anchors(&self, anchors: impl Iterator<Item = u32>) -> Vec<f32> {
+        if self.queries.is_none() {
+            // Labelled: the anchors are rows of the table.
+            return self.gather(anchors);
+        }
         let mut out = Vec::new();
         for a in anchors {
             out.extend_from_slice(self.anchor_vector(a));
@@ -865,11 +878,38 @@ impl<'t> Miner<'t> {
         faiss_error_factor(self.table.dim + 1) * (norm_sq + self.max_norm_sq)
     }
 
-    /// The vectors of `rows`, gathered into one contiguous buffer (FAISS queries).
+    /// The vectors of `rows`, gathered into one contiguous buffer (FAISS queries). A spilled
+    /// table's rows not already gathered are read with `pread` (sorted, each once) rather
+    /// than faulted in through the mapping: each fault maps the pages around it too (64 KiB),
+    /// and a few thousand scattered rows mapped tens of MB between two looks at the budget.
     fn gather(&self, rows: impl Iterator<Item = u32>) -> Vec<f32> {
-        let mut out = Vec::new();
-        for r in rows {
-            out.extend_from_slice(self.row(r));
+        let d = self.table.dim;
+        let rows: Vec<u32> = rows.collect();
+        let mut out = Vec::with_capacity(rows.len() * d);
+        let read = if self.gather_budget_rows().is_some() {
+            let mut wanted: Vec<u32> = rows
+                .iter()
+                .copied()
+                .filter(|r| self.gathered.rows.binary_search(r).is_err())
+                .collect();
+            wanted.sort_unstable();
+            wanted.dedup();
+            // On a read error, the mapping gives the same values (or the same error).
+            self.table
+                .vectors
+                .gather_rows(&wanted, d)
+                .ok()
+                .map(|data| (wanted, data))
+        } else {
+            None
+        };
+        for &r in &rows {
+            match &read {
+                Some((wanted, data)) if let Ok(j) = wanted.binary_search(&r) => {
+                    out.extend_from_slice(&data[j * d..(j + 1) * d]);
+                }
+                _ => out.extend_from_slice(self.row(r)),
+            }
         }
         out
     }
