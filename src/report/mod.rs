@@ -2,7 +2,10 @@
 //!
 //! In: the mined triplets and per-anchor records (row positions, label codes) and the table's
 //! distinct labels. Out: a [`Report`]: one Arrow batch (one row per label, then an overall row
-//! whose label is null) computed as a polars group-by, and the overall figures for the summary.
+//! whose label is null) and the overall figures for the summary. The triplet figures are
+//! summed label by label in one pass, their quantiles from the losses ordered by label (4 bytes
+//! a triplet: a run's memory limit holds for millions of triplets); polars joins them with the
+//! anchors' figures.
 
 pub mod diff;
 pub mod html;
@@ -117,37 +120,6 @@ pub struct Histogram {
 
 impl Histogram {
     const BINS: usize = 60;
-
-    fn of(t: &[f64], kinds: &[u32]) -> Histogram {
-        if t.is_empty() {
-            return Histogram::default();
-        }
-        let (lo, hi) = t
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
-                (lo.min(x), hi.max(x))
-            });
-        let width = if hi > lo {
-            (hi - lo) / Self::BINS as f64
-        } else {
-            1.0
-        };
-        let mut h = Histogram {
-            edges: (0..=Self::BINS).map(|i| lo + width * i as f64).collect(),
-            hard: vec![0; Self::BINS],
-            semihard: vec![0; Self::BINS],
-            easy: vec![0; Self::BINS],
-        };
-        for (&x, &kind) in t.iter().zip(kinds) {
-            let bin = (((x - lo) / width) as usize).min(Self::BINS - 1);
-            match kind {
-                k if k == TripletKind::Hard as u32 => h.hard[bin] += 1,
-                k if k == TripletKind::Semihard as u32 => h.semihard[bin] += 1,
-                _ => h.easy[bin] += 1,
-            }
-        }
-        h
-    }
 }
 
 /// The per-triplet columns the report is computed from (12 bytes a triplet: loss and kind
@@ -347,26 +319,9 @@ impl ReportBuilder {
     }
 
     fn compute(self, label_values: &ArrayRef) -> PolarsResult<Result<Report>> {
-        let margin = self.margin;
-        let pairs = || self.t_d_ap.iter().zip(&self.t_d_an);
-        let t_loss: Vec<f32> = pairs()
-            .map(|(&ap, &an)| triplet_loss(ap, an, margin))
-            .collect();
-        let t_kind: Vec<u32> = pairs()
-            .map(|(&ap, &an)| TripletKind::classify(ap, an, margin) as u32)
-            .collect();
-        let t: Vec<f64> = pairs().map(|(&ap, &an)| an as f64 - ap as f64).collect();
-        let histogram = Histogram::of(&t, &t_kind);
-        drop(t);
-        let pileup = (self.margin as f64 / 100.0).max(f64::MIN_POSITIVE);
-        let triplets = df!(
-            "label" => self.t_label,
-            "loss" => t_loss,
-            "kind" => t_kind,
-            "d_ap" => self.t_d_ap,
-            "d_an" => self.t_d_an,
-        )?
-        .lazy();
+        let histogram = Histogram::of_distances(&self.t_d_ap, &self.t_d_an, self.margin);
+        let (triplet_frame, overall_triplets) =
+            triplet_figures(&self.t_label, &self.t_d_ap, &self.t_d_an, self.margin)?;
         // The anchor side, one row per label with anchors, and the overall row.
         let labels: Vec<(u32, AnchorSums)> = self
             .per_label
@@ -404,63 +359,15 @@ impl ReportBuilder {
         let anchors = anchor_frame(&labels)?.lazy();
         let overall_anchors = anchor_frame(&[(0, all)])?.drop("label")?;
 
-        let triplet_aggs = || {
-            let kind = |k: TripletKind| col("kind").eq(lit(k as u32)).cast(DataType::UInt64).sum();
-            let q = |p: f64| {
-                col("loss")
-                    .cast(DataType::Float64)
-                    .quantile(lit(p), QuantileMethod::Linear)
-            };
-            vec![
-                len().cast(DataType::UInt64).alias("triplets"),
-                kind(TripletKind::Hard).alias("hard"),
-                kind(TripletKind::Semihard).alias("semihard"),
-                kind(TripletKind::Easy).alias("easy"),
-                col("loss")
-                    .gt(lit(0.0f32))
-                    .cast(DataType::Float64)
-                    .mean()
-                    .alias("active_fraction"),
-                col("loss")
-                    .cast(DataType::Float64)
-                    .mean()
-                    .alias("loss_mean"),
-                q(0.5).alias("loss_p50"),
-                q(0.9).alias("loss_p90"),
-                q(0.99).alias("loss_p99"),
-                col("loss").cast(DataType::Float64).max().alias("loss_max"),
-                col("d_ap")
-                    .cast(DataType::Float64)
-                    .mean()
-                    .alias("d_ap_mean"),
-                col("d_an")
-                    .cast(DataType::Float64)
-                    .mean()
-                    .alias("d_an_mean"),
-                (col("d_an").cast(DataType::Float64) - col("d_ap").cast(DataType::Float64))
-                    .lt_eq(lit(pileup))
-                    .and(
-                        (col("d_an").cast(DataType::Float64) - col("d_ap").cast(DataType::Float64))
-                            .gt_eq(lit(-pileup)),
-                    )
-                    .cast(DataType::Float64)
-                    .mean()
-                    .alias("margin_pileup_share"),
-            ]
-        };
         let per_label = anchors
             .join(
-                triplets
-                    .clone()
-                    .group_by([col("label")])
-                    .agg(triplet_aggs()),
+                triplet_frame.lazy(),
                 [col("label")],
                 [col("label")],
                 JoinArgs::new(JoinType::Left),
             )
             .sort(["label"], Default::default())
             .collect()?;
-        let overall_triplets = triplets.select(triplet_aggs()).collect()?;
 
         // Label column: the label of each group's code, then null for the overall row.
         let codes: Vec<Option<u32>> = per_label
@@ -855,5 +762,311 @@ mod tests {
                 .unwrap_err()
                 .contains("not a number")
         );
+    }
+}
+
+impl Histogram {
+    /// The histogram of `d_an - d_ap` by kind, from the distances (no column of either).
+    fn of_distances(d_ap: &[f32], d_an: &[f32], margin: f32) -> Histogram {
+        let t = || {
+            d_ap.iter()
+                .zip(d_an)
+                .map(|(&ap, &an)| an as f64 - ap as f64)
+        };
+        if d_ap.is_empty() {
+            return Histogram::default();
+        }
+        let (lo, hi) = t().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+            (lo.min(x), hi.max(x))
+        });
+        let width = if hi > lo {
+            (hi - lo) / Self::BINS as f64
+        } else {
+            1.0
+        };
+        let mut h = Histogram {
+            edges: (0..=Self::BINS).map(|i| lo + width * i as f64).collect(),
+            hard: vec![0; Self::BINS],
+            semihard: vec![0; Self::BINS],
+            easy: vec![0; Self::BINS],
+        };
+        for (x, (&ap, &an)) in t().zip(d_ap.iter().zip(d_an)) {
+            let bin = (((x - lo) / width) as usize).min(Self::BINS - 1);
+            match TripletKind::classify(ap, an, margin) {
+                TripletKind::Hard => h.hard[bin] += 1,
+                TripletKind::Semihard => h.semihard[bin] += 1,
+                _ => h.easy[bin] += 1,
+            }
+        }
+        h
+    }
+}
+
+/// Sums of one label's triplets (or of all).
+#[derive(Debug, Clone, Copy, Default)]
+struct TripletSums {
+    triplets: u64,
+    kinds: [u64; 3],
+    active: u64,
+    pileup: u64,
+    loss: f64,
+    loss_max: f64,
+    d_ap: f64,
+    d_an: f64,
+}
+
+impl TripletSums {
+    fn add(&mut self, ap: f32, an: f32, margin: f32, pileup: f64) {
+        let loss = triplet_loss(ap, an, margin);
+        self.triplets += 1;
+        self.kinds[match TripletKind::classify(ap, an, margin) {
+            TripletKind::Hard => 0,
+            TripletKind::Semihard => 1,
+            _ => 2,
+        }] += 1;
+        self.active += u64::from(loss > 0.0);
+        let t = an as f64 - ap as f64;
+        self.pileup += u64::from(t <= pileup && t >= -pileup);
+        self.loss += loss as f64;
+        self.loss_max = if self.triplets == 1 {
+            loss as f64
+        } else {
+            self.loss_max.max(loss as f64)
+        };
+        self.d_ap += ap as f64;
+        self.d_an += an as f64;
+    }
+}
+
+/// The `q` quantile of ascending `sorted`, interpolated linearly between the two values
+/// around position `(n - 1) q` (polars' `QuantileMethod::Linear`); `None` when empty.
+fn linear_quantile(sorted: &[f32], q: f64) -> Option<f64> {
+    let last = sorted.len().checked_sub(1)?;
+    let at = last as f64 * q;
+    let (below, above) = (at.floor() as usize, (at.ceil() as usize).min(last));
+    let (lo, hi) = (sorted[below] as f64, sorted[above] as f64);
+    Some(if below == above || lo == hi {
+        lo
+    } else {
+        lo + (hi - lo) * (at - below as f64)
+    })
+}
+
+/// Column names and values of the triplet figures, per label (labels with triplets, by code)
+/// and overall: counts and figures as the report's columns. Bounded memory: beside the
+/// triplet columns, the losses ordered by label (4 bytes a triplet) and sums per label; the
+/// quantiles sort each label's losses, then all of them.
+fn triplet_figures(
+    labels: &[u32],
+    d_ap: &[f32],
+    d_an: &[f32],
+    margin: f32,
+) -> PolarsResult<(DataFrame, DataFrame)> {
+    let pileup = (margin as f64 / 100.0).max(f64::MIN_POSITIVE);
+    let codes = labels.iter().map(|&l| l as usize + 1).max().unwrap_or(0);
+    let mut sums = vec![TripletSums::default(); codes];
+    let mut all = TripletSums::default();
+    for ((&l, &ap), &an) in labels.iter().zip(d_ap).zip(d_an) {
+        sums[l as usize].add(ap, an, margin, pileup);
+        all.add(ap, an, margin, pileup);
+    }
+    // Losses placed label after label (a counting sort), each label's then sorted.
+    let mut start = Vec::with_capacity(codes + 1);
+    start.push(0usize);
+    for s in &sums {
+        start.push(start.last().expect("one") + s.triplets as usize);
+    }
+    let mut losses = vec![0f32; labels.len()];
+    let mut next = start.clone();
+    for ((&l, &ap), &an) in labels.iter().zip(d_ap).zip(d_an) {
+        losses[next[l as usize]] = triplet_loss(ap, an, margin);
+        next[l as usize] += 1;
+    }
+    let present: Vec<usize> = (0..codes).filter(|&c| sums[c].triplets > 0).collect();
+    let mut quantiles: Vec<[Option<f64>; 3]> = Vec::with_capacity(present.len());
+    for &c in &present {
+        let mine = &mut losses[start[c]..start[c + 1]];
+        mine.sort_unstable_by(f32::total_cmp);
+        quantiles.push(QUANTILES.map(|q| linear_quantile(mine, q)));
+    }
+    losses.sort_unstable_by(f32::total_cmp);
+    let overall_quantiles = QUANTILES.map(|q| linear_quantile(&losses, q));
+    drop(losses);
+
+    let frame = |rows: &[(TripletSums, [Option<f64>; 3])]| -> PolarsResult<DataFrame> {
+        let count = |f: &dyn Fn(&TripletSums) -> u64| -> Vec<u64> {
+            rows.iter().map(|(s, _)| f(s)).collect()
+        };
+        let figure = |f: &dyn Fn(&TripletSums) -> f64| -> Vec<Option<f64>> {
+            rows.iter()
+                .map(|(s, _)| (s.triplets > 0).then(|| f(s)))
+                .collect()
+        };
+        let per = |x: f64, s: &TripletSums| x / s.triplets as f64;
+        let quantile = |i: usize| -> Vec<Option<f64>> { rows.iter().map(|r| r.1[i]).collect() };
+        df!(
+            "triplets" => count(&|s| s.triplets),
+            "hard" => count(&|s| s.kinds[0]),
+            "semihard" => count(&|s| s.kinds[1]),
+            "easy" => count(&|s| s.kinds[2]),
+            "active_fraction" => figure(&|s| per(s.active as f64, s)),
+            "loss_mean" => figure(&|s| per(s.loss, s)),
+            "loss_p50" => quantile(0),
+            "loss_p90" => quantile(1),
+            "loss_p99" => quantile(2),
+            "loss_max" => figure(&|s| s.loss_max),
+            "d_ap_mean" => figure(&|s| per(s.d_ap, s)),
+            "d_an_mean" => figure(&|s| per(s.d_an, s)),
+            "margin_pileup_share" => figure(&|s| per(s.pileup as f64, s)),
+        )
+    };
+    let rows: Vec<(TripletSums, [Option<f64>; 3])> = present
+        .iter()
+        .zip(quantiles)
+        .map(|(&c, q)| (sums[c], q))
+        .collect();
+    let mut per_label = frame(&rows)?;
+    per_label.insert_column(
+        0,
+        Column::new(
+            "label".into(),
+            present.iter().map(|&c| c as u32).collect::<Vec<u32>>(),
+        ),
+    )?;
+    let overall = frame(&[(all, overall_quantiles)])?;
+    Ok((per_label, overall))
+}
+
+/// The loss quantiles of the report: p50, p90, p99.
+const QUANTILES: [f64; 3] = [0.5, 0.9, 0.99];
+
+#[cfg(test)]
+mod triplet_figure_tests {
+    use super::*;
+    use rand::{RngExt, SeedableRng};
+
+    /// The figures as a polars group-by computes them (how the report was computed before it
+    /// had to fit a memory limit): the oracle.
+    fn by_polars(
+        labels: &[u32],
+        d_ap: &[f32],
+        d_an: &[f32],
+        margin: f32,
+    ) -> (DataFrame, DataFrame) {
+        let pileup = (margin as f64 / 100.0).max(f64::MIN_POSITIVE);
+        let pairs = || d_ap.iter().zip(d_an);
+        let triplets = df!(
+            "label" => labels.to_vec(),
+            "loss" => pairs().map(|(&ap, &an)| triplet_loss(ap, an, margin)).collect::<Vec<f32>>(),
+            "kind" => pairs().map(|(&ap, &an)| TripletKind::classify(ap, an, margin) as u32).collect::<Vec<u32>>(),
+            "d_ap" => d_ap.to_vec(),
+            "d_an" => d_an.to_vec(),
+        )
+        .unwrap()
+        .lazy();
+        let triplet_aggs = || {
+            let kind = |k: TripletKind| col("kind").eq(lit(k as u32)).cast(DataType::UInt64).sum();
+            let q = |p: f64| {
+                col("loss")
+                    .cast(DataType::Float64)
+                    .quantile(lit(p), QuantileMethod::Linear)
+            };
+            vec![
+                len().cast(DataType::UInt64).alias("triplets"),
+                kind(TripletKind::Hard).alias("hard"),
+                kind(TripletKind::Semihard).alias("semihard"),
+                kind(TripletKind::Easy).alias("easy"),
+                col("loss")
+                    .gt(lit(0.0f32))
+                    .cast(DataType::Float64)
+                    .mean()
+                    .alias("active_fraction"),
+                col("loss")
+                    .cast(DataType::Float64)
+                    .mean()
+                    .alias("loss_mean"),
+                q(0.5).alias("loss_p50"),
+                q(0.9).alias("loss_p90"),
+                q(0.99).alias("loss_p99"),
+                col("loss").cast(DataType::Float64).max().alias("loss_max"),
+                col("d_ap")
+                    .cast(DataType::Float64)
+                    .mean()
+                    .alias("d_ap_mean"),
+                col("d_an")
+                    .cast(DataType::Float64)
+                    .mean()
+                    .alias("d_an_mean"),
+                (col("d_an").cast(DataType::Float64) - col("d_ap").cast(DataType::Float64))
+                    .lt_eq(lit(pileup))
+                    .and(
+                        (col("d_an").cast(DataType::Float64) - col("d_ap").cast(DataType::Float64))
+                            .gt_eq(lit(-pileup)),
+                    )
+                    .cast(DataType::Float64)
+                    .mean()
+                    .alias("margin_pileup_share"),
+            ]
+        };
+
+        let per_label = triplets
+            .clone()
+            .group_by([col("label")])
+            .agg(triplet_aggs())
+            .sort(["label"], Default::default())
+            .collect()
+            .unwrap();
+        let overall = triplets.select(triplet_aggs()).collect().unwrap();
+        (per_label, overall)
+    }
+
+    fn assert_frames_agree(got: &DataFrame, want: &DataFrame) {
+        assert_eq!(got.height(), want.height());
+        for c in want.columns() {
+            let name = c.name().as_str();
+            let a = got.column(name).unwrap().cast(&DataType::Float64).unwrap();
+            let b = c.cast(&DataType::Float64).unwrap();
+            for (x, y) in a.f64().unwrap().iter().zip(b.f64().unwrap().iter()) {
+                match (x, y) {
+                    (Some(x), Some(y)) => assert!(
+                        (x - y).abs() <= 1e-9 * y.abs().max(1.0),
+                        "{name}: {x} against {y}"
+                    ),
+                    (x, y) => assert_eq!(x, y, "{name}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn per_label_and_overall_figures_equal_a_polars_group_by() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        for (n, codes) in [(0usize, 3u32), (1, 1), (7, 3), (5000, 40), (20000, 7)] {
+            // Labels with gaps (some codes have no triplet), distances with ties.
+            let labels: Vec<u32> = (0..n).map(|_| 2 * rng.random_range(0..codes)).collect();
+            let d_ap: Vec<f32> = (0..n)
+                .map(|_| (rng.random_range(0..50) as f32) / 10.0)
+                .collect();
+            let d_an: Vec<f32> = (0..n)
+                .map(|_| (rng.random_range(0..60) as f32) / 10.0)
+                .collect();
+            let margin = 0.2;
+            let (per_label, overall) = triplet_figures(&labels, &d_ap, &d_an, margin).unwrap();
+            let (want_per_label, want_overall) = by_polars(&labels, &d_ap, &d_an, margin);
+            assert_frames_agree(&per_label, &want_per_label);
+            assert_frames_agree(&overall, &want_overall);
+        }
+    }
+
+    #[test]
+    fn the_histogram_counts_every_triplet_by_kind() {
+        let d_ap = [0.1f32, 0.5, 1.0, 2.0];
+        let d_an = [0.05f32, 0.6, 1.5, 2.1];
+        let h = Histogram::of_distances(&d_ap, &d_an, 0.2);
+        // Hard (d_an <= d_ap), semi-hard (within the margin) twice, easy.
+        assert_eq!(h.hard.iter().sum::<u64>(), 1);
+        assert_eq!(h.semihard.iter().sum::<u64>(), 2);
+        assert_eq!(h.easy.iter().sum::<u64>(), 1);
+        assert_eq!(h.edges.len(), Histogram::BINS + 1);
     }
 }
