@@ -10,10 +10,6 @@ pub struct Resident {
     pub now: u64,
     /// Highest resident set so far (`VmHWM`).
     pub peak: u64,
-    /// Anonymous part of `now` (`RssAnon`): heap, stacks, index memory.
-    pub anon: u64,
-    /// File-backed part of `now` (`RssFile`): the program's code and mapped files.
-    pub file: u64,
 }
 
 impl Resident {
@@ -30,8 +26,6 @@ impl Resident {
         Resident {
             now: field("VmRSS"),
             peak: field("VmHWM"),
-            anon: field("RssAnon"),
-            file: field("RssFile"),
         }
     }
 }

@@ -61,14 +61,19 @@ impl MappedPages {
     fn relieve(&self) {
         let resident = file_backed_resident_bytes().saturating_sub(self.baseline);
         if resident > self.budget.load(std::sync::atomic::Ordering::Relaxed) {
-            // SAFETY: a read-only shared file mapping; dropping its pages loses nothing, they
-            // are read back from the file (or the page cache) on the next access, also by a
-            // thread reading the mapping while they are dropped.
-            let _ = unsafe {
-                self.map
-                    .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
-            };
+            self.drop_all();
         }
+    }
+
+    /// Drops every resident page of the mapping.
+    fn drop_all(&self) {
+        // SAFETY: a read-only shared file mapping; dropping its pages loses nothing, they are
+        // read back from the file (or the page cache) on the next access, also by a thread
+        // reading the mapping while they are dropped.
+        let _ = unsafe {
+            self.map
+                .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+        };
     }
 }
 
@@ -99,13 +104,7 @@ impl Vectors {
     /// measured.
     pub fn relieve_all(&self) {
         if let Inner::Mapped(spill) = &self.0 {
-            // SAFETY: as in `MappedPages::relieve`.
-            let _ = unsafe {
-                spill
-                    .pages
-                    .map
-                    .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
-            };
+            spill.pages.drop_all();
         }
     }
 
@@ -117,20 +116,6 @@ impl Vectors {
                 .pages
                 .budget
                 .store(bytes, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-
-    /// The page budget of a spilled store, in bytes (`None` on the heap): what a buffer of
-    /// gathered rows should stay within.
-    pub fn spill_budget(&self) -> Option<usize> {
-        match &self.0 {
-            Inner::Mapped(spill) => Some(
-                spill
-                    .pages
-                    .budget
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            ),
-            Inner::Heap(_) => None,
         }
     }
 

@@ -380,16 +380,10 @@ fn groups_within_memory(
     };
     // `all` keeps every band row, however many: counted as many as the ladder's deepest
     // search would return.
-    let limit = m
-        .params
-        .num_negatives
-        .limit()
-        .min(super::negatives::APPROXIMATE_MAX_K_FACTOR * m.params.k());
-    let kept = if m.params.sample == crate::config::NegativeSampling::Random {
-        WHOLE_BAND.max(2 * limit + 8)
-    } else {
-        2 * limit + 8
-    };
+    let kept = first_prune_at(
+        m.negatives_per_pair_estimate(),
+        m.params.sample == crate::config::NegativeSampling::Random,
+    );
     // A pair's state, its kept rows (8 bytes, in a buffer that may have doubled, and more
     // than `kept` after a prune keeps the rows near the band's edges) and the prune's
     // scratch: measured at 1.2 KB a pair for 5 negatives on 1,000,000 x 128.
@@ -411,6 +405,13 @@ fn groups_within_memory(
         out.push(start..planned.len());
     }
     out
+}
+
+/// How many band rows a pair keeps before its first prune, for `limit` negatives: twice the
+/// limit and a few more, or a whole small band when a random sample is ranked from it.
+fn first_prune_at(limit: usize, whole_band: bool) -> usize {
+    let at = 2 * limit.min(1 << 20) + 8;
+    if whole_band { WHOLE_BAND.max(at) } else { at }
 }
 
 /// The fewest anchors of a group of the one-pass engine under a memory limit.
@@ -498,11 +499,10 @@ fn resolve_group(
                                 cut: f32::INFINITY,
                                 // A sample keeps its whole band while it is small: the sample's
                                 // ranks then come from it, without a second pass.
-                                prune_at: if keyed.is_some() && m.sample_shortcuts {
-                                    WHOLE_BAND.max(2 * limit.min(1 << 20) + 8)
-                                } else {
-                                    2 * limit.min(1 << 20) + 8
-                                },
+                                prune_at: first_prune_at(
+                                    limit,
+                                    keyed.is_some() && m.sample_shortcuts,
+                                ),
                                 scratch: Vec::new(),
                                 keyed,
                             }

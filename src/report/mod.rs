@@ -120,6 +120,41 @@ pub struct Histogram {
 
 impl Histogram {
     const BINS: usize = 60;
+
+    /// The histogram of `d_an - d_ap` by kind, from the distances (no column of either).
+    fn of_distances(d_ap: &[f32], d_an: &[f32], margin: f32) -> Histogram {
+        let t = || {
+            d_ap.iter()
+                .zip(d_an)
+                .map(|(&ap, &an)| an as f64 - ap as f64)
+        };
+        if d_ap.is_empty() {
+            return Histogram::default();
+        }
+        let (lo, hi) = t().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+            (lo.min(x), hi.max(x))
+        });
+        let width = if hi > lo {
+            (hi - lo) / Self::BINS as f64
+        } else {
+            1.0
+        };
+        let mut h = Histogram {
+            edges: (0..=Self::BINS).map(|i| lo + width * i as f64).collect(),
+            hard: vec![0; Self::BINS],
+            semihard: vec![0; Self::BINS],
+            easy: vec![0; Self::BINS],
+        };
+        for (x, (&ap, &an)) in t().zip(d_ap.iter().zip(d_an)) {
+            let bin = (((x - lo) / width) as usize).min(Self::BINS - 1);
+            match TripletKind::classify(ap, an, margin) {
+                TripletKind::Hard => h.hard[bin] += 1,
+                TripletKind::Semihard => h.semihard[bin] += 1,
+                _ => h.easy[bin] += 1,
+            }
+        }
+        h
+    }
 }
 
 /// The per-triplet columns the report is computed from (12 bytes a triplet: loss and kind
@@ -765,43 +800,6 @@ mod tests {
     }
 }
 
-impl Histogram {
-    /// The histogram of `d_an - d_ap` by kind, from the distances (no column of either).
-    fn of_distances(d_ap: &[f32], d_an: &[f32], margin: f32) -> Histogram {
-        let t = || {
-            d_ap.iter()
-                .zip(d_an)
-                .map(|(&ap, &an)| an as f64 - ap as f64)
-        };
-        if d_ap.is_empty() {
-            return Histogram::default();
-        }
-        let (lo, hi) = t().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
-            (lo.min(x), hi.max(x))
-        });
-        let width = if hi > lo {
-            (hi - lo) / Self::BINS as f64
-        } else {
-            1.0
-        };
-        let mut h = Histogram {
-            edges: (0..=Self::BINS).map(|i| lo + width * i as f64).collect(),
-            hard: vec![0; Self::BINS],
-            semihard: vec![0; Self::BINS],
-            easy: vec![0; Self::BINS],
-        };
-        for (x, (&ap, &an)) in t().zip(d_ap.iter().zip(d_an)) {
-            let bin = (((x - lo) / width) as usize).min(Self::BINS - 1);
-            match TripletKind::classify(ap, an, margin) {
-                TripletKind::Hard => h.hard[bin] += 1,
-                TripletKind::Semihard => h.semihard[bin] += 1,
-                _ => h.easy[bin] += 1,
-            }
-        }
-        h
-    }
-}
-
 /// Sums of one label's triplets (or of all).
 #[derive(Debug, Clone, Copy, Default)]
 struct TripletSums {
@@ -815,26 +813,47 @@ struct TripletSums {
     d_an: f64,
 }
 
-impl TripletSums {
-    fn add(&mut self, ap: f32, an: f32, margin: f32, pileup: f64) {
-        let loss = triplet_loss(ap, an, margin);
-        self.triplets += 1;
-        self.kinds[match TripletKind::classify(ap, an, margin) {
-            TripletKind::Hard => 0,
-            TripletKind::Semihard => 1,
-            _ => 2,
-        }] += 1;
-        self.active += u64::from(loss > 0.0);
+/// What one triplet adds to [`TripletSums`], worked out once for its label's sums and the
+/// overall ones.
+struct TripletFacts {
+    ap: f32,
+    an: f32,
+    loss: f32,
+    kind: usize,
+    pileup: bool,
+}
+
+impl TripletFacts {
+    fn of(ap: f32, an: f32, margin: f32, pileup: f64) -> Self {
         let t = an as f64 - ap as f64;
-        self.pileup += u64::from(t <= pileup && t >= -pileup);
-        self.loss += loss as f64;
+        TripletFacts {
+            ap,
+            an,
+            loss: triplet_loss(ap, an, margin),
+            kind: match TripletKind::classify(ap, an, margin) {
+                TripletKind::Hard => 0,
+                TripletKind::Semihard => 1,
+                _ => 2,
+            },
+            pileup: t <= pileup && t >= -pileup,
+        }
+    }
+}
+
+impl TripletSums {
+    fn add(&mut self, f: &TripletFacts) {
+        self.triplets += 1;
+        self.kinds[f.kind] += 1;
+        self.active += u64::from(f.loss > 0.0);
+        self.pileup += u64::from(f.pileup);
+        self.loss += f.loss as f64;
         self.loss_max = if self.triplets == 1 {
-            loss as f64
+            f.loss as f64
         } else {
-            self.loss_max.max(loss as f64)
+            self.loss_max.max(f.loss as f64)
         };
-        self.d_ap += ap as f64;
-        self.d_an += an as f64;
+        self.d_ap += f.ap as f64;
+        self.d_an += f.an as f64;
     }
 }
 
@@ -867,8 +886,9 @@ fn triplet_figures(
     let mut sums = vec![TripletSums::default(); codes];
     let mut all = TripletSums::default();
     for ((&l, &ap), &an) in labels.iter().zip(d_ap).zip(d_an) {
-        sums[l as usize].add(ap, an, margin, pileup);
-        all.add(ap, an, margin, pileup);
+        let facts = TripletFacts::of(ap, an, margin, pileup);
+        sums[l as usize].add(&facts);
+        all.add(&facts);
     }
     // Losses placed label after label (a counting sort), each label's then sorted.
     let mut start = Vec::with_capacity(codes + 1);
