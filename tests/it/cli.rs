@@ -12,8 +12,7 @@ use assert_cmd::Command;
 use predicates::prelude::*;
 use tempfile::TempDir;
 
-mod common;
-use common::bin::{f32_column, generated, read, tripmine};
+use crate::common::bin::{f32_column, generated, read, tripmine};
 
 /// A table with `id`, `label` and a FixedSizeList embedding column of the given values.
 fn write_table(path: &Path, labels: ArrayRef, embedding: ArrayRef) {

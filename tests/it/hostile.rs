@@ -19,8 +19,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tempfile::TempDir;
 
-mod common;
-use common::bin::{generated, tripmine};
+use crate::common::bin::{generated, tripmine};
 
 fn mine_in(dir: &Path, input: &Path) -> Command {
     let mut cmd = tripmine();
@@ -584,7 +583,7 @@ fn most_anchors_without_a_negative_is_a_warning_with_what_to_try() {
     let dir = TempDir::new().unwrap();
     let input = dir.path().join("far.parquet");
     // Classes far apart: almost no negative lies within the margin of a positive.
-    common::bin::gen_table(
+    crate::common::bin::gen_table(
         &input,
         &[
             "--rows",

@@ -1,8 +1,6 @@
 //! Indexes: `auto`, saving and loading with checks, search parameters, and the recall check.
 
-mod common;
-
-use common::bin::{gen_table, generated, mine_with_summary as mine, summary};
+use crate::common::bin::{gen_table, generated, mine_with_summary as mine, summary};
 use predicates::prelude::*;
 use tempfile::TempDir;
 

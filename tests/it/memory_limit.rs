@@ -4,13 +4,11 @@
 //! while they run) stay under the limit, mode by mode. A limit below what the run cannot do
 //! without is refused before any row is mined.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::bin::tripmine;
+use crate::common::bin::tripmine;
 
 const LIMIT_MIB: u64 = 192;
 

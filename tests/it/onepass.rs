@@ -5,9 +5,7 @@
 //! qualifying rows with exact ranks, and spread over the band; rank windows (with guards and
 //! random sampling) equal the ladder.
 
-mod common;
-
-use common::{Oracle, blob_table, grid_table};
+use crate::common::{Oracle, blob_table, grid_table};
 use proptest::prelude::*;
 use tripmine::Table;
 use tripmine::config::{

@@ -1,8 +1,6 @@
 //! With the exact index, every mined set equals an exhaustive search over the whole table.
 
-mod common;
-
-use common::{Oracle, blob_table, grid_table};
+use crate::common::{Oracle, blob_table, grid_table};
 use tripmine::Table;
 use tripmine::config::{
     Count, Metric, MiningParams, NegativeSampling, NegativeStrategy, PositiveStrategy,

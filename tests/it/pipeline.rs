@@ -1,15 +1,13 @@
 //! Scheduled use: pipeline files, overrides, manifests and skipping, partitioned outputs,
 //! quality gates, and outputs that survive a kill at any point.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::bin::{gen_table, generated, read, tripmine};
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Field, Schema};
-use common::bin::{gen_table, generated, read, tripmine};
 use predicates::prelude::*;
 use tempfile::TempDir;
 use tripmine::io::synthetic::{GenSpec, generate};

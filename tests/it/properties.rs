@@ -1,13 +1,11 @@
 //! Property tests: on random tables and settings, the miner equals the oracle, every triplet
 //! satisfies its kind, and the report's counts add up.
 
-mod common;
-
 use std::sync::Arc;
 
+use crate::common::{Oracle, admits};
 use arrow::array::{Array, AsArray, Int64Array};
 use arrow::datatypes::{Float64Type, UInt64Type};
-use common::{Oracle, admits};
 use proptest::prelude::*;
 use tripmine::config::{Count, Metric, MiningParams, NegativeStrategy, PositiveStrategy};
 use tripmine::mine::Miner;

@@ -2,13 +2,11 @@
 //! recall, the search tuned to a target, explicit settings kept, the recall gate, and `auto`
 //! weighing the exact engine against an IVF index.
 
-mod common;
-
 use std::collections::HashSet;
 use std::path::Path;
 
-use common::bin::{gen_table, mine_with_summary as mine, summary};
-use common::{Oracle, blob_table};
+use crate::common::bin::{gen_table, mine_with_summary as mine, summary};
+use crate::common::{Oracle, blob_table};
 use predicates::prelude::*;
 use rand::SeedableRng;
 use tempfile::TempDir;

@@ -1,14 +1,12 @@
 //! The HTML report in a real headless browser (Debian's chromium): it renders, its charts are
 //! there, and the numbers in it equal those of the Parquet report.
 
-mod common;
-
 use std::path::Path;
 
+use crate::common::bin::{gen_table, read, tripmine};
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Float64Type;
 use arrow::util::display::array_value_to_string;
-use common::bin::{gen_table, read, tripmine};
 use predicates::prelude::*;
 use tempfile::TempDir;
 

@@ -1,11 +1,9 @@
 //! Retrieval mode, false-negative guards, the rank window, the reuse cap and the shortfall
 //! policy: with the exact index every mined set equals an exhaustive search.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::{Oracle, blob_table, grid_table};
+use crate::common::{Oracle, blob_table, grid_table};
 use proptest::prelude::*;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -1,18 +1,16 @@
 //! Retrieval mode through the real binary: queries, corpus and qrels in Parquet; output
 //! formats, passthrough columns, the report's rule counts and bad input.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::common::Oracle;
+use crate::common::bin::{f32_column, read, tripmine};
 use arrow::array::{
     Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, ListArray, RecordBatch, StringArray,
 };
 use arrow::datatypes::{DataType, Field, Float32Type, Schema, UInt8Type, UInt32Type, UInt64Type};
-use common::Oracle;
-use common::bin::{f32_column, read, tripmine};
 use predicates::prelude::*;
 use tempfile::TempDir;
 use tripmine::config::{
@@ -636,7 +634,7 @@ fn the_readme_python_snippet_loads_the_output_with_hugging_face_datasets() {
 #[test]
 fn with_passes_columns_through_in_labelled_mode_too() {
     let dir = TempDir::new().unwrap();
-    let input = common::bin::generated(dir.path(), "data.parquet", 200, 4, 1);
+    let input = crate::common::bin::generated(dir.path(), "data.parquet", 200, 4, 1);
     tripmine()
         .current_dir(dir.path())
         .arg("mine")
