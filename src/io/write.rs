@@ -1,5 +1,6 @@
-//! Atomic Parquet output: rows go to a hidden temporary file beside the destination, which is
-//! renamed over it only when complete, so a reader never sees a half-written file.
+//! Atomic, durable Parquet output: rows go to a hidden temporary file beside the destination,
+//! which is flushed to disk and renamed over it only when complete, so a reader never sees a
+//! half-written file and a crash after the rename does not lose the new one.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -13,28 +14,34 @@ use parquet::file::properties::WriterProperties;
 use crate::error::{Error, Result};
 
 /// A file or folder being written under a temporary name beside its destination; removed on
-/// drop unless committed. Committing renames it over the destination in one step (a folder is
-/// exchanged with the previous one atomically), so a reader, or a crash at any point, sees
-/// either the previous complete output or the new one.
+/// drop unless committed. Committing flushes it to disk and renames it over the destination in
+/// one step (a folder is exchanged with the previous one atomically), then flushes the parent
+/// folder, so a reader, or a crash at any point, sees either the previous complete output or
+/// the new one.
+///
+/// The temporary name is `.NAME.tmp-RANDOM` and this value holds an exclusive lock (`flock`)
+/// on it while it lives: a later run removes such leftovers only when it can take their lock,
+/// which works across processes that share a volume but not a PID namespace.
 #[derive(Debug)]
 pub struct AtomicPath {
     tmp: PathBuf,
     dest: PathBuf,
     is_dir: bool,
     committed: bool,
+    /// The open temporary file or folder whose lock marks it as live work.
+    _held: File,
 }
 
 impl AtomicPath {
-    /// Reserves `.NAME.tmp-PID` beside `dest`, removing such leftovers of dead processes.
+    /// Reserves a locked `.NAME.tmp-RANDOM` file beside `dest`, removing the leftovers of
+    /// interrupted runs.
     pub fn new(dest: &Path) -> Result<Self> {
         Self::reserve(dest, false)
     }
 
-    /// As [`AtomicPath::new`], and creates the temporary folder.
+    /// As [`AtomicPath::new`], for a folder.
     pub fn new_dir(dest: &Path) -> Result<Self> {
-        let target = Self::reserve(dest, true)?;
-        std::fs::create_dir(&target.tmp).map_err(|e| Error::output(dest, e))?;
-        Ok(target)
+        Self::reserve(dest, true)
     }
 
     fn reserve(dest: &Path, is_dir: bool) -> Result<Self> {
@@ -43,18 +50,16 @@ impl AtomicPath {
             .ok_or_else(|| Error::Config(format!("output path {} names no file", dest.display())))?
             .to_string_lossy()
             .to_string();
-        let dir = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = parent_of(dest);
         std::fs::create_dir_all(&dir).map_err(|e| Error::output(dest, e))?;
         remove_stale(&dir, &name);
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let (tmp, held) = claim(&dir, &name, is_dir).map_err(|e| Error::output(dest, e))?;
         Ok(AtomicPath {
             tmp,
             dest: dest.to_path_buf(),
             is_dir,
             committed: false,
+            _held: held,
         })
     }
 
@@ -73,17 +78,21 @@ impl AtomicPath {
         std::fs::write(&self.tmp, contents).map_err(|e| Error::output(&self.dest, e))
     }
 
-    /// Renames the temporary file or folder over the destination.
+    /// Flushes the temporary file or folder to disk and renames it over the destination.
     pub fn commit(mut self) -> Result<()> {
-        let dest = &self.dest;
+        let dest = self.dest.clone();
+        let fail = |e| Error::output(&dest, e);
+        sync_tree(&self.tmp).map_err(fail)?;
         if self.is_dir && dest.exists() {
-            exchange(&self.tmp, dest).map_err(|e| Error::output(dest, e))?;
+            exchange(&self.tmp, &dest).map_err(fail)?;
             // The previous folder now sits at the temporary name; drop removes it.
-            return Ok(());
+        } else {
+            std::fs::rename(&self.tmp, &dest).map_err(fail)?;
+            self.committed = true;
         }
-        std::fs::rename(&self.tmp, dest).map_err(|e| Error::output(dest, e))?;
-        self.committed = true;
-        Ok(())
+        File::open(parent_of(&dest))
+            .and_then(|d| d.sync_all())
+            .map_err(fail)
     }
 }
 
@@ -99,6 +108,55 @@ impl Drop for AtomicPath {
     }
 }
 
+/// The folder `path` is in (`.` for a bare name).
+fn parent_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Creates `.NAME.tmp-RANDOM` in `dir` and locks it. It is created as `...RANDOM.new`, locked,
+/// then renamed (the lock stays with the open file), so [`remove_stale`] never sees it
+/// unlocked.
+fn claim(dir: &Path, name: &str, is_dir: bool) -> std::io::Result<(PathBuf, File)> {
+    loop {
+        let tmp = dir.join(format!(".{name}.tmp-{:016x}", rand::random::<u64>()));
+        let mut staged = tmp.clone().into_os_string();
+        staged.push(".new");
+        let staged = PathBuf::from(staged);
+        let created = if is_dir {
+            std::fs::create_dir(&staged).and_then(|()| File::open(&staged))
+        } else {
+            File::options().write(true).create_new(true).open(&staged)
+        };
+        let held = match created {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        };
+        held.lock()?;
+        if tmp.exists() {
+            // Another run drew the same name (2^-64): draw again.
+            drop(held);
+            let _ = remove_path(&staged);
+            continue;
+        }
+        std::fs::rename(&staged, &tmp)?;
+        return Ok((tmp, held));
+    }
+}
+
+/// Flushes a file, or a folder's files and the folder itself, to disk.
+fn sync_tree(path: &Path) -> std::io::Result<()> {
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            sync_tree(&entry?.path())?;
+        }
+    }
+    File::open(path)?.sync_all()
+}
+
 /// Swaps two paths atomically (Linux `renameat2` with `RENAME_EXCHANGE`).
 fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
@@ -106,8 +164,7 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     let b = std::ffi::CString::new(b.as_os_str().as_bytes())?;
     // SAFETY: two valid NUL-terminated paths relative to the working directory.
     let rc = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
+        libc::renameat2(
             libc::AT_FDCWD,
             a.as_ptr(),
             libc::AT_FDCWD,
@@ -122,8 +179,19 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Removes `.NAME.tmp-PID` entries in `dir` left by processes that no longer run (killed
-/// mid-write); those of live processes are another run's work in progress.
+fn remove_path(path: &Path) -> std::io::Result<()> {
+    if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    }
+}
+
+/// Staged names (`.new`) older than this are a run that died between creating and locking.
+const STAGED_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes the `.NAME.tmp-*` entries in `dir` that no process holds (runs killed mid-write);
+/// those whose lock is held are another run's work in progress.
 fn remove_stale(dir: &Path, name: &str) {
     let prefix = format!(".{name}.tmp-");
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -131,20 +199,24 @@ fn remove_stale(dir: &Path, name: &str) {
     };
     for entry in entries.flatten() {
         let file_name = entry.file_name().to_string_lossy().to_string();
-        let Some(pid) = file_name
-            .strip_prefix(&prefix)
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
+        if !file_name.starts_with(&prefix) {
             continue;
+        }
+        let path = entry.path();
+        let stale = if file_name.ends_with(".new") {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STAGED_STALE_AFTER)
+        } else {
+            // The lock taken here is released when `probe` drops, after the removal.
+            File::open(&path).is_ok_and(|probe| probe.try_lock().is_ok())
         };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let path = entry.path();
+        if stale {
             tracing::info!(path = %path.display(), "removing a leftover of an interrupted run");
-            let _ = if path.is_dir() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
+            let _ = remove_path(&path);
         }
     }
 }
@@ -422,12 +494,53 @@ mod tests {
     }
 
     #[test]
-    fn leftovers_of_dead_processes_are_removed() {
+    fn leftovers_no_run_holds_are_removed() {
         let dir = tempfile::TempDir::new().unwrap();
-        // PIDs above the kernel's maximum never run.
-        let stale = dir.path().join(".out.parquet.tmp-4294967294");
+        let stale = dir.path().join(".out.parquet.tmp-00000000deadbeef");
         std::fs::write(&stale, b"partial").unwrap();
+        let stale_dir = dir.path().join(".out.parquet.tmp-00000000feedf00d");
+        std::fs::create_dir(&stale_dir).unwrap();
+        std::fs::write(stale_dir.join("part"), b"partial").unwrap();
         let _target = AtomicPath::new(&dir.path().join("out.parquet")).unwrap();
         assert!(!stale.exists());
+        assert!(!stale_dir.exists());
+    }
+
+    #[test]
+    fn a_temporary_output_a_live_run_holds_is_kept() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let dest = dir.path().join("out.parquet");
+        let first = AtomicPath::new(&dest).unwrap();
+        first.write(b"in progress").unwrap();
+        let second = AtomicPath::new(&dest).unwrap();
+        assert!(first.tmp().exists(), "the live run's file was removed");
+        assert_ne!(first.tmp(), second.tmp());
+        let folder = AtomicPath::new_dir(&dir.path().join("parts")).unwrap();
+        let _again = AtomicPath::new_dir(&dir.path().join("parts")).unwrap();
+        assert!(folder.tmp().is_dir(), "the live run's folder was removed");
+    }
+
+    #[test]
+    fn temporary_names_are_unpredictable() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let dest = dir.path().join("out.parquet");
+        let names: std::collections::HashSet<PathBuf> = (0..16)
+            .map(|_| AtomicPath::new(&dest).unwrap().tmp().to_path_buf())
+            .collect();
+        assert_eq!(names.len(), 16);
+        assert!(names.iter().all(|n| {
+            !n.to_string_lossy()
+                .contains(&std::process::id().to_string())
+        }));
+    }
+
+    #[test]
+    fn a_committed_file_replaces_the_destination_and_leaves_nothing_else() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let dest = dir.path().join("out.json");
+        std::fs::write(&dest, b"old").unwrap();
+        write_atomic(&dest, b"new").unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }
