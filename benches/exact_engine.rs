@@ -59,7 +59,7 @@ fn sgemm_pass(v: &[f32], dim: usize) -> f64 {
 }
 
 fn main() {
-    tripmine::cli::reexec_with_passive_openmp();
+    tripmine::process::reexec_with_passive_openmp();
     if std::env::args().any(|a| a == "--list") {
         return;
     }

@@ -28,7 +28,7 @@ fn list(name: &str, default: &str) -> Vec<usize> {
 }
 
 fn main() {
-    tripmine::cli::reexec_with_passive_openmp();
+    tripmine::process::reexec_with_passive_openmp();
     if std::env::args().any(|a| a == "--list") {
         return;
     }

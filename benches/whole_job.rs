@@ -115,7 +115,7 @@ fn child(input: &str, index: &str, out_dir: &str, extra: &str) {
 
 fn main() {
     // Same OpenMP set-up as the binary (see `reexec_with_passive_openmp`).
-    tripmine::cli::reexec_with_passive_openmp();
+    tripmine::process::reexec_with_passive_openmp();
     if std::env::args().any(|a| a == "--list") {
         return;
     }

@@ -524,25 +524,3 @@ pub fn exit_code(e: &Error) -> u8 {
         ErrorClass::QualityGate => exit_code::QUALITY_GATE,
     }
 }
-
-/// Re-executes the binary once with `OMP_WAIT_POLICY=PASSIVE` unless the caller set a policy.
-///
-/// By default FAISS's OpenMP threads spin after each parallel region and fight OpenBLAS's and
-/// rayon's threads for the cores: on 2 cores the whole job ran about twice as long. libgomp
-/// reads the policy only when it is loaded, before `main`, so it cannot be set from inside.
-pub fn reexec_with_passive_openmp() {
-    use std::os::unix::process::CommandExt;
-    if std::env::var_os("OMP_WAIT_POLICY").is_some() {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let mut args = std::env::args_os();
-    let mut cmd = std::process::Command::new(exe);
-    if let Some(arg0) = args.next() {
-        cmd.arg0(arg0);
-    }
-    // `exec` returns only if it failed; the job then runs with the default policy.
-    let _ = cmd.args(args).env("OMP_WAIT_POLICY", "PASSIVE").exec();
-}

@@ -5,8 +5,6 @@
 //! on how far those may be from the exact ones, so the miner can tell which part of a candidate
 //! list is complete. Exact distances are always recomputed by the miner (see `score`).
 
-use std::ffi::{c_char, c_int, c_void};
-
 use std::path::{Path, PathBuf};
 
 use faiss::index::IndexImpl;
@@ -20,81 +18,6 @@ use crate::error::faiss_message;
 use crate::error::{Error, Result};
 use crate::io::{AtomicPath, write_atomic};
 use crate::score::dot;
-
-unsafe extern "C" {
-    // FAISS is linked with libgomp; the count applies to the calling thread's regions.
-    fn omp_set_num_threads(n: c_int);
-    fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
-}
-
-/// Caps the threads of FAISS (OpenMP) and of OpenBLAS, where the BLAS linked is OpenBLAS,
-/// for work started from the calling thread.
-pub fn set_native_threads(n: usize) {
-    set_openmp_threads(n);
-    let n = n.min(c_int::MAX as usize) as c_int;
-    // The BLAS is whatever `libblas.so.3` points to; only OpenBLAS has this setter, so it is
-    // looked up rather than linked. RTLD_DEFAULT is the null handle on glibc.
-    // SAFETY: dlsym with a NUL-terminated name; the symbol, if found, has this signature.
-    unsafe {
-        let f = dlsym(std::ptr::null_mut(), c"openblas_set_num_threads".as_ptr());
-        if !f.is_null() {
-            let set: extern "C" fn(c_int) = std::mem::transmute(f);
-            set(n);
-        }
-    }
-}
-
-/// While alive, OpenBLAS multiplies on the calling thread only (where the BLAS linked is
-/// OpenBLAS): for work that runs its own products in parallel, one per thread. The thread
-/// count before is restored on drop. OpenBLAS's setting is process-wide.
-pub struct SingleThreadedBlas {
-    restore: Option<(extern "C" fn(c_int), c_int)>,
-}
-
-impl SingleThreadedBlas {
-    pub fn new() -> Self {
-        // SAFETY: dlsym with NUL-terminated names; the symbols, if found, have these
-        // signatures (OpenBLAS's `openblas_get_num_threads` and `openblas_set_num_threads`).
-        unsafe {
-            let get = dlsym(std::ptr::null_mut(), c"openblas_get_num_threads".as_ptr());
-            let set = dlsym(std::ptr::null_mut(), c"openblas_set_num_threads".as_ptr());
-            if get.is_null() || set.is_null() {
-                return SingleThreadedBlas { restore: None };
-            }
-            let get: extern "C" fn() -> c_int = std::mem::transmute(get);
-            let set: extern "C" fn(c_int) = std::mem::transmute(set);
-            let before = get();
-            set(1);
-            SingleThreadedBlas {
-                restore: Some((set, before)),
-            }
-        }
-    }
-}
-
-impl Default for SingleThreadedBlas {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for SingleThreadedBlas {
-    fn drop(&mut self) {
-        if let Some((set, before)) = self.restore {
-            set(before);
-        }
-    }
-}
-
-/// Caps the OpenMP threads (FAISS's) of parallel regions that the calling thread starts.
-///
-/// OpenMP keeps this per thread: a thread that did not call it (a rayon worker, say) starts
-/// regions with as many threads as cores, so every worker of a capped pool must call it.
-pub fn set_openmp_threads(n: usize) {
-    let n = n.min(c_int::MAX as usize) as c_int;
-    // SAFETY: plain setter of the OpenMP runtime, callable at any time.
-    unsafe { omp_set_num_threads(n) }
-}
 
 /// Candidate rows of a batch of queries, `k` per query, nearest (or farthest) first.
 #[derive(Debug, Clone)]

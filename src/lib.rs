@@ -34,6 +34,7 @@ pub mod io;
 pub mod memory;
 pub mod mine;
 pub mod pipeline;
+pub mod process;
 pub mod report;
 pub mod score;
 

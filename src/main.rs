@@ -1,10 +1,13 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tripmine::cli::{Cli, execute, exit_code, init_logging, reexec_with_passive_openmp};
+use tripmine::cli::{Cli, execute, exit_code, init_logging};
+use tripmine::process::{reexec_with_passive_openmp, release_free_heap_between_stages};
 
 fn main() -> ExitCode {
+    // The process is the job: its policy is set here, not in the library.
     reexec_with_passive_openmp();
+    release_free_heap_between_stages(true);
     quiet_contained_panics();
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.log_format);

@@ -342,7 +342,7 @@ pub(super) fn resolve_all(m: &mut Miner, plans: &[AnchorPlan]) -> Result<Vec<Opt
         let m = &*m;
         // Each group multiplies on its own thread: BLAS's threads would only wait between
         // the small products and the scans.
-        let _single = crate::index::SingleThreadedBlas::new();
+        let _single = crate::process::BlasThreads::single();
         // Groups for every thread even when anchors are few.
         let per_group = tiles
             .anchors

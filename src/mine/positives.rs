@@ -101,7 +101,7 @@ pub(super) fn plan(m: &mut Miner, anchors: &[u32]) -> Result<Vec<AnchorPlan>> {
             let m = &*m;
             // One small product per group, groups in parallel: BLAS's own threads would only
             // wait on products this small.
-            let _single = crate::index::SingleThreadedBlas::new();
+            let _single = crate::process::BlasThreads::single();
             small
                 .par_iter()
                 .map(|(label, idx)| {

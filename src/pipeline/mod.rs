@@ -28,12 +28,12 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::config::Metric;
 use crate::config::MiningConfig;
 use crate::error::{Error, Result};
-use crate::index::{set_native_threads, set_openmp_threads};
 use crate::io::{
     AtomicPath, Queries, ReadOptions, Table, TripletSink, Vectors, read_retrieval, read_table_with,
     resolve_inputs, write_atomic, write_parquet_into,
 };
 use crate::mine::{MinedBlock, Miner, Triplet};
+use crate::process::{BlasThreads, OpenMpThreads, release_free_heap, set_openmp_threads};
 use crate::report::{Report, ReportBuilder};
 use manifest::{
     Manifest, fingerprint, manifest_path, stat_inputs, stat_outputs, up_to_date, write_manifest,
@@ -74,8 +74,12 @@ pub fn run(config: &MiningConfig) -> Result<Summary> {
         None => {
             tracing::debug!(threads = live_threads(), "starting the job");
             let mut pool = rayon::ThreadPoolBuilder::new();
+            // Native thread caps for this job only: restored when it ends.
+            let _caps = config
+                .run
+                .threads
+                .map(|n| (OpenMpThreads::cap(n), BlasThreads::cap(n)));
             if let Some(n) = config.run.threads {
-                set_native_threads(n);
                 // FAISS runs on the pool's workers, whose OpenMP setting is their own.
                 pool = pool
                     .num_threads(n)
@@ -123,6 +127,8 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
     let mut seconds = Timings::default();
     let show = config.run.progress && std::io::stderr().is_terminal();
     let out = &config.output;
+    // Under a memory limit freed heap counts against it: trimmed between stages.
+    let bounded = config.mine.memory_limit.is_some();
 
     let spinner = progress(show, None, "reading");
     // Spilled vectors and the report's triplet columns go here.
@@ -164,7 +170,7 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         peak_rss_mib = peak_rss_mib(),
         "input read"
     );
-    release_free_heap();
+    release_free_heap(bounded);
 
     let t = Instant::now();
     let spinner = progress(show, None, "building index");
@@ -187,7 +193,7 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
         peak_rss_mib = peak_rss_mib(),
         "index built"
     );
-    release_free_heap();
+    release_free_heap(bounded);
 
     let t = Instant::now();
     let anchors = miner.anchors();
@@ -250,7 +256,7 @@ fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
             miner.finish(std::slice::from_mut(&mut mined));
             emit(&mined)?;
         }
-        release_free_heap();
+        release_free_heap(bounded);
         tracing::debug!(
             stage = "mine",
             anchors = window.len(),
@@ -521,14 +527,4 @@ fn rss_mib() -> u64 {
 /// The highest resident set so far, in MiB (for stage logs).
 fn peak_rss_mib() -> u64 {
     crate::memory::mib(crate::memory::Resident::now().peak)
-}
-
-/// Hands memory the allocator holds but no longer uses back to the system: the reader's
-/// batches, the index's training buffers and each block's lists are freed in pieces that
-/// glibc otherwise keeps in its arenas for reuse, and they would count in the peak RSS.
-fn release_free_heap() {
-    // SAFETY: malloc_trim only releases free memory; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }

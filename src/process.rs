@@ -1,0 +1,174 @@
+//! What a job does to its process beyond its own data, kept apart so that a host (the binary, a
+//! trainer that embeds the library, the Python package) decides it: the threads of the native
+//! libraries (FAISS's OpenMP, OpenBLAS), handing freed heap back to the system, and the OpenMP
+//! wait policy.
+//!
+//! The library changes nothing process-wide on its own: thread caps are guards that restore the
+//! previous setting when they drop, and the heap is trimmed between stages only when the host
+//! opted in ([`release_free_heap_between_stages`], which the binary does) or the job runs under
+//! a memory limit (the freed pages count in the resident set the limit bounds).
+
+use std::ffi::c_int;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+unsafe extern "C" {
+    // FAISS is linked with libgomp; both apply to the calling thread's parallel regions.
+    fn omp_set_num_threads(n: c_int);
+    fn omp_get_max_threads() -> c_int;
+}
+
+/// OpenBLAS's thread count getter and setter, where the BLAS linked is OpenBLAS: the BLAS is
+/// whatever `libblas.so.3` points to and only OpenBLAS has them, so they are looked up rather
+/// than linked.
+fn openblas_threads() -> Option<(extern "C" fn() -> c_int, extern "C" fn(c_int))> {
+    // SAFETY: dlsym with NUL-terminated names; the symbols, if found, have these signatures
+    // (OpenBLAS's `openblas_get_num_threads` and `openblas_set_num_threads`).
+    unsafe {
+        let get = libc::dlsym(libc::RTLD_DEFAULT, c"openblas_get_num_threads".as_ptr());
+        let set = libc::dlsym(libc::RTLD_DEFAULT, c"openblas_set_num_threads".as_ptr());
+        if get.is_null() || set.is_null() {
+            return None;
+        }
+        let get = std::mem::transmute::<*mut libc::c_void, extern "C" fn() -> c_int>(get);
+        let set = std::mem::transmute::<*mut libc::c_void, extern "C" fn(c_int)>(set);
+        Some((get, set))
+    }
+}
+
+fn clamp(n: usize) -> c_int {
+    n.clamp(1, c_int::MAX as usize) as c_int
+}
+
+/// While alive, OpenBLAS runs on at most `n` threads (where the BLAS linked is OpenBLAS); the
+/// count before is restored on drop. OpenBLAS's setting is process-wide, so a host that runs
+/// its own BLAS work beside a job shares the cap for the job's duration.
+pub struct BlasThreads {
+    restore: Option<(extern "C" fn(c_int), c_int)>,
+}
+
+impl BlasThreads {
+    pub fn cap(n: usize) -> Self {
+        let restore = openblas_threads().map(|(get, set)| {
+            let before = get();
+            set(clamp(n));
+            (set, before)
+        });
+        BlasThreads { restore }
+    }
+
+    /// One thread: for work that runs its own products in parallel, one per thread.
+    pub fn single() -> Self {
+        Self::cap(1)
+    }
+}
+
+impl Drop for BlasThreads {
+    fn drop(&mut self) {
+        if let Some((set, before)) = self.restore {
+            set(before);
+        }
+    }
+}
+
+/// While alive, OpenMP parallel regions (FAISS's) that the calling thread starts use at most
+/// `n` threads; the calling thread's setting before is restored on drop.
+///
+/// OpenMP keeps this per thread: a thread that did not set it (a rayon worker, say) starts
+/// regions with as many threads as cores, so every worker of a capped pool must set it
+/// ([`set_openmp_threads`] in the pool's start handler).
+pub struct OpenMpThreads {
+    before: c_int,
+}
+
+impl OpenMpThreads {
+    pub fn cap(n: usize) -> Self {
+        // SAFETY: plain getter and setter of the OpenMP runtime, callable at any time.
+        let before = unsafe { omp_get_max_threads() };
+        set_openmp_threads(n);
+        OpenMpThreads { before }
+    }
+}
+
+impl Drop for OpenMpThreads {
+    fn drop(&mut self) {
+        // SAFETY: plain setter of the OpenMP runtime, callable at any time.
+        unsafe { omp_set_num_threads(self.before) }
+    }
+}
+
+/// Caps the OpenMP threads of parallel regions that the calling thread starts, for good: for
+/// threads a job owns (its pool's workers).
+pub fn set_openmp_threads(n: usize) {
+    // SAFETY: plain setter of the OpenMP runtime, callable at any time.
+    unsafe { omp_set_num_threads(clamp(n)) }
+}
+
+static TRIM_BETWEEN_STAGES: AtomicBool = AtomicBool::new(false);
+
+/// Whether jobs hand the heap the allocator holds but no longer uses back to the system
+/// between stages (glibc's `malloc_trim`; default off). The reader's batches, the index's
+/// training buffers and each block's lists are freed in pieces that glibc otherwise keeps in
+/// its arenas for reuse, and they count in the resident set; a process that only mines wants
+/// them returned, a host with its own allocation pattern may not.
+pub fn release_free_heap_between_stages(on: bool) {
+    TRIM_BETWEEN_STAGES.store(on, Ordering::Relaxed);
+}
+
+/// Trims the heap if the host opted in or `bounded` (the job runs under a memory limit).
+pub(crate) fn release_free_heap(bounded: bool) {
+    if bounded || TRIM_BETWEEN_STAGES.load(Ordering::Relaxed) {
+        // SAFETY: malloc_trim only releases free memory; it has no preconditions.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
+/// Re-executes the running binary once with `OMP_WAIT_POLICY=PASSIVE` unless the caller set a
+/// policy. For programs whose process is the job (the binary, the benchmarks); the library
+/// never calls it.
+///
+/// By default FAISS's OpenMP threads spin after each parallel region and fight OpenBLAS's and
+/// rayon's threads for the cores: on 2 cores the whole job ran about twice as long. libgomp
+/// reads the policy only when it is loaded, before `main`, so it cannot be set from inside.
+pub fn reexec_with_passive_openmp() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("OMP_WAIT_POLICY").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut args = std::env::args_os();
+    let mut cmd = std::process::Command::new(exe);
+    if let Some(arg0) = args.next() {
+        cmd.arg0(arg0);
+    }
+    // `exec` returns only if it failed; the job then runs with the default policy.
+    let _ = cmd.args(args).env("OMP_WAIT_POLICY", "PASSIVE").exec();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_caps_are_restored_when_they_drop() {
+        // SAFETY: plain getter of the OpenMP runtime.
+        let omp = || unsafe { omp_get_max_threads() };
+        let before = omp();
+        {
+            let _cap = OpenMpThreads::cap(1);
+            assert_eq!(omp(), 1);
+        }
+        assert_eq!(omp(), before);
+        if let Some((get, _)) = openblas_threads() {
+            let before = get();
+            {
+                let _cap = BlasThreads::single();
+                assert_eq!(get(), 1);
+            }
+            assert_eq!(get(), before);
+        }
+    }
+}
