@@ -1,0 +1,536 @@
+//! The stages of one job, a function each: read, index, tune, mine and write, report, commit.
+//!
+//! In: a validated [`MiningConfig`] and its resolved input files. Out: the outputs renamed into
+//! place (only once every one is complete) and the run's [`Summary`]. Each stage is timed and
+//! logged (stage, rows, seconds, resident set) by a [`Stage`] guard.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime};
+
+use crate::config::{Metric, MiningConfig};
+use crate::error::Result;
+use crate::io::{
+    AtomicPath, Queries, ReadOptions, Table, TripletSink, Vectors, read_retrieval, read_table_with,
+    write_atomic, write_parquet_into,
+};
+use crate::mine::{AutoChoice, MinedBlock, Miner, Recall, SearchStats, Triplet, Truth, Tuning};
+use crate::process::release_free_heap;
+use crate::report::{Report, ReportBuilder, Totals};
+
+use super::outputs::{Batcher, OutputLayout, json, suspects_batch, with_metadata};
+use super::recall::{self, RecallPlan};
+use super::summary::{self, Summary, Timings};
+use super::{live_threads, peak_rss_mib, progress, rss_mib};
+
+/// A stage being timed: [`Stage::done`] logs its rows, seconds and the resident set, and
+/// returns the seconds. A stage left by an error logs that at debug level.
+struct Stage {
+    name: &'static str,
+    started: Instant,
+    finished: bool,
+}
+
+impl Stage {
+    fn start(name: &'static str) -> Self {
+        Stage {
+            name,
+            started: Instant::now(),
+            finished: false,
+        }
+    }
+
+    fn done(mut self, rows: usize, message: &str) -> f64 {
+        let seconds = self.started.elapsed().as_secs_f64();
+        tracing::info!(
+            stage = self.name,
+            rows,
+            seconds,
+            rss_mib = rss_mib(),
+            peak_rss_mib = peak_rss_mib(),
+            "{message}"
+        );
+        self.finished = true;
+        seconds
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        if !self.finished {
+            tracing::debug!(
+                stage = self.name,
+                seconds = self.started.elapsed().as_secs_f64(),
+                "stage ended by an error"
+            );
+        }
+    }
+}
+
+/// What every stage of a job shares.
+struct Job<'c> {
+    config: &'c MiningConfig,
+    files: &'c [PathBuf],
+    /// Progress bars on (a terminal, and not turned off).
+    show: bool,
+    /// Under a memory limit freed heap counts against it: trimmed between stages.
+    bounded: bool,
+    /// Spilled vectors and the report's triplet columns go here.
+    scratch: PathBuf,
+}
+
+/// The rows read: the table searched, and in retrieval mode the queries (the anchors).
+struct Input {
+    table: Table,
+    queries: Option<Queries>,
+}
+
+impl Input {
+    /// Anchor ids, labels and columns come from here; candidates' from `table`.
+    fn anchor_table(&self) -> &Table {
+        self.queries.as_ref().map_or(&self.table, |q| &q.table)
+    }
+
+    /// Labels of the table (none in retrieval mode, which has no labels).
+    fn labels(&self) -> usize {
+        if self.queries.is_some() {
+            0
+        } else {
+            self.table.num_labels()
+        }
+    }
+
+    /// Drops the vectors (the report needs labels and ids only).
+    fn drop_vectors(&mut self) {
+        self.table.vectors = Vectors::default();
+        if let Some(q) = &mut self.queries {
+            q.table.vectors = Vectors::default();
+        }
+    }
+}
+
+/// What mining wrote and gathered for the report.
+struct Mined {
+    triplets_file: AtomicPath,
+    report: ReportBuilder,
+    /// (agreement, row, majority label) of every label-noise suspect.
+    suspects: Vec<(f32, u32, u32)>,
+    /// The triplets of the recall sample's anchors.
+    sampled: Vec<Triplet>,
+    search: SearchStats,
+}
+
+/// What the report stage needs to know of the search, once the miner is gone.
+struct SearchFacts {
+    index: String,
+    exact: bool,
+    embedding_spread: f64,
+    recall: Option<Recall>,
+    tuning: Option<Tuning>,
+    auto: Option<AutoChoice>,
+}
+
+/// The report and its companions, written under temporary names.
+struct Reported {
+    rows: usize,
+    totals: Totals,
+    warnings: Vec<String>,
+    files: Vec<AtomicPath>,
+}
+
+pub(super) fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
+    let started = Instant::now();
+    let started_at = SystemTime::now();
+    let job = Job {
+        config,
+        files,
+        show: config.run.progress && std::io::stderr().is_terminal(),
+        bounded: config.mine.memory_limit.is_some(),
+        scratch: config
+            .run
+            .scratch_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir),
+    };
+    let mut seconds = Timings::default();
+
+    let stage = Stage::start("read");
+    let mut input = read(&job)?;
+    seconds.read = stage.done(input.table.rows(), &describe(&input, files.len()));
+    release_free_heap(job.bounded);
+
+    let stage = Stage::start("index");
+    let mut miner = build_index(&job, &input)?;
+    seconds.index = stage.done(input.table.rows(), "index built");
+    release_free_heap(job.bounded);
+
+    let stage = Stage::start("tune");
+    let anchors = miner.anchors();
+    let RecallPlan {
+        truth,
+        tuning,
+        auto,
+    } = {
+        let spinner = progress(job.show, None, "measuring recall");
+        let plan = recall::prepare(&config.mine, &mut miner, &anchors)?;
+        spinner.finish_and_clear();
+        plan
+    };
+    let recall_sample: &[u32] = truth.as_ref().map_or(&[], |t| &t.anchors);
+    seconds.tune = stage.done(recall_sample.len(), "search prepared");
+
+    let stage = Stage::start("mine");
+    let mined = mine_and_write(&job, &mut miner, &input, &anchors, recall_sample)?;
+    seconds.mine = stage.done(anchors.len(), "mined and scored");
+    seconds.search = mined.search;
+
+    let stage = Stage::start("report");
+    let facts = SearchFacts {
+        recall: measure_recall(&mut miner, truth, &mined.sampled)?,
+        index: miner.index_info().factory.clone(),
+        exact: miner.exact(),
+        embedding_spread: miner.embedding_spread(),
+        tuning,
+        auto,
+    };
+    // The vectors and the index are done with: freed before the report.
+    drop(miner);
+    input.drop_vectors();
+    let Mined {
+        triplets_file,
+        report,
+        suspects,
+        ..
+    } = mined;
+    let reported = report_stage(&job, &input, report, suspects, &facts, started_at)?;
+    seconds.report = stage.done(reported.rows, "report computed");
+    seconds.total = started.elapsed().as_secs_f64();
+
+    let summary = Summary {
+        tripmine_version: env!("CARGO_PKG_VERSION").into(),
+        inputs: files.to_vec(),
+        rows: input.table.rows() as u64,
+        dim: input.table.dim,
+        labels: input.labels(),
+        queries: input.queries.as_ref().map(|q| q.table.rows() as u64),
+        unknown_queries: input.queries.as_ref().map_or(0, |q| q.unknown_queries),
+        params: config.mine.clone(),
+        index: facts.index,
+        exact: facts.exact,
+        out: config.output.out.clone(),
+        report: config.output.report.clone(),
+        other_outputs: config
+            .options()
+            .outputs()
+            .into_iter()
+            .skip(2)
+            .map(|(_, p)| p.to_path_buf())
+            .collect(),
+        totals: reported.totals,
+        seconds,
+        skipped: false,
+        warnings: reported.warnings,
+        tuning: facts.tuning,
+        auto: facts.auto,
+    };
+    commit(&job, triplets_file, reported.files, &summary)?;
+    tracing::info!(
+        stage = "done",
+        rows = summary.rows,
+        triplets = summary.totals.triplets,
+        seconds = summary.seconds.total,
+        rss_mib = rss_mib(),
+        peak_rss_mib = peak_rss_mib(),
+        "finished"
+    );
+    Ok(summary)
+}
+
+/// The read stage's log line: what was read.
+fn describe(input: &Input, files: usize) -> String {
+    let t = &input.table;
+    let queries = input
+        .queries
+        .as_ref()
+        .map(|q| format!(", {} queries", q.table.rows()))
+        .unwrap_or_default();
+    let spilled = if t.vectors.is_spilled() {
+        ", vectors spilled to disk"
+    } else {
+        ""
+    };
+    format!(
+        "input read: {} rows x {} ({} labels{queries}) from {files} file(s){spilled}",
+        t.rows(),
+        t.dim,
+        t.num_labels()
+    )
+}
+
+/// Reads the table (or corpus and queries), spilling the vectors under a memory limit, and
+/// checks ids are unique.
+fn read(job: &Job) -> Result<Input> {
+    let config = job.config;
+    let spinner = progress(job.show, None, "reading");
+    let read_options = ReadOptions {
+        memory_limit: config.mine.memory_limit.map(|b| b.0),
+        scratch_dir: Some(job.scratch.clone()),
+        normalize_if_spilled: config.mine.metric == Metric::Cosine,
+    };
+    let input = if config.input.retrieval() {
+        let (table, queries) = read_retrieval(&config.input, &read_options)?;
+        Input {
+            table,
+            queries: Some(queries),
+        }
+    } else {
+        let table = read_table_with(job.files, &config.input.columns(), &read_options)?;
+        if !config.input.allow_duplicate_ids {
+            let id_column = config.input.id_col.as_deref().unwrap_or("id");
+            table.check_unique_ids(id_column, " (--allow-duplicate-ids to mine them anyway)")?;
+        }
+        Input {
+            table,
+            queries: None,
+        }
+    };
+    spinner.finish_and_clear();
+    Ok(input)
+}
+
+/// Builds (or loads) the neighbour index and the miner on it; saves the index if asked.
+fn build_index<'t>(job: &Job, input: &'t Input) -> Result<Miner<'t>> {
+    let config = job.config;
+    let spinner = progress(job.show, None, "building index");
+    let saved = config.input.load_index.as_deref();
+    let miner = match (&input.queries, saved) {
+        (Some(q), saved) => Miner::retrieval(&input.table, q, &config.mine, saved)?,
+        (None, Some(path)) => Miner::with_saved_index(&input.table, &config.mine, path)?,
+        (None, None) => Miner::new(&input.table, &config.mine)?,
+    };
+    if let Some(path) = &config.output.save_index {
+        miner.save_index(path)?;
+    }
+    spinner.finish_and_clear();
+    Ok(miner)
+}
+
+/// Mines `anchors` window by window, writing the triplets as they come (to a temporary name)
+/// and adding them to the report; keeps the recall sample's triplets.
+fn mine_and_write(
+    job: &Job,
+    miner: &mut Miner,
+    input: &Input,
+    anchors: &[u32],
+    recall_sample: &[u32],
+) -> Result<Mined> {
+    let config = job.config;
+    let out = &config.output;
+    let anchor_table = input.anchor_table();
+    let search_before = miner.search_stats();
+    let bar = progress(job.show, Some(anchors.len() as u64), "mining");
+    let layout = OutputLayout::new(
+        anchor_table,
+        &input.table,
+        &config.mine,
+        out.format,
+        &config.input.with,
+    )?;
+    let mut sink = TripletSink::create(&out.out, layout.schema(), out.max_rows_per_file)?;
+    let mut report = ReportBuilder::spilling(config.mine.margin, &job.scratch)?;
+    let mut suspects: Vec<(f32, u32, u32)> = Vec::new();
+    let mut sampled: Vec<Triplet> = Vec::new();
+    let mut batcher = Batcher::default();
+    let mut emit = |mined: &MinedBlock| -> Result<()> {
+        batcher.add(&mined.triplets, |t| sink.write(&layout.batch(t)?))?;
+        suspects.extend(mined.anchors.iter().filter_map(|a| {
+            let n = a.neighbour_labels?;
+            n.suspect(a.label)
+                .then_some((n.agreement, a.anchor, n.majority))
+        }));
+        report.add(&mined.triplets, &mined.anchors, |r| {
+            anchor_table.label_codes[r as usize]
+        })
+    };
+    // The reuse cap compares anchors across blocks: hold every block until all are mined.
+    let hold = config.mine.max_negative_reuse.is_some();
+    let mut held: Vec<MinedBlock> = Vec::new();
+    let mut start = 0;
+    while start < anchors.len() {
+        // Asked again for every window: under a memory limit it follows the results so far.
+        let window = &anchors[start..(start + miner.window_len()).min(anchors.len())];
+        start += window.len();
+        let mut mined = miner.mine_window(window, |n| bar.inc(n as u64))?;
+        if !recall_sample.is_empty() {
+            sampled.extend(
+                mined
+                    .triplets
+                    .iter()
+                    .filter(|t| recall_sample.binary_search(&t.anchor).is_ok()),
+            );
+        }
+        if hold {
+            held.push(mined);
+        } else {
+            miner.finish(std::slice::from_mut(&mut mined));
+            emit(&mined)?;
+        }
+        release_free_heap(job.bounded);
+        tracing::debug!(
+            stage = "mine",
+            anchors = window.len(),
+            threads = live_threads(),
+            rss_mib = rss_mib(),
+            peak_rss_mib = peak_rss_mib(),
+            "anchors mined"
+        );
+    }
+    if hold {
+        miner.finish(&mut held);
+        for mined in &held {
+            emit(mined)?;
+        }
+    }
+    batcher.finish(|t| sink.write(&layout.batch(t)?))?;
+    bar.finish_and_clear();
+    Ok(Mined {
+        triplets_file: sink.close()?,
+        report,
+        suspects,
+        sampled,
+        search: miner.search_stats().since(search_before),
+    })
+}
+
+/// The recall of the sample's mined triplets against its exact answers, if there is a sample.
+fn measure_recall(
+    miner: &mut Miner,
+    truth: Option<Truth>,
+    sampled: &[Triplet],
+) -> Result<Option<Recall>> {
+    let Some(mut truth) = truth else {
+        return Ok(None);
+    };
+    let t = Instant::now();
+    let recall = miner.recall_of(&mut truth, sampled, true)?;
+    tracing::info!(
+        stage = "recall",
+        rows = recall.anchors,
+        negatives = recall.negatives.map(|e| e.value),
+        candidates = recall.candidates.map(|e| e.value),
+        seconds = t.elapsed().as_secs_f64(),
+        "recall against an exact search"
+    );
+    Ok(Some(recall))
+}
+
+/// Computes the report and its warnings, and writes it, the suspects and the HTML page under
+/// temporary names.
+fn report_stage(
+    job: &Job,
+    input: &Input,
+    report: ReportBuilder,
+    suspects: Vec<(f32, u32, u32)>,
+    facts: &SearchFacts,
+    started_at: SystemTime,
+) -> Result<Reported> {
+    let config = job.config;
+    let Report {
+        batch,
+        mut totals,
+        histogram,
+    } = report.finish(&input.anchor_table().label_values)?;
+    totals.embedding_spread = Some(facts.embedding_spread);
+    if let Some(recall) = &facts.recall {
+        recall::record(&mut totals, recall, config.mine.target_recall);
+    }
+    let mut warnings = totals.warnings(&config.mine);
+    if let Some(t) = facts.tuning.as_ref().filter(|t| !t.met && !facts.exact)
+        && let Some(why) = &t.stopped
+    {
+        warnings.insert(
+            0,
+            format!(
+                "tuning did not reach recall {} ({why}); mined with {}",
+                t.target, t.settled
+            ),
+        );
+    }
+    for w in &warnings {
+        tracing::warn!(stage = "report", "{w}");
+    }
+    let batch = with_metadata(
+        batch,
+        [
+            ("tripmine.totals", json(&totals)),
+            ("tripmine.histogram", json(&histogram)),
+            // What shaped the outputs; `run` (threads, progress) changes none of them.
+            ("tripmine.config", json(&config.shaping())),
+            ("tripmine.warnings", json(&warnings)),
+            (
+                "tripmine.search",
+                json(&serde_json::json!({ "tuning": &facts.tuning, "auto": &facts.auto })),
+            ),
+        ],
+    )?;
+    let mut files = Vec::new();
+    let report_file = AtomicPath::new(&config.output.report)?;
+    write_parquet_into(&report_file, &batch)?;
+    files.push(report_file);
+    if let Some(path) = &config.report.suspects {
+        let target = AtomicPath::new(path)?;
+        write_parquet_into(&target, &suspects_batch(&input.table, suspects)?)?;
+        files.push(target);
+    }
+    if let Some(path) = &config.report.html {
+        let target = AtomicPath::new(path)?;
+        let page = crate::report::html::render(&crate::report::html::Page {
+            batch: &batch,
+            totals: &totals,
+            histogram: &histogram,
+            options: config.options(),
+            warnings: &warnings,
+            facts: crate::report::html::RunFacts {
+                rows: input.table.rows() as u64,
+                dim: input.table.dim,
+                labels: input.labels(),
+                queries: input.queries.as_ref().map(|q| q.table.rows() as u64),
+                index: &facts.index,
+                exact: facts.exact,
+                search: summary::search_note(
+                    facts.tuning.as_ref(),
+                    facts.auto.as_ref(),
+                    facts.exact,
+                ),
+                started: started_at,
+            },
+        });
+        target.write(page.as_bytes())?;
+        files.push(target);
+    }
+    Ok(Reported {
+        rows: batch.num_rows(),
+        totals,
+        warnings,
+        files,
+    })
+}
+
+/// Every output is complete: renames them into place, the triplets first, then writes the
+/// summary JSON.
+fn commit(
+    job: &Job,
+    triplets_file: AtomicPath,
+    report_files: Vec<AtomicPath>,
+    summary: &Summary,
+) -> Result<()> {
+    triplets_file.commit()?;
+    for f in report_files {
+        f.commit()?;
+    }
+    if let Some(path) = &job.config.output.summary_json {
+        let json = serde_json::to_vec_pretty(summary).expect("summary serialises");
+        write_atomic(path, &json)?;
+    }
+    Ok(())
+}
