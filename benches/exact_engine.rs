@@ -17,8 +17,8 @@ use common::*;
 
 use std::time::Instant;
 
+use tripmine::commands::synthetic::{GenSpec, generate_to_file};
 use tripmine::config::{Count, MiningParams, NegativeSampling, NegativeStrategy, PositiveStrategy};
-use tripmine::io::synthetic::{GenSpec, generate_to_file};
 use tripmine::mine::{Miner, Tiles};
 
 /// Seconds of one bare pass of inner products over all pairs of `v` (`rows x dim`), in

@@ -14,9 +14,9 @@ mod common;
 use std::time::Instant;
 
 use common::{env_or, median, spec_from_env};
+use tripmine::commands::synthetic::generate_to_file;
 use tripmine::config::{MiningParams, NegativeStrategy};
 use tripmine::index::resolve_factory;
-use tripmine::io::synthetic::generate_to_file;
 use tripmine::mine::{Miner, SearchKnobs};
 
 fn list(name: &str, default: &str) -> Vec<usize> {

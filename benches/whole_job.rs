@@ -15,7 +15,7 @@ use common::*;
 use std::time::Instant;
 
 use clap::Parser;
-use tripmine::io::synthetic::generate_to_file;
+use tripmine::commands::synthetic::generate_to_file;
 
 /// The machine's sgemm GFLOP/s on the shape FAISS's exact search uses: 4096 queries times
 /// 1024 base rows of dimension `dim` (C = A B^T).

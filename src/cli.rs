@@ -7,14 +7,14 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::commands::inspect::inspect;
+use crate::commands::synthetic::{GenSpec, generate_to_file};
 use crate::config::{
     ByteSize, ColumnNames, Count, InputOptions, Metric, MiningConfig, MiningOptions, MiningParams,
     NegativeSampling, NegativeStrategy, OutputFormat, OutputOptions, PositiveStrategy,
     ReportOptions, RunOptions, Shortfall,
 };
 use crate::error::{Error, ErrorClass, Result};
-use crate::io::inspect;
-use crate::io::synthetic::{GenSpec, generate_to_file};
 use crate::pipeline::{file, run};
 use crate::report::Gate;
 
@@ -447,7 +447,7 @@ pub fn execute(cli: &Cli) -> Result<()> {
                 intrinsic_dim: args.intrinsic_dim,
             };
             if args.retrieval {
-                crate::io::synthetic::generate_retrieval(&spec, args.queries, &args.out)?;
+                crate::commands::synthetic::generate_retrieval(&spec, args.queries, &args.out)?;
                 println!(
                     "wrote {} queries, {} documents x {} dims on {} topics, and qrels to {}",
                     args.queries,
@@ -468,7 +468,7 @@ pub fn execute(cli: &Cli) -> Result<()> {
             }
         }
         Command::Diff(args) => {
-            let d = crate::report::diff::diff(&args.run_a, &args.run_b)?;
+            let d = crate::commands::diff::diff(&args.run_a, &args.run_b)?;
             crate::io::write_parquet(&args.out, &d.to_batch()?)?;
             println!("{d}\nwrote {}", args.out.display());
         }

@@ -80,8 +80,8 @@ pub enum Error {
 
     /// FAISS failed at run time (training, adding, searching, saving). A factory string it
     /// cannot build is a configuration error instead.
-    #[error("FAISS failed: {}", faiss_message(.0))]
-    Faiss(String),
+    #[error("FAISS failed: {}", faiss_message(&.0.to_string()))]
+    Faiss(#[from] faiss::error::Error),
 
     /// A quality gate held: the outputs were written, but the run is not good enough.
     #[error("quality gate failed: {}", .0.join("; "))]
@@ -92,8 +92,8 @@ pub enum Error {
     Pipeline { file: PathBuf, message: String },
 
     /// The report's data frame computation failed.
-    #[error("report: {0}")]
-    Report(String),
+    #[error("report: {}", detail(&.0.to_string()))]
+    Report(#[from] polars::error::PolarsError),
 }
 
 /// Broad class of an [`Error`], one per exit code.
@@ -275,12 +275,6 @@ pub(crate) fn contain_panics<T>(
             format!("the reader failed on it ({})", detail(&what)),
         ))
     })
-}
-
-impl From<faiss::error::Error> for Error {
-    fn from(e: faiss::error::Error) -> Self {
-        Error::Faiss(e.to_string())
-    }
 }
 
 /// The command-line flag of a pipeline-file key: `mine.max_k` is `--max-k`.

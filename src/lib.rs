@@ -27,6 +27,7 @@
 //! A whole job (files in, files out) is [`pipeline::run`] on a [`MiningConfig`].
 
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod error;
 pub mod index;

@@ -27,8 +27,8 @@ pub fn spec_from_env(
     dim: usize,
     labels: usize,
     separation: f32,
-) -> tripmine::io::synthetic::GenSpec {
-    tripmine::io::synthetic::GenSpec {
+) -> tripmine::commands::synthetic::GenSpec {
+    tripmine::commands::synthetic::GenSpec {
         rows: env_or("TRIPMINE_BENCH_ROWS", rows),
         dim: env_or("TRIPMINE_BENCH_DIM", dim),
         labels: env_or("TRIPMINE_BENCH_LABELS", labels),

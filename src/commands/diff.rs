@@ -16,10 +16,10 @@ use arrow::array::{Array, ArrayRef, AsArray, Float64Array, RecordBatch, UInt64Ar
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Float32Type, Schema};
 
-use super::thousands;
 use crate::error::{Error, Result, contain_panics};
 use crate::io::{open_parquet, read_columns};
 use crate::pipeline::manifest::{Manifest, manifest_path};
+use crate::report::thousands;
 
 /// One run's figures of a label.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

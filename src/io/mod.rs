@@ -3,16 +3,13 @@
 //! In: input paths (files, folders, globs) and column names. Out: a [`Table`] of contiguous
 //! `f32` vectors with ids and labels in their input types (or, in retrieval mode, a corpus
 //! and [`Queries`] with their known positives); on the way back, atomic Parquet
-//! writers ([`ParquetSink`], [`write_parquet`]) and the generated example tables ([`synthetic`]).
+//! writers ([`ParquetSink`], [`write_parquet`]).
 
-mod inspect;
 mod read;
 mod retrieval;
 mod store;
-pub mod synthetic;
 mod write;
 
-pub use inspect::{Inspection, inspect};
 pub use read::{ReadOptions, SourceFile, Table, read_table, read_table_with, resolve_inputs};
 pub(crate) use read::{open_parquet, read_columns};
 pub use retrieval::{Queries, read_retrieval};

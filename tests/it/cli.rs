@@ -497,7 +497,7 @@ fn a_failed_run_leaves_the_previous_outputs_untouched() {
 
 #[test]
 fn relabelled_rows_are_listed_as_label_noise_suspects() {
-    use tripmine::io::synthetic::{GenSpec, generate};
+    use tripmine::commands::synthetic::{GenSpec, generate};
     let dir = TempDir::new().unwrap();
     let spec = GenSpec {
         rows: 400,

@@ -10,7 +10,7 @@ use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Field, Schema};
 use predicates::prelude::*;
 use tempfile::TempDir;
-use tripmine::io::synthetic::{GenSpec, generate};
+use tripmine::commands::synthetic::{GenSpec, generate};
 use tripmine::io::{SUCCESS_MARKER, write_parquet};
 
 fn shipped(name: &str) -> PathBuf {
