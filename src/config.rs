@@ -258,31 +258,58 @@ pub fn cli_name(value: impl ValueEnum) -> String {
 }
 
 /// Where the rows come from (`[input]` in a pipeline file).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Each field is a pipeline-file key and a `tripmine mine` flag at once (the flag is the key
+/// with dashes unless its attribute names another); its doc comment is the flag's help.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct InputOptions {
-    /// Files, folders of `.parquet` files, or globs; rows are taken in this order (`--in`).
+    /// Input Parquet file, folder of .parquet files, or glob; repeatable. Rows are taken in
+    /// this order.
+    #[arg(
+        long = "in",
+        value_name = "PATH",
+        required_unless_present_any = ["queries", "corpus"]
+    )]
     pub paths: Vec<PathBuf>,
-    /// Id column; `None`: `id` if present, else the row position across all inputs.
+    /// Id column (default: `id` if present, else the row position across all inputs).
+    #[arg(long)]
     pub id_col: Option<String>,
-    /// A FAISS index saved by an earlier run (`--save-index`), used instead of building one.
+    /// Use an index saved by `--save-index` instead of building one (checked against the input).
+    #[arg(long, value_name = "PATH")]
     pub load_index: Option<PathBuf>,
+    /// Label column (any integer or string type).
+    #[arg(long, default_value_t = InputOptions::default().label_col)]
     pub label_col: String,
+    /// Embedding column (FixedSizeList or List of float16/32/64).
+    #[arg(long, default_value_t = InputOptions::default().embedding_col)]
     pub embedding_col: String,
-    /// Retrieval mode: the queries (anchors); files, folders or globs (`--queries`).
+    /// Retrieval mode: the queries (anchors), with id and embedding columns; repeatable.
+    #[arg(long, value_name = "PATH", help_heading = "Retrieval mode")]
     pub queries: Vec<PathBuf>,
-    /// Retrieval mode: the documents the index is built over (`--corpus`).
+    /// Retrieval mode: the documents to index, with id and embedding columns; repeatable.
+    #[arg(long, value_name = "PATH", help_heading = "Retrieval mode")]
     pub corpus: Vec<PathBuf>,
-    /// Retrieval mode: known (query id, document id) positives (`--qrels`).
+    /// Retrieval mode: known positives, one (query id, document id) per row.
+    #[arg(long, value_name = "PATH", help_heading = "Retrieval mode")]
     pub qrels: Option<PathBuf>,
-    /// Retrieval mode: a list column of document ids in the queries, instead of `qrels`.
+    /// Retrieval mode: a list column of positive document ids in the queries, instead of
+    /// `--qrels`.
+    #[arg(long, value_name = "COL", help_heading = "Retrieval mode")]
     pub positives_col: Option<String>,
+    /// Query id column of `--qrels`.
+    #[arg(long, default_value_t = InputOptions::default().qrels_query_col, help_heading = "Retrieval mode")]
     pub qrels_query_col: String,
+    /// Document id column of `--qrels`.
+    #[arg(long, default_value_t = InputOptions::default().qrels_doc_col, help_heading = "Retrieval mode")]
     pub qrels_doc_col: String,
-    /// Input columns passed through to the output (`--with`): `anchor_COL`, `positive_COL`, ...
+    /// Pass an input column (e.g. text) through to the output as `anchor_COL`,
+    /// `positive_COL`, `negative_COL`; repeatable.
+    #[arg(long = "with", value_name = "COL")]
     pub with: Vec<String>,
-    /// Mine a labelled table whose id column repeats ids (refused by default: a repeated id
-    /// makes triplets whose positive and negative carry the same id).
+    /// Mine even though the id column repeats ids (refused by default: a repeated id gives
+    /// triplets whose positive and negative carry the same id).
+    #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub allow_duplicate_ids: bool,
 }
@@ -382,69 +409,133 @@ impl InputOptions {
 }
 
 /// How triplets are mined from a table already in memory (`[mine]` in a pipeline file).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Each field is a pipeline-file key and a `tripmine mine` flag at once; its doc comment is the
+/// flag's help.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct MiningParams {
+    /// Distance: squared Euclidean, or 1 - cosine similarity.
+    #[arg(long, value_enum, default_value_t = MiningParams::default().metric)]
     pub metric: Metric,
+    /// Triplet-loss margin (>= 0).
+    #[arg(long, default_value_t = MiningParams::default().margin, allow_negative_numbers = true)]
     pub margin: f32,
+    /// Which positives of an anchor to use.
+    #[arg(long, value_enum, default_value_t = MiningParams::default().positives)]
     pub positives: PositiveStrategy,
+    /// Positives per anchor: a number or `all`.
+    #[arg(long, default_value_t = MiningParams::default().num_positives)]
     pub num_positives: Count,
+    /// Which negatives qualify.
+    #[arg(long, value_enum, default_value_t = MiningParams::default().negatives)]
     pub negatives: NegativeStrategy,
+    /// Negatives per (anchor, positive): a number or `all`.
+    #[arg(long, default_value_t = MiningParams::default().num_negatives)]
     pub num_negatives: Count,
+    /// Take qualifying negatives nearest first, or at random (seeded).
+    #[arg(long, value_enum, default_value_t = MiningParams::default().sample)]
     pub sample: NegativeSampling,
-    /// Mine only a seeded random subset of this many anchors.
+    /// Mine a seeded random subset of this many anchors.
+    #[arg(long)]
     pub anchors_sample: Option<usize>,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = MiningParams::default().seed)]
     pub seed: u64,
-    /// Neighbours searched first for every anchor (default [`DEFAULT_K`]; unset, an
-    /// approximate index's recall tuning may search deeper from the start).
+    /// Neighbours searched first per anchor (searches go deeper where needed) [default: 64;
+    /// unset, an approximate index's recall tuning may start deeper].
+    #[arg(long)]
     pub k: Option<usize>,
-    /// Deepest search for one anchor; `None` searches as deep as exactness needs.
+    /// Deepest search per anchor (default: as deep as exactness needs).
+    #[arg(long)]
     pub max_k: Option<usize>,
-    /// FAISS factory string; `Flat` is exact; `auto` picks Flat for small tables and an IVF
-    /// layout sized to the data above [`AUTO_FLAT_ROWS`] rows.
+    /// FAISS index factory string: `Flat` (exact), `IVF1024,Flat`, `HNSW32`, ..., or `auto`
+    /// (Flat for small tables, an IVF layout sized to the data above 200,000 rows).
+    #[arg(long, default_value_t = MiningParams::default().index)]
     pub index: String,
     /// Rows (a seeded sample) an index that needs training is trained on.
+    #[arg(long, default_value_t = MiningParams::default().train_sample)]
     pub train_sample: usize,
     /// IVF lists probed per search (default: lists / 64, at least 8).
+    #[arg(long)]
     pub nprobe: Option<usize>,
     /// HNSW search depth (FAISS's `efSearch`).
+    #[arg(long)]
     pub ef_search: Option<usize>,
-    /// With an approximate index, mine this many seeded anchors exactly as well: the recall
-    /// of the run is measured on them (and the search tuned on them); 0 skips both.
+    /// With an approximate index, mine N seeded anchors exactly as well: the recall of the
+    /// mined negatives and of the candidate lists is measured (with a 95% interval) and the
+    /// search tuned on them; 0 skips both.
+    #[arg(long, value_name = "N", alias = "check-recall", default_value_t = MiningParams::default().recall_sample)]
     #[serde(alias = "check_recall")]
     pub recall_sample: usize,
-    /// With an approximate index, the recall of mined negatives to reach: the search is tuned
-    /// on the recall sample until the lower end of its confidence interval reaches it
-    /// (search parameters set explicitly are kept); 0 only measures.
+    /// With an approximate index, tune nprobe / efSearch / k (those not set) on the recall
+    /// sample until the lower end of the recall's interval reaches R; 0 only measures.
+    #[arg(long, value_name = "R", default_value_t = MiningParams::default().target_recall)]
     pub target_recall: f64,
-    /// `index = "auto"` below this many rows is exact without weighing an approximate index
+    /// `--index auto` below this many rows is exact without weighing an approximate index
     /// (a parameter so that tests can weigh at small scale).
+    #[arg(long, value_name = "ROWS", hide = true, default_value_t = MiningParams::default().auto_exact_below)]
     pub auto_exact_below: usize,
-    /// `index = "auto"` weighs exact mining's estimated time times this (1: as measured; tests
+    /// `--index auto` weighs exact mining's estimated time times W (1: as measured; tests
     /// emulate a large table at small scale with more).
+    #[arg(long, value_name = "W", hide = true, default_value_t = MiningParams::default().auto_exact_weight)]
     pub auto_exact_weight: f64,
-    /// Neighbours whose labels are compared with an anchor's, for label-noise suspects.
+    /// Neighbours compared for label-noise suspects.
+    #[arg(long, default_value_t = MiningParams::default().suspects_k)]
     pub suspects_k: usize,
-    /// False-negative guard: a negative's similarity to the anchor is at most this.
+    /// False-negative guard: drop negatives whose cosine similarity to the anchor exceeds S.
+    #[arg(
+        long,
+        value_name = "S",
+        allow_negative_numbers = true,
+        help_heading = "False-negative guards (cosine)"
+    )]
     pub max_negative_similarity: Option<f32>,
-    /// False-negative guard: a negative's similarity is at most the positive's minus this.
+    /// False-negative guard: drop negatives with similarity above the positive's minus M.
+    #[arg(
+        long,
+        value_name = "M",
+        allow_negative_numbers = true,
+        help_heading = "False-negative guards (cosine)"
+    )]
     pub positive_margin: Option<f32>,
-    /// False-negative guard (TopK-PercPos): a negative's similarity is at most this percentage
-    /// of the positive's.
+    /// False-negative guard (TopK-PercPos): drop negatives with similarity above P% of the
+    /// positive's (P defaults to 95).
+    #[arg(
+        long,
+        value_name = "P",
+        num_args = 0..=1,
+        default_missing_value = "95",
+        help_heading = "False-negative guards (cosine)"
+    )]
     pub positive_percent: Option<f32>,
-    /// False-negative guard: a negative whose similarity to the positive is at least this is a
-    /// near-duplicate of it and is removed.
+    /// False-negative guard: drop negatives whose similarity to the positive is at least S
+    /// (near-duplicates of it; S defaults to 0.98).
+    #[arg(
+        long,
+        value_name = "S",
+        num_args = 0..=1,
+        default_missing_value = "0.98",
+        allow_negative_numbers = true,
+        help_heading = "False-negative guards (cosine)"
+    )]
     pub near_duplicate: Option<f32>,
-    /// Skip the anchor's nearest `range_min` neighbours (rank window start).
+    /// Skip the anchor's nearest N neighbours (rank window start; ranks count every other
+    /// indexed row, positives included).
+    #[arg(long, value_name = "N", default_value_t = MiningParams::default().range_min)]
     pub range_min: usize,
-    /// Look no deeper than this neighbour rank (window end, exclusive).
+    /// Take negatives only among the anchor's nearest N neighbours (rank window end).
+    #[arg(long, value_name = "N")]
     pub range_max: Option<usize>,
-    /// What happens to a pair with fewer qualifying negatives than asked.
+    /// A pair with fewer qualifying negatives than asked: keep it with fewer, or drop it.
+    #[arg(long, value_enum, default_value_t = MiningParams::default().shortfall)]
     pub shortfall: Shortfall,
-    /// At most this many anchors share one negative (nearest anchors kept).
+    /// At most N anchors share one negative (the nearest ones keep it).
+    #[arg(long, value_name = "N")]
     pub max_negative_reuse: Option<usize>,
-    /// Bound on memory: vectors above half of it spill to a memory-mapped scratch file, and
-    /// `index = "auto"` picks a compressed index (IVF-PQ).
+    /// Bound memory, e.g. `1GiB`: vectors above half of it spill to a memory-mapped scratch
+    /// file, and `--index auto` picks a compressed IVF-PQ index.
+    #[arg(long, value_name = "SIZE")]
     pub memory_limit: Option<ByteSize>,
 }
 
@@ -468,7 +559,7 @@ impl Default for MiningParams {
             ef_search: None,
             recall_sample: DEFAULT_RECALL_SAMPLE,
             target_recall: DEFAULT_TARGET_RECALL,
-            auto_exact_below: crate::index::AUTO_FLAT_ROWS,
+            auto_exact_below: AUTO_FLAT_ROWS,
             auto_exact_weight: 1.0,
             suspects_k: 10,
             max_negative_similarity: None,
@@ -482,6 +573,14 @@ impl Default for MiningParams {
             memory_limit: None,
         }
     }
+}
+
+/// Below this many rows `--index auto` is exact (`Flat`).
+pub const AUTO_FLAT_ROWS: usize = 200_000;
+
+/// Whether `--out` names a folder of part files.
+pub fn is_folder_output(dest: &Path) -> bool {
+    dest.as_os_str().to_string_lossy().ends_with('/') || dest.is_dir()
 }
 
 /// Neighbours searched first for every anchor when `k` is not set.
@@ -624,22 +723,31 @@ impl MiningParams {
 }
 
 /// Where the results go (`[output]` in a pipeline file).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct OutputOptions {
-    /// Triplets: a Parquet file, or a folder (ending in `/` or existing) of part files.
+    /// Triplet output: a Parquet file, or a folder (ending in `/` or existing) of part files.
+    #[arg(long, default_value_os_t = OutputOptions::default().out)]
     pub out: PathBuf,
-    /// Loss report (Parquet).
+    /// Loss report output (Parquet).
+    #[arg(long, default_value_os_t = OutputOptions::default().report)]
     pub report: PathBuf,
-    /// Optional machine-readable summary.
+    /// Also write the summary as JSON here.
+    #[arg(long)]
     pub summary_json: Option<PathBuf>,
-    /// Save the index built here (FAISS's format, plus `PATH.json` describing it).
+    /// Save the index built (FAISS's format, plus `PATH.json` describing it) for later runs.
+    #[arg(long, value_name = "PATH")]
     pub save_index: Option<PathBuf>,
-    /// Rows per part file when `out` is a folder.
+    /// With a folder `--out` (ending in `/` or existing): rows per part file.
+    #[arg(long, default_value_t = OutputOptions::default().max_rows_per_file)]
     pub max_rows_per_file: usize,
-    /// Row layout of the triplet output.
+    /// Row layout: one triplet a row, (anchor, positive, negative_1..N) rows, or labelled
+    /// (anchor, candidate) pairs.
+    #[arg(long, value_enum, default_value_t = OutputOptions::default().format)]
     pub format: OutputFormat,
-    /// Quality gates: the run fails (after writing) when one of them holds.
+    /// Quality gate on a report figure, e.g. `triplets == 0`: exit 4 after writing if it holds;
+    /// repeatable.
+    #[arg(long, value_name = "EXPR")]
     pub fail_if: Vec<Gate>,
 }
 
@@ -658,17 +766,21 @@ impl Default for OutputOptions {
 }
 
 /// How the job runs; changes no output (`[run]` in a pipeline file).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct RunOptions {
-    /// Threads for FAISS, BLAS and rayon; `None` uses every core.
+    /// Threads for FAISS, BLAS and rayon (default: all cores).
+    #[arg(long)]
     pub threads: Option<usize>,
-    /// Draw a progress bar (only where stderr is a terminal).
+    /// Draw a progress bar where stderr is a terminal (`--no-progress` turns it off).
+    #[arg(long = "no-progress", action = clap::ArgAction::SetFalse, help = "Never draw a progress bar")]
     pub progress: bool,
     /// Redo the work even when the manifest says the outputs are up to date.
+    #[arg(long)]
     pub force: bool,
     /// Folder of the scratch file vectors spill to under a memory limit (default: the system's
     /// temporary folder). The file has no name and disappears when the run ends.
+    #[arg(long, value_name = "DIR")]
     pub scratch_dir: Option<PathBuf>,
 }
 
@@ -684,24 +796,32 @@ impl Default for RunOptions {
 }
 
 /// Reports for people beyond the Parquet report (`[report]` in a pipeline file).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct ReportOptions {
-    /// Self-contained HTML report (charts as inline SVG).
+    /// Also write a self-contained HTML report here (charts as inline SVG).
+    #[arg(long = "report-html", value_name = "PATH")]
     pub html: Option<PathBuf>,
-    /// Parquet of label-noise suspects: anchors whose nearest neighbours mostly carry one
-    /// other label.
+    /// Also write label-noise suspects here (Parquet): anchors whose nearest neighbours mostly
+    /// carry one other label.
+    #[arg(long)]
     pub suspects: Option<PathBuf>,
 }
 
-/// Everything a mining job needs; the shape of a pipeline file.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Everything a mining job needs: the shape of a pipeline file, and the flags of
+/// `tripmine mine` (one definition for both).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct MiningOptions {
+    #[command(flatten)]
     pub input: InputOptions,
+    #[command(flatten)]
     pub mine: MiningParams,
+    #[command(flatten)]
     pub output: OutputOptions,
+    #[command(flatten)]
     pub report: ReportOptions,
+    #[command(flatten)]
     pub run: RunOptions,
 }
 
@@ -777,9 +897,7 @@ impl MiningConfig {
             options.report.html.as_ref(),
             options.report.suspects.as_ref(),
         ];
-        if crate::io::is_folder_output(&out.out)
-            && others.iter().flatten().any(|p| p.starts_with(&out.out))
-        {
+        if is_folder_output(&out.out) && others.iter().flatten().any(|p| p.starts_with(&out.out)) {
             return Err(invalid(
                 "output.out",
                 "is a folder that holds another output; it is replaced whole on every run",

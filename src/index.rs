@@ -61,8 +61,7 @@ pub fn faiss_error_factor(dim: usize) -> f32 {
     4.0 * (dim as f32 + 2.0) * f32::EPSILON
 }
 
-/// Below this many rows `--index auto` is exact (`Flat`).
-pub const AUTO_FLAT_ROWS: usize = 200_000;
+pub use crate::config::AUTO_FLAT_ROWS;
 
 /// The factory string `--index` means for a table of `rows` rows: `auto` becomes `Flat` for
 /// small tables, else `IVF<n>,PQ<dim/2>x4fs` with `n` the power of two nearest `4 sqrt(rows)`

@@ -3,7 +3,10 @@
 //! The stages, each a module: [`io`] reads Parquet into a [`Table`]; [`index`] builds FAISS
 //! indexes that propose neighbours; [`mine`] selects positives and negatives exactly;
 //! [`score`] defines distances, kinds and the loss; [`report`] aggregates the loss report;
-//! [`pipeline`] runs a whole job from a [`MiningConfig`]; [`cli`] is the command line.
+//! [`pipeline`] runs a whole job from a [`MiningConfig`]; [`cli`] is the command line;
+//! [`commands`] holds the commands that are not stages (`gen`, `inspect`, `diff`).
+//! [`process`] holds what a job may do to its host process (thread caps, heap trimming), all
+//! scoped or opted into: the library is safe to embed.
 //!
 //! A trainer can mine a table it already holds, without files:
 //!
@@ -25,6 +28,11 @@
 //! ```
 //!
 //! A whole job (files in, files out) is [`pipeline::run`] on a [`MiningConfig`].
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+compile_error!(
+    "tripmine runs on Linux with glibc only: it reads /proc and calls malloc_trim, renameat2 and flock"
+);
 
 pub mod cli;
 pub mod commands;

@@ -399,10 +399,7 @@ impl TripletSink {
     }
 }
 
-/// Whether `--out` names a folder of part files.
-pub fn is_folder_output(dest: &Path) -> bool {
-    dest.as_os_str().to_string_lossy().ends_with('/') || dest.is_dir()
-}
+pub use crate::config::is_folder_output;
 
 /// Writes one batch to the temporary path of `target`, to be committed with other outputs;
 /// errors name the destination.

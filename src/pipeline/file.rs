@@ -85,22 +85,27 @@ fn set(doc: &mut toml::Table, key: &[String], value: toml::Value) -> Result<(), 
     Ok(())
 }
 
-/// The line (1-based) where `section.key` is set in the file's text.
+/// The line (1-based) where `section.key` is set in the file's text, from the TOML parser's
+/// spans.
 fn line_of(text: &str, dotted: &str) -> Option<usize> {
-    let (section, key) = dotted.split_once('.')?;
-    let mut current = String::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            current = name.trim().to_string();
-        } else if let Some((k, _)) = line.split_once('=') {
-            let k = k.trim();
-            if (current == section && k == key) || (current.is_empty() && k == dotted) {
-                return Some(i + 1);
-            }
-        }
+    fn entry<'t, 'i>(
+        table: &'t toml::de::DeTable<'i>,
+        name: &str,
+    ) -> Option<(std::ops::Range<usize>, &'t toml::de::DeValue<'i>)> {
+        table
+            .iter()
+            .find(|(k, _)| k.get_ref().as_ref() == name)
+            .map(|(k, v)| (k.span(), v.get_ref()))
     }
-    None
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let parts: Vec<&str> = dotted.split('.').collect();
+    let (last, sections) = parts.split_last()?;
+    let mut table = doc.get_ref();
+    for s in sections {
+        table = entry(table, s)?.1.as_table()?;
+    }
+    let (span, _) = entry(table, last)?;
+    Some(text[..span.start].matches('\n').count() + 1)
 }
 
 #[cfg(test)]
@@ -113,6 +118,10 @@ mod tests {
         assert_eq!(line_of(text, "mine.margin"), Some(6));
         assert_eq!(line_of(text, "mine.k"), Some(5));
         assert_eq!(line_of(text, "input.k"), None);
+        let dotted = "# [mine]\nmine.k = 3\n\"mine\".margin = -1\n";
+        assert_eq!(line_of(dotted, "mine.margin"), Some(3));
+        let inline = "mine = { k = 3,\n  margin = -1 }\n";
+        assert_eq!(line_of(inline, "mine.margin"), Some(2));
     }
 
     #[test]
