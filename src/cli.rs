@@ -11,7 +11,7 @@ use crate::commands::inspect::inspect;
 use crate::commands::synthetic::{GenSpec, generate_to_file};
 use crate::config::{ColumnNames, MiningConfig, MiningOptions};
 use crate::error::{Error, ErrorClass, Result};
-use crate::pipeline::{file, run};
+use crate::pipeline::{pipeline_file, run};
 
 /// Mine hard, semi-hard and easy triplets from labelled embeddings in Parquet.
 #[derive(Debug, Parser)]
@@ -102,7 +102,7 @@ impl PipelineArgs {
         if self.force {
             overrides.push("run.force=true".into());
         }
-        file::load(&self.file, &overrides)
+        pipeline_file::load(&self.file, &overrides)
     }
 }
 

@@ -5,15 +5,19 @@
 //! and [`Queries`] with their known positives); on the way back, atomic Parquet
 //! writers ([`ParquetSink`], [`write_parquet`]).
 
+mod paths;
 mod read;
 mod retrieval;
-mod store;
+mod table;
+mod vectors;
 mod write;
 
-pub use read::{ReadOptions, SourceFile, Table, read_table, read_table_with, resolve_inputs};
+pub use paths::resolve_inputs;
+pub use read::{ReadOptions, read_table, read_table_with};
 pub(crate) use read::{open_parquet, read_columns};
 pub use retrieval::{Queries, read_retrieval};
-pub use store::Vectors;
+pub use table::{SourceFile, Table};
+pub use vectors::Vectors;
 pub use write::{
     AtomicPath, ParquetSink, PartitionedSink, SUCCESS_MARKER, TripletSink, is_folder_output,
     write_atomic, write_parquet, write_parquet_into,

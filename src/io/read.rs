@@ -1,6 +1,5 @@
 //! Streaming Parquet reader: only the id, label and embedding columns, batch by batch.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,230 +8,16 @@ use arrow::array::{
     Array, ArrayRef, AsArray, FixedSizeListArray, GenericListArray, OffsetSizeTrait,
     PrimitiveArray, UInt64Array,
 };
-use arrow::compute::{CastOptions, cast_with_options, concat, take};
+use arrow::compute::concat;
 use arrow::datatypes::{DataType, Float16Type, Float32Type, Float64Type};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use super::store::{VectorSink, Vectors};
+use super::paths::resolve_inputs;
+use super::table::{SourceFile, Table, check_no_nulls, first_null};
+use super::vectors::VectorSink;
 use crate::config::ColumnNames;
 use crate::error::{Error, Result, contain_panics};
-
-/// Where a row came from, for error messages.
-const MEMORY: &str = "<memory>";
-
-/// One input file and how many rows it gave.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceFile {
-    pub path: PathBuf,
-    pub rows: u64,
-}
-
-/// Labelled embeddings held in memory: vectors as one contiguous row-major `f32` buffer.
-#[derive(Debug, Clone)]
-pub struct Table {
-    /// Row ids, in their input type (row positions as `UInt64` when there is no id column).
-    pub ids: ArrayRef,
-    /// Labels, in their input type.
-    pub labels: ArrayRef,
-    /// Dense label code of every row; codes follow the sorted order of the label values.
-    pub label_codes: Vec<u32>,
-    /// The distinct labels, `label_values[code]`, in their input type.
-    pub label_values: ArrayRef,
-    /// `rows x dim` values, row-major (on the heap, or spilled under a memory limit).
-    pub vectors: Vectors,
-    /// Whether the rows were L2-normalised as they were read (cosine under a memory limit,
-    /// so that the miner needs no normalised copy).
-    pub normalized: bool,
-    pub dim: usize,
-    /// The files the rows came from, in order (empty for a table built in memory).
-    pub sources: Vec<SourceFile>,
-    /// Columns read as they are for the output (`--with`), by name.
-    pub extra: Vec<(String, ArrayRef)>,
-}
-
-impl Table {
-    /// Builds a table from arrays already in memory (a trainer's batch, a test).
-    ///
-    /// `ids` defaults to row positions; `vectors` holds `labels.len() * dim` finite values.
-    pub fn from_arrays(
-        ids: Option<ArrayRef>,
-        labels: ArrayRef,
-        vectors: Vec<f32>,
-        dim: usize,
-    ) -> Result<Table> {
-        Table::in_memory(ids, Some(labels), vectors, dim)
-    }
-
-    /// An unlabelled table (queries or corpus of retrieval mode) from arrays in memory;
-    /// `vectors` holds whole rows of `dim` finite values.
-    pub fn unlabelled(ids: Option<ArrayRef>, vectors: Vec<f32>, dim: usize) -> Result<Table> {
-        Table::in_memory(ids, None, vectors, dim)
-    }
-
-    fn in_memory(
-        ids: Option<ArrayRef>,
-        labels: Option<ArrayRef>,
-        vectors: Vec<f32>,
-        dim: usize,
-    ) -> Result<Table> {
-        let rows = match &labels {
-            Some(l) => l.len(),
-            None if dim > 0 => vectors.len() / dim,
-            None => 0,
-        };
-        if dim == 0 || vectors.len() != rows * dim {
-            return Err(Error::BadData(format!(
-                "{} vector values do not make {rows} rows of dimension {dim}",
-                vectors.len()
-            )));
-        }
-        let ids = match ids {
-            Some(ids) if ids.len() != rows => {
-                return Err(Error::BadData(format!(
-                    "{} ids for {rows} labels",
-                    ids.len()
-                )));
-            }
-            Some(ids) => ids,
-            None => Arc::new(UInt64Array::from_iter_values(0..rows as u64)),
-        };
-        let path = Path::new(MEMORY);
-        check_no_nulls(path, "id", &ids, 0)?;
-        if let Some(labels) = &labels {
-            check_no_nulls(path, "label", labels, 0)?;
-        }
-        if let Some(pos) = vectors.iter().position(|x| !x.is_finite()) {
-            return Err(Error::BadValue {
-                file: path.into(),
-                column: "embedding".into(),
-                row: (pos / dim) as u64,
-                reason: format!("value {} is not finite", vectors[pos]),
-            });
-        }
-        Table::assemble(
-            ids,
-            labels,
-            vectors.into(),
-            dim,
-            Vec::new(),
-            (path, "label"),
-        )
-    }
-
-    /// Whether the rows carry labels (labelled mode) or not (queries, corpus).
-    pub fn labelled(&self) -> bool {
-        self.labels.data_type() != &DataType::Null
-    }
-
-    /// The passed-through column `name`, if read.
-    pub fn extra(&self, name: &str) -> Option<&ArrayRef> {
-        self.extra.iter().find(|(n, _)| n == name).map(|(_, a)| a)
-    }
-
-    /// Every row gets label code 0 of one label `all`.
-    fn strip_labels(&mut self) {
-        let rows = self.ids.len();
-        self.labels = Arc::new(arrow::array::NullArray::new(rows));
-        self.label_codes = vec![0; rows];
-        self.label_values = Arc::new(arrow::array::StringArray::from(vec!["all"]));
-    }
-
-    /// The file a row came from and its row position within that file (`<memory>` and the
-    /// row itself for a table built in memory), for error messages.
-    pub fn locate(&self, row: usize) -> (PathBuf, u64) {
-        let mut start = 0u64;
-        for s in &self.sources {
-            if (row as u64) < start + s.rows {
-                return (s.path.clone(), row as u64 - start);
-            }
-            start += s.rows;
-        }
-        (PathBuf::from(MEMORY), row as u64)
-    }
-
-    /// Refuses a table whose ids repeat, naming the first id that repeats an earlier one,
-    /// where both rows are. `hint` ends the message (how to proceed anyway).
-    pub fn check_unique_ids(&self, id_column: &str, hint: &str) -> Result<()> {
-        let Some((first, repeat)) = first_repeated_id(&self.ids)? else {
-            return Ok(());
-        };
-        let (file, at) = self.locate(repeat);
-        let (first_file, first_at) = self.locate(first);
-        let id = arrow::util::display::array_value_to_string(&self.ids, repeat)?;
-        Err(Error::BadValue {
-            file,
-            column: id_column.into(),
-            row: at,
-            reason: format!(
-                "id {id} repeats row {first_at} of {}; ids must be unique{hint}",
-                first_file.display()
-            ),
-        })
-    }
-
-    /// Number of rows.
-    pub fn rows(&self) -> usize {
-        self.label_codes.len()
-    }
-
-    /// Number of distinct labels.
-    pub fn num_labels(&self) -> usize {
-        self.label_values.len()
-    }
-
-    /// The vector of row `i`.
-    #[inline]
-    pub fn row(&self, i: usize) -> &[f32] {
-        &self.vectors[i * self.dim..(i + 1) * self.dim]
-    }
-
-    fn assemble(
-        ids: ArrayRef,
-        labels: Option<ArrayRef>,
-        vectors: Vectors,
-        dim: usize,
-        sources: Vec<SourceFile>,
-        (first_file, label_name): (&Path, &str),
-    ) -> Result<Table> {
-        if ids.is_empty() {
-            return Err(Error::BadData("the input has no rows".into()));
-        }
-        let Some(labels) = labels else {
-            let mut table = Table {
-                labels: ids.clone(),
-                ids,
-                label_codes: Vec::new(),
-                label_values: Arc::new(arrow::array::NullArray::new(0)),
-                vectors,
-                normalized: false,
-                dim,
-                sources,
-                extra: Vec::new(),
-            };
-            table.strip_labels();
-            return Ok(table);
-        };
-        let (label_codes, label_values) = encode_labels(&labels, first_file, label_name)?;
-        if label_values.len() < 2 {
-            return Err(Error::BadData(format!(
-                "the input has {} distinct label(s); mining needs at least two",
-                label_values.len()
-            )));
-        }
-        Ok(Table {
-            ids,
-            labels,
-            label_codes,
-            label_values,
-            vectors,
-            normalized: false,
-            dim,
-            sources,
-            extra: Vec::new(),
-        })
-    }
-}
 
 /// How a table is read beyond its columns.
 #[derive(Debug, Clone, Default)]
@@ -243,57 +28,6 @@ pub struct ReadOptions {
     pub scratch_dir: Option<PathBuf>,
     /// L2-normalise rows as they are read when they spill (for cosine).
     pub normalize_if_spilled: bool,
-}
-
-/// Expands files, folders (their `.parquet` files, by name) and globs, in the order given.
-pub fn resolve_inputs(specs: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    for spec in specs {
-        if spec.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(spec)
-                .map_err(|e| Error::io(spec, e))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "parquet"))
-                .collect();
-            if found.is_empty() {
-                return Err(Error::NoInput(format!(
-                    "folder {} holds no .parquet file",
-                    spec.display()
-                )));
-            }
-            found.sort();
-            files.extend(found);
-        } else if spec.is_file() {
-            files.push(spec.clone());
-        } else if spec.exists() {
-            return Err(Error::BadFile {
-                path: spec.clone(),
-                reason: "not a Parquet file: it is not a regular file (a device, a pipe or a \
-                         socket)"
-                    .into(),
-            });
-        } else {
-            let pattern = spec.to_string_lossy();
-            let is_glob = pattern.contains(['*', '?', '[']);
-            if !is_glob {
-                return Err(Error::NoInput(format!(
-                    "{}: no such file or folder",
-                    spec.display()
-                )));
-            }
-            let mut found: Vec<PathBuf> = glob::glob(&pattern)
-                .map_err(|e| Error::Config(format!("bad glob `{pattern}`: {e}")))?
-                .filter_map(|p| p.ok())
-                .filter(|p| p.is_file())
-                .collect();
-            if found.is_empty() {
-                return Err(Error::NoInput(format!("glob `{pattern}` matches no file")));
-            }
-            found.sort();
-            files.extend(found);
-        }
-    }
-    Ok(files)
 }
 
 /// Opens a Parquet input for reading, after checking what its footer claims against the file:
@@ -743,7 +477,7 @@ impl<'a> TableReader<'a> {
                 limit_mib = plan.limit >> 20,
                 "the vectors exceed half the memory limit"
             );
-            // A tenth of the limit may stay resident between relieving calls.
+            // A tenth of the limit may stay resident between two drops of its pages.
             self.vectors = VectorSink::spill(&plan.dir, (plan.limit / 10) as usize)?;
             self.normalized = plan.normalize;
         } else {
@@ -807,26 +541,7 @@ fn to_f32<T: arrow::datatypes::ArrowPrimitiveType>(
     a.values().iter().map(|&x| f(x)).collect()
 }
 
-fn first_null(a: &dyn Array) -> Option<usize> {
-    if a.null_count() == 0 {
-        return None;
-    }
-    (0..a.len()).find(|&i| a.is_null(i))
-}
-
-fn check_no_nulls(path: &Path, column: &str, a: &ArrayRef, first_row: u64) -> Result<()> {
-    match first_null(a.as_ref()) {
-        None => Ok(()),
-        Some(row) => Err(Error::BadValue {
-            file: path.into(),
-            column: column.into(),
-            row: first_row + row as u64,
-            reason: "value is null".into(),
-        }),
-    }
-}
-
-fn is_integer(t: &DataType) -> bool {
+pub(super) fn is_integer(t: &DataType) -> bool {
     matches!(
         t,
         DataType::Int8
@@ -887,110 +602,4 @@ fn check_embedding_type(path: &Path, column: &str, t: &DataType) -> Result<()> {
             expected: "FixedSizeList or List of float16, float32 or float64".into(),
         }),
     }
-}
-
-/// The first row whose id equals an earlier row's, with that earlier row: `(first, repeat)`.
-///
-/// Sorts (hash, row) pairs, 12 bytes a row, rather than building a hash map of every id, and
-/// compares the ids themselves where hashes meet.
-pub(crate) fn first_repeated_id(ids: &ArrayRef) -> Result<Option<(usize, usize)>> {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    let ids = match ids.data_type() {
-        DataType::Dictionary(_, v) => arrow::compute::cast(ids, v)?,
-        _ => ids.clone(),
-    };
-    // Row positions (no id column) are unique by construction.
-    if let Some(p) = ids.as_primitive_opt::<arrow::datatypes::UInt64Type>()
-        && p.values().iter().enumerate().all(|(i, &v)| v == i as u64)
-    {
-        return Ok(None);
-    }
-    let converter =
-        arrow::row::RowConverter::new(vec![arrow::row::SortField::new(ids.data_type().clone())])?;
-    let rows = converter.convert_columns(&[ids])?;
-    let hasher = BuildHasherDefault::<DefaultHasher>::default();
-    let mut keyed: Vec<(u64, u32)> = (0..rows.num_rows())
-        .map(|i| (hasher.hash_one(rows.row(i).as_ref()), i as u32))
-        .collect();
-    keyed.sort_unstable();
-    let mut best: Option<(usize, usize)> = None;
-    for group in keyed.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
-        // Rows ascending within a hash; the first row equal to an earlier one is a repeat.
-        for (j, &(_, r)) in group.iter().enumerate().skip(1) {
-            let earlier = group[..j]
-                .iter()
-                .find(|(_, e)| rows.row(*e as usize) == rows.row(r as usize));
-            if let Some(&(_, e)) = earlier {
-                if best.is_none_or(|(_, b)| (r as usize) < b) {
-                    best = Some((e as usize, r as usize));
-                }
-                break;
-            }
-        }
-    }
-    Ok(best)
-}
-
-/// Dense codes in sorted label order, and the distinct labels in their input type.
-fn encode_labels(labels: &ArrayRef, file: &Path, column: &str) -> Result<(Vec<u32>, ArrayRef)> {
-    let logical = match labels.data_type() {
-        DataType::Dictionary(_, v) => v.as_ref().clone(),
-        t => t.clone(),
-    };
-    let strict = CastOptions {
-        safe: false,
-        ..Default::default()
-    };
-    // `first[c]` is the first row holding the label of code `c`.
-    let (codes, first): (Vec<u32>, Vec<u32>) = if is_integer(&logical) {
-        let as_i64 = cast_with_options(labels, &DataType::Int64, &strict).map_err(|e| {
-            Error::UnsupportedType {
-                file: file.into(),
-                column: column.into(),
-                found: format!(
-                    "{} ({})",
-                    labels.data_type(),
-                    crate::error::detail(&e.to_string())
-                ),
-                expected: "labels that fit in a 64-bit signed integer".into(),
-            }
-        })?;
-        dense_codes(
-            as_i64
-                .as_primitive::<arrow::datatypes::Int64Type>()
-                .values()
-                .iter()
-                .copied(),
-        )
-    } else {
-        let as_str = cast_with_options(labels, &DataType::Utf8, &strict)?;
-        dense_codes(
-            as_str
-                .as_string::<i32>()
-                .iter()
-                .map(|s| s.unwrap_or_default()),
-        )
-    };
-    let first = UInt64Array::from_iter_values(first.iter().map(|&r| r as u64));
-    let values = take(labels.as_ref(), &first, None)?;
-    Ok((codes, values))
-}
-
-/// Codes by sorted distinct value; also the first row of each value.
-fn dense_codes<K: Ord + std::hash::Hash + Copy>(
-    keys: impl Iterator<Item = K> + Clone,
-) -> (Vec<u32>, Vec<u32>) {
-    let mut first_row: HashMap<K, u32> = HashMap::new();
-    for (row, k) in keys.clone().enumerate() {
-        first_row.entry(k).or_insert(row as u32);
-    }
-    let mut distinct: Vec<(K, u32)> = first_row.into_iter().collect();
-    distinct.sort_unstable();
-    let code_of: HashMap<K, u32> = distinct
-        .iter()
-        .enumerate()
-        .map(|(c, (k, _))| (*k, c as u32))
-        .collect();
-    let codes = keys.map(|k| code_of[&k]).collect();
-    (codes, distinct.into_iter().map(|(_, r)| r).collect())
 }

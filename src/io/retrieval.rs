@@ -12,7 +12,8 @@ use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::DataType;
 use arrow::row::{RowConverter, Rows, SortField};
 
-use super::read::{ReadOptions, Table, read_columns, read_table_with};
+use super::read::{ReadOptions, read_columns, read_table_with};
+use super::table::Table;
 use crate::config::{ColumnNames, InputOptions};
 use crate::error::{Error, Result, contain_panics};
 
@@ -114,7 +115,7 @@ fn id_hash(id: &[u8]) -> u64 {
 impl IdMap {
     fn new(table: &Table, id_name: &str) -> Result<Self> {
         let ids = plain(&table.ids)?;
-        if let Some((first, row)) = crate::io::read::first_repeated_id(&ids)? {
+        if let Some((first, row)) = crate::io::table::first_repeated_id(&ids)? {
             let (file, at) = table.locate(row);
             let (first_file, first_at) = table.locate(first);
             return Err(Error::BadValue {

@@ -19,7 +19,7 @@ mod negatives;
 mod onepass;
 mod positives;
 mod recall;
-mod select;
+mod reuse_and_shortfall;
 
 pub use negatives::{GUARDS, Guard};
 pub use onepass::Tiles;
@@ -115,7 +115,7 @@ pub const ANCHOR_BLOCK: usize = 8192;
 /// The fewest anchors a block is cut to under a memory limit.
 pub const MIN_LIMITED_BLOCK: usize = 256;
 
-/// Bytes per chunk of a sweep over all vectors: a spilled store is relieved between chunks,
+/// Bytes per chunk of a sweep over all vectors: a spilled store drops its pages between chunks,
 /// so a chunk's pages are what a sweep adds to the resident set at most.
 const SWEEP_BYTES: usize = 4 << 20;
 
@@ -289,7 +289,7 @@ impl<'t> Miner<'t> {
             let mut norms_sq = Vec::with_capacity(t.rows());
             for chunk in vectors.chunks(sweep_rows(dim) * dim) {
                 norms_sq.par_extend(chunk.par_chunks(dim).map(|r| dot(r, r) as f32));
-                t.vectors.relieve();
+                t.vectors.drop_pages_over_budget();
             }
             (vectors, norms_sq)
         };
@@ -346,14 +346,14 @@ impl<'t> Miner<'t> {
             }
             IndexSource::Build => {
                 NeighbourIndex::build(&vectors, dim, params.metric, &spec, &|| {
-                    table.vectors.relieve()
+                    table.vectors.drop_pages_over_budget()
                 })?
             }
         };
         // What the limit leaves once the table and the index are resident is shared among
         // the buffers that scale with the work.
         let scratch = params.memory_limit.map(|limit| {
-            table.vectors.relieve_all();
+            table.vectors.drop_all_pages();
             let scratch = Scratch::measured(limit.0);
             table.vectors.set_page_budget(scratch.mapped_pages());
             if let Some(q) = queries.as_ref() {
@@ -478,15 +478,15 @@ impl<'t> Miner<'t> {
         let dim = table.dim;
         let chunk = self.search_chunk(k, usize::MAX);
         if queries.len() <= chunk * dim {
-            return self
-                .index
-                .search(queries, k, &self.vectors, &|| table.vectors.relieve());
+            return self.index.search(queries, k, &self.vectors, &|| {
+                table.vectors.drop_pages_over_budget()
+            });
         }
         let mut all: Option<Candidates> = None;
         for part in queries.chunks(chunk * dim) {
-            let c = self
-                .index
-                .search(part, k, &self.vectors, &|| table.vectors.relieve())?;
+            let c = self.index.search(part, k, &self.vectors, &|| {
+                table.vectors.drop_pages_over_budget()
+            })?;
             match &mut all {
                 None => all = Some(c),
                 Some(all) => {
@@ -503,11 +503,11 @@ impl<'t> Miner<'t> {
     /// set), then the shortfall policy. Updates the anchor records' counts.
     pub fn finish(&self, blocks: &mut [MinedBlock]) {
         if let Some(max) = self.params.max_negative_reuse {
-            select::cap_reuse(blocks, max);
+            reuse_and_shortfall::cap_reuse(blocks, max);
         }
         let limit = self.params.num_negatives.limit();
         for block in blocks {
-            select::apply_shortfall(block, limit, self.params.shortfall);
+            reuse_and_shortfall::apply_shortfall(block, limit, self.params.shortfall);
         }
     }
 
@@ -540,7 +540,7 @@ impl<'t> Miner<'t> {
                 )
                 .reduce(|| vec![0f64; dim], add);
             sum = add(sum, part);
-            self.table.vectors.relieve();
+            self.table.vectors.drop_pages_over_budget();
         }
         let mean_sq_norm = self.norms_sq.iter().map(|&x| x as f64).sum::<f64>() / n;
         let mean_norm_sq: f64 = sum.iter().map(|s| (s / n) * (s / n)).sum();
@@ -559,7 +559,8 @@ impl<'t> Miner<'t> {
         };
         match self.params.anchors_sample {
             Some(m) if m < n => {
-                let mut rng = ChaCha8Rng::seed_from_u64(mix(self.params.seed, u64::MAX, 0, 0));
+                let mut rng =
+                    ChaCha8Rng::seed_from_u64(seeded_hash(self.params.seed, u64::MAX, 0, 0));
                 let mut picked: Vec<u32> = rand::seq::index::sample(&mut rng, n, m)
                     .into_iter()
                     .map(|r| r as u32)
@@ -932,7 +933,7 @@ fn plan_build(
 ) -> Result<BuildMemory> {
     use crate::memory::{MIN_SCRATCH, RESERVE, Resident, check_minimum, index_bytes};
     let (rows, dim) = (table.rows() as u64, table.dim as u64);
-    table.vectors.relieve_all();
+    table.vectors.drop_all_pages();
     let held = Resident::now().now;
     let room = |f: &str| held + index_bytes(f, rows, dim) + MIN_SCRATCH + RESERVE;
     while auto && room(factory) > limit && !crate::memory::unchecked() {
@@ -1083,7 +1084,7 @@ fn first_k(params: &MiningParams, rows: usize, retrieval: bool) -> usize {
 }
 
 /// Seeds for per-(anchor, positive) random choices: independent of threads and blocks.
-pub(crate) fn mix(seed: u64, a: u64, b: u64, stream: u64) -> u64 {
+pub(crate) fn seeded_hash(seed: u64, a: u64, b: u64, stream: u64) -> u64 {
     fn splitmix(mut z: u64) -> u64 {
         z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -1095,7 +1096,7 @@ pub(crate) fn mix(seed: u64, a: u64, b: u64, stream: u64) -> u64 {
 
 /// A seeded generator for one anchor (and positive) and purpose.
 fn rng_for(seed: u64, anchor: u32, positive: u32, stream: u64) -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(mix(seed, anchor as u64, positive as u64, stream))
+    ChaCha8Rng::seed_from_u64(seeded_hash(seed, anchor as u64, positive as u64, stream))
 }
 
 /// Sorts `(distance, row)` pairs ascending, ties by row.

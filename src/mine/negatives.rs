@@ -100,7 +100,7 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
     let n = m.table.rows();
     let mut done: Vec<Option<(Resolved, bool)>> = (0..plans.len()).map(|_| None).collect();
     let mut pending: Vec<usize> = (0..plans.len())
-        .filter(|&i| plans[i].hardest.is_some())
+        .filter(|&i| plans[i].hardest_positive_distance.is_some())
         .collect();
     // An approximate index gives no exactness to reach by deepening: stop at 16 k rather than
     // end in a scan of every row.
@@ -249,7 +249,7 @@ fn assemble(plans: Vec<AnchorPlan>, done: Vec<Option<(Resolved, bool)>>) -> Mine
         block.anchors.push(AnchorRecord {
             anchor: plan.anchor,
             label: plan.label,
-            has_positive: plan.hardest.is_some(),
+            has_positive: plan.hardest_positive_distance.is_some(),
             triplets: triplets.len() as u32,
             capped,
             violating_neighbour,
@@ -298,7 +298,9 @@ pub(super) fn resolve(
     } else {
         trusted
     };
-    let hardest = plan.hardest.expect("planned anchors have a positive");
+    let hardest = plan
+        .hardest_positive_distance
+        .expect("planned anchors have a positive");
     let a = plan.anchor;
     let violating_neighbour = match list[..trusted]
         .iter()

@@ -334,7 +334,7 @@ struct AnchorState {
 /// table per group of anchors, groups in parallel; `None` for the others.
 pub(super) fn resolve_all(m: &mut Miner, plans: &[AnchorPlan]) -> Result<Vec<Option<Resolved>>> {
     let planned: Vec<usize> = (0..plans.len())
-        .filter(|&i| plans[i].hardest.is_some())
+        .filter(|&i| plans[i].hardest_positive_distance.is_some())
         .collect();
     let tiles = m.tiles;
     let started = std::time::Instant::now();
@@ -612,7 +612,7 @@ fn draw_samples(
             // faster than the store's watch thread may get a core to drop them.
             since_relief += batch.len();
             if since_relief >= RELIEVE_EVERY_ROWS {
-                m.table.vectors.relieve();
+                m.table.vectors.drop_pages_over_budget();
                 since_relief = 0;
             }
             m.prefetch_rows(batch.iter().copied());
@@ -725,7 +725,7 @@ impl Sweep<'_> {
             let tile = &mut tile[..group.len() * width];
             inner_products(self.queries, table, dim, tile);
             // A spilled table is read in order through its mapping: drop what was swept.
-            m.table.vectors.relieve();
+            m.table.vectors.drop_pages_over_budget();
             let norms = &m.norms_sq[start..end];
             for (((row, state), &i), &qn) in tile
                 .chunks_mut(width)
@@ -1300,7 +1300,9 @@ fn finish(
         super::sort_nearest(&mut list);
         list
     };
-    let hardest = plan.hardest.expect("planned anchors have a positive");
+    let hardest = plan
+        .hardest_positive_distance
+        .expect("planned anchors have a positive");
     state.nearest_negative.prune(state.slack);
     state.nearest_rows.prune(state.slack);
     let lists = [&state.nearest_negative.entries, &state.nearest_rows.entries];

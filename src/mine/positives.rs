@@ -26,18 +26,23 @@ pub(super) struct AnchorPlan {
     /// `(d(a, p), p)`, ordered by row.
     pub positives: Vec<(f32, u32)>,
     /// `d(a, hardest positive)`; `None` when the anchor has no positive.
-    pub hardest: Option<f32>,
+    pub hardest_positive_distance: Option<f32>,
 }
 
 impl AnchorPlan {
     /// The plan with `chosen` put in row order.
-    fn new(anchor: u32, label: u32, mut chosen: Vec<(f32, u32)>, hardest: Option<f32>) -> Self {
+    fn new(
+        anchor: u32,
+        label: u32,
+        mut chosen: Vec<(f32, u32)>,
+        hardest_positive_distance: Option<f32>,
+    ) -> Self {
         chosen.sort_unstable_by_key(|x| x.1);
         AnchorPlan {
             anchor,
             label,
             positives: chosen,
-            hardest,
+            hardest_positive_distance,
         }
     }
 }
@@ -115,7 +120,7 @@ pub(super) fn plan(m: &mut Miner, anchors: &[u32]) -> Result<Vec<AnchorPlan>> {
                 plans[i] = Some(p);
             }
         }
-        m.table.vectors.relieve();
+        m.table.vectors.drop_pages_over_budget();
         for (label, idx) in large {
             let group = &m.groups[*label as usize];
             let of_label: Vec<u32> = idx.iter().map(|&i| anchors[i]).collect();
@@ -123,7 +128,7 @@ pub(super) fn plan(m: &mut Miner, anchors: &[u32]) -> Result<Vec<AnchorPlan>> {
             for (&i, p) in idx.iter().zip(label_plans) {
                 plans[i] = Some(p);
             }
-            m.table.vectors.relieve();
+            m.table.vectors.drop_pages_over_budget();
         }
     }
     m.release_gathered();

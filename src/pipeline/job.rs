@@ -67,6 +67,22 @@ impl Drop for Stage {
     }
 }
 
+/// Where a test may kill a job: `TRIPMINE_TEST_ABORT_AT=POINT` kills the process there
+/// (SIGKILL: no destructor, no exit handler runs). Named points make the kill tests
+/// deterministic.
+pub const ABORT_POINTS: [&str; 6] = ["read", "index", "mine", "report", "commit", "committed"];
+
+/// Kills the process at `point` when a test asked for it.
+pub(super) fn abort_point(point: &'static str) {
+    debug_assert!(ABORT_POINTS.contains(&point));
+    if std::env::var_os("TRIPMINE_TEST_ABORT_AT").is_some_and(|p| p == point) {
+        // SAFETY: sends a signal to this process; it does not return.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
 /// What every stage of a job shares.
 struct Job<'c> {
     config: &'c MiningConfig,
@@ -157,11 +173,13 @@ pub(super) fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summar
     let stage = Stage::start("read");
     let mut input = read(&job)?;
     seconds.read = stage.done(input.table.rows(), &describe(&input, files.len()));
+    abort_point("read");
     release_free_heap(job.bounded);
 
     let stage = Stage::start("index");
     let mut miner = build_index(&job, &input)?;
     seconds.index = stage.done(input.table.rows(), "index built");
+    abort_point("index");
     release_free_heap(job.bounded);
 
     let stage = Stage::start("tune");
@@ -204,6 +222,7 @@ pub(super) fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summar
     } = mined;
     let reported = report_stage(&job, &input, report, suspects, &facts, started_at)?;
     seconds.report = stage.done(reported.rows, "report computed");
+    abort_point("report");
     seconds.total = started.elapsed().as_secs_f64();
 
     let summary = Summary {
@@ -374,6 +393,7 @@ fn mine_and_write(
         } else {
             miner.finish(std::slice::from_mut(&mut mined));
             emit(&mined)?;
+            abort_point("mine");
         }
         release_free_heap(job.bounded);
         tracing::debug!(
@@ -465,7 +485,7 @@ fn report_stage(
             ("tripmine.totals", json(&totals)),
             ("tripmine.histogram", json(&histogram)),
             // What shaped the outputs; `run` (threads, progress) changes none of them.
-            ("tripmine.config", json(&config.shaping())),
+            ("tripmine.config", json(&config.result_options())),
             ("tripmine.warnings", json(&warnings)),
             (
                 "tripmine.search",
@@ -525,6 +545,7 @@ fn commit(
     summary: &Summary,
 ) -> Result<()> {
     triplets_file.commit()?;
+    abort_point("commit");
     for f in report_files {
         f.commit()?;
     }

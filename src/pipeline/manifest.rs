@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::Summary;
-use crate::config::{MiningOptions, OutputOptions, Shaping};
+use crate::config::{MiningOptions, OutputOptions, ResultOptions};
 use crate::error::{Error, Result};
 use crate::io::{is_folder_output, write_atomic};
 
@@ -102,7 +102,7 @@ pub fn fingerprint(options: &MiningOptions, inputs: &[InputStat]) -> String {
     };
     let shaping = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "options": Shaping { output: &output, ..options.shaping() },
+        "options": ResultOptions { output: &output, ..options.result_options() },
         "out_is_folder": is_folder_output(&options.output.out),
         "files": inputs,
     });

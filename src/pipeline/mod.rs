@@ -4,19 +4,20 @@
 //! and the report, renamed into place together only once both are complete; an optional JSON
 //! summary; a manifest beside the outputs ([`manifest`]); and a [`Summary`]. A rerun whose
 //! inputs and configuration match the manifest skips the work. Quality gates are checked last.
-//! Pipeline files ([`file`]) describe jobs for schedulers.
+//! Pipeline files ([`pipeline_file`]) describe jobs for schedulers.
 
-pub mod file;
 mod guard;
 mod job;
 pub mod manifest;
 mod outputs;
+pub mod pipeline_file;
 mod recall;
 mod summary;
 
 pub use outputs::OutputLayout;
 pub use summary::{Summary, Timings, search_note};
 
+pub use job::ABORT_POINTS;
 use job::run_job;
 
 use std::path::PathBuf;
@@ -97,6 +98,7 @@ pub fn run(config: &MiningConfig) -> Result<Summary> {
                 outputs: stat_outputs(&written)?,
                 summary: summary.clone(),
             };
+            job::abort_point("committed");
             write_manifest(&manifest_file, &manifest)?;
             summary
         }

@@ -18,7 +18,7 @@ pub(super) fn sample_anchors(anchors: &[u32], n: usize, seed: u64, stream: u64) 
     use rand::SeedableRng;
     // Its own random stream, apart from the anchor sample's.
     let mut rng =
-        rand_chacha::ChaCha8Rng::seed_from_u64(crate::mine::mix(seed, u64::MAX, 1, stream));
+        rand_chacha::ChaCha8Rng::seed_from_u64(crate::mine::seeded_hash(seed, u64::MAX, 1, stream));
     let mut picked: Vec<u32> =
         rand::seq::index::sample(&mut rng, anchors.len(), n.min(anchors.len()))
             .into_iter()

@@ -332,7 +332,7 @@ pub fn render(page: &Page) -> String {
 /// The configuration as TOML, without the keys that do not apply to this run: retrieval
 /// inputs in a labelled run (and labels in a retrieval run), and empty lists.
 fn applicable_config(options: &MiningOptions) -> String {
-    let Ok(toml::Value::Table(mut doc)) = toml::Value::try_from(options.shaping()) else {
+    let Ok(toml::Value::Table(mut doc)) = toml::Value::try_from(options.result_options()) else {
         return String::new();
     };
     let not_applicable: &[&str] = if options.input.retrieval() {

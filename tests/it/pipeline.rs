@@ -380,8 +380,10 @@ fn a_quality_gate_fails_the_run_after_writing() {
         .stderr(predicate::str::contains("unknown figure `no_such_figure`"));
 }
 
-/// Kills runs at several moments; every time, the output is the previous complete one or a
-/// complete new one, and a later run cleans up what the killed ones left.
+/// Kills runs at every named point of a job (`TRIPMINE_TEST_ABORT_AT` aborts there, as a
+/// kill would); every time, the output is the previous complete one (killed before the
+/// outputs were put in place) or the complete new one (after), and a later run cleans up what
+/// the killed ones left.
 fn kill_at_any_point(out: &str) {
     let dir = TempDir::new().unwrap();
     let input = dir.path().join("data.parquet");
@@ -412,9 +414,8 @@ fn kill_at_any_point(out: &str) {
         .args(args(0))
         .assert()
         .success();
-    let complete = |path: &Path| read(path).num_rows();
-    // The rows a complete run of `seed` writes (into another output).
-    let rows_of = |seed: u64| {
+    // The triplets a complete run of `seed` writes (into another output).
+    let triplets_of = |seed: u64| {
         let other = if out.ends_with('/') {
             "other/"
         } else {
@@ -428,39 +429,37 @@ fn kill_at_any_point(out: &str) {
             .args(a)
             .assert()
             .success();
-        complete(&dir.path().join(other.trim_end_matches('/')))
+        read(&dir.path().join(other.trim_end_matches('/')))
     };
-    let mut previous = complete(&out_path);
-    let mut outcomes = Vec::new();
-    for (i, delay_ms) in [5u64, 30, 80, 150, 300, 600, 1200].into_iter().enumerate() {
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("tripmine"))
+    let mut previous = read(&out_path);
+    for (i, point) in tripmine::pipeline::ABORT_POINTS.into_iter().enumerate() {
+        let seed = i as u64 + 1;
+        let status = std::process::Command::new(assert_cmd::cargo::cargo_bin("tripmine"))
             .current_dir(dir.path())
-            .args(args(i as u64 + 1))
+            .args(args(seed))
+            .env("TRIPMINE_TEST_ABORT_AT", point)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .spawn()
+            .status()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let status = child.wait().unwrap();
-        outcomes.push(status.success());
-        // Either the previous output or the new one, complete and readable (a run killed
-        // after it put its outputs in place left the new one).
-        let rows = complete(&out_path);
-        assert!(
-            rows > 0 && (rows == previous || status.success() || rows == rows_of(i as u64 + 1)),
-            "after a kill at {delay_ms} ms"
-        );
-        previous = rows;
+        assert!(!status.success(), "the run reached {point} and was killed");
+        let now = read(&out_path);
+        // The triplets are put in place at `commit`, before the report.
+        let in_place = matches!(point, "commit" | "committed");
+        if in_place {
+            assert!(
+                now == triplets_of(seed),
+                "killed at {point}: the new output"
+            );
+        } else {
+            assert!(now == previous, "killed at {point}: the previous output");
+        }
+        previous = now;
         if out.ends_with('/') {
             assert!(out_path.join(SUCCESS_MARKER).exists());
         }
         assert!(read(&dir.path().join("report.parquet")).num_rows() > 0);
     }
-    assert!(
-        outcomes.iter().any(|ok| !ok),
-        "at least one run was killed mid-way"
-    );
     tripmine()
         .current_dir(dir.path())
         .args(args(99))

@@ -4,14 +4,16 @@
 //! Out: a [`MiningConfig`], which can only exist once the options passed [`MiningConfig::new`],
 //! so later stages never re-check ranges.
 
-use std::fmt;
+mod units;
+mod validate;
+
+pub use units::{ByteSize, Count};
+
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
 use crate::report::Gate;
 
 /// Distance between embeddings.
@@ -86,149 +88,6 @@ pub enum OutputFormat {
     NTuple,
     /// One row per (anchor, candidate) with `label` 1 (positive) or 0 (negative).
     Pairs,
-}
-
-/// A size in bytes, written `1GiB`, `512MiB`, `64KiB`, `2GB` or a plain number of bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ByteSize(pub u64);
-
-impl FromStr for ByteSize {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let t = s.trim();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
-        let (number, unit) = (t[..split].trim(), t[split..].trim());
-        let scale: u64 = match unit.to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "kb" => 1_000,
-            "kib" => 1 << 10,
-            "m" | "mb" => 1_000_000,
-            "mib" => 1 << 20,
-            "g" | "gb" => 1_000_000_000,
-            "gib" => 1 << 30,
-            "t" | "tb" => 1_000_000_000_000,
-            "tib" => 1 << 40,
-            _ => {
-                return Err(format!(
-                    "`{s}`: unknown unit `{unit}` (use KiB, MiB, GiB, ...)"
-                ));
-            }
-        };
-        match number.parse::<f64>() {
-            Ok(n) if n.is_finite() && n > 0.0 => Ok(ByteSize((n * scale as f64) as u64)),
-            _ => Err(format!("`{s}` is not a positive size such as 1GiB")),
-        }
-    }
-}
-
-impl fmt::Display for ByteSize {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        for (unit, size) in [
-            ("TiB", 1u64 << 40),
-            ("GiB", 1 << 30),
-            ("MiB", 1 << 20),
-            ("KiB", 1 << 10),
-        ] {
-            if b >= size && b.is_multiple_of(size) {
-                return write!(f, "{}{unit}", b / size);
-            }
-        }
-        write!(f, "{b}")
-    }
-}
-
-impl Serialize for ByteSize {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Repr {
-            Number(u64),
-            Text(String),
-        }
-        match Repr::deserialize(d)? {
-            Repr::Number(n) if n > 0 => Ok(ByteSize(n)),
-            Repr::Number(_) => Err(serde::de::Error::custom("a size must be positive")),
-            Repr::Text(t) => t.parse().map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-/// A count that may be "all".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Count {
-    /// Every qualifying item.
-    All,
-    /// At most this many (at least 1).
-    AtMost(usize),
-}
-
-impl Count {
-    /// The limit as a number, `usize::MAX` for all.
-    pub fn limit(self) -> usize {
-        match self {
-            Count::All => usize::MAX,
-            Count::AtMost(n) => n,
-        }
-    }
-}
-
-impl FromStr for Count {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        if s.eq_ignore_ascii_case("all") {
-            return Ok(Count::All);
-        }
-        match s.parse::<usize>() {
-            Ok(0) => Err("must be at least 1 (or `all`)".into()),
-            Ok(n) => Ok(Count::AtMost(n)),
-            Err(_) => Err(format!(
-                "`{s}` is neither a positive whole number nor `all`"
-            )),
-        }
-    }
-}
-
-impl Serialize for Count {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Count::All => s.serialize_str("all"),
-            Count::AtMost(n) => s.serialize_u64(*n as u64),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Count {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Repr {
-            Number(i64),
-            Text(String),
-        }
-        let parsed = match Repr::deserialize(d)? {
-            Repr::Number(n) => n.to_string().parse(),
-            Repr::Text(t) => t.parse(),
-        };
-        parsed.map_err(serde::de::Error::custom)
-    }
-}
-
-impl fmt::Display for Count {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Count::All => f.write_str("all"),
-            Count::AtMost(n) => write!(f, "{n}"),
-        }
-    }
 }
 
 /// Names of the input columns.
@@ -357,54 +216,6 @@ impl InputOptions {
         all.extend(self.corpus.iter().cloned());
         all.extend(self.qrels.iter().cloned());
         all
-    }
-
-    fn validate(&self) -> Result<()> {
-        let id = self.id_col.as_deref().unwrap_or("id");
-        for name in &self.with {
-            let taken = name == id || (!self.retrieval() && name == &self.label_col);
-            if taken {
-                return Err(invalid(
-                    "input.with",
-                    format!("`{name}` is already in the output (as anchor_{name} and others)"),
-                ));
-            }
-        }
-        if !self.retrieval() {
-            if self.paths.is_empty() {
-                return Err(invalid("input.paths", "names no input"));
-            }
-            if self.qrels.is_some() || self.positives_col.is_some() {
-                return Err(invalid(
-                    "input.qrels",
-                    "belongs to retrieval mode: give --queries and --corpus too",
-                ));
-            }
-            return Ok(());
-        }
-        if !self.paths.is_empty() {
-            return Err(invalid(
-                "input.paths",
-                "labelled input (--in) and retrieval input (--queries, --corpus) exclude each other",
-            ));
-        }
-        if self.queries.is_empty() || self.corpus.is_empty() {
-            return Err(invalid(
-                "input.queries",
-                "retrieval mode needs both --queries and --corpus",
-            ));
-        }
-        match (&self.qrels, &self.positives_col) {
-            (None, None) => Err(invalid(
-                "input.qrels",
-                "retrieval mode needs the known positives: --qrels FILE or --positives-col COL",
-            )),
-            (Some(_), Some(_)) => Err(invalid(
-                "input.qrels",
-                "give the known positives once: --qrels or --positives-col, not both",
-            )),
-            _ => Ok(()),
-        }
     }
 }
 
@@ -598,103 +409,6 @@ impl MiningParams {
         self.k.unwrap_or(DEFAULT_K)
     }
 
-    /// Checks ranges; every entry point calls it before mining.
-    pub fn validate(&self) -> Result<()> {
-        if !self.margin.is_finite() || self.margin < 0.0 {
-            return Err(invalid(
-                "mine.margin",
-                format!("must be a finite number >= 0, got {}", self.margin),
-            ));
-        }
-        if self.k == Some(0) {
-            return Err(invalid("mine.k", "must be at least 1"));
-        }
-        if let Some(max_k) = self.max_k
-            && max_k < self.k()
-        {
-            return Err(invalid(
-                "mine.max_k",
-                format!("({max_k}) must be at least k ({})", self.k()),
-            ));
-        }
-        if !(self.auto_exact_weight.is_finite() && self.auto_exact_weight > 0.0) {
-            return Err(invalid(
-                "mine.auto_exact_weight",
-                format!(
-                    "must be a finite number > 0, got {}",
-                    self.auto_exact_weight
-                ),
-            ));
-        }
-        if !(0.0..=1.0).contains(&self.target_recall) {
-            return Err(invalid(
-                "mine.target_recall",
-                format!("must lie in [0, 1], got {}", self.target_recall),
-            ));
-        }
-        if self.anchors_sample == Some(0) {
-            return Err(invalid("mine.anchors_sample", "must be at least 1"));
-        }
-        for (key, v) in [
-            ("mine.train_sample", Some(self.train_sample)),
-            ("mine.nprobe", self.nprobe),
-            ("mine.ef_search", self.ef_search),
-        ] {
-            if v == Some(0) {
-                return Err(invalid(key, "must be at least 1"));
-            }
-        }
-        if self.suspects_k < 1 {
-            return Err(invalid("mine.suspects_k", "must be at least 1"));
-        }
-        if self.index.trim().is_empty() {
-            return Err(invalid("mine.index", "is empty"));
-        }
-        let guards = [
-            ("mine.max_negative_similarity", self.max_negative_similarity),
-            ("mine.positive_margin", self.positive_margin),
-            ("mine.positive_percent", self.positive_percent),
-            ("mine.near_duplicate", self.near_duplicate),
-        ];
-        for (key, v) in guards {
-            let Some(v) = v else { continue };
-            if self.metric != Metric::Cosine {
-                return Err(invalid(
-                    key,
-                    "is a cosine-similarity guard: it needs metric cosine (--metric cosine)",
-                ));
-            }
-            let ok = match key {
-                "mine.positive_margin" => v.is_finite() && v >= 0.0,
-                "mine.positive_percent" => v.is_finite() && v > 0.0 && v <= 100.0,
-                _ => v.is_finite() && (-1.0..=1.0).contains(&v),
-            };
-            if !ok {
-                let range = match key {
-                    "mine.positive_margin" => "a similarity margin >= 0",
-                    "mine.positive_percent" => "a percentage in (0, 100]",
-                    _ => "a cosine similarity in [-1, 1]",
-                };
-                return Err(invalid(key, format!("must be {range}, got {v}")));
-            }
-        }
-        if let Some(max) = self.range_max
-            && max <= self.range_min
-        {
-            return Err(invalid(
-                "mine.range_max",
-                format!(
-                    "({max}) must be greater than range_min ({})",
-                    self.range_min
-                ),
-            ));
-        }
-        if self.max_negative_reuse == Some(0) {
-            return Err(invalid("mine.max_negative_reuse", "must be at least 1"));
-        }
-        Ok(())
-    }
-
     /// Whether any false-negative guard is on.
     pub fn guarded(&self) -> bool {
         self.max_negative_similarity.is_some()
@@ -843,8 +557,8 @@ impl MiningOptions {
     }
 
     /// The options that shape the outputs: all but `[run]` (threads, progress, force).
-    pub fn shaping(&self) -> Shaping<'_> {
-        Shaping {
+    pub fn result_options(&self) -> ResultOptions<'_> {
+        ResultOptions {
             input: &self.input,
             mine: &self.mine,
             output: &self.output,
@@ -855,7 +569,7 @@ impl MiningOptions {
 
 /// The sections of [`MiningOptions`] that shape the outputs, for reports and manifests.
 #[derive(Debug, Clone, Copy, Serialize)]
-pub struct Shaping<'a> {
+pub struct ResultOptions<'a> {
     pub input: &'a InputOptions,
     pub mine: &'a MiningParams,
     pub output: &'a OutputOptions,
@@ -867,58 +581,6 @@ pub struct Shaping<'a> {
 pub struct MiningConfig(MiningOptions);
 
 impl MiningConfig {
-    /// Validates the options once.
-    pub fn new(options: MiningOptions) -> Result<Self> {
-        options.input.validate()?;
-        options.mine.validate()?;
-        if options.output.format == OutputFormat::NTuple && options.mine.num_negatives == Count::All
-        {
-            return Err(invalid(
-                "output.format",
-                "n-tuple rows have a fixed number of negative columns: set num_negatives to a number",
-            ));
-        }
-        if options.input.retrieval() && options.report.suspects.is_some() {
-            return Err(invalid(
-                "report.suspects",
-                "label-noise suspects need labels: not available in retrieval mode",
-            ));
-        }
-        if options.run.threads == Some(0) {
-            return Err(invalid("run.threads", "must be at least 1"));
-        }
-        if options.output.max_rows_per_file == 0 {
-            return Err(invalid("output.max_rows_per_file", "must be at least 1"));
-        }
-        let out = &options.output;
-        let others = [
-            Some(&out.report),
-            out.summary_json.as_ref(),
-            options.report.html.as_ref(),
-            options.report.suspects.as_ref(),
-        ];
-        if is_folder_output(&out.out) && others.iter().flatten().any(|p| p.starts_with(&out.out)) {
-            return Err(invalid(
-                "output.out",
-                "is a folder that holds another output; it is replaced whole on every run",
-            ));
-        }
-        let named = options.outputs();
-        for (i, (key, path)) in named.iter().enumerate() {
-            if let Some((first, _)) = named[..i].iter().find(|(_, p)| p == path) {
-                return Err(invalid(
-                    key,
-                    format!(
-                        "names {}, which {} names too: each output needs its own path",
-                        path.display(),
-                        crate::error::flag_of(first)
-                    ),
-                ));
-            }
-        }
-        Ok(MiningConfig(options))
-    }
-
     /// The validated options.
     pub fn options(&self) -> &MiningOptions {
         &self.0
@@ -929,12 +591,5 @@ impl std::ops::Deref for MiningConfig {
     type Target = MiningOptions;
     fn deref(&self) -> &MiningOptions {
         &self.0
-    }
-}
-
-fn invalid(key: &'static str, message: impl Into<String>) -> Error {
-    Error::Invalid {
-        key,
-        message: message.into(),
     }
 }

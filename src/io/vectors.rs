@@ -6,7 +6,7 @@
 //! system when the run ends, also on error or kill) mapped read-only; its resident pages count
 //! towards the process's RSS, so they are dropped (they stay in the page cache, which a
 //! container's limit reclaims rather than kills for) once they exceed the store's page budget:
-//! by stages that sweep it, between chunks ([`Vectors::relieve`]), and on every other path by
+//! by stages that sweep it, between chunks ([`Vectors::drop_pages_over_budget`]), and on every other path by
 //! a watch thread that looks every [`WATCH_INTERVAL`] while the store lives.
 //! Random access (the rows a block of anchors scores) does not go through the mapping:
 //! [`Vectors::gather_rows`] reads them with `pread` into a buffer, because faulting scattered
@@ -58,7 +58,7 @@ pub const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis
 impl MappedPages {
     /// Drops the mapping's resident pages if the process's file-backed pages grew past the
     /// budget since the store was mapped.
-    fn relieve(&self) {
+    fn drop_over_budget(&self) {
         let resident = file_backed_resident_bytes().saturating_sub(self.baseline);
         if resident > self.budget.load(std::sync::atomic::Ordering::Relaxed) {
             self.drop_all();
@@ -94,15 +94,15 @@ impl Vectors {
 
     /// Drops the store's resident pages if they exceed its budget (a spilled store only;
     /// cheap otherwise). Call between chunks of work that touch many rows.
-    pub fn relieve(&self) {
+    pub fn drop_pages_over_budget(&self) {
         if let Inner::Mapped(spill) = &self.0 {
-            spill.pages.relieve();
+            spill.pages.drop_over_budget();
         }
     }
 
     /// Drops all of the store's resident pages (a spilled store only), before memory is
     /// measured.
-    pub fn relieve_all(&self) {
+    pub fn drop_all_pages(&self) {
         if let Inner::Mapped(spill) = &self.0 {
             spill.pages.drop_all();
         }
@@ -147,10 +147,7 @@ impl Vectors {
         out.par_chunks_mut(ROWS_PER_TASK * dim)
             .zip(rows.par_chunks(ROWS_PER_TASK))
             .try_for_each(|(dst, rows)| {
-                // SAFETY: any bytes are a valid f32; the view covers exactly `dst`.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), dst.len() * 4)
-                };
+                let dst: &mut [u8] = bytemuck::cast_slice_mut(dst);
                 let mut span_buf: Vec<u8> = Vec::new();
                 let mut i = 0;
                 while i < rows.len() {
@@ -200,10 +197,9 @@ impl Deref for Vectors {
         match &self.0 {
             Inner::Heap(v) => v,
             Inner::Mapped(s) => {
-                // SAFETY: the file holds whole f32 values written by `VectorSink`, and a
-                // mapping is page-aligned, so aligned for f32.
-                let bytes: &[u8] = &s.pages.map;
-                unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), bytes.len() / 4) }
+                // The file holds whole f32 values written by `VectorSink`, and a mapping is
+                // page-aligned, so aligned for f32.
+                bytemuck::cast_slice(&s.pages.map[..])
             }
         }
     }
@@ -246,7 +242,7 @@ impl VectorSink {
     }
 
     /// A sink into an unnamed scratch file in `dir`; once mapped, at most `budget` bytes of it
-    /// stay resident between [`Vectors::relieve`] calls.
+    /// stay resident between [`Vectors::drop_pages_over_budget`] calls.
     pub(crate) fn spill(dir: &Path, budget: usize) -> Result<Self> {
         let file = tempfile::tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
         tracing::info!(dir = %dir.display(), "vectors spill to a scratch file");
@@ -267,14 +263,7 @@ impl VectorSink {
         match self {
             VectorSink::Heap(v) => v.extend_from_slice(row),
             VectorSink::File { out, values, .. } => {
-                // SAFETY: f32 has no padding; viewing it as bytes is always valid.
-                let bytes = unsafe {
-                    std::slice::from_raw_parts(
-                        row.as_ptr().cast::<u8>(),
-                        std::mem::size_of_val(row),
-                    )
-                };
-                out.write_all(bytes)
+                out.write_all(bytemuck::cast_slice(row))
                     .map_err(|e| Error::io(Path::new("<scratch>"), e))?;
                 *values += row.len();
             }
@@ -351,7 +340,7 @@ fn watch(
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                 stopped.recv_timeout(WATCH_INTERVAL)
             {
-                pages.relieve();
+                pages.drop_over_budget();
             }
         })?;
     Ok((stop, thread))

@@ -5,6 +5,9 @@
 //! on how far those may be from the exact ones, so the miner can tell which part of a candidate
 //! list is complete. Exact distances are always recomputed by the miner (see `score`).
 
+mod group;
+
+pub use group::{GroupIndex, Order};
 use std::path::{Path, PathBuf};
 
 use faiss::index::IndexImpl;
@@ -17,7 +20,6 @@ use crate::config::Metric;
 use crate::error::faiss_message;
 use crate::error::{Error, Result};
 use crate::io::{AtomicPath, write_atomic};
-use crate::score::dot;
 
 /// Candidate rows of a batch of queries, `k` per query, nearest (or farthest) first.
 #[derive(Debug, Clone)]
@@ -193,14 +195,14 @@ fn faiss_metric(metric: Metric) -> MetricType {
 impl NeighbourIndex {
     /// Builds `spec.factory` over `vectors` (already normalised for cosine), training on a
     /// seeded sample of `spec.train_sample` rows where the index needs it.
-    /// Builds the index over `vectors`, added in batches with `relieve` called after each
+    /// Builds the index over `vectors`, added in batches with `drop_pages` called after each
     /// (a spilled store drops its pages there).
     pub fn build(
         vectors: &[f32],
         dim: usize,
         metric: Metric,
         spec: &IndexSpec,
-        relieve: &dyn Fn(),
+        drop_pages: &dyn Fn(),
     ) -> Result<Self> {
         let factory = spec.factory.as_str();
         let rows = vectors.len() / dim;
@@ -218,7 +220,7 @@ impl NeighbourIndex {
             let most = spec.memory.map_or(spec.train_sample, |m| {
                 spec.train_sample.min(rows_within(m.train_bytes, dim, 2))
             });
-            let train = sample_rows(vectors, dim, most, spec.seed, relieve);
+            let train = sample_rows(vectors, dim, most, spec.seed, drop_pages);
             tracing::info!(factory, rows = train.len() / dim, "training index");
             index.train(&train).map_err(|e| {
                 Error::Config(format!(
@@ -233,7 +235,7 @@ impl NeighbourIndex {
         });
         for batch in vectors.chunks(batch_rows * dim) {
             index.add(batch)?;
-            relieve();
+            drop_pages();
         }
         Self::ready(index, factory.to_string(), metric, dim, rows, spec)
     }
@@ -498,20 +500,20 @@ impl NeighbourIndex {
     }
 
     /// The `k` nearest candidates of each query (rows of `queries`). `base` is the vectors
-    /// indexed, which an index of shards reads (calling `relieve` after each shard).
+    /// indexed, which an index of shards reads (calling `drop_pages` after each shard).
     pub fn search(
         &mut self,
         queries: &[f32],
         k: usize,
         base: &[f32],
-        relieve: &dyn Fn(),
+        drop_pages: &dyn Fn(),
     ) -> Result<Candidates> {
         let k = k.min(self.rows).max(1);
         let Some(index) = &mut self.index else {
             let (dim, metric) = (self.info.dim, self.metric);
             // Shards of a few MiB: each is copied into a small Flat index for the search.
             let shard_rows = rows_within(SHARD_BYTES, dim, 1).min(ADD_BATCH_ROWS);
-            return search_shards(base, dim, metric, queries, k, shard_rows, relieve);
+            return search_shards(base, dim, metric, queries, k, shard_rows, drop_pages);
         };
         let mut c = Candidates::from_search(index.search(queries, k)?, k);
         to_distance(self.metric, &mut c.dist);
@@ -537,7 +539,7 @@ fn search_shards(
     queries: &[f32],
     k: usize,
     shard_rows: usize,
-    relieve: &dyn Fn(),
+    drop_pages: &dyn Fn(),
 ) -> Result<Candidates> {
     let nq = queries.len() / dim;
     // `k` slots a query, empty ones (row -1) last.
@@ -547,7 +549,7 @@ fn search_shards(
         let offset = (s * shard_rows) as i64;
         let mut flat = index_factory(dim as u32, "Flat", faiss_metric(metric))?;
         flat.add(shard)?;
-        relieve();
+        drop_pages();
         let kk = k.min(shard.len() / dim);
         let mut c = Candidates::from_search(flat.search(queries, kk)?, kk);
         to_distance(metric, &mut c.dist);
@@ -567,91 +569,14 @@ fn search_shards(
     })
 }
 
-/// Which end of the distance order a [`GroupIndex`] returns first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Order {
-    Nearest,
-    Farthest,
-}
-
-/// An exact index over one label group, searched for its nearest or farthest members.
-///
-/// Farthest under `l2sq` is a maximum-inner-product search: `|a - p|^2 = |a|^2 + <q', p'>` with
-/// `p' = [p, |p|^2]` and `q' = [-2a, 1]`. Under cosine it is the nearest of `-a`.
-pub struct GroupIndex {
-    index: IndexImpl,
-    metric: Metric,
-    order: Order,
-    dim: usize,
-    rows: usize,
-}
-
-impl GroupIndex {
-    /// Builds the index over `members` (row-major vectors of one group).
-    pub fn build(members: &[f32], dim: usize, metric: Metric, order: Order) -> Result<Self> {
-        let rows = members.len() / dim;
-        let (index_dim, faiss_metric) = match (metric, order) {
-            (Metric::L2sq, Order::Nearest) => (dim, MetricType::L2),
-            (Metric::L2sq, Order::Farthest) => (dim + 1, MetricType::InnerProduct),
-            (Metric::Cosine, _) => (dim, MetricType::InnerProduct),
-        };
-        let mut index = index_factory(index_dim as u32, "Flat", faiss_metric)?;
-        if index_dim == dim {
-            index.add(members)?;
-        } else {
-            let mut aug = Vec::with_capacity(rows * index_dim);
-            for p in members.chunks_exact(dim) {
-                aug.extend_from_slice(p);
-                aug.push(dot(p, p) as f32);
-            }
-            index.add(&aug)?;
-        }
-        Ok(GroupIndex {
-            index,
-            metric,
-            order,
-            dim,
-            rows,
-        })
-    }
-
-    /// The `k` nearest (or farthest) members of each query, with tripmine distances; the rows
-    /// are positions within the group.
-    pub fn search(&mut self, queries: &[f32], k: usize) -> Result<Candidates> {
-        let k = k.min(self.rows).max(1);
-        let nq = queries.len() / self.dim;
-        let res = match (self.metric, self.order) {
-            (Metric::L2sq, Order::Nearest) => self.index.search(queries, k)?,
-            (Metric::L2sq, Order::Farthest) => {
-                let mut q = Vec::with_capacity(nq * (self.dim + 1));
-                for a in queries.chunks_exact(self.dim) {
-                    q.extend(a.iter().map(|x| -2.0 * x));
-                    q.push(1.0);
-                }
-                self.index.search(&q, k)?
-            }
-            (Metric::Cosine, Order::Nearest) => self.index.search(queries, k)?,
-            (Metric::Cosine, Order::Farthest) => {
-                let q: Vec<f32> = queries.iter().map(|x| -x).collect();
-                self.index.search(&q, k)?
-            }
-        };
-        let mut c = Candidates::from_search(res, k);
-        for (i, d) in c.dist.iter_mut().enumerate() {
-            let q = &queries[(i / k) * self.dim..(i / k + 1) * self.dim];
-            *d = match (self.metric, self.order) {
-                (Metric::L2sq, Order::Nearest) => *d,
-                (Metric::L2sq, Order::Farthest) => dot(q, q) as f32 + *d,
-                (Metric::Cosine, Order::Nearest) => 1.0 - *d,
-                (Metric::Cosine, Order::Farthest) => 1.0 + *d,
-            };
-        }
-        Ok(c)
-    }
-}
-
 /// A seeded sample of at most `max` rows, in row order.
-fn sample_rows(vectors: &[f32], dim: usize, max: usize, seed: u64, relieve: &dyn Fn()) -> Vec<f32> {
+fn sample_rows(
+    vectors: &[f32],
+    dim: usize,
+    max: usize,
+    seed: u64,
+    drop_pages: &dyn Fn(),
+) -> Vec<f32> {
     let rows = vectors.len() / dim;
     if rows <= max {
         return vectors.to_vec();
@@ -664,7 +589,7 @@ fn sample_rows(vectors: &[f32], dim: usize, max: usize, seed: u64, relieve: &dyn
         out.extend_from_slice(&vectors[r * dim..(r + 1) * dim]);
         // A sample spread over a spilled store touches most of its pages.
         if i % 4096 == 4095 {
-            relieve();
+            drop_pages();
         }
     }
     out

@@ -1,0 +1,218 @@
+//! Validation: the ranges and combinations of options a job can run with, checked once when a
+//! [`MiningConfig`] is made. Errors name the pipeline-file key (and so the flag).
+
+use super::{
+    Count, InputOptions, Metric, MiningConfig, MiningOptions, MiningParams, OutputFormat,
+    is_folder_output,
+};
+use crate::error::{Error, Result};
+
+impl InputOptions {
+    fn validate(&self) -> Result<()> {
+        let id = self.id_col.as_deref().unwrap_or("id");
+        for name in &self.with {
+            let taken = name == id || (!self.retrieval() && name == &self.label_col);
+            if taken {
+                return Err(invalid(
+                    "input.with",
+                    format!("`{name}` is already in the output (as anchor_{name} and others)"),
+                ));
+            }
+        }
+        if !self.retrieval() {
+            if self.paths.is_empty() {
+                return Err(invalid("input.paths", "names no input"));
+            }
+            if self.qrels.is_some() || self.positives_col.is_some() {
+                return Err(invalid(
+                    "input.qrels",
+                    "belongs to retrieval mode: give --queries and --corpus too",
+                ));
+            }
+            return Ok(());
+        }
+        if !self.paths.is_empty() {
+            return Err(invalid(
+                "input.paths",
+                "labelled input (--in) and retrieval input (--queries, --corpus) exclude each other",
+            ));
+        }
+        if self.queries.is_empty() || self.corpus.is_empty() {
+            return Err(invalid(
+                "input.queries",
+                "retrieval mode needs both --queries and --corpus",
+            ));
+        }
+        match (&self.qrels, &self.positives_col) {
+            (None, None) => Err(invalid(
+                "input.qrels",
+                "retrieval mode needs the known positives: --qrels FILE or --positives-col COL",
+            )),
+            (Some(_), Some(_)) => Err(invalid(
+                "input.qrels",
+                "give the known positives once: --qrels or --positives-col, not both",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl MiningParams {
+    /// Checks ranges; every entry point calls it before mining.
+    pub fn validate(&self) -> Result<()> {
+        if !self.margin.is_finite() || self.margin < 0.0 {
+            return Err(invalid(
+                "mine.margin",
+                format!("must be a finite number >= 0, got {}", self.margin),
+            ));
+        }
+        if self.k == Some(0) {
+            return Err(invalid("mine.k", "must be at least 1"));
+        }
+        if let Some(max_k) = self.max_k
+            && max_k < self.k()
+        {
+            return Err(invalid(
+                "mine.max_k",
+                format!("({max_k}) must be at least k ({})", self.k()),
+            ));
+        }
+        if !(self.auto_exact_weight.is_finite() && self.auto_exact_weight > 0.0) {
+            return Err(invalid(
+                "mine.auto_exact_weight",
+                format!(
+                    "must be a finite number > 0, got {}",
+                    self.auto_exact_weight
+                ),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.target_recall) {
+            return Err(invalid(
+                "mine.target_recall",
+                format!("must lie in [0, 1], got {}", self.target_recall),
+            ));
+        }
+        if self.anchors_sample == Some(0) {
+            return Err(invalid("mine.anchors_sample", "must be at least 1"));
+        }
+        for (key, v) in [
+            ("mine.train_sample", Some(self.train_sample)),
+            ("mine.nprobe", self.nprobe),
+            ("mine.ef_search", self.ef_search),
+        ] {
+            if v == Some(0) {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if self.suspects_k < 1 {
+            return Err(invalid("mine.suspects_k", "must be at least 1"));
+        }
+        if self.index.trim().is_empty() {
+            return Err(invalid("mine.index", "is empty"));
+        }
+        let guards = [
+            ("mine.max_negative_similarity", self.max_negative_similarity),
+            ("mine.positive_margin", self.positive_margin),
+            ("mine.positive_percent", self.positive_percent),
+            ("mine.near_duplicate", self.near_duplicate),
+        ];
+        for (key, v) in guards {
+            let Some(v) = v else { continue };
+            if self.metric != Metric::Cosine {
+                return Err(invalid(
+                    key,
+                    "is a cosine-similarity guard: it needs metric cosine (--metric cosine)",
+                ));
+            }
+            let ok = match key {
+                "mine.positive_margin" => v.is_finite() && v >= 0.0,
+                "mine.positive_percent" => v.is_finite() && v > 0.0 && v <= 100.0,
+                _ => v.is_finite() && (-1.0..=1.0).contains(&v),
+            };
+            if !ok {
+                let range = match key {
+                    "mine.positive_margin" => "a similarity margin >= 0",
+                    "mine.positive_percent" => "a percentage in (0, 100]",
+                    _ => "a cosine similarity in [-1, 1]",
+                };
+                return Err(invalid(key, format!("must be {range}, got {v}")));
+            }
+        }
+        if let Some(max) = self.range_max
+            && max <= self.range_min
+        {
+            return Err(invalid(
+                "mine.range_max",
+                format!(
+                    "({max}) must be greater than range_min ({})",
+                    self.range_min
+                ),
+            ));
+        }
+        if self.max_negative_reuse == Some(0) {
+            return Err(invalid("mine.max_negative_reuse", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+impl MiningConfig {
+    /// Validates the options once.
+    pub fn new(options: MiningOptions) -> Result<Self> {
+        options.input.validate()?;
+        options.mine.validate()?;
+        if options.output.format == OutputFormat::NTuple && options.mine.num_negatives == Count::All
+        {
+            return Err(invalid(
+                "output.format",
+                "n-tuple rows have a fixed number of negative columns: set num_negatives to a number",
+            ));
+        }
+        if options.input.retrieval() && options.report.suspects.is_some() {
+            return Err(invalid(
+                "report.suspects",
+                "label-noise suspects need labels: not available in retrieval mode",
+            ));
+        }
+        if options.run.threads == Some(0) {
+            return Err(invalid("run.threads", "must be at least 1"));
+        }
+        if options.output.max_rows_per_file == 0 {
+            return Err(invalid("output.max_rows_per_file", "must be at least 1"));
+        }
+        let out = &options.output;
+        let others = [
+            Some(&out.report),
+            out.summary_json.as_ref(),
+            options.report.html.as_ref(),
+            options.report.suspects.as_ref(),
+        ];
+        if is_folder_output(&out.out) && others.iter().flatten().any(|p| p.starts_with(&out.out)) {
+            return Err(invalid(
+                "output.out",
+                "is a folder that holds another output; it is replaced whole on every run",
+            ));
+        }
+        let named = options.outputs();
+        for (i, (key, path)) in named.iter().enumerate() {
+            if let Some((first, _)) = named[..i].iter().find(|(_, p)| p == path) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "names {}, which {} names too: each output needs its own path",
+                        path.display(),
+                        crate::error::flag_of(first)
+                    ),
+                ));
+            }
+        }
+        Ok(MiningConfig(options))
+    }
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> Error {
+    Error::Invalid {
+        key,
+        message: message.into(),
+    }
+}
