@@ -128,13 +128,47 @@ struct LabelSums {
     loss: f64,
 }
 
-/// Triplets of one run, keyed as text so any id and label type compares.
+/// Texts (ids or labels) stored once each and numbered, shared by both runs: triplets
+/// compare as numbers (12 bytes a triplet) whatever the id type, and the same id gets the
+/// same number in both runs.
+#[derive(Default)]
+struct Interner {
+    codes: HashMap<Box<str>, u32>,
+    names: Vec<Box<str>>,
+}
+
+impl Interner {
+    fn code(&mut self, text: &str) -> u32 {
+        if let Some(&c) = self.codes.get(text) {
+            return c;
+        }
+        let c = self.names.len() as u32;
+        self.names.push(text.into());
+        self.codes.insert(text.into(), c);
+        c
+    }
+
+    fn name(&self, code: u32) -> &str {
+        &self.names[code as usize]
+    }
+}
+
+/// The ids and labels of both runs, as text (so any type compares) numbered once.
+#[derive(Default)]
+struct Keys {
+    ids: Interner,
+    labels: Interner,
+}
+
+/// Triplets of one run, their ids and labels numbered by [`Keys`].
 struct RunTriplets {
     manifest: Option<Manifest>,
     /// Per label: the report's neighbour violation share, when the report is known.
     health: HashMap<String, Option<f64>>,
-    by_anchor: HashMap<String, HashSet<(String, String)>>,
-    anchor_label: HashMap<String, String>,
+    /// Per anchor id: its (positive id, negative id) pairs.
+    by_anchor: HashMap<u32, HashSet<(u32, u32)>>,
+    /// Per anchor id: its label.
+    anchor_label: HashMap<u32, u32>,
     per_label: HashMap<String, LabelSums>,
     /// The first value of each label in its input type (a one-row array).
     typed: HashMap<String, ArrayRef>,
@@ -155,10 +189,10 @@ impl RunTriplets {
     }
 
     /// Anchors with triplets, per label.
-    fn anchors_per_label(&self) -> HashMap<&str, u64> {
+    fn anchors_per_label<'k>(&self, labels: &'k Interner) -> HashMap<&'k str, u64> {
         let mut counts: HashMap<&str, u64> = HashMap::new();
-        for label in self.anchor_label.values() {
-            *counts.entry(label.as_str()).or_default() += 1;
+        for &label in self.anchor_label.values() {
+            *counts.entry(labels.name(label)).or_default() += 1;
         }
         counts
     }
@@ -166,15 +200,21 @@ impl RunTriplets {
 
 /// Compares two runs.
 pub fn diff(a: &Path, b: &Path) -> Result<RunDiff> {
-    let ra = load(a)?;
-    let rb = load(b)?;
-    let anchors: HashSet<&String> = ra.by_anchor.keys().chain(rb.by_anchor.keys()).collect();
+    let mut keys = Keys::default();
+    let ra = load(a, &mut keys)?;
+    let rb = load(b, &mut keys)?;
+    let anchors: HashSet<u32> = ra
+        .by_anchor
+        .keys()
+        .chain(rb.by_anchor.keys())
+        .copied()
+        .collect();
     let empty = HashSet::new();
     let mut jaccard_by_label: HashMap<&str, (f64, u64)> = HashMap::new();
     let (mut sum, mut inter_all, mut union_all) = (0.0, 0u64, 0u64);
     for anchor in &anchors {
-        let sa = ra.by_anchor.get(*anchor).unwrap_or(&empty);
-        let sb = rb.by_anchor.get(*anchor).unwrap_or(&empty);
+        let sa = ra.by_anchor.get(anchor).unwrap_or(&empty);
+        let sb = rb.by_anchor.get(anchor).unwrap_or(&empty);
         let inter = sa.intersection(sb).count() as u64;
         let union = (sa.len() + sb.len()) as u64 - inter;
         let j = if union == 0 {
@@ -187,14 +227,17 @@ pub fn diff(a: &Path, b: &Path) -> Result<RunDiff> {
         union_all += union;
         let label = ra
             .anchor_label
-            .get(*anchor)
-            .or_else(|| rb.anchor_label.get(*anchor))
-            .map_or("", |l| l.as_str());
+            .get(anchor)
+            .or_else(|| rb.anchor_label.get(anchor))
+            .map_or("", |&l| keys.labels.name(l));
         let e = jaccard_by_label.entry(label).or_default();
         e.0 += j;
         e.1 += 1;
     }
-    let (anchors_a, anchors_b) = (ra.anchors_per_label(), rb.anchors_per_label());
+    let (anchors_a, anchors_b) = (
+        ra.anchors_per_label(&keys.labels),
+        rb.anchors_per_label(&keys.labels),
+    );
     let names: Vec<&String> = {
         let set: HashSet<&String> = ra.per_label.keys().chain(rb.per_label.keys()).collect();
         set.into_iter().collect()
@@ -376,7 +419,7 @@ fn run_files(run: &Path) -> Result<(Vec<PathBuf>, Option<Manifest>)> {
     }
 }
 
-fn load(run: &Path) -> Result<RunTriplets> {
+fn load(run: &Path, keys: &mut Keys) -> Result<RunTriplets> {
     let (files, manifest) = run_files(run)?;
     let report = manifest.as_ref().map(|m| m.config.output.report.clone());
     let mut r = RunTriplets {
@@ -392,12 +435,12 @@ fn load(run: &Path) -> Result<RunTriplets> {
         count: 0,
     };
     for path in files {
-        contain_panics(&path, || load_file(&path, &mut r))?;
+        contain_panics(&path, || load_file(&path, &mut r, keys))?;
     }
     Ok(r)
 }
 
-fn load_file(path: &Path, r: &mut RunTriplets) -> Result<()> {
+fn load_file(path: &Path, r: &mut RunTriplets, keys: &mut Keys) -> Result<()> {
     const COLUMNS: [&str; 5] = [
         "anchor_id",
         "positive_id",
@@ -431,11 +474,12 @@ fn load_file(path: &Path, r: &mut RunTriplets) -> Result<()> {
             .expect("projected")
             .as_primitive::<Float32Type>();
         for i in 0..batch.num_rows() {
-            let a = anchor.value(i).to_string();
-            r.by_anchor
-                .entry(a.clone())
-                .or_default()
-                .insert((positive.value(i).to_string(), negative.value(i).to_string()));
+            let a = keys.ids.code(anchor.value(i));
+            let pair = (
+                keys.ids.code(positive.value(i)),
+                keys.ids.code(negative.value(i)),
+            );
+            r.by_anchor.entry(a).or_default().insert(pair);
             let l = label.value(i);
             if !r.typed.contains_key(l) {
                 r.typed.insert(l.to_string(), typed_label.slice(i, 1));
@@ -444,7 +488,7 @@ fn load_file(path: &Path, r: &mut RunTriplets) -> Result<()> {
             c.triplets += 1;
             c.violating += (loss.value(i) > 0.0) as u64;
             c.loss += loss.value(i) as f64;
-            r.anchor_label.insert(a, l.to_string());
+            r.anchor_label.insert(a, keys.labels.code(l));
             r.count += 1;
         }
     }

@@ -90,6 +90,66 @@ pub enum OutputFormat {
     Pairs,
 }
 
+/// A false-negative guard (cosine): which option sets it, and the values it takes. How it
+/// judges a candidate is the miner's (`Guard::rejects`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// `s(a, n) > max_negative_similarity`.
+    Ceiling,
+    /// `s(a, n) > s(a, p) - positive_margin`.
+    PositiveMargin,
+    /// `s(a, n) > positive_percent / 100 * s(a, p)`.
+    PositivePercent,
+    /// `s(p, n) >= near_duplicate`.
+    NearDuplicate,
+}
+
+/// Guards in the order they are tried (and counted).
+pub const GUARDS: [Guard; 4] = [
+    Guard::Ceiling,
+    Guard::PositiveMargin,
+    Guard::PositivePercent,
+    Guard::NearDuplicate,
+];
+
+impl Guard {
+    /// The pipeline-file key of the option that sets it.
+    pub fn key(self) -> &'static str {
+        match self {
+            Guard::Ceiling => "mine.max_negative_similarity",
+            Guard::PositiveMargin => "mine.positive_margin",
+            Guard::PositivePercent => "mine.positive_percent",
+            Guard::NearDuplicate => "mine.near_duplicate",
+        }
+    }
+
+    /// Its setting in `params`; `None` when it is off.
+    pub fn setting(self, params: &MiningParams) -> Option<f32> {
+        match self {
+            Guard::Ceiling => params.max_negative_similarity,
+            Guard::PositiveMargin => params.positive_margin,
+            Guard::PositivePercent => params.positive_percent,
+            Guard::NearDuplicate => params.near_duplicate,
+        }
+    }
+
+    /// Whether `v` is a setting it takes, and if not, what it takes.
+    pub fn admits(self, v: f32) -> Result<(), &'static str> {
+        let (ok, range) = match self {
+            Guard::PositiveMargin => (v >= 0.0, "a similarity margin >= 0"),
+            Guard::PositivePercent => (v > 0.0 && v <= 100.0, "a percentage in (0, 100]"),
+            Guard::Ceiling | Guard::NearDuplicate => {
+                ((-1.0..=1.0).contains(&v), "a cosine similarity in [-1, 1]")
+            }
+        };
+        if ok && v.is_finite() {
+            Ok(())
+        } else {
+            Err(range)
+        }
+    }
+}
+
 /// Names of the input columns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ColumnNames {

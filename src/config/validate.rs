@@ -2,7 +2,7 @@
 //! [`MiningConfig`] is made. Errors name the pipeline-file key (and so the flag).
 
 use super::{
-    Count, InputOptions, Metric, MiningConfig, MiningOptions, MiningParams, OutputFormat,
+    Count, GUARDS, InputOptions, Metric, MiningConfig, MiningOptions, MiningParams, OutputFormat,
     is_folder_output,
 };
 use crate::error::{Error, Result};
@@ -110,32 +110,18 @@ impl MiningParams {
         if self.index.trim().is_empty() {
             return Err(invalid("mine.index", "is empty"));
         }
-        let guards = [
-            ("mine.max_negative_similarity", self.max_negative_similarity),
-            ("mine.positive_margin", self.positive_margin),
-            ("mine.positive_percent", self.positive_percent),
-            ("mine.near_duplicate", self.near_duplicate),
-        ];
-        for (key, v) in guards {
-            let Some(v) = v else { continue };
+        for guard in GUARDS {
+            let Some(v) = guard.setting(self) else {
+                continue;
+            };
             if self.metric != Metric::Cosine {
                 return Err(invalid(
-                    key,
+                    guard.key(),
                     "is a cosine-similarity guard: it needs metric cosine (--metric cosine)",
                 ));
             }
-            let ok = match key {
-                "mine.positive_margin" => v.is_finite() && v >= 0.0,
-                "mine.positive_percent" => v.is_finite() && v > 0.0 && v <= 100.0,
-                _ => v.is_finite() && (-1.0..=1.0).contains(&v),
-            };
-            if !ok {
-                let range = match key {
-                    "mine.positive_margin" => "a similarity margin >= 0",
-                    "mine.positive_percent" => "a percentage in (0, 100]",
-                    _ => "a cosine similarity in [-1, 1]",
-                };
-                return Err(invalid(key, format!("must be {range}, got {v}")));
+            if let Err(range) = guard.admits(v) {
+                return Err(invalid(guard.key(), format!("must be {range}, got {v}")));
             }
         }
         if let Some(max) = self.range_max

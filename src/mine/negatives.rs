@@ -8,6 +8,7 @@
 //! order) that rejects it, if the selection examined it (nearest-first selection stops at the
 //! last negative it takes).
 
+pub use crate::config::{GUARDS, Guard};
 use rayon::prelude::*;
 
 use super::positives::AnchorPlan;
@@ -36,27 +37,7 @@ pub(super) struct Resolved {
     pub guard_removed: [u32; 4],
 }
 
-/// A false-negative guard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Guard {
-    /// `s(a, n) > max_negative_similarity`.
-    Ceiling,
-    /// `s(a, n) > s(a, p) - positive_margin`.
-    PositiveMargin,
-    /// `s(a, n) > positive_percent / 100 * s(a, p)`.
-    PositivePercent,
-    /// `s(p, n) >= near_duplicate`.
-    NearDuplicate,
-}
-
-/// Guards in the order they are tried (and counted).
-pub const GUARDS: [Guard; 4] = [
-    Guard::Ceiling,
-    Guard::PositiveMargin,
-    Guard::PositivePercent,
-    Guard::NearDuplicate,
-];
-
+/// How a guard judges a candidate.
 impl Guard {
     /// Whether the guard rejects a negative at cosine distance `d_an` from the anchor, for a
     /// positive at `d_ap`; `d_pn` gives the positive-negative distance (computed only if
@@ -70,11 +51,12 @@ impl Guard {
         d_pn: impl FnOnce() -> f32,
     ) -> Option<bool> {
         let s = |d: f32| 1.0 - d as f64;
+        let t = self.setting(params)? as f64;
         Some(match self {
-            Guard::Ceiling => s(d_an) > params.max_negative_similarity? as f64,
-            Guard::PositiveMargin => s(d_an) > s(d_ap) - params.positive_margin? as f64,
-            Guard::PositivePercent => s(d_an) > params.positive_percent? as f64 / 100.0 * s(d_ap),
-            Guard::NearDuplicate => s(d_pn()) >= params.near_duplicate? as f64,
+            Guard::Ceiling => s(d_an) > t,
+            Guard::PositiveMargin => s(d_an) > s(d_ap) - t,
+            Guard::PositivePercent => s(d_an) > t / 100.0 * s(d_ap),
+            Guard::NearDuplicate => s(d_pn()) >= t,
         })
     }
 }
