@@ -10,6 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, RecordBatch, UInt64Array};
@@ -133,8 +134,9 @@ struct LabelSums {
 /// same number in both runs.
 #[derive(Default)]
 struct Interner {
-    codes: HashMap<Box<str>, u32>,
-    names: Vec<Box<str>>,
+    /// Each text allocated once, shared by the map and the list.
+    codes: HashMap<Rc<str>, u32>,
+    names: Vec<Rc<str>>,
 }
 
 impl Interner {
@@ -143,8 +145,9 @@ impl Interner {
             return c;
         }
         let c = self.names.len() as u32;
-        self.names.push(text.into());
-        self.codes.insert(text.into(), c);
+        let text: Rc<str> = text.into();
+        self.names.push(Rc::clone(&text));
+        self.codes.insert(text, c);
         c
     }
 

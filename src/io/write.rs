@@ -99,11 +99,7 @@ impl AtomicPath {
 impl Drop for AtomicPath {
     fn drop(&mut self) {
         if !self.committed {
-            let _ = if self.is_dir {
-                std::fs::remove_dir_all(&self.tmp)
-            } else {
-                std::fs::remove_file(&self.tmp)
-            };
+            let _ = remove_path(&self.tmp);
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::report::{Report, ReportBuilder, Totals};
 use super::outputs::{Batcher, OutputLayout, json, suspects_batch, with_metadata};
 use super::recall::{self, RecallPlan};
 use super::summary::{self, Summary, Timings};
-use super::{live_threads, peak_rss_mib, progress, rss_mib};
+use super::{live_threads, progress, resident_mib};
 
 /// A stage being timed: [`Stage::done`] logs its rows, seconds and the resident set, and
 /// returns the seconds. A stage left by an error logs that at debug level.
@@ -42,12 +42,13 @@ impl Stage {
 
     fn done(mut self, rows: usize, message: &str) -> f64 {
         let seconds = self.started.elapsed().as_secs_f64();
+        let (rss_mib, peak_rss_mib) = resident_mib();
         tracing::info!(
             stage = self.name,
             rows,
             seconds,
-            rss_mib = rss_mib(),
-            peak_rss_mib = peak_rss_mib(),
+            rss_mib,
+            peak_rss_mib,
             "{message}"
         );
         self.finished = true;
@@ -253,13 +254,14 @@ pub(super) fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summar
         auto: facts.auto,
     };
     commit(&job, triplets_file, reported.files, &summary)?;
+    let (rss_mib, peak_rss_mib) = resident_mib();
     tracing::info!(
         stage = "done",
         rows = summary.rows,
         triplets = summary.totals.triplets,
         seconds = summary.seconds.total,
-        rss_mib = rss_mib(),
-        peak_rss_mib = peak_rss_mib(),
+        rss_mib,
+        peak_rss_mib,
         "finished"
     );
     Ok(summary)
@@ -396,14 +398,18 @@ fn mine_and_write(
             abort_point("mine");
         }
         release_free_heap(job.bounded);
-        tracing::debug!(
-            stage = "mine",
-            anchors = window.len(),
-            threads = live_threads(),
-            rss_mib = rss_mib(),
-            peak_rss_mib = peak_rss_mib(),
-            "anchors mined"
-        );
+        // Read only when the line is written (once per window).
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let (rss_mib, peak_rss_mib) = resident_mib();
+            tracing::debug!(
+                stage = "mine",
+                anchors = window.len(),
+                threads = live_threads(),
+                rss_mib,
+                peak_rss_mib,
+                "anchors mined"
+            );
+        }
     }
     if hold {
         miner.finish(&mut held);

@@ -182,12 +182,9 @@ fn live_threads() -> Option<usize> {
     std::fs::read_dir("/proc/self/task").ok().map(|d| d.count())
 }
 
-/// The resident set now, in MiB (for stage logs).
-fn rss_mib() -> u64 {
-    crate::memory::mib(crate::memory::Resident::now().now)
-}
-
-/// The highest resident set so far, in MiB (for stage logs).
-fn peak_rss_mib() -> u64 {
-    crate::memory::mib(crate::memory::Resident::now().peak)
+/// The resident set now and its highest so far, in MiB (for stage logs), from one read of
+/// `/proc/self/status`.
+fn resident_mib() -> (u64, u64) {
+    let r = crate::memory::Resident::now();
+    (crate::memory::mib(r.now), crate::memory::mib(r.peak))
 }
