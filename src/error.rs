@@ -87,6 +87,10 @@ pub enum Error {
     #[error("quality gate failed: {}", .0.join("; "))]
     QualityGate(Vec<String>),
 
+    /// The host interrupted the job ([`crate::process::interrupt`], Ctrl-C in Python).
+    #[error("interrupted: the job stopped before finishing; no output was replaced")]
+    Interrupted,
+
     /// A pipeline file cannot be used; the message names the file, key and line.
     #[error("{}: {message}", file.display())]
     Pipeline { file: PathBuf, message: String },
@@ -143,6 +147,7 @@ impl Error {
             | Error::Output { .. }
             | Error::Arrow(_)
             | Error::Faiss(_)
+            | Error::Interrupted
             | Error::Report(_) => ErrorClass::Runtime,
         }
     }

@@ -44,6 +44,8 @@ pub mod memory;
 pub mod mine;
 pub mod pipeline;
 pub mod process;
+#[cfg(feature = "python")]
+mod python;
 pub mod report;
 pub mod score;
 
@@ -52,8 +54,8 @@ pub use config::{
     NegativeStrategy, PositiveStrategy,
 };
 pub use error::{Error, ErrorClass, Result};
-pub use io::Table;
-pub use pipeline::{Summary, run};
+pub use io::{BatchSource, Table};
+pub use pipeline::{Summary, run, run_batches};
 pub use score::TripletKind;
 
 /// The README's Rust examples, compiled and run as doc tests so they stay true.

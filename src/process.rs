@@ -9,7 +9,7 @@
 //! a memory limit (the freed pages count in the resident set the limit bounds).
 
 use std::ffi::c_int;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 unsafe extern "C" {
     // FAISS is linked with libgomp; both apply to the calling thread's parallel regions.
@@ -148,6 +148,47 @@ pub fn reexec_with_passive_openmp() {
     let _ = cmd.args(args).env("OMP_WAIT_POLICY", "PASSIVE").exec();
 }
 
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// Asks every job running in this process to stop: each ends at its next block of anchors
+/// (or batch of input rows) with [`crate::Error::Interrupted`], leaving no output half-written
+/// (outputs are renamed into place only when complete). For hosts that own the signals (the
+/// Python package turns Ctrl-C into this). Jobs that start later are not affected.
+pub fn interrupt() {
+    if RUNNING.load(Ordering::SeqCst) > 0 {
+        INTERRUPTED.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Fails with [`crate::Error::Interrupted`] once [`interrupt`] was called during this job.
+pub(crate) fn check_interrupted() -> crate::Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        Err(crate::Error::Interrupted)
+    } else {
+        Ok(())
+    }
+}
+
+/// Marks a job as running while alive; when the last running job ends, a pending interrupt is
+/// cleared, so it never reaches a job started after it.
+pub(crate) struct RunningJob(());
+
+impl RunningJob {
+    pub(crate) fn start() -> Self {
+        RUNNING.fetch_add(1, Ordering::SeqCst);
+        RunningJob(())
+    }
+}
+
+impl Drop for RunningJob {
+    fn drop(&mut self) {
+        if RUNNING.fetch_sub(1, Ordering::SeqCst) == 1 {
+            INTERRUPTED.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +211,24 @@ mod tests {
             }
             assert_eq!(get(), before);
         }
+    }
+
+    #[test]
+    fn an_interrupt_reaches_running_jobs_only() {
+        interrupt();
+        assert!(
+            check_interrupted().is_ok(),
+            "no job ran: nothing to interrupt"
+        );
+        {
+            let _job = RunningJob::start();
+            assert!(check_interrupted().is_ok());
+            interrupt();
+            assert!(matches!(
+                check_interrupted(),
+                Err(crate::Error::Interrupted)
+            ));
+        }
+        assert!(check_interrupted().is_ok(), "cleared when the job ended");
     }
 }

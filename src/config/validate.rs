@@ -8,7 +8,8 @@ use super::{
 use crate::error::{Error, Result};
 
 impl InputOptions {
-    fn validate(&self) -> Result<()> {
+    /// `in_memory`: the rows are handed over as Arrow batches, not read from `paths`.
+    fn validate(&self, in_memory: bool) -> Result<()> {
         let id = self.id_col.as_deref().unwrap_or("id");
         for name in &self.with {
             let taken = name == id || (!self.retrieval() && name == &self.label_col);
@@ -19,8 +20,14 @@ impl InputOptions {
                 ));
             }
         }
+        if in_memory && (!self.paths.is_empty() || self.retrieval()) {
+            return Err(invalid(
+                "input.paths",
+                "the rows are handed over in memory: give no input files (nor queries and corpus)",
+            ));
+        }
         if !self.retrieval() {
-            if self.paths.is_empty() {
+            if self.paths.is_empty() && !in_memory {
                 return Err(invalid("input.paths", "names no input"));
             }
             if self.qrels.is_some() || self.positives_col.is_some() {
@@ -145,7 +152,18 @@ impl MiningParams {
 impl MiningConfig {
     /// Validates the options once.
     pub fn new(options: MiningOptions) -> Result<Self> {
-        options.input.validate()?;
+        Self::validated(options, false)
+    }
+
+    /// Validates options for a job whose labelled rows the host hands over as Arrow batches
+    /// ([`crate::pipeline::run_batches`]): as [`MiningConfig::new`], but `input.paths` (and
+    /// retrieval inputs) must be empty.
+    pub fn for_batches(options: MiningOptions) -> Result<Self> {
+        Self::validated(options, true)
+    }
+
+    fn validated(options: MiningOptions, in_memory: bool) -> Result<Self> {
+        options.input.validate(in_memory)?;
         options.mine.validate()?;
         if options.output.format == OutputFormat::NTuple && options.mine.num_negatives == Count::All
         {

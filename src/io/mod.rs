@@ -13,7 +13,7 @@ mod vectors;
 mod write;
 
 pub use paths::resolve_inputs;
-pub use read::{ReadOptions, read_table, read_table_with};
+pub use read::{BatchSource, ReadOptions, read_table, read_table_from_batches, read_table_with};
 pub(crate) use read::{open_parquet, read_columns};
 pub use retrieval::{Queries, read_retrieval};
 pub use table::{SourceFile, Table};

@@ -8,8 +8,9 @@ use arrow::array::{
     Array, ArrayRef, AsArray, FixedSizeListArray, GenericListArray, OffsetSizeTrait,
     PrimitiveArray, UInt64Array,
 };
+use arrow::array::{RecordBatch, RecordBatchReader};
 use arrow::compute::concat;
-use arrow::datatypes::{DataType, Float16Type, Float32Type, Float64Type};
+use arrow::datatypes::{DataType, Float16Type, Float32Type, Float64Type, Schema};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -147,7 +148,7 @@ pub fn read_table_with(
             bytes = bytes.saturating_add(len);
         }
         reader.spill = Some(SpillPlan {
-            rows,
+            rows: Some(rows),
             bytes,
             limit,
             dir: options
@@ -165,13 +166,65 @@ pub fn read_table_with(
 
 /// When and where vectors spill.
 struct SpillPlan {
-    /// Rows the footers declare.
-    rows: u64,
+    /// Rows the footers declare (or the host gives); unknown: the vectors spill.
+    rows: Option<u64>,
     /// Bytes of the files.
     bytes: u64,
     limit: u64,
     dir: PathBuf,
     normalize: bool,
+}
+
+/// Where the columns are in an input's schema.
+struct FoundColumns {
+    id: Option<usize>,
+    label: Option<usize>,
+    embedding: usize,
+    extra: Vec<usize>,
+}
+
+/// Rows handed over as Arrow record batches instead of files: a host's table in memory (the
+/// Python package passes any Arrow stream: a pyarrow Table, a polars frame, ...).
+pub struct BatchSource {
+    /// How messages name the input where they would name a file (e.g. `<pyarrow.Table>`).
+    pub name: PathBuf,
+    pub reader: Box<dyn RecordBatchReader + Send>,
+    /// Rows, when the host knows them: sizes the vectors and, under a memory limit, decides
+    /// whether they spill (unknown: they spill).
+    pub rows: Option<u64>,
+}
+
+impl std::fmt::Debug for BatchSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchSource")
+            .field("name", &self.name)
+            .field("rows", &self.rows)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads the rows of `source` into a [`Table`], as [`read_table_with`] reads files.
+pub fn read_table_from_batches(
+    source: BatchSource,
+    columns: &ColumnNames,
+    options: &ReadOptions,
+) -> Result<Table> {
+    let name = source.name.clone();
+    let mut reader = TableReader::new(columns);
+    if let Some(limit) = options.memory_limit {
+        reader.spill = Some(SpillPlan {
+            rows: source.rows,
+            bytes: u64::MAX,
+            limit,
+            dir: options
+                .scratch_dir
+                .clone()
+                .unwrap_or_else(std::env::temp_dir),
+            normalize: options.normalize_if_spilled,
+        });
+    }
+    contain_panics(&name, || reader.read_stream(source))?;
+    reader.finish(&name)
 }
 
 /// Accumulates rows across files, checking types and values as they stream by.
@@ -221,8 +274,62 @@ impl<'a> TableReader<'a> {
     fn read_file_unguarded(&mut self, path: &Path) -> Result<()> {
         let (builder, file_len) = open_parquet(path)?;
         let schema = builder.schema().clone();
+        let found = self.check_schema(path, &schema)?;
+        let mut roots: Vec<usize> = [found.id, found.label, Some(found.embedding)]
+            .into_iter()
+            .flatten()
+            .chain(found.extra.iter().copied())
+            .collect();
+        roots.sort_unstable();
+        roots.dedup();
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+        let file_rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(8192)
+            .build()
+            .map_err(|e| Error::bad_parquet(path, e))?;
+        let batches = reader.map(|b| b.map_err(|e| Error::bad_parquet(path, e)));
+        let read = self.read_batches(
+            path,
+            &schema,
+            found.id.is_some(),
+            batches,
+            (file_rows, file_len),
+        )?;
+        if read != file_rows {
+            return Err(Error::corrupt(
+                path,
+                format!("its footer declares {file_rows} rows but it holds {read}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads the batches a host hands over, as one more input named `name`.
+    fn read_stream(&mut self, source: BatchSource) -> Result<()> {
+        let BatchSource { name, reader, rows } = source;
+        let schema = reader.schema();
+        let found = self.check_schema(&name, &schema)?;
+        let batches =
+            reader.map(|b| b.map_err(|e| Error::BadData(format!("{}: {}", name.display(), e))));
+        // No file to bound the reservation: the host's row count (or nothing) sizes it.
+        let rows = rows.unwrap_or(0);
+        self.read_batches(
+            &name,
+            &schema,
+            found.id.is_some(),
+            batches,
+            (rows, u64::MAX),
+        )?;
+        Ok(())
+    }
+
+    /// Finds the columns in `schema` and checks their types (against the first input's too),
+    /// before any data is decoded.
+    fn check_schema(&mut self, path: &Path, schema: &Schema) -> Result<FoundColumns> {
         let find = |name: &str| schema.index_of(name).ok();
-        let missing = |name: &str| Error::missing_column(path, name, &schema);
+        let missing = |name: &str| Error::missing_column(path, name, schema);
         let id_idx = match &self.columns.id {
             Some(name) => Some(find(name).ok_or_else(|| missing(name))?),
             None => find("id"),
@@ -241,7 +348,6 @@ impl<'a> TableReader<'a> {
             .collect::<Result<Vec<usize>>>()?;
         let id_name = self.columns.id.as_deref().unwrap_or("id");
 
-        // Check the column types once per file, before decoding any data.
         let id_type = id_idx.map(|i| schema.field(i).data_type().clone());
         if let Some(t) = &id_type {
             check_key_type(path, id_name, t)?;
@@ -299,25 +405,30 @@ impl<'a> TableReader<'a> {
                 }
             }
         }
+        Ok(FoundColumns {
+            id: id_idx,
+            label: label_idx,
+            embedding: emb_idx,
+            extra: extra_idx,
+        })
+    }
 
-        let mut roots: Vec<usize> = [id_idx, label_idx, Some(emb_idx)]
-            .into_iter()
-            .flatten()
-            .chain(extra_idx.iter().copied())
-            .collect();
-        roots.sort_unstable();
-        roots.dedup();
-        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-        let file_rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
-        let reader = builder
-            .with_projection(mask)
-            .with_batch_size(8192)
-            .build()
-            .map_err(|e| Error::bad_parquet(path, e))?;
-
+    /// Appends the rows of one input's batches (checked as they stream by); gives their count.
+    /// `declared` is (rows, bytes) of the input as far as known, to size the vectors.
+    fn read_batches(
+        &mut self,
+        path: &Path,
+        schema: &Schema,
+        has_ids: bool,
+        batches: impl Iterator<Item = Result<RecordBatch>>,
+        declared: (u64, u64),
+    ) -> Result<u64> {
+        let missing = |name: &str| Error::missing_column(path, name, schema);
+        let id_name = self.columns.id.as_deref().unwrap_or("id");
         let mut row_in_file = 0u64;
-        for batch in reader {
-            let batch = batch.map_err(|e| Error::bad_parquet(path, e))?;
+        for batch in batches {
+            crate::process::check_interrupted()?;
+            let batch = batch?;
             let col = |name: &str| {
                 batch
                     .column_by_name(name)
@@ -332,34 +443,27 @@ impl<'a> TableReader<'a> {
             for (parts, name) in self.extra.iter_mut().zip(&self.columns.extra) {
                 parts.push(col(name)?);
             }
-            let ids = match id_idx {
-                Some(_) => {
-                    let ids = col(id_name)?;
-                    check_no_nulls(path, id_name, &ids, row_in_file)?;
-                    ids
-                }
-                None => Arc::new(UInt64Array::from_iter_values(
+            let ids = if has_ids {
+                let ids = col(id_name)?;
+                check_no_nulls(path, id_name, &ids, row_in_file)?;
+                ids
+            } else {
+                Arc::new(UInt64Array::from_iter_values(
                     self.rows..self.rows + batch.num_rows() as u64,
-                )),
+                ))
             };
             let emb = col(&self.columns.embedding)?;
-            self.append_embeddings(path, &emb, row_in_file, (file_rows, file_len))?;
+            self.append_embeddings(path, &emb, row_in_file, declared)?;
             self.ids.push(ids);
             row_in_file += batch.num_rows() as u64;
             self.rows += batch.num_rows() as u64;
-        }
-        if row_in_file != file_rows {
-            return Err(Error::corrupt(
-                path,
-                format!("its footer declares {file_rows} rows but it holds {row_in_file}"),
-            ));
         }
         self.sources.push(SourceFile {
             path: path.into(),
             rows: row_in_file,
         });
-        tracing::debug!(file = %path.display(), rows = row_in_file, "read input file");
-        Ok(())
+        tracing::debug!(input = %path.display(), rows = row_in_file, "read input");
+        Ok(row_in_file)
     }
 
     fn append_embeddings(
@@ -454,8 +558,9 @@ impl<'a> TableReader<'a> {
             self.vectors.reserve(reservation(file_rows, dim, file_len));
             return Ok(());
         };
-        let bytes = plan.rows.saturating_mul(dim as u64 * 4);
-        let spill = bytes > plan.limit / 2;
+        let rows = plan.rows.unwrap_or(0);
+        let bytes = rows.saturating_mul(dim as u64 * 4);
+        let spill = plan.rows.is_none() || bytes > plan.limit / 2;
         // Before any row is read: a limit the table cannot be held under is refused now.
         let mut parts = vec![
             (
@@ -463,8 +568,8 @@ impl<'a> TableReader<'a> {
                 crate::memory::Resident::now().now,
             ),
             (
-                format!("the ids, labels and codes of {} rows need", plan.rows),
-                plan.rows.saturating_mul(crate::memory::TABLE_BYTES_PER_ROW),
+                format!("the ids, labels and codes of {rows} rows need"),
+                rows.saturating_mul(crate::memory::TABLE_BYTES_PER_ROW),
             ),
         ];
         if !spill {
@@ -472,17 +577,22 @@ impl<'a> TableReader<'a> {
         }
         crate::memory::check_minimum(plan.limit, &parts)?;
         if spill {
-            tracing::info!(
-                vectors_mib = bytes >> 20,
-                limit_mib = plan.limit >> 20,
-                "the vectors exceed half the memory limit"
-            );
+            match plan.rows {
+                Some(_) => tracing::info!(
+                    vectors_mib = bytes >> 20,
+                    limit_mib = plan.limit >> 20,
+                    "the vectors exceed half the memory limit"
+                ),
+                None => tracing::info!(
+                    limit_mib = plan.limit >> 20,
+                    "the rows of the input are not known in advance: its vectors spill"
+                ),
+            }
             // A tenth of the limit may stay resident between two drops of its pages.
             self.vectors = VectorSink::spill(&plan.dir, (plan.limit / 10) as usize)?;
             self.normalized = plan.normalize;
         } else {
-            self.vectors
-                .reserve(reservation(plan.rows, dim, plan.bytes));
+            self.vectors.reserve(reservation(rows, dim, plan.bytes));
         }
         Ok(())
     }

@@ -575,6 +575,7 @@ impl<'t> Miner<'t> {
     /// Mines one block of anchors (given in row order); triplets come ordered by anchor,
     /// positive row, `d_an`, negative row.
     pub fn mine_block(&mut self, anchors: &[u32]) -> Result<MinedBlock> {
+        crate::process::check_interrupted()?;
         let plans = positives::plan(self, anchors)?;
         let mined = negatives::mine(self, plans)?;
         if !anchors.is_empty() {

@@ -11,11 +11,11 @@ use std::time::{Instant, SystemTime};
 use crate::config::{Metric, MiningConfig};
 use crate::error::Result;
 use crate::io::{
-    AtomicPath, Queries, ReadOptions, Table, TripletSink, Vectors, read_retrieval, read_table_with,
-    write_atomic, write_parquet_into,
+    AtomicPath, BatchSource, Queries, ReadOptions, Table, TripletSink, Vectors, read_retrieval,
+    read_table_from_batches, read_table_with, write_atomic, write_parquet_into,
 };
 use crate::mine::{AutoChoice, MinedBlock, Miner, Recall, SearchStats, Triplet, Truth, Tuning};
-use crate::process::release_free_heap;
+use crate::process::{check_interrupted, release_free_heap};
 use crate::report::{Report, ReportBuilder, Totals};
 
 use super::outputs::{Batcher, OutputLayout, json, suspects_batch, with_metadata};
@@ -155,7 +155,11 @@ struct Reported {
     files: Vec<AtomicPath>,
 }
 
-pub(super) fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summary> {
+pub(super) fn run_job(
+    config: &MiningConfig,
+    files: &[PathBuf],
+    batches: Option<BatchSource>,
+) -> Result<Summary> {
     let started = Instant::now();
     let started_at = SystemTime::now();
     let job = Job {
@@ -172,15 +176,21 @@ pub(super) fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summar
     let mut seconds = Timings::default();
 
     let stage = Stage::start("read");
-    let mut input = read(&job)?;
-    seconds.read = stage.done(input.table.rows(), &describe(&input, files.len()));
+    let inputs: Vec<PathBuf> = match &batches {
+        Some(b) => vec![b.name.clone()],
+        None => files.to_vec(),
+    };
+    let mut input = read(&job, batches)?;
+    seconds.read = stage.done(input.table.rows(), &describe(&input, inputs.len()));
     abort_point("read");
+    check_interrupted()?;
     release_free_heap(job.bounded);
 
     let stage = Stage::start("index");
     let mut miner = build_index(&job, &input)?;
     seconds.index = stage.done(input.table.rows(), "index built");
     abort_point("index");
+    check_interrupted()?;
     release_free_heap(job.bounded);
 
     let stage = Stage::start("tune");
@@ -197,6 +207,7 @@ pub(super) fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summar
     };
     let recall_sample: &[u32] = truth.as_ref().map_or(&[], |t| &t.anchors);
     seconds.tune = stage.done(recall_sample.len(), "search prepared");
+    check_interrupted()?;
 
     let stage = Stage::start("mine");
     let mined = mine_and_write(&job, &mut miner, &input, &anchors, recall_sample)?;
@@ -224,11 +235,12 @@ pub(super) fn run_job(config: &MiningConfig, files: &[PathBuf]) -> Result<Summar
     let reported = report_stage(&job, &input, report, suspects, &facts, started_at)?;
     seconds.report = stage.done(reported.rows, "report computed");
     abort_point("report");
+    check_interrupted()?;
     seconds.total = started.elapsed().as_secs_f64();
 
     let summary = Summary {
         tripmine_version: env!("CARGO_PKG_VERSION").into(),
-        inputs: files.to_vec(),
+        inputs,
         rows: input.table.rows() as u64,
         dim: input.table.dim,
         labels: input.labels(),
@@ -281,7 +293,7 @@ fn describe(input: &Input, files: usize) -> String {
         ""
     };
     format!(
-        "input read: {} rows x {} ({} labels{queries}) from {files} file(s){spilled}",
+        "input read: {} rows x {} ({} labels{queries}) from {files} input(s){spilled}",
         t.rows(),
         t.dim,
         t.num_labels()
@@ -290,7 +302,7 @@ fn describe(input: &Input, files: usize) -> String {
 
 /// Reads the table (or corpus and queries), spilling the vectors under a memory limit, and
 /// checks ids are unique.
-fn read(job: &Job) -> Result<Input> {
+fn read(job: &Job, batches: Option<BatchSource>) -> Result<Input> {
     let config = job.config;
     let spinner = progress(job.show, None, "reading");
     let read_options = ReadOptions {
@@ -305,7 +317,11 @@ fn read(job: &Job) -> Result<Input> {
             queries: Some(queries),
         }
     } else {
-        let table = read_table_with(job.files, &config.input.columns(), &read_options)?;
+        let columns = config.input.columns();
+        let table = match batches {
+            Some(source) => read_table_from_batches(source, &columns, &read_options)?,
+            None => read_table_with(job.files, &columns, &read_options)?,
+        };
         if !config.input.allow_duplicate_ids {
             let id_column = config.input.id_col.as_deref().unwrap_or("id");
             table.check_unique_ids(id_column, " (--allow-duplicate-ids to mine them anyway)")?;

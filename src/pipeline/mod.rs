@@ -26,8 +26,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::config::MiningConfig;
 use crate::error::{Error, Result};
-use crate::io::resolve_inputs;
-use crate::process::{BlasThreads, OpenMpThreads, set_openmp_threads};
+use crate::io::{BatchSource, resolve_inputs};
+use crate::process::{BlasThreads, OpenMpThreads, RunningJob, set_openmp_threads};
 use manifest::{
     Manifest, fingerprint, manifest_path, stat_inputs, stat_outputs, up_to_date, write_manifest,
 };
@@ -35,7 +35,30 @@ use manifest::{
 /// Runs a mining job as configured: skips it when its manifest says the outputs are up to
 /// date (unless `run.force`), and fails after writing when a quality gate holds.
 pub fn run(config: &MiningConfig) -> Result<Summary> {
-    let files = resolve_inputs(&config.input.all_paths())?;
+    run_from(config, None)
+}
+
+/// Runs a mining job on rows the host hands over as Arrow batches instead of `input.paths`
+/// (labelled mode; see [`MiningConfig::for_batches`]). Everything else is as [`run`]: the
+/// same outputs, report, manifest and gates. The rows have no fingerprint, so the manifest
+/// never lets such a job be skipped.
+pub fn run_batches(config: &MiningConfig, batches: BatchSource) -> Result<Summary> {
+    if !config.input.paths.is_empty() || config.input.retrieval() {
+        return Err(Error::Config(
+            "rows handed over in memory replace the input files: give no --in, --queries or --corpus".into(),
+        ));
+    }
+    run_from(config, Some(batches))
+}
+
+fn run_from(config: &MiningConfig, batches: Option<BatchSource>) -> Result<Summary> {
+    let _running = RunningJob::start();
+    let in_memory = batches.is_some();
+    let files = if in_memory {
+        Vec::new()
+    } else {
+        resolve_inputs(&config.input.all_paths())?
+    };
     guard::refuse_outputs_over_inputs(config.options(), &files)?;
     if let Some(path) = config.input.load_index.as_ref().filter(|p| !p.is_file()) {
         return Err(Error::Config(format!(
@@ -52,7 +75,9 @@ pub fn run(config: &MiningConfig) -> Result<Summary> {
     let inputs = stat_inputs(&stat_files)?;
     let fingerprint = fingerprint(config.options(), &inputs);
     let manifest_file = manifest_path(&config.output.out);
-    let summary = match up_to_date(&manifest_file, &fingerprint).filter(|_| !config.run.force) {
+    let previous =
+        up_to_date(&manifest_file, &fingerprint).filter(|_| !config.run.force && !in_memory);
+    let summary = match previous {
         Some(previous) => {
             tracing::info!(
                 stage = "skip",
@@ -84,7 +109,7 @@ pub fn run(config: &MiningConfig) -> Result<Summary> {
                     config.run.threads
                 ))
             })?;
-            let summary = pool.install(|| run_job(config, &files))?;
+            let summary = pool.install(|| run_job(config, &files, batches))?;
             let out = &config.output;
             let mut written = vec![out.out.as_path(), out.report.as_path()];
             written.extend(out.summary_json.as_deref());

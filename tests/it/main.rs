@@ -6,6 +6,7 @@ mod common;
 
 mod cli;
 mod hostile;
+mod in_memory;
 mod index;
 mod memory_limit;
 mod onepass;
