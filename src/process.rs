@@ -19,18 +19,34 @@ unsafe extern "C" {
 
 /// OpenBLAS's thread count getter and setter, where the BLAS linked is OpenBLAS: the BLAS is
 /// whatever `libblas.so.3` points to and only OpenBLAS has them, so they are looked up rather
-/// than linked.
+/// than linked. First in the global scope (a program linked with it), then in the libraries
+/// already loaded under their usual names: a Python extension module and its libraries are
+/// loaded privately (`RTLD_LOCAL`), out of the global scope's sight.
 fn openblas_threads() -> Option<(extern "C" fn() -> c_int, extern "C" fn(c_int))> {
-    // SAFETY: dlsym with NUL-terminated names; the symbols, if found, have these signatures
+    // SAFETY: dlopen with RTLD_NOLOAD only returns libraries already loaded (it loads none);
+    // dlsym with NUL-terminated names; the symbols, if found, have these signatures
     // (OpenBLAS's `openblas_get_num_threads` and `openblas_set_num_threads`).
     unsafe {
-        let get = libc::dlsym(libc::RTLD_DEFAULT, c"openblas_get_num_threads".as_ptr());
-        let set = libc::dlsym(libc::RTLD_DEFAULT, c"openblas_set_num_threads".as_ptr());
-        if get.is_null() || set.is_null() {
-            return None;
-        }
-        let get = std::mem::transmute::<*mut libc::c_void, extern "C" fn() -> c_int>(get);
-        let set = std::mem::transmute::<*mut libc::c_void, extern "C" fn(c_int)>(set);
+        let lookup = |handle: *mut libc::c_void| {
+            let get = libc::dlsym(handle, c"openblas_get_num_threads".as_ptr());
+            let set = libc::dlsym(handle, c"openblas_set_num_threads".as_ptr());
+            (!get.is_null() && !set.is_null()).then_some((get, set))
+        };
+        let found = lookup(libc::RTLD_DEFAULT).or_else(|| {
+            [c"libopenblas.so.0", c"libblas.so.3"]
+                .into_iter()
+                .find_map(|name| {
+                    let handle = libc::dlopen(name.as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY);
+                    if handle.is_null() {
+                        return None;
+                    }
+                    // The library stays loaded by whoever loaded it; this handle is one more
+                    // reference, kept so that the symbols stay valid.
+                    lookup(handle)
+                })
+        })?;
+        let get = std::mem::transmute::<*mut libc::c_void, extern "C" fn() -> c_int>(found.0);
+        let set = std::mem::transmute::<*mut libc::c_void, extern "C" fn(c_int)>(found.1);
         Some((get, set))
     }
 }
@@ -53,6 +69,13 @@ impl BlasThreads {
             set(clamp(n));
             (set, before)
         });
+        if restore.is_none() {
+            tracing::debug!(
+                "the BLAS linked is not OpenBLAS (or not found): its threads are not capped"
+            );
+        } else {
+            tracing::debug!(threads = n, "OpenBLAS threads capped for this job");
+        }
         BlasThreads { restore }
     }
 
