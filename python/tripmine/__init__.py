@@ -175,6 +175,28 @@ def _table_from_arrays(
     return pa.table(columns)
 
 
+def _has_retrieval_tables(options: Dict[str, Any]) -> bool:
+    return any(
+        options.get(key) is not None
+        and not _is_path(options[key])
+        and not (isinstance(options[key], (list, tuple)) and all(_is_path(p) for p in options[key]))
+        for key in ("queries", "corpus", "qrels")
+    )
+
+
+def _spill_table(value: Any, path: Path, key: str) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = _arrow_source(value)
+    if table is None:
+        raise TypeError(f"{key}: expected a path, a list of paths or an Arrow tabular object, got {type(value).__name__}")
+    if not isinstance(table, pa.Table):
+        table = pa.RecordBatchReader.from_stream(table).read_all()
+    pq.write_table(table, path, compression="none")
+    return os.fspath(path)
+
+
 def mine(
     source: Any = None,
     *,
@@ -191,7 +213,8 @@ def mine(
         source: a Parquet path (file, folder or glob), a list of them, or any Arrow tabular
             object (pyarrow Table or RecordBatchReader, polars DataFrame, Hugging Face
             ``Dataset``, pandas DataFrame). Leave it out to give ``embeddings=`` and
-            ``labels=``, or retrieval inputs (``queries=``, ``corpus=``, ``qrels=``).
+            ``labels=``, or retrieval inputs (``queries=``, ``corpus=``, ``qrels=``: paths, or
+            Arrow tabular objects, which are written to a temporary Parquet file first).
         embeddings: a 2-D float array (rows x dimension), instead of ``source``.
         labels: one label per row of ``embeddings`` (integers or strings).
         ids: one id per row of ``embeddings`` (default: the row position).
@@ -236,14 +259,21 @@ def mine(
                 f"source: expected a path, a list of paths or an Arrow tabular object "
                 f"(with __arrow_c_stream__), got {type(source).__name__}"
             )
-    for key in ("queries", "corpus"):
-        value = options.get(key)
-        if _is_path(value):
-            options[key] = [os.fspath(value)]
-
     scratch = None
-    if out is None or report is None:
+    if out is None or report is None or _has_retrieval_tables(options):
         scratch = Path(tempfile.mkdtemp(prefix="tripmine-"))
+    for key in ("queries", "corpus", "qrels"):
+        value = options.get(key)
+        if value is None:
+            continue
+        if _is_path(value):
+            options[key] = os.fspath(value) if key == "qrels" else [os.fspath(value)]
+        elif not (isinstance(value, (list, tuple)) and all(_is_path(p) for p in value)):
+            # Retrieval tables given as Arrow objects go through a Parquet file in the scratch
+            # folder (the retrieval reader reads files); the labelled source does not.
+            options[key] = _spill_table(value, scratch / f"{key}.parquet", key)
+            if key != "qrels":
+                options[key] = [options[key]]
     out_path = Path(out) if out is not None else scratch / "triplets.parquet"
     report_path = Path(report) if report is not None else scratch / "report.parquet"
     options["out"] = os.fspath(out) if out is not None else os.fspath(out_path)

@@ -98,6 +98,11 @@ def test_retrieval_inputs_are_options(cli, tmp_path):
     )
     assert result.triplets.num_rows > 0
     assert result.triplets.equals(pq.read_table(tmp_path / "c.parquet"))
+    as_tables = tripmine.mine(
+        queries=pq.read_table(ret / "queries.parquet"), corpus=pl.read_parquet(ret / "corpus.parquet"),
+        qrels=pq.read_table(ret / "qrels.parquet"), metric="cosine", range_min=2, range_max=30, positive_percent=95,
+    )
+    assert as_tables.triplets.cast(result.triplets.schema).equals(result.triplets)
 
 
 def test_a_pipeline_file_runs(table_file, tmp_path):
