@@ -34,6 +34,7 @@ pub fn inspect(specs: &[PathBuf], columns: &ColumnNames) -> Result<Inspection> {
             .collect())
     })?;
     let table = read_table(&files, columns)?;
+    let names = table.label_names();
     let mut counts = vec![0u64; table.num_labels()];
     for &c in &table.label_codes {
         counts[c as usize] += 1;
@@ -41,7 +42,7 @@ pub fn inspect(specs: &[PathBuf], columns: &ColumnNames) -> Result<Inspection> {
     let mut label_counts: Vec<(String, u64)> = counts
         .iter()
         .enumerate()
-        .map(|(code, &n)| Ok((array_value_to_string(&table.label_values, code)?, n)))
+        .map(|(code, &n)| Ok((array_value_to_string(&names, code)?, n)))
         .collect::<Result<_>>()?;
     // Most frequent first; the stable sort keeps label order among equals.
     label_counts.sort_by_key(|x| std::cmp::Reverse(x.1));

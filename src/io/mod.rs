@@ -16,7 +16,7 @@ pub use paths::resolve_inputs;
 pub use read::{BatchSource, ReadOptions, read_table, read_table_from_batches, read_table_with};
 pub(crate) use read::{open_parquet, read_columns};
 pub use retrieval::{Queries, read_retrieval};
-pub use table::{SourceFile, Table};
+pub use table::{Labels, SourceFile, Table};
 pub use vectors::Vectors;
 pub use write::{
     AtomicPath, ParquetSink, PartitionedSink, SUCCESS_MARKER, TripletSink, is_folder_output,

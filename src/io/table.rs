@@ -24,17 +24,29 @@ pub struct SourceFile {
     pub rows: u64,
 }
 
-/// Labelled embeddings held in memory: vectors as one contiguous row-major `f32` buffer.
+/// What a table knows of its rows' labels: mining by class needs them, retrieval has none.
+#[derive(Debug, Clone)]
+pub enum Labels {
+    /// Labelled mode: one label per row in its input type, and the distinct labels
+    /// (`distinct[code]`, sorted), at least two.
+    Given {
+        column: ArrayRef,
+        distinct: ArrayRef,
+    },
+    /// Queries or a corpus of retrieval mode: no labels; every row has code 0.
+    Unlabelled,
+}
+
+/// Embeddings held in memory (labelled or not): vectors as one contiguous row-major `f32`
+/// buffer.
 #[derive(Debug, Clone)]
 pub struct Table {
     /// Row ids, in their input type (row positions as `UInt64` when there is no id column).
     pub ids: ArrayRef,
-    /// Labels, in their input type.
-    pub labels: ArrayRef,
-    /// Dense label code of every row; codes follow the sorted order of the label values.
+    pub labels: Labels,
+    /// Dense label code of every row; codes follow the sorted order of the label values
+    /// (all 0 without labels).
     pub label_codes: Vec<u32>,
-    /// The distinct labels, `label_values[code]`, in their input type.
-    pub label_values: ArrayRef,
     /// `rows x dim` values, row-major (on the heap, or spilled under a memory limit).
     pub vectors: Vectors,
     /// Whether the rows were L2-normalised as they were read (cosine under a memory limit,
@@ -118,20 +130,29 @@ impl Table {
 
     /// Whether the rows carry labels (labelled mode) or not (queries, corpus).
     pub fn labelled(&self) -> bool {
-        self.labels.data_type() != &DataType::Null
+        matches!(self.labels, Labels::Given { .. })
+    }
+
+    /// The label of every row, in its input type (labelled mode).
+    pub fn label_column(&self) -> Option<&ArrayRef> {
+        match &self.labels {
+            Labels::Given { column, .. } => Some(column),
+            Labels::Unlabelled => None,
+        }
+    }
+
+    /// The name of each label code, as the report groups rows: the distinct labels in their
+    /// input type, or one group `all` for an unlabelled table.
+    pub fn label_names(&self) -> ArrayRef {
+        match &self.labels {
+            Labels::Given { distinct, .. } => distinct.clone(),
+            Labels::Unlabelled => Arc::new(arrow::array::StringArray::from(vec!["all"])),
+        }
     }
 
     /// The passed-through column `name`, if read.
     pub fn extra(&self, name: &str) -> Option<&ArrayRef> {
         self.extra.iter().find(|(n, _)| n == name).map(|(_, a)| a)
-    }
-
-    /// Every row gets label code 0 of one label `all`.
-    pub(super) fn strip_labels(&mut self) {
-        let rows = self.ids.len();
-        self.labels = Arc::new(arrow::array::NullArray::new(rows));
-        self.label_codes = vec![0; rows];
-        self.label_values = Arc::new(arrow::array::StringArray::from(vec!["all"]));
     }
 
     /// The file a row came from and its row position within that file (`<memory>` and the
@@ -172,9 +193,12 @@ impl Table {
         self.label_codes.len()
     }
 
-    /// Number of distinct labels.
+    /// Number of distinct labels (1 without labels: every row has code 0).
     pub fn num_labels(&self) -> usize {
-        self.label_values.len()
+        match &self.labels {
+            Labels::Given { distinct, .. } => distinct.len(),
+            Labels::Unlabelled => 1,
+        }
     }
 
     /// The vector of row `i`.
@@ -195,19 +219,16 @@ impl Table {
             return Err(Error::BadData("the input has no rows".into()));
         }
         let Some(labels) = labels else {
-            let mut table = Table {
-                labels: ids.clone(),
+            return Ok(Table {
+                label_codes: vec![0; ids.len()],
                 ids,
-                label_codes: Vec::new(),
-                label_values: Arc::new(arrow::array::NullArray::new(0)),
+                labels: Labels::Unlabelled,
                 vectors,
                 normalized: false,
                 dim,
                 sources,
                 extra: Vec::new(),
-            };
-            table.strip_labels();
-            return Ok(table);
+            });
         };
         let (label_codes, label_values) = encode_labels(&labels, first_file, label_name)?;
         if label_values.len() < 2 {
@@ -218,9 +239,11 @@ impl Table {
         }
         Ok(Table {
             ids,
-            labels,
+            labels: Labels::Given {
+                column: labels,
+                distinct: label_values,
+            },
             label_codes,
-            label_values,
             vectors,
             normalized: false,
             dim,
@@ -358,4 +381,32 @@ fn dense_codes<K: Ord + std::hash::Hash + Copy>(
         .collect();
     let codes = keys.map(|k| code_of[&k]).collect();
     (codes, distinct.into_iter().map(|(_, r)| r).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+
+    #[test]
+    fn an_unlabelled_table_has_one_group_named_all_and_no_label_column() {
+        let table = Table::unlabelled(None, vec![0.0, 1.0, 2.0], 1).unwrap();
+        assert!(!table.labelled());
+        assert!(table.label_column().is_none());
+        assert_eq!(table.label_codes, vec![0, 0, 0]);
+        assert_eq!(table.num_labels(), 1);
+        let names = table.label_names();
+        assert_eq!(names.as_string::<i32>().value(0), "all");
+    }
+
+    #[test]
+    fn a_labelled_table_names_its_codes_by_its_sorted_labels() {
+        let labels: ArrayRef = Arc::new(Int64Array::from(vec![7, 3, 7]));
+        let table = Table::from_arrays(None, labels, vec![0.0, 1.0, 2.0], 1).unwrap();
+        assert!(table.labelled());
+        assert_eq!(table.label_codes, vec![1, 0, 1]);
+        let names = table.label_names();
+        let names = names.as_primitive::<arrow::datatypes::Int64Type>();
+        assert_eq!(names.values().to_vec(), vec![3, 7]);
+    }
 }

@@ -282,21 +282,20 @@ pub(super) fn run_job(
 /// The read stage's log line: what was read.
 fn describe(input: &Input, files: usize) -> String {
     let t = &input.table;
-    let queries = input
-        .queries
-        .as_ref()
-        .map(|q| format!(", {} queries", q.table.rows()))
-        .unwrap_or_default();
+    // A corpus has no labels: its queries are what the line counts instead.
+    let what = match &input.queries {
+        Some(q) => format!("{} queries", q.table.rows()),
+        None => format!("{} labels", t.num_labels()),
+    };
     let spilled = if t.vectors.is_spilled() {
         ", vectors spilled to disk"
     } else {
         ""
     };
     format!(
-        "input read: {} rows x {} ({} labels{queries}) from {files} input(s){spilled}",
+        "input read: {} rows x {} ({what}) from {files} input(s){spilled}",
         t.rows(),
         t.dim,
-        t.num_labels()
     )
 }
 
@@ -481,7 +480,7 @@ fn report_stage(
         batch,
         mut totals,
         histogram,
-    } = report.finish(&input.anchor_table().label_values)?;
+    } = report.finish(&input.anchor_table().label_names())?;
     totals.embedding_spread = Some(facts.embedding_spread);
     if let Some(recall) = &facts.recall {
         recall::record(&mut totals, recall, config.mine.target_recall);

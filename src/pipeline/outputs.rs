@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::config::{Count, MiningParams, OutputFormat};
 use crate::error::{Error, Result};
-use crate::io::Table;
+use crate::io::{Labels, Table};
 use crate::mine::Triplet;
 use crate::score::{TripletKind, triplet_loss};
 
@@ -21,22 +21,25 @@ pub(super) fn suspects_batch(
     mut suspects: Vec<(f32, u32, u32)>,
 ) -> Result<RecordBatch> {
     suspects.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let Labels::Given { column, distinct } = &table.labels else {
+        unreachable!("suspects are refused without labels (validated)");
+    };
     let rows = UInt32Array::from_iter_values(suspects.iter().map(|s| s.1));
     let majority = UInt32Array::from_iter_values(suspects.iter().map(|s| s.2));
     let schema = Schema::new(vec![
         Field::new("id", table.ids.data_type().clone(), false),
-        Field::new("label", table.labels.data_type().clone(), false),
+        Field::new("label", column.data_type().clone(), false),
         Field::new(
             "majority_neighbour_label",
-            table.label_values.data_type().clone(),
+            distinct.data_type().clone(),
             false,
         ),
         Field::new("agreement", DataType::Float32, false),
     ]);
     let columns: Vec<ArrayRef> = vec![
         take(&table.ids, &rows, None)?,
-        take(&table.labels, &rows, None)?,
-        take(&table.label_values, &majority, None)?,
+        take(column, &rows, None)?,
+        take(distinct, &majority, None)?,
         Arc::new(Float32Array::from_iter_values(suspects.iter().map(|s| s.0))),
     ];
     Ok(RecordBatch::try_new(Arc::new(schema), columns)?)
@@ -131,7 +134,10 @@ impl<'a> OutputLayout<'a> {
     fn make_schema(&self) -> SchemaRef {
         let a_id = self.anchors.ids.data_type().clone();
         let d_id = self.docs.ids.data_type().clone();
-        let label = self.anchors.labels.data_type().clone();
+        let label = self
+            .anchors
+            .label_column()
+            .map_or(DataType::Null, |c| c.data_type().clone());
         let f32f = |name: String, nullable| Field::new(name, DataType::Float32, nullable);
         let mut fields = vec![Field::new("anchor_id", a_id, false)];
         match self.format {
@@ -251,8 +257,8 @@ impl<'a> OutputLayout<'a> {
             take(&self.docs.ids, &negatives, None)?,
         ];
         if self.labelled() {
-            columns.push(take(&self.anchors.labels, &anchors, None)?);
-            columns.push(take(&self.docs.labels, &negatives, None)?);
+            columns.push(take(label_column(self.anchors), &anchors, None)?);
+            columns.push(take(label_column(self.docs), &negatives, None)?);
         }
         columns.extend([
             f32_column(triplets.iter().map(|t| t.d_ap)),
@@ -299,7 +305,7 @@ impl<'a> OutputLayout<'a> {
             columns.push(take(&self.docs.ids, n, None)?);
         }
         if self.labelled() {
-            columns.push(take(&self.anchors.labels, &anchors, None)?);
+            columns.push(take(label_column(self.anchors), &anchors, None)?);
         }
         columns.push(f32_column(groups.iter().map(|g| g[0].d_ap)));
         for i in 0..self.slots {
@@ -356,8 +362,8 @@ impl<'a> OutputLayout<'a> {
             )),
         ];
         if self.labelled() {
-            columns.push(take(&self.anchors.labels, &anchors, None)?);
-            columns.push(take(&self.docs.labels, &candidates, None)?);
+            columns.push(take(label_column(self.anchors), &anchors, None)?);
+            columns.push(take(label_column(self.docs), &candidates, None)?);
         }
         columns.push(f32_column(pairs.iter().map(|p| p.3)));
         columns.push(Arc::new(StringArray::from_iter_values(pairs.iter().map(
@@ -421,6 +427,13 @@ impl Batcher {
         }
         Ok(())
     }
+}
+
+/// The label column of a table of a labelled layout.
+fn label_column(table: &Table) -> &ArrayRef {
+    table
+        .label_column()
+        .expect("label columns are written for labelled tables only")
 }
 
 #[cfg(test)]

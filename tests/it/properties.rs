@@ -108,7 +108,7 @@ proptest! {
         let mined = Miner::new(&table, &params).unwrap().mine_all().unwrap();
         let mut builder = ReportBuilder::new(params.margin);
         builder.add(&mined.triplets, &mined.anchors, |r| table.label_codes[r as usize]).unwrap();
-        let report = builder.finish(&table.label_values).unwrap();
+        let report = builder.finish(&table.label_names()).unwrap();
         let b = &report.batch;
         let rows = b.num_rows();
         // One row per label that has an anchor, then the overall row with a null label.

@@ -683,3 +683,27 @@ fn with_passes_columns_through_in_labelled_mode_too() {
         .code(2)
         .stderr(predicate::str::contains("already in the output"));
 }
+
+#[test]
+fn the_report_of_a_corpus_groups_every_anchor_under_all_and_the_log_counts_queries() {
+    let dir = TempDir::new().unwrap();
+    let ex = example(dir.path());
+    let mut cmd = mine(&ex, dir.path());
+    with_qrels(&mut cmd, &ex);
+    let out = cmd.args(["--log-format", "json"]).output().unwrap();
+    assert!(out.status.success());
+    let logs = String::from_utf8_lossy(&out.stderr);
+    let read_line = logs
+        .lines()
+        .find(|l| l.contains("\"stage\":\"read\""))
+        .expect("a read-stage line");
+    assert!(
+        read_line.contains("(60 queries)") && !read_line.contains("labels"),
+        "{read_line}"
+    );
+    let report = read(&dir.path().join("report.parquet"));
+    let labels = report.column_by_name("label").unwrap();
+    let labels = labels.as_string::<i32>();
+    assert!(labels.iter().any(|l| l == Some("all")));
+    assert!(labels.iter().flatten().all(|l| l == "all"), "{labels:?}");
+}
