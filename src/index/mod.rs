@@ -22,13 +22,15 @@ use crate::error::{Error, Result};
 use crate::io::{AtomicPath, write_atomic};
 
 /// Candidate rows of a batch of queries, `k` per query, nearest (or farthest) first.
+///
+/// Invariant: `dist` and `rows` hold `k` entries per query, in query order.
 #[derive(Debug, Clone)]
 pub struct Candidates {
-    pub k: usize,
+    k: usize,
     /// FAISS's distance of each candidate, in tripmine's distance.
-    pub dist: Vec<f32>,
+    dist: Vec<f32>,
     /// Row of each candidate, `-1` where FAISS found fewer than `k`.
-    pub rows: Vec<i64>,
+    rows: Vec<i64>,
 }
 
 impl Candidates {
@@ -43,6 +45,18 @@ impl Candidates {
             dist: res.distances,
             rows,
         }
+    }
+
+    /// Candidates asked for per query (some may be missing: see [`Candidates::of`]).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Appends the candidates of later queries, searched with the same `k`.
+    pub fn append(&mut self, later: Candidates) {
+        assert_eq!(self.k, later.k, "candidates of one search share k");
+        self.dist.extend_from_slice(&later.dist);
+        self.rows.extend_from_slice(&later.rows);
     }
 
     /// Query `q`'s candidates as `(approximate distance, row)`.

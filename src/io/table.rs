@@ -40,23 +40,26 @@ pub enum Labels {
 /// Embeddings held in memory (labelled or not): vectors as one contiguous row-major `f32`
 /// buffer.
 #[derive(Debug, Clone)]
+///
+/// Its invariants (as many ids, codes and rows of vectors; codes that index the distinct
+/// labels) hold from construction: the fields are the crate's, the accessors everyone's.
 pub struct Table {
     /// Row ids, in their input type (row positions as `UInt64` when there is no id column).
-    pub ids: ArrayRef,
-    pub labels: Labels,
+    pub(crate) ids: ArrayRef,
+    pub(crate) labels: Labels,
     /// Dense label code of every row; codes follow the sorted order of the label values
     /// (all 0 without labels).
-    pub label_codes: Vec<u32>,
+    pub(crate) label_codes: Vec<u32>,
     /// `rows x dim` values, row-major (on the heap, or spilled under a memory limit).
-    pub vectors: Vectors,
+    pub(crate) vectors: Vectors,
     /// Whether the rows were L2-normalised as they were read (cosine under a memory limit,
     /// so that the miner needs no normalised copy).
-    pub normalized: bool,
-    pub dim: usize,
+    pub(crate) normalized: bool,
+    pub(crate) dim: usize,
     /// The files the rows came from, in order (empty for a table built in memory).
-    pub sources: Vec<SourceFile>,
+    pub(crate) sources: Vec<SourceFile>,
     /// Columns read as they are for the output (`--with`), by name.
-    pub extra: Vec<(String, ArrayRef)>,
+    pub(crate) extra: Vec<(String, ArrayRef)>,
 }
 
 impl Table {
@@ -126,6 +129,47 @@ impl Table {
             Vec::new(),
             (path, "label"),
         )
+    }
+
+    /// Row ids, in their input type (row positions as `UInt64` when there is no id column).
+    pub fn ids(&self) -> &ArrayRef {
+        &self.ids
+    }
+
+    /// The labels, if any.
+    pub fn labels(&self) -> &Labels {
+        &self.labels
+    }
+
+    /// Dense label code of every row (codes follow the sorted label values; all 0 without
+    /// labels).
+    pub fn label_codes(&self) -> &[u32] {
+        &self.label_codes
+    }
+
+    /// The vectors, `rows x dim` values, row-major.
+    pub fn vectors(&self) -> &Vectors {
+        &self.vectors
+    }
+
+    /// Values per vector.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Whether the rows were L2-normalised as they were read.
+    pub fn normalized(&self) -> bool {
+        self.normalized
+    }
+
+    /// The files the rows came from, in order (empty for a table built in memory).
+    pub fn sources(&self) -> &[SourceFile] {
+        &self.sources
+    }
+
+    /// Frees the vectors (ids, labels and columns stay): for stages after mining.
+    pub fn drop_vectors(&mut self) {
+        self.vectors = Vectors::default();
     }
 
     /// Whether the rows carry labels (labelled mode) or not (queries, corpus).

@@ -489,10 +489,7 @@ impl<'t> Miner<'t> {
             })?;
             match &mut all {
                 None => all = Some(c),
-                Some(all) => {
-                    all.dist.extend_from_slice(&c.dist);
-                    all.rows.extend_from_slice(&c.rows);
-                }
+                Some(all) => all.append(c),
             }
         }
         Ok(all.expect("at least one query"))

@@ -161,7 +161,7 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
                     let a = plans[i].anchor;
                     let mut got = 0;
                     let mut bound = f32::NEG_INFINITY;
-                    let mut list: Vec<(f32, u32)> = Vec::with_capacity(cands.k);
+                    let mut list: Vec<(f32, u32)> = Vec::with_capacity(cands.k());
                     // The candidates lie anywhere in the table: ask for all of their rows
                     // first, rather than wait on memory for each in turn.
                     m.prefetch_rows(cands.of(q).map(|(_, r)| r));
@@ -175,7 +175,7 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
                     sort_nearest(&mut list);
                     // Rows FAISS did not return are at least `bound - slack` away. A list
                     // shorter than asked holds every row the index can give.
-                    let radius = if got < cands.k || cands.k >= n {
+                    let radius = if got < cands.k() || cands.k() >= n {
                         f32::INFINITY
                     } else {
                         bound - m.faiss_slack(a)

@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime};
 use crate::config::{Metric, MiningConfig};
 use crate::error::Result;
 use crate::io::{
-    AtomicPath, BatchSource, Queries, ReadOptions, Table, TripletSink, Vectors, read_retrieval,
+    AtomicPath, BatchSource, Queries, ReadOptions, Table, TripletSink, read_retrieval,
     read_table_from_batches, read_table_with, write_atomic, write_parquet_into,
 };
 use crate::mine::{AutoChoice, MinedBlock, Miner, Recall, SearchStats, Triplet, Truth, Tuning};
@@ -119,9 +119,9 @@ impl Input {
 
     /// Drops the vectors (the report needs labels and ids only).
     fn drop_vectors(&mut self) {
-        self.table.vectors = Vectors::default();
+        self.table.drop_vectors();
         if let Some(q) = &mut self.queries {
-            q.table.vectors = Vectors::default();
+            q.table.drop_vectors();
         }
     }
 }

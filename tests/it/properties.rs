@@ -84,7 +84,7 @@ proptest! {
     #[test]
     fn every_triplet_satisfies_its_strategy(table in table_strategy(), params in params_strategy()) {
         let mined = Miner::new(&table, &params).unwrap().mine_all().unwrap();
-        let labels = &table.label_codes;
+        let labels = &table.label_codes();
         for t in &mined.triplets {
             prop_assert_eq!(labels[t.anchor as usize], labels[t.positive as usize]);
             prop_assert_ne!(labels[t.anchor as usize], labels[t.negative as usize]);
@@ -93,11 +93,11 @@ proptest! {
             let ok = admits(params.negatives, kind);
             prop_assert!(ok, "{:?} triplet is {:?}", params.negatives, kind);
             let d = params.metric;
-            let mut v = table.vectors.to_vec();
+            let mut v = table.vectors().to_vec();
             if d == Metric::Cosine {
-                tripmine::score::normalize_rows(&mut v, table.dim);
+                tripmine::score::normalize_rows(&mut v, table.dim());
             }
-            let row = |i: u32| &v[i as usize * table.dim..(i as usize + 1) * table.dim];
+            let row = |i: u32| &v[i as usize * table.dim()..(i as usize + 1) * table.dim()];
             prop_assert_eq!(t.d_ap, d.distance(row(t.anchor), row(t.positive)));
             prop_assert_eq!(t.d_an, d.distance(row(t.anchor), row(t.negative)));
         }
@@ -107,7 +107,7 @@ proptest! {
     fn report_counts_add_up(table in table_strategy(), params in params_strategy()) {
         let mined = Miner::new(&table, &params).unwrap().mine_all().unwrap();
         let mut builder = ReportBuilder::new(params.margin);
-        builder.add(&mined.triplets, &mined.anchors, |r| table.label_codes[r as usize]).unwrap();
+        builder.add(&mined.triplets, &mined.anchors, |r| table.label_codes()[r as usize]).unwrap();
         let report = builder.finish(&table.label_names()).unwrap();
         let b = &report.batch;
         let rows = b.num_rows();

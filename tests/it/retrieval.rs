@@ -26,13 +26,13 @@ const NEGATIVES: [NegativeStrategy; 5] = [
 /// 0 to 3 positives, mostly documents near it.
 fn retrieval_set(corpus: Table, queries: usize, seed: u64) -> (Table, Queries) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let (n, dim) = (corpus.rows(), corpus.dim);
+    let (n, dim) = (corpus.rows(), corpus.dim());
     let mut vectors = Vec::with_capacity(queries * dim);
     let mut positives = Vec::with_capacity(queries);
     for _ in 0..queries {
         let near = rng.random_range(0..n);
         for j in 0..dim {
-            vectors.push(corpus.vectors[near * dim + j] + rng.random_range(-0.5f32..0.5));
+            vectors.push(corpus.vectors()[near * dim + j] + rng.random_range(-0.5f32..0.5));
         }
         let mut listed: Vec<u32> = (0..rng.random_range(0..4usize))
             .map(|i| {
@@ -49,7 +49,7 @@ fn retrieval_set(corpus: Table, queries: usize, seed: u64) -> (Table, Queries) {
     }
     let table = Table::unlabelled(None, vectors, dim).unwrap();
     (
-        Table::unlabelled(None, corpus.vectors.to_vec(), dim).unwrap(),
+        Table::unlabelled(None, corpus.vectors().to_vec(), dim).unwrap(),
         Queries {
             table,
             positives,

@@ -74,9 +74,9 @@ pub struct Oracle {
 }
 
 fn prepared(table: &Table, metric: Metric) -> Vec<f32> {
-    let mut v = table.vectors.to_vec();
+    let mut v = table.vectors().to_vec();
     if metric == Metric::Cosine {
-        normalize_rows(&mut v, table.dim);
+        normalize_rows(&mut v, table.dim());
     }
     v
 }
@@ -95,11 +95,11 @@ fn all_distances(a: &[f32], b: &[f32], dim: usize, metric: Metric) -> Vec<f32> {
 impl Oracle {
     pub fn new(table: &Table, metric: Metric) -> Oracle {
         let v = prepared(table, metric);
-        let d = all_distances(&v, &v, table.dim, metric);
+        let d = all_distances(&v, &v, table.dim(), metric);
         Oracle {
             n: table.rows(),
             docs: table.rows(),
-            labels: table.label_codes.clone(),
+            labels: table.label_codes().to_vec(),
             dd: d.clone(),
             d,
             listed: None,
@@ -113,8 +113,8 @@ impl Oracle {
             n: queries.table.rows(),
             docs: corpus.rows(),
             labels: vec![0; queries.table.rows()],
-            d: all_distances(&q, &c, corpus.dim, metric),
-            dd: all_distances(&c, &c, corpus.dim, metric),
+            d: all_distances(&q, &c, corpus.dim(), metric),
+            dd: all_distances(&c, &c, corpus.dim(), metric),
             listed: Some(queries.positives.clone()),
         }
     }
