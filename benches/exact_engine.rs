@@ -168,7 +168,11 @@ fn main() {
         let path = dir.path().join("table.parquet");
         generate_to_file(&spec, &path).expect("generate");
         let table = tripmine::io::read_table(&[path], &Default::default()).expect("read");
-        let floor = median((0..runs).map(|_| sgemm_pass(table.vectors(), dim)).collect());
+        let floor = median(
+            (0..runs)
+                .map(|_| sgemm_pass(table.vectors(), dim))
+                .collect(),
+        );
         println!(
             "{name} (separation {separation}): one sgemm pass over all pairs {floor:.2} s ({:.1} GFLOP/s)",
             2.0 * (rows * rows * dim) as f64 / floor / 1e9

@@ -347,8 +347,9 @@ pub struct MiningParams {
     /// (a parameter so that tests can weigh at small scale).
     #[arg(long, value_name = "ROWS", hide = true, default_value_t = MiningParams::default().auto_exact_below)]
     pub auto_exact_below: usize,
-    /// `--index auto` weighs exact mining's estimated time times W (1: as measured; tests
-    /// emulate a large table at small scale with more).
+    /// `--index auto`, and the cost warning of a named approximate index, weigh exact
+    /// mining's estimated time times W (1: as measured; tests emulate a large table at small
+    /// scale with more).
     #[arg(long, value_name = "W", hide = true, default_value_t = MiningParams::default().auto_exact_weight)]
     pub auto_exact_weight: f64,
     /// Neighbours compared for label-noise suspects.

@@ -23,7 +23,7 @@ mod reuse_and_shortfall;
 
 pub use negatives::{GUARDS, Guard};
 pub use onepass::Tiles;
-pub use recall::{AutoChoice, Estimate, Recall, SearchKnobs, Truth, TuneStep, Tuning};
+pub use recall::{AutoChoice, Estimate, Recall, RunCost, SearchKnobs, Truth, TuneStep, Tuning};
 
 use std::borrow::Cow;
 use std::path::Path;

@@ -195,6 +195,24 @@ pub struct Tuning {
     /// Why tuning stopped short of the target (`None` when it met it).
     pub stopped: Option<String>,
     pub seconds: f64,
+    /// For an index the user named: the whole run's estimated search at the settled setting
+    /// against exact mining's (from the sample's times), when it was weighed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<RunCost>,
+}
+
+/// Estimated seconds of a whole run's mining, approximate at a setting against exact.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RunCost {
+    pub approximate_seconds: f64,
+    pub exact_seconds: f64,
+}
+
+impl RunCost {
+    /// Whether exact mining (recall 1) is estimated to cost less than the approximate search.
+    pub fn exact_is_cheaper(&self) -> bool {
+        self.exact_seconds < self.approximate_seconds
+    }
 }
 
 impl Tuning {
@@ -534,6 +552,7 @@ impl Miner<'_> {
             met,
             stopped: if met { None } else { stopped },
             seconds: started.elapsed().as_secs_f64(),
+            cost: None,
         })
     }
 

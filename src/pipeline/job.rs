@@ -497,6 +497,18 @@ fn report_stage(
             ),
         );
     }
+    if let Some(t) = facts.tuning.as_ref().filter(|_| !facts.exact)
+        && let Some(cost) = t.cost.filter(|c| c.exact_is_cheaper())
+    {
+        warnings.insert(
+            0,
+            format!(
+                "{} at the tuned setting ({}) is estimated at {:.1} s of mining, exact mining \
+                 (recall 1) at {:.1} s: use --index Flat, or --index auto to choose by cost",
+                facts.index, t.settled, cost.approximate_seconds, cost.exact_seconds
+            ),
+        );
+    }
     for w in &warnings {
         tracing::warn!(stage = "report", "{w}");
     }

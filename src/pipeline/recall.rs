@@ -4,7 +4,7 @@
 
 use crate::config::MiningParams;
 use crate::error::Result;
-use crate::mine::{AutoChoice, Miner, Recall, Truth, Tuning};
+use crate::mine::{AutoChoice, Miner, Recall, RunCost, Truth, Tuning};
 use crate::report::Totals;
 
 /// Anchors `auto` times the exact engine on: a full group of the one-pass engine per thread,
@@ -82,6 +82,27 @@ pub(super) fn prepare(
         "search tuned for recall"
     );
     let Some(per_anchor) = exact_per_anchor else {
+        // An index the user named is kept, but weighed: at a setting that reaches (or
+        // chases) the target, an approximate search can cost more than exact mining.
+        let mut tuning = tuning;
+        if params.target_recall > 0.0 {
+            let timing = sample_anchors(anchors, auto_timing_anchors(), params.seed, 1);
+            let exact = miner.exact_seconds_per_anchor(&timing)? * params.auto_exact_weight;
+            let n = anchors.len() as f64;
+            let cost = RunCost {
+                approximate_seconds: step.seconds / truth.anchors.len().max(1) as f64 * n,
+                exact_seconds: exact * n,
+            };
+            if cost.exact_is_cheaper() {
+                tracing::warn!(
+                    stage = "tune",
+                    approximate_seconds = cost.approximate_seconds,
+                    exact_seconds = cost.exact_seconds,
+                    "the approximate index costs more than exact mining at the tuned setting"
+                );
+            }
+            tuning.cost = Some(cost);
+        }
         return Ok(RecallPlan {
             truth: Some(truth),
             tuning: Some(tuning),

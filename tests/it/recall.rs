@@ -122,9 +122,14 @@ fn tuning_reaches_the_target_where_the_default_search_does_not() {
     assert!(before < 0.9, "the default search misses: {before}");
     assert!(s["tuning"]["steps"].as_array().unwrap().len() == 1);
 
-    mine_ivf(dir.path(), &["--report-html", "r.html"])
-        .success()
-        .stdout(predicate::str::contains("tuned for recall 0.95"));
+    // Exact mining weighed as on a large table, where it costs more than the IVF search (at
+    // 4,000 rows it costs less, which the run would rightly warn about).
+    mine_ivf(
+        dir.path(),
+        &["--report-html", "r.html", "--auto-exact-weight", "1000"],
+    )
+    .success()
+    .stdout(predicate::str::contains("tuned for recall 0.95"));
     let s = summary(dir.path());
     assert_eq!(s["tuning"]["met"], true);
     let settled = &s["tuning"]["settled"];
@@ -331,4 +336,38 @@ fn spilled_runs_mined_in_ivf_list_order_equal_in_memory_runs() {
             );
         }
     }
+}
+
+#[test]
+fn a_named_index_that_costs_more_than_exact_mining_is_kept_with_a_warning() {
+    let dir = TempDir::new().unwrap();
+    // Exact mining's estimate weighed down (as on a table where it is cheap) and up.
+    mine_ivf(dir.path(), &["--auto-exact-weight", "0.0001"]).success();
+    let s = summary(dir.path());
+    assert_eq!(s["exact"], false, "the named index is kept");
+    let cost = &s["tuning"]["cost"];
+    assert!(
+        cost["exact_seconds"].as_f64().unwrap() < cost["approximate_seconds"].as_f64().unwrap()
+    );
+    let warnings = s["warnings"].as_array().unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("use --index Flat")),
+        "{warnings:?}"
+    );
+
+    mine_ivf(dir.path(), &["--auto-exact-weight", "10000"]).success();
+    let s = summary(dir.path());
+    let cost = &s["tuning"]["cost"];
+    assert!(
+        cost["exact_seconds"].as_f64().unwrap() > cost["approximate_seconds"].as_f64().unwrap()
+    );
+    let warnings = s["warnings"].as_array().unwrap();
+    assert!(
+        !warnings
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("use --index Flat")),
+        "{warnings:?}"
+    );
 }

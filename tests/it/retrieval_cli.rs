@@ -122,7 +122,13 @@ fn binary_output_equals_brute_force_over_queries_and_corpus() {
     let (want, records) = Oracle::retrieval(&corpus, &queries, Metric::Cosine).mine(&params);
     assert!(!want.is_empty());
     let q_id = |r: u32| format!("q{r}");
-    let d_id = |r: u32| corpus.ids().as_string::<i32>().value(r as usize).to_string();
+    let d_id = |r: u32| {
+        corpus
+            .ids()
+            .as_string::<i32>()
+            .value(r as usize)
+            .to_string()
+    };
     assert_eq!(
         ids(&got, "anchor_id"),
         want.iter().map(|t| q_id(t.anchor)).collect::<Vec<_>>()
