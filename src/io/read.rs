@@ -147,16 +147,7 @@ pub fn read_table_with(
             rows = rows.saturating_add(declared);
             bytes = bytes.saturating_add(len);
         }
-        reader.spill = Some(SpillPlan {
-            rows: Some(rows),
-            bytes,
-            limit,
-            dir: options
-                .scratch_dir
-                .clone()
-                .unwrap_or_else(std::env::temp_dir),
-            normalize: options.normalize_if_spilled,
-        });
+        reader.spill = Some(SpillPlan::new(options, limit, Some(rows), bytes));
     }
     for file in &files {
         reader.read_file(file)?;
@@ -212,19 +203,25 @@ pub fn read_table_from_batches(
     let name = source.name.clone();
     let mut reader = TableReader::new(columns);
     if let Some(limit) = options.memory_limit {
-        reader.spill = Some(SpillPlan {
-            rows: source.rows,
-            bytes: u64::MAX,
+        reader.spill = Some(SpillPlan::new(options, limit, source.rows, u64::MAX));
+    }
+    contain_panics(&name, || reader.read_stream(source))?;
+    reader.finish(&name)
+}
+
+impl SpillPlan {
+    fn new(options: &ReadOptions, limit: u64, rows: Option<u64>, bytes: u64) -> Self {
+        SpillPlan {
+            rows,
+            bytes,
             limit,
             dir: options
                 .scratch_dir
                 .clone()
                 .unwrap_or_else(std::env::temp_dir),
             normalize: options.normalize_if_spilled,
-        });
+        }
     }
-    contain_panics(&name, || reader.read_stream(source))?;
-    reader.finish(&name)
 }
 
 /// Accumulates rows across files, checking types and values as they stream by.
