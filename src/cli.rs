@@ -164,8 +164,8 @@ pub struct InspectArgs {
 /// Runs a parsed command, printing its result on stdout.
 pub fn execute(cli: &Cli) -> Result<()> {
     match &cli.command {
-        Command::Mine(args) => println!("{}", run(&args.config()?)?),
-        Command::Run(args) => println!("{}", run(&args.config()?)?),
+        Command::Mine(args) => println!("{}", summary_even_if_gated(run(&args.config()?))?),
+        Command::Run(args) => println!("{}", summary_even_if_gated(run(&args.config()?))?),
         Command::Validate(args) => {
             let config = args.config()?;
             let resolved = toml::to_string_pretty(config.options()).expect("options serialise");
@@ -216,6 +216,15 @@ pub fn execute(cli: &Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A run whose quality gate held still wrote its outputs: its summary is printed before the
+/// error is returned (and mapped to exit code 4).
+fn summary_even_if_gated(result: Result<crate::Summary>) -> Result<crate::Summary> {
+    if let Err(Error::QualityGate { summary, .. }) = &result {
+        println!("{summary}");
+    }
+    result
 }
 
 /// Logs go to stderr, as text or one JSON object a line; `RUST_LOG` overrides `-v`.

@@ -83,9 +83,13 @@ pub enum Error {
     #[error("FAISS failed: {}", faiss_message(&.0.to_string()))]
     Faiss(#[from] faiss::error::Error),
 
-    /// A quality gate held: the outputs were written, but the run is not good enough.
-    #[error("quality gate failed: {}", .0.join("; "))]
-    QualityGate(Vec<String>),
+    /// A quality gate held: the outputs were written, but the run is not good enough. The
+    /// run's summary comes with it.
+    #[error("quality gate failed: {}", .failed.join("; "))]
+    QualityGate {
+        failed: Vec<String>,
+        summary: Box<crate::pipeline::Summary>,
+    },
 
     /// The host interrupted the job ([`crate::process::interrupt`], Ctrl-C in Python).
     #[error("interrupted: the job stopped before finishing; no output was replaced")]
@@ -136,7 +140,7 @@ impl Error {
     pub fn class(&self) -> ErrorClass {
         match self {
             Error::Config(_) | Error::Invalid { .. } | Error::Pipeline { .. } => ErrorClass::Config,
-            Error::QualityGate(_) => ErrorClass::QualityGate,
+            Error::QualityGate { .. } => ErrorClass::QualityGate,
             Error::NoInput(_)
             | Error::MissingColumn { .. }
             | Error::UnsupportedType { .. }

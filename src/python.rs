@@ -201,6 +201,15 @@ fn to_py_err(e: Error) -> PyErr {
     if let Error::Interrupted = e {
         return pyo3::exceptions::PyKeyboardInterrupt::new_err(e.to_string());
     }
+    if let Error::QualityGate { summary, .. } = &e {
+        let summary = serde_json::to_string(summary).expect("summaries serialise");
+        let err = QualityGateError::new_err(e.to_string());
+        Python::attach(|py| {
+            // `tripmine.mine` reads it back into `QualityGateError.summary` and `.result`.
+            let _ = err.value(py).setattr("summary_json", summary);
+        });
+        return err;
+    }
     let message = match &e {
         Error::Invalid { key, message } => {
             format!("invalid configuration: {} {message}", py_name_of_key(key))

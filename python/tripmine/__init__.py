@@ -229,7 +229,8 @@ def mine(
     Raises:
         ConfigError: an option is unknown or out of range (the message names it).
         DataError: the input is unusable (the message names the input, column and row).
-        QualityGateError: the outputs were written, but a ``fail_if`` gate held.
+        QualityGateError: the outputs were written, but a ``fail_if`` gate held; the error's
+            ``summary`` (dict) and ``result`` (:class:`Result`) hold what the run gave.
         RunError: the job failed while running (I/O, FAISS).
         KeyboardInterrupt: Ctrl-C; the job stopped and replaced no output.
     """
@@ -279,20 +280,29 @@ def mine(
     options["out"] = os.fspath(out) if out is not None else os.fspath(out_path)
     options["report"] = os.fspath(report_path)
     options_json = json.dumps(options, default=_json_default)
-    try:
-        if stream is not None:
-            name = "<arrays>" if embeddings is not None else _source_name(source)
-            summary = _native.mine(options_json, stream, name, _rows_of(stream))
-        else:
-            summary = _native.mine(options_json)
-        result = Result(json.loads(summary), out_path, report_path)
-        if scratch is not None:
-            # Read now: the temporary files go with the scratch folder.
-            if out is None:
-                result._triplets = _read_parquet(out_path)
-            if report is None:
-                result._report = _read_parquet(report_path)
+
+    def result_of(summary: Dict[str, Any]) -> Result:
+        result = Result(summary, out_path, report_path)
+        # Read now what was written to the scratch folder: it is removed on return.
+        if out is None:
+            result._triplets = _read_parquet(out_path)
+        if report is None:
+            result._report = _read_parquet(report_path)
         return result
+
+    try:
+        try:
+            if stream is not None:
+                name = "<arrays>" if embeddings is not None else _source_name(source)
+                summary = _native.mine(options_json, stream, name, _rows_of(stream))
+            else:
+                summary = _native.mine(options_json)
+        except QualityGateError as gated:
+            # The outputs were written: the error carries them.
+            _attach_summary(gated)
+            gated.result = result_of(gated.summary)
+            raise
+        return result_of(json.loads(summary))
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -315,4 +325,14 @@ def run(
         pairs = [f"{key}={json.dumps(value, default=_json_default)}" for key, value in overrides.items()]
     else:
         pairs = list(overrides or [])
-    return json.loads(_native.run_pipeline(os.fspath(pipeline), pairs, force))
+    try:
+        return json.loads(_native.run_pipeline(os.fspath(pipeline), pairs, force))
+    except QualityGateError as gated:
+        _attach_summary(gated)
+        raise
+
+
+def _attach_summary(gated: QualityGateError) -> None:
+    """Sets ``gated.summary`` (a dict) from the summary the native error carries."""
+    raw = getattr(gated, "summary_json", None)
+    gated.summary = json.loads(raw) if raw is not None else None

@@ -19,6 +19,10 @@ class RunError(TripmineError):
 class QualityGateError(TripmineError):
     """The outputs were written, but a `fail_if` gate held (the CLI exits 4)."""
 
+    summary_json: str
+    summary: dict
+    result: object
+
 def mine(
     options_json: str,
     source: Optional[object] = None,

@@ -135,7 +135,10 @@ fn run_from(config: &MiningConfig, batches: Option<BatchSource>) -> Result<Summa
         .filter_map(|g| g.check(&summary.totals).map(|v| format!("{g} (it is {v})")))
         .collect();
     if !failed.is_empty() {
-        return Err(Error::QualityGate(failed));
+        return Err(Error::QualityGate {
+            failed,
+            summary: Box::new(summary),
+        });
     }
     Ok(summary)
 }

@@ -47,9 +47,30 @@ def test_a_missing_file_is_a_data_error(tmp_path):
 
 
 def test_a_quality_gate_fails_after_writing(table, tmp_path):
-    with pytest.raises(tripmine.QualityGateError, match=r"triplets > 0"):
+    with pytest.raises(tripmine.QualityGateError, match=r"triplets > 0") as gated:
         tripmine.mine(table, out=tmp_path / "t.parquet", fail_if=["triplets > 0"])
     assert (tmp_path / "t.parquet").is_file()
+    assert gated.value.summary["totals"]["triplets"] > 0
+    assert gated.value.result.triplets.num_rows == gated.value.summary["totals"]["triplets"]
+
+
+def test_a_gated_run_without_out_still_gives_its_result(table):
+    with pytest.raises(tripmine.QualityGateError) as gated:
+        tripmine.mine(table, fail_if=["triplets > 0"])
+    # Read before the temporary folder went.
+    assert gated.value.result.triplets.num_rows == gated.value.summary["totals"]["triplets"]
+    assert gated.value.result.report.num_rows > 0
+
+
+def test_a_gated_pipeline_run_carries_its_summary(table_file, tmp_path):
+    pipeline = tmp_path / "job.toml"
+    pipeline.write_text(
+        f'[input]\npaths = ["{table_file}"]\n[output]\nout = "{tmp_path / "p.parquet"}"\n'
+        f'report = "{tmp_path / "pr.parquet"}"\nfail_if = ["triplets > 0"]\n[run]\nprogress = false\n'
+    )
+    with pytest.raises(tripmine.QualityGateError) as gated:
+        tripmine.run(pipeline)
+    assert gated.value.summary["totals"]["triplets"] > 0
 
 
 def test_every_error_is_a_tripmine_error():
