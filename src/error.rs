@@ -274,16 +274,23 @@ pub(crate) fn contain_panics<T>(
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     CONTAINING.with(|c| c.set(c.get() - 1));
     result.unwrap_or_else(|payload| {
-        let what = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "no message".into());
         Err(Error::corrupt(
             path,
-            format!("the reader failed on it ({})", detail(&what)),
+            format!(
+                "the reader failed on it ({})",
+                detail(&panic_message(payload.as_ref()))
+            ),
         ))
     })
+}
+
+/// The message a panic carried (its payload is a `&str` or a `String` when it has one).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
 }
 
 /// The command-line flag of a pipeline-file key: `mine.max_k` is `--max-k`.

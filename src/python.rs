@@ -68,6 +68,8 @@ create_exception!(
 struct PyOption {
     /// The keyword argument: the CLI flag with underscores (`num_negatives`).
     name: String,
+    /// The flag's aliases, spelled the same way (`check_recall`).
+    aliases: Vec<String>,
     section: &'static str,
     field: String,
     help: String,
@@ -103,8 +105,15 @@ fn py_options() -> &'static [PyOption] {
                     long => long.replace('-', "_"),
                 };
                 let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                let aliases = arg
+                    .get_all_aliases()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|a| a.replace('-', "_"))
+                    .collect();
                 all.push(PyOption {
                     name,
+                    aliases,
                     section,
                     field,
                     help,
@@ -116,12 +125,9 @@ fn py_options() -> &'static [PyOption] {
 }
 
 fn find_option(name: &str) -> Option<&'static PyOption> {
-    let name = if name == "check_recall" {
-        "recall_sample"
-    } else {
-        name
-    };
-    py_options().iter().find(|o| o.name == name)
+    py_options()
+        .iter()
+        .find(|o| o.name == name || o.aliases.iter().any(|a| a == name))
 }
 
 /// The Python name of a pipeline-file key (`mine.num_negatives` is `num_negatives`).
@@ -296,15 +302,19 @@ impl Visit for EventText {
     }
 }
 
-/// Hands the queued events to `logging.getLogger("tripmine")`.
+/// `logging.getLogger("tripmine")`.
+fn tripmine_logger(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    py.import("logging")?
+        .call_method1("getLogger", ("tripmine",))
+}
+
+/// Hands the queued events to Python's `tripmine` logger.
 fn forward_logs(py: Python<'_>) -> PyResult<()> {
     let events = std::mem::take(&mut *LOG_QUEUE.lock().expect("log queue"));
     if events.is_empty() {
         return Ok(());
     }
-    let logger = py
-        .import("logging")?
-        .call_method1("getLogger", ("tripmine",))?;
+    let logger = tripmine_logger(py)?;
     for (level, line) in events {
         let py_level = [40, 40, 30, 20, 10, 5][level as usize];
         logger.call_method1("log", (py_level, "%s", line))?;
@@ -314,10 +324,9 @@ fn forward_logs(py: Python<'_>) -> PyResult<()> {
 
 /// Sets the forwarded level from Python's `tripmine` logger, as it is now.
 fn follow_python_log_level(py: Python<'_>) -> PyResult<()> {
-    let logger = py
-        .import("logging")?
-        .call_method1("getLogger", ("tripmine",))?;
-    let level: i64 = logger.call_method0("getEffectiveLevel")?.extract()?;
+    let level: i64 = tripmine_logger(py)?
+        .call_method0("getEffectiveLevel")?
+        .extract()?;
     let number = match level {
         l if l >= 40 => 1,
         l if l >= 30 => 2,
@@ -377,12 +386,7 @@ fn run_detached<T: Send + 'static>(
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 let panic = handle.join().err().map_or_else(
                     || "no message".to_string(),
-                    |p| {
-                        p.downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| p.downcast_ref::<String>().cloned())
-                            .unwrap_or_else(|| "no message".into())
-                    },
+                    |p| crate::error::panic_message(p.as_ref()),
                 );
                 return Err(RunError::new_err(format!(
                     "the job failed unexpectedly (a bug in tripmine; please report it): {panic}"

@@ -75,8 +75,10 @@ fn run_from(config: &MiningConfig, batches: Option<BatchSource>) -> Result<Summa
     let inputs = stat_inputs(&stat_files)?;
     let fingerprint = fingerprint(config.options(), &inputs);
     let manifest_file = manifest_path(&config.output.out);
-    let previous =
-        up_to_date(&manifest_file, &fingerprint).filter(|_| !config.run.force && !in_memory);
+    // Rows handed over in memory have no fingerprint: their manifest is never read back.
+    let previous = (!config.run.force && !in_memory)
+        .then(|| up_to_date(&manifest_file, &fingerprint))
+        .flatten();
     let summary = match previous {
         Some(previous) => {
             tracing::info!(

@@ -59,7 +59,11 @@ pub(super) fn prepare(
         "recall sample mined exactly"
     );
     let auto = params.index.trim().eq_ignore_ascii_case("auto");
-    let exact_per_anchor = if auto {
+    // Exact mining is timed for `auto` (it bounds what tuning may spend, and is weighed
+    // against the tuned index) and for a named index with a target (weighed only: an index
+    // the user named is kept, but at a setting that reaches, or chases, the target, an
+    // approximate search can cost more than exact mining).
+    let exact_per_anchor = if auto || params.target_recall > 0.0 {
         let timing = sample_anchors(anchors, auto_timing_anchors(), params.seed, 1);
         let s = miner.exact_seconds_per_anchor(&timing)?;
         tracing::debug!(
@@ -70,8 +74,10 @@ pub(super) fn prepare(
     } else {
         None
     };
-    let give_up = exact_per_anchor.map(|s| s * truth.anchors.len() as f64);
-    let tuning = miner.tune_recall(&mut truth, params.target_recall, give_up)?;
+    let give_up = exact_per_anchor
+        .filter(|_| auto)
+        .map(|s| s * truth.anchors.len() as f64);
+    let mut tuning = miner.tune_recall(&mut truth, params.target_recall, give_up)?;
     let step = *tuning.settled_step();
     tracing::info!(
         stage = "tune",
@@ -81,38 +87,32 @@ pub(super) fn prepare(
         seconds = tuning.seconds,
         "search tuned for recall"
     );
-    let Some(per_anchor) = exact_per_anchor else {
-        // An index the user named is kept, but weighed: at a setting that reaches (or
-        // chases) the target, an approximate search can cost more than exact mining.
-        let mut tuning = tuning;
-        if params.target_recall > 0.0 {
-            let timing = sample_anchors(anchors, auto_timing_anchors(), params.seed, 1);
-            let exact = miner.exact_seconds_per_anchor(&timing)? * params.auto_exact_weight;
-            let n = anchors.len() as f64;
-            let cost = RunCost {
-                approximate_seconds: step.seconds / truth.anchors.len().max(1) as f64 * n,
-                exact_seconds: exact * n,
-            };
-            if cost.exact_is_cheaper() {
-                tracing::warn!(
-                    stage = "tune",
-                    approximate_seconds = cost.approximate_seconds,
-                    exact_seconds = cost.exact_seconds,
-                    "the approximate index costs more than exact mining at the tuned setting"
-                );
-            }
-            tuning.cost = Some(cost);
+    let n = anchors.len() as f64;
+    let cost = exact_per_anchor.map(|per_anchor| RunCost {
+        approximate_seconds: step.seconds / truth.anchors.len().max(1) as f64 * n,
+        exact_seconds: per_anchor * n,
+    });
+    if !auto {
+        if let Some(cost) = cost.filter(RunCost::exact_is_cheaper) {
+            tracing::warn!(
+                stage = "tune",
+                approximate_seconds = cost.approximate_seconds,
+                exact_seconds = cost.exact_seconds,
+                "the approximate index costs more than exact mining at the tuned setting"
+            );
         }
+        tuning.cost = cost;
         return Ok(RecallPlan {
             truth: Some(truth),
             tuning: Some(tuning),
             auto: None,
         });
-    };
+    }
+    let RunCost {
+        approximate_seconds,
+        exact_seconds,
+    } = cost.expect("exact mining is timed for auto");
     let candidate = miner.index_info().factory.clone();
-    let n = anchors.len() as f64;
-    let exact_seconds = per_anchor * n;
-    let approximate_seconds = step.seconds / truth.anchors.len().max(1) as f64 * n;
     let target = params.target_recall;
     let recall = step
         .recall

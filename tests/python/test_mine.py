@@ -119,6 +119,12 @@ def test_a_pipeline_file_runs(table_file, tmp_path):
     assert changed["totals"]["triplets"] < summary["totals"]["triplets"]
 
 
+def test_a_flag_alias_is_an_option_too(table):
+    # `--check-recall` is an alias of `--recall-sample`.
+    result = tripmine.mine(table, index="IVF16,Flat", check_recall=40, target_recall=0)
+    assert result.summary["totals"]["recall_anchors"] == 40
+
+
 def test_options_lists_every_flag_with_its_key():
     names = {o["name"]: o["key"] for o in tripmine.options()}
     assert names["num_negatives"] == "mine.num_negatives"
