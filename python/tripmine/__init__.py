@@ -175,11 +175,14 @@ def _table_from_arrays(
     return pa.table(columns)
 
 
+def _is_paths(value: Any) -> bool:
+    """A path, or a list of them."""
+    return _is_path(value) or (isinstance(value, (list, tuple)) and all(_is_path(p) for p in value))
+
+
 def _has_retrieval_tables(options: Dict[str, Any]) -> bool:
     return any(
-        options.get(key) is not None
-        and not _is_path(options[key])
-        and not (isinstance(options[key], (list, tuple)) and all(_is_path(p) for p in options[key]))
+        options.get(key) is not None and not _is_paths(options[key])
         for key in ("queries", "corpus", "qrels")
     )
 
@@ -251,7 +254,7 @@ def mine(
             raise ConfigError("nothing to mine: give a source, embeddings=, or queries= and corpus=")
     elif _is_path(source):
         options["paths"] = [os.fspath(source)]
-    elif isinstance(source, (list, tuple)) and all(_is_path(p) for p in source):
+    elif _is_paths(source):
         options["paths"] = [os.fspath(p) for p in source]
     else:
         stream = _arrow_source(source)
@@ -269,7 +272,7 @@ def mine(
             continue
         if _is_path(value):
             options[key] = os.fspath(value) if key == "qrels" else [os.fspath(value)]
-        elif not (isinstance(value, (list, tuple)) and all(_is_path(p) for p in value)):
+        elif not _is_paths(value):
             # Retrieval tables given as Arrow objects go through a Parquet file in the scratch
             # folder (the retrieval reader reads files); the labelled source does not.
             options[key] = _spill_table(value, scratch / f"{key}.parquet", key)
@@ -277,7 +280,7 @@ def mine(
                 options[key] = [options[key]]
     out_path = Path(out) if out is not None else scratch / "triplets.parquet"
     report_path = Path(report) if report is not None else scratch / "report.parquet"
-    options["out"] = os.fspath(out) if out is not None else os.fspath(out_path)
+    options["out"] = os.fspath(out_path)
     options["report"] = os.fspath(report_path)
     options_json = json.dumps(options, default=_json_default)
 

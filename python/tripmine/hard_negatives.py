@@ -9,6 +9,7 @@ depend on ``use_faiss`` or batch sizes. Differences that remain are listed in
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import tempfile
@@ -23,19 +24,27 @@ def _unique(texts: Sequence[str]) -> List[str]:
     return list(dict.fromkeys(texts))
 
 
+def _accepts(method: Any, name: str) -> bool:
+    """Whether ``method`` takes the keyword argument ``name``."""
+    try:
+        parameters = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
 def _encode(model: Any, texts: List[str], kind: str, prompt_name: Optional[str], prompt: Optional[str], batch_size: int) -> Any:
-    """Embeddings of ``texts`` from anything with ``encode`` (a SentenceTransformer, or not)."""
+    """Embeddings of ``texts`` from anything with ``encode`` (a SentenceTransformer, or not).
+
+    sentence-transformers' keyword arguments are passed only to a method that takes them, so
+    that a plain ``encode(texts)`` is called once, and an error inside it is not retried.
+    """
     import numpy as np
 
     method = getattr(model, f"encode_{kind}", None) or model.encode
-    kwargs: Dict[str, Any] = {}
-    if method is not model.encode or prompt_name or prompt:
-        kwargs = {"prompt_name": prompt_name, "prompt": prompt}
-    try:
-        vectors = method(texts, batch_size=batch_size, **kwargs)
-    except TypeError:
-        # A plain `encode(texts)`, without the keyword arguments of sentence-transformers.
-        vectors = method(texts)
+    wanted = {"batch_size": batch_size, "prompt_name": prompt_name, "prompt": prompt}
+    kwargs = {k: v for k, v in wanted.items() if v is not None and _accepts(method, k)}
+    vectors = method(texts, **kwargs)
     if hasattr(vectors, "detach"):  # a torch tensor
         vectors = vectors.detach().cpu().numpy()
     return np.asarray(vectors, dtype=np.float32)

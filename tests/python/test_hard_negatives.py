@@ -177,6 +177,21 @@ def test_random_sampling_draws_from_the_eligible_negatives_reproducibly():
     assert first.to_dict() != top.to_dict()
 
 
+def test_sentence_transformers_arguments_reach_a_model_that_takes_them():
+    calls = []
+
+    class PromptedModel(TinyModel):
+        def encode_query(self, texts, batch_size=32, prompt_name=None, prompt=None):
+            calls.append(("query", batch_size, prompt))
+            return self.encode(texts)
+
+    dataset = pairs_dataset()
+    got = tripmine.mine_hard_negatives(dataset, PromptedModel(), batch_size=7, query_prompt="q: ", verbose=False)
+    assert calls == [("query", 7, "q: ")]
+    # The plain `encode` of the same model serves the corpus, called once.
+    assert got.to_dict() == oracle(dataset, TinyModel())
+
+
 def test_unsupported_arguments_are_refused():
     dataset, model = pairs_dataset(), TinyModel()
     with pytest.raises(tripmine.ConfigError, match="cross_encoder"):
