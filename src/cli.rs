@@ -11,7 +11,7 @@ use crate::commands::inspect::inspect;
 use crate::commands::synthetic::{GenSpec, generate_to_file};
 use crate::config::{ColumnNames, MiningConfig, MiningOptions};
 use crate::error::{Error, ErrorClass, Result};
-use crate::pipeline::{pipeline_file, run};
+use crate::pipeline::{distributed, pipeline_file, run};
 
 /// Mine hard, semi-hard and easy triplets from labelled embeddings in Parquet.
 #[derive(Debug, Parser)]
@@ -51,6 +51,48 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Compare two runs: triplet overlap and the labels whose violation rate moved most.
     Diff(DiffArgs),
+    /// Cluster runs, step 1 of 3: read the inputs, build and tune the index, and write the
+    /// prepared table, the index and the plan into a shared work folder.
+    Plan(Box<PlanArgs>),
+    /// Cluster runs, step 2 of 3: mine one segment of the plan's anchors (any node, any order;
+    /// a retry rewrites the same file).
+    MineSegment(SegmentArgs),
+    /// Cluster runs, step 3 of 3: merge the segments in order and write the outputs, exactly
+    /// as `tripmine mine` would have.
+    Finish(WorkArgs),
+}
+
+/// `tripmine plan`: the work folder, and the options of `tripmine mine`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The work folder (on storage every worker reads).
+    #[arg(long)]
+    pub work: PathBuf,
+    /// Anchors per segment (the outputs do not depend on it).
+    #[arg(long, default_value_t = crate::pipeline::distributed::DEFAULT_SEGMENT_ANCHORS)]
+    pub segment_anchors: usize,
+    #[command(flatten)]
+    pub mine: MineArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SegmentArgs {
+    /// The work folder `tripmine plan` wrote.
+    #[arg(long)]
+    pub work: PathBuf,
+    /// Which segment (0 to the plan's segments - 1).
+    #[arg(long)]
+    pub segment: usize,
+    /// Threads for this segment (default: the plan's `--threads`, else all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkArgs {
+    /// The work folder `tripmine plan` wrote.
+    #[arg(long)]
+    pub work: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -213,6 +255,30 @@ pub fn execute(cli: &Cli) -> Result<()> {
         }
         Command::Inspect(args) => {
             print!("{}", inspect(&args.inputs, &args.columns.names())?);
+        }
+        Command::Plan(args) => {
+            let plan = distributed::plan(&args.mine.config()?, &args.work, args.segment_anchors)?;
+            println!(
+                "planned {} anchors in {} segments of {} in {}; index {}",
+                plan.anchors,
+                plan.segments,
+                plan.segment_anchors,
+                args.work.display(),
+                plan.index()
+            );
+        }
+        Command::MineSegment(args) => {
+            let done = distributed::mine_segment(&args.work, args.segment, args.threads)?;
+            println!(
+                "segment {}: {} anchors, {} triplets in {:.1} s",
+                done.segment, done.anchors, done.triplets, done.seconds
+            );
+        }
+        Command::Finish(args) => {
+            println!(
+                "{}",
+                summary_even_if_gated(distributed::finish(&args.work))?
+            )
         }
     }
     Ok(())

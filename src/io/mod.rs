@@ -3,9 +3,11 @@
 //! In: input paths (files, folders, globs) and column names. Out: a [`Table`] of contiguous
 //! `f32` vectors with ids and labels in their input types (or, in retrieval mode, a corpus
 //! and [`Queries`] with their known positives); on the way back, atomic Parquet
-//! writers ([`ParquetSink`], [`write_parquet`]).
+//! writers ([`ParquetSink`], [`write_parquet`]); and a distributed run's prepared table
+//! ([`save_table`], [`open_table`]).
 
 mod paths;
+mod prepared;
 mod read;
 mod retrieval;
 mod table;
@@ -13,6 +15,7 @@ mod vectors;
 mod write;
 
 pub use paths::resolve_inputs;
+pub use prepared::{PreparedTable, open_table, save_table};
 pub use read::{BatchSource, ReadOptions, read_table, read_table_from_batches, read_table_with};
 pub(crate) use read::{open_parquet, read_columns};
 pub use retrieval::{Queries, read_retrieval};

@@ -311,19 +311,49 @@ impl VectorSink {
                 let map =
                     unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(scratch, e))?;
                 let _ = map.advise(memmap2::Advice::Random);
-                let pages = Arc::new(MappedPages {
-                    map,
-                    budget: budget.into(),
-                    baseline: file_backed_resident_bytes(),
-                });
-                let watch = watch(Arc::clone(&pages)).map_err(|e| Error::io(scratch, e))?;
-                Ok(Vectors(Inner::Mapped(Spill {
-                    pages,
-                    file,
-                    watch: Some(watch),
-                })))
+                Vectors::mapped(map, file, budget).map_err(|e| Error::io(scratch, e))
             }
         }
+    }
+}
+
+impl Vectors {
+    /// A store on `map` of `file`, whose resident pages are kept within `budget` bytes.
+    fn mapped(map: memmap2::Mmap, file: File, budget: usize) -> std::io::Result<Vectors> {
+        let pages = Arc::new(MappedPages {
+            map,
+            budget: budget.into(),
+            baseline: file_backed_resident_bytes(),
+        });
+        let watch = watch(Arc::clone(&pages))?;
+        Ok(Vectors(Inner::Mapped(Spill {
+            pages,
+            file,
+            watch: Some(watch),
+        })))
+    }
+
+    /// The `values` row-major `f32` values of a file written by another process (a
+    /// distributed run's prepared table), mapped read-only: nothing is read until used, and
+    /// under a memory limit its pages are dropped as a spilled store's are.
+    pub(crate) fn map_file(path: &Path, values: usize) -> Result<Vectors> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        if len != values as u64 * 4 {
+            return Err(Error::BadData(format!(
+                "{}: {len} bytes, expected {} ({values} f32 values); the prepared table is \
+                 incomplete or from another plan",
+                path.display(),
+                values as u64 * 4
+            )));
+        }
+        if values == 0 {
+            return Ok(Vec::new().into());
+        }
+        // SAFETY: the plan writes the file under a temporary name and renames it into place
+        // complete; nothing writes it afterwards (a new plan replaces the folder).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Vectors::mapped(map, file, usize::MAX).map_err(|e| Error::io(path, e))
     }
 }
 

@@ -499,13 +499,7 @@ impl<'t> Miner<'t> {
     /// first `max_negative_reuse` (over all `blocks` together, so pass every block when it is
     /// set), then the shortfall policy. Updates the anchor records' counts.
     pub fn finish(&self, blocks: &mut [MinedBlock]) {
-        if let Some(max) = self.params.max_negative_reuse {
-            reuse_and_shortfall::cap_reuse(blocks, max);
-        }
-        let limit = self.params.num_negatives.limit();
-        for block in blocks {
-            reuse_and_shortfall::apply_shortfall(block, limit, self.params.shortfall);
-        }
+        finish_blocks(&self.params, blocks);
     }
 
     /// Total variance of the vectors mined (normalised for cosine) over their mean squared
@@ -1078,6 +1072,18 @@ fn first_k(params: &MiningParams, rows: usize, retrieval: bool) -> usize {
     match params.range_max {
         Some(max) => params.k().max((max + self_row).min(rows)),
         None => params.k(),
+    }
+}
+
+/// [`Miner::finish`] without a miner: the cross-anchor rules depend on `params` alone (a
+/// distributed run applies them to the blocks its segments mined).
+pub fn finish_blocks(params: &MiningParams, blocks: &mut [MinedBlock]) {
+    if let Some(max) = params.max_negative_reuse {
+        reuse_and_shortfall::cap_reuse(blocks, max);
+    }
+    let limit = params.num_negatives.limit();
+    for block in blocks {
+        reuse_and_shortfall::apply_shortfall(block, limit, params.shortfall);
     }
 }
 

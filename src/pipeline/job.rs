@@ -14,7 +14,9 @@ use crate::io::{
     AtomicPath, BatchSource, Queries, ReadOptions, Table, TripletSink, read_retrieval,
     read_table_from_batches, read_table_with, write_atomic, write_parquet_into,
 };
-use crate::mine::{AutoChoice, MinedBlock, Miner, Recall, SearchStats, Triplet, Truth, Tuning};
+use crate::mine::{
+    AutoChoice, MinedBlock, Miner, Recall, SearchStats, Triplet, Truth, Tuning, finish_blocks,
+};
 use crate::process::{check_interrupted, release_free_heap};
 use crate::report::{Report, ReportBuilder, Totals};
 
@@ -25,14 +27,14 @@ use super::{live_threads, progress, resident_mib};
 
 /// A stage being timed: [`Stage::done`] logs its rows, seconds and the resident set, and
 /// returns the seconds. A stage left by an error logs that at debug level.
-struct Stage {
+pub(super) struct Stage {
     name: &'static str,
     started: Instant,
     finished: bool,
 }
 
 impl Stage {
-    fn start(name: &'static str) -> Self {
+    pub(super) fn start(name: &'static str) -> Self {
         Stage {
             name,
             started: Instant::now(),
@@ -40,7 +42,7 @@ impl Stage {
         }
     }
 
-    fn done(mut self, rows: usize, message: &str) -> f64 {
+    pub(super) fn done(mut self, rows: usize, message: &str) -> f64 {
         let seconds = self.started.elapsed().as_secs_f64();
         let (rss_mib, peak_rss_mib) = resident_mib();
         tracing::info!(
@@ -70,23 +72,39 @@ impl Drop for Stage {
 
 /// Where a test may kill a job: `TRIPMINE_TEST_ABORT_AT=POINT` kills the process there
 /// (SIGKILL: no destructor, no exit handler runs). Named points make the kill tests
-/// deterministic.
+/// deterministic. A distributed run's segment also has [`SEGMENT_ABORT_POINT`].
 pub const ABORT_POINTS: [&str; 6] = ["read", "index", "mine", "report", "commit", "committed"];
 
-/// Kills the process at `point` when a test asked for it.
+/// Where a test may kill a segment of a distributed run: its blocks written, before its file
+/// is renamed into place.
+pub const SEGMENT_ABORT_POINT: &str = "segment";
+
+/// Kills the process at `point` when a test asked for it; with
+/// `TRIPMINE_TEST_ABORT_ONCE=FILE`, only the process that creates FILE (a retry lives).
 pub(super) fn abort_point(point: &'static str) {
-    debug_assert!(ABORT_POINTS.contains(&point));
-    if std::env::var_os("TRIPMINE_TEST_ABORT_AT").is_some_and(|p| p == point) {
-        // SAFETY: sends a signal to this process; it does not return.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
+    debug_assert!(ABORT_POINTS.contains(&point) || point == SEGMENT_ABORT_POINT);
+    if std::env::var_os("TRIPMINE_TEST_ABORT_AT").is_none_or(|p| p != point) {
+        return;
+    }
+    if let Some(marker) = std::env::var_os("TRIPMINE_TEST_ABORT_ONCE") {
+        let first = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(marker)
+            .is_ok();
+        if !first {
+            return;
         }
+    }
+    // SAFETY: sends a signal to this process; it does not return.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
     }
 }
 
 /// What every stage of a job shares.
-struct Job<'c> {
-    config: &'c MiningConfig,
+pub(super) struct Job<'c> {
+    pub(super) config: &'c MiningConfig,
     files: &'c [PathBuf],
     /// Progress bars on (a terminal, and not turned off).
     show: bool,
@@ -94,17 +112,42 @@ struct Job<'c> {
     bounded: bool,
     /// Spilled vectors and the report's triplet columns go here.
     scratch: PathBuf,
+    /// The options as the user gave them, which the report records: `config` itself, except
+    /// in a distributed run's finish, whose paths were made absolute for the cluster.
+    given: &'c MiningConfig,
+}
+
+impl<'c> Job<'c> {
+    pub(super) fn new(config: &'c MiningConfig, files: &'c [PathBuf]) -> Self {
+        Job {
+            config,
+            files,
+            show: config.run.progress && std::io::stderr().is_terminal(),
+            bounded: config.mine.memory_limit.is_some(),
+            scratch: config
+                .run
+                .scratch_dir
+                .clone()
+                .unwrap_or_else(std::env::temp_dir),
+            given: config,
+        }
+    }
+
+    /// The same job, recording `given` as its options in the report.
+    pub(super) fn recording(self, given: &'c MiningConfig) -> Self {
+        Job { given, ..self }
+    }
 }
 
 /// The rows read: the table searched, and in retrieval mode the queries (the anchors).
-struct Input {
-    table: Table,
-    queries: Option<Queries>,
+pub(super) struct Input {
+    pub(super) table: Table,
+    pub(super) queries: Option<Queries>,
 }
 
 impl Input {
     /// Anchor ids, labels and columns come from here; candidates' from `table`.
-    fn anchor_table(&self) -> &Table {
+    pub(super) fn anchor_table(&self) -> &Table {
         self.queries.as_ref().map_or(&self.table, |q| &q.table)
     }
 
@@ -128,23 +171,91 @@ impl Input {
 
 /// What mining wrote and gathered for the report.
 struct Mined {
-    triplets_file: AtomicPath,
-    report: ReportBuilder,
-    /// (agreement, row, majority label) of every label-noise suspect.
-    suspects: Vec<(f32, u32, u32)>,
+    emitted: Emitted,
     /// The triplets of the recall sample's anchors.
     sampled: Vec<Triplet>,
     search: SearchStats,
 }
 
+/// What the emitter wrote and gathered for the report.
+pub(super) struct Emitted {
+    triplets_file: AtomicPath,
+    report: ReportBuilder,
+    /// (agreement, row, majority label) of every label-noise suspect.
+    suspects: Vec<(f32, u32, u32)>,
+}
+
 /// What the report stage needs to know of the search, once the miner is gone.
-struct SearchFacts {
-    index: String,
-    exact: bool,
-    embedding_spread: f64,
-    recall: Option<Recall>,
-    tuning: Option<Tuning>,
-    auto: Option<AutoChoice>,
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(super) struct SearchFacts {
+    pub(super) index: String,
+    pub(super) exact: bool,
+    pub(super) embedding_spread: f64,
+    pub(super) recall: Option<Recall>,
+    pub(super) tuning: Option<Tuning>,
+    pub(super) auto: Option<AutoChoice>,
+}
+
+/// Where mined blocks go, in anchor order: the triplet output (in batches that do not depend
+/// on how anchors were grouped), the report's records, and the label-noise suspects. A
+/// single-machine run feeds it as it mines; a distributed run's finish replays the segments.
+pub(super) struct Emitter<'a> {
+    layout: OutputLayout<'a>,
+    sink: TripletSink,
+    report: ReportBuilder,
+    suspects: Vec<(f32, u32, u32)>,
+    batcher: Batcher,
+    anchor_table: &'a Table,
+}
+
+impl<'a> Emitter<'a> {
+    pub(super) fn new(job: &Job, input: &'a Input) -> Result<Self> {
+        let config = job.config;
+        let out = &config.output;
+        let anchor_table = input.anchor_table();
+        let layout = OutputLayout::new(
+            anchor_table,
+            &input.table,
+            &config.mine,
+            out.format,
+            &config.input.with,
+        )?;
+        let sink = TripletSink::create(&out.out, layout.schema(), out.max_rows_per_file)?;
+        Ok(Emitter {
+            layout,
+            sink,
+            report: ReportBuilder::spilling(config.mine.margin, &job.scratch)?,
+            suspects: Vec::new(),
+            batcher: Batcher::default(),
+            anchor_table,
+        })
+    }
+
+    /// Writes and records a block whose cross-anchor rules were applied.
+    pub(super) fn emit(&mut self, mined: &MinedBlock) -> Result<()> {
+        let (sink, layout) = (&mut self.sink, &self.layout);
+        self.batcher
+            .add(&mined.triplets, |t| sink.write(&layout.batch(t)?))?;
+        self.suspects.extend(mined.anchors.iter().filter_map(|a| {
+            let n = a.neighbour_labels?;
+            n.suspect(a.label)
+                .then_some((n.agreement, a.anchor, n.majority))
+        }));
+        let codes = &self.anchor_table.label_codes;
+        self.report
+            .add(&mined.triplets, &mined.anchors, |r| codes[r as usize])
+    }
+
+    /// Writes what is pending; the triplet output stays under its temporary name.
+    pub(super) fn close(mut self) -> Result<Emitted> {
+        let (sink, layout) = (&mut self.sink, &self.layout);
+        self.batcher.finish(|t| sink.write(&layout.batch(t)?))?;
+        Ok(Emitted {
+            triplets_file: self.sink.close()?,
+            report: self.report,
+            suspects: self.suspects,
+        })
+    }
 }
 
 /// The report and its companions, written under temporary names.
@@ -160,35 +271,20 @@ pub(super) fn run_job(
     files: &[PathBuf],
     batches: Option<BatchSource>,
 ) -> Result<Summary> {
-    let started = Instant::now();
-    let started_at = SystemTime::now();
-    let job = Job {
-        config,
-        files,
-        show: config.run.progress && std::io::stderr().is_terminal(),
-        bounded: config.mine.memory_limit.is_some(),
-        scratch: config
-            .run
-            .scratch_dir
-            .clone()
-            .unwrap_or_else(std::env::temp_dir),
-    };
-    let mut seconds = Timings::default();
+    let mut clock = Clock::start();
+    let job = Job::new(config, files);
 
     let stage = Stage::start("read");
-    let inputs: Vec<PathBuf> = match &batches {
-        Some(b) => vec![b.name.clone()],
-        None => files.to_vec(),
-    };
-    let mut input = read(&job, batches)?;
-    seconds.read = stage.done(input.table.rows(), &describe(&input, inputs.len()));
+    let inputs = input_names(files, batches.as_ref());
+    let input = read(&job, batches)?;
+    clock.seconds.read = stage.done(input.table.rows(), &describe(&input, inputs.len()));
     abort_point("read");
     check_interrupted()?;
     release_free_heap(job.bounded);
 
     let stage = Stage::start("index");
     let mut miner = build_index(&job, &input)?;
-    seconds.index = stage.done(input.table.rows(), "index built");
+    clock.seconds.index = stage.done(input.table.rows(), "index built");
     abort_point("index");
     check_interrupted()?;
     release_free_heap(job.bounded);
@@ -199,20 +295,15 @@ pub(super) fn run_job(
         truth,
         tuning,
         auto,
-    } = {
-        let spinner = progress(job.show, None, "measuring recall");
-        let plan = recall::prepare(&config.mine, &mut miner, &anchors)?;
-        spinner.finish_and_clear();
-        plan
-    };
+    } = prepare_search(&job, &mut miner, &anchors)?;
     let recall_sample: &[u32] = truth.as_ref().map_or(&[], |t| &t.anchors);
-    seconds.tune = stage.done(recall_sample.len(), "search prepared");
+    clock.seconds.tune = stage.done(recall_sample.len(), "search prepared");
     check_interrupted()?;
 
     let stage = Stage::start("mine");
     let mined = mine_and_write(&job, &mut miner, &input, &anchors, recall_sample)?;
-    seconds.mine = stage.done(anchors.len(), "mined and scored");
-    seconds.search = mined.search;
+    clock.seconds.mine = stage.done(anchors.len(), "mined and scored");
+    clock.seconds.search = mined.search;
 
     let stage = Stage::start("report");
     let facts = SearchFacts {
@@ -225,18 +316,57 @@ pub(super) fn run_job(
     };
     // The vectors and the index are done with: freed before the report.
     drop(miner);
+    conclude(&job, input, mined.emitted, &facts, stage, clock, inputs)
+}
+
+/// When a job started, and its stages' seconds so far.
+pub(super) struct Clock {
+    started: Instant,
+    started_at: SystemTime,
+    pub(super) seconds: Timings,
+}
+
+impl Clock {
+    pub(super) fn start() -> Self {
+        Clock {
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            seconds: Timings::default(),
+        }
+    }
+}
+
+/// The inputs a summary names: the files, or the name of the rows handed over.
+pub(super) fn input_names(files: &[PathBuf], batches: Option<&BatchSource>) -> Vec<PathBuf> {
+    match batches {
+        Some(b) => vec![b.name.clone()],
+        None => files.to_vec(),
+    }
+}
+
+/// The report `stage` (started) and the rest, once every block was emitted: computes the
+/// report, renames every output into place and gives the summary.
+pub(super) fn conclude(
+    job: &Job,
+    mut input: Input,
+    emitted: Emitted,
+    facts: &SearchFacts,
+    stage: Stage,
+    mut clock: Clock,
+    inputs: Vec<PathBuf>,
+) -> Result<Summary> {
+    let config = job.config;
     input.drop_vectors();
-    let Mined {
+    let Emitted {
         triplets_file,
         report,
         suspects,
-        ..
-    } = mined;
-    let reported = report_stage(&job, &input, report, suspects, &facts, started_at)?;
-    seconds.report = stage.done(reported.rows, "report computed");
+    } = emitted;
+    let reported = report_stage(job, &input, report, suspects, facts, clock.started_at)?;
+    clock.seconds.report = stage.done(reported.rows, "report computed");
     abort_point("report");
     check_interrupted()?;
-    seconds.total = started.elapsed().as_secs_f64();
+    clock.seconds.total = clock.started.elapsed().as_secs_f64();
 
     let summary = Summary {
         tripmine_version: env!("CARGO_PKG_VERSION").into(),
@@ -247,7 +377,7 @@ pub(super) fn run_job(
         queries: input.queries.as_ref().map(|q| q.table.rows() as u64),
         unknown_queries: input.queries.as_ref().map_or(0, |q| q.unknown_queries),
         params: config.mine.clone(),
-        index: facts.index,
+        index: facts.index.clone(),
         exact: facts.exact,
         out: config.output.out.clone(),
         report: config.output.report.clone(),
@@ -259,13 +389,13 @@ pub(super) fn run_job(
             .map(|(_, p)| p.to_path_buf())
             .collect(),
         totals: reported.totals,
-        seconds,
+        seconds: clock.seconds,
         skipped: false,
         warnings: reported.warnings,
-        tuning: facts.tuning,
-        auto: facts.auto,
+        tuning: facts.tuning.clone(),
+        auto: facts.auto.clone(),
     };
-    commit(&job, triplets_file, reported.files, &summary)?;
+    commit(job, triplets_file, reported.files, &summary)?;
     let (rss_mib, peak_rss_mib) = resident_mib();
     tracing::info!(
         stage = "done",
@@ -279,8 +409,16 @@ pub(super) fn run_job(
     Ok(summary)
 }
 
+/// Before mining: the recall sample mined exactly, the search tuned, `auto`'s choice.
+pub(super) fn prepare_search(job: &Job, miner: &mut Miner, anchors: &[u32]) -> Result<RecallPlan> {
+    let spinner = progress(job.show, None, "measuring recall");
+    let plan = recall::prepare(&job.config.mine, miner, anchors)?;
+    spinner.finish_and_clear();
+    Ok(plan)
+}
+
 /// The read stage's log line: what was read.
-fn describe(input: &Input, files: usize) -> String {
+pub(super) fn describe(input: &Input, files: usize) -> String {
     let t = &input.table;
     // A corpus has no labels: its queries are what the line counts instead.
     let what = match &input.queries {
@@ -301,7 +439,7 @@ fn describe(input: &Input, files: usize) -> String {
 
 /// Reads the table (or corpus and queries), spilling the vectors under a memory limit, and
 /// checks ids are unique.
-fn read(job: &Job, batches: Option<BatchSource>) -> Result<Input> {
+pub(super) fn read(job: &Job, batches: Option<BatchSource>) -> Result<Input> {
     let config = job.config;
     let spinner = progress(job.show, None, "reading");
     let read_options = ReadOptions {
@@ -335,7 +473,7 @@ fn read(job: &Job, batches: Option<BatchSource>) -> Result<Input> {
 }
 
 /// Builds (or loads) the neighbour index and the miner on it; saves the index if asked.
-fn build_index<'t>(job: &Job, input: &'t Input) -> Result<Miner<'t>> {
+pub(super) fn build_index<'t>(job: &Job, input: &'t Input) -> Result<Miner<'t>> {
     let config = job.config;
     let spinner = progress(job.show, None, "building index");
     let saved = config.input.load_index.as_deref();
@@ -361,57 +499,68 @@ fn mine_and_write(
     recall_sample: &[u32],
 ) -> Result<Mined> {
     let config = job.config;
-    let out = &config.output;
-    let anchor_table = input.anchor_table();
     let search_before = miner.search_stats();
     let bar = progress(job.show, Some(anchors.len() as u64), "mining");
-    let layout = OutputLayout::new(
-        anchor_table,
-        &input.table,
-        &config.mine,
-        out.format,
-        &config.input.with,
-    )?;
-    let mut sink = TripletSink::create(&out.out, layout.schema(), out.max_rows_per_file)?;
-    let mut report = ReportBuilder::spilling(config.mine.margin, &job.scratch)?;
-    let mut suspects: Vec<(f32, u32, u32)> = Vec::new();
+    let mut emitter = Emitter::new(job, input)?;
     let mut sampled: Vec<Triplet> = Vec::new();
-    let mut batcher = Batcher::default();
-    let mut emit = |mined: &MinedBlock| -> Result<()> {
-        batcher.add(&mined.triplets, |t| sink.write(&layout.batch(t)?))?;
-        suspects.extend(mined.anchors.iter().filter_map(|a| {
-            let n = a.neighbour_labels?;
-            n.suspect(a.label)
-                .then_some((n.agreement, a.anchor, n.majority))
-        }));
-        report.add(&mined.triplets, &mined.anchors, |r| {
-            anchor_table.label_codes[r as usize]
-        })
-    };
     // The reuse cap compares anchors across blocks: hold every block until all are mined.
     let hold = config.mine.max_negative_reuse.is_some();
     let mut held: Vec<MinedBlock> = Vec::new();
+    mine_windows(
+        job,
+        miner,
+        anchors,
+        |n| bar.inc(n as u64),
+        |mut mined| {
+            if !recall_sample.is_empty() {
+                sampled.extend(
+                    mined
+                        .triplets
+                        .iter()
+                        .filter(|t| recall_sample.binary_search(&t.anchor).is_ok()),
+                );
+            }
+            if hold {
+                held.push(mined);
+            } else {
+                finish_blocks(&config.mine, std::slice::from_mut(&mut mined));
+                emitter.emit(&mined)?;
+                abort_point("mine");
+            }
+            Ok(())
+        },
+    )?;
+    if hold {
+        finish_blocks(&config.mine, &mut held);
+        for mined in &held {
+            emitter.emit(mined)?;
+        }
+    }
+    let emitted = emitter.close()?;
+    bar.finish_and_clear();
+    Ok(Mined {
+        emitted,
+        sampled,
+        search: miner.search_stats().since(search_before),
+    })
+}
+
+/// Mines `anchors` window by window ([`Miner::mine_window`]), handing each window's block to
+/// `take` (cross-anchor rules not applied) and its progress to `advanced`.
+pub(super) fn mine_windows(
+    job: &Job,
+    miner: &mut Miner,
+    anchors: &[u32],
+    mut advanced: impl FnMut(usize),
+    mut take: impl FnMut(MinedBlock) -> Result<()>,
+) -> Result<()> {
     let mut start = 0;
     while start < anchors.len() {
         // Asked again for every window: under a memory limit it follows the results so far.
         let window = &anchors[start..(start + miner.window_len()).min(anchors.len())];
         start += window.len();
-        let mut mined = miner.mine_window(window, |n| bar.inc(n as u64))?;
-        if !recall_sample.is_empty() {
-            sampled.extend(
-                mined
-                    .triplets
-                    .iter()
-                    .filter(|t| recall_sample.binary_search(&t.anchor).is_ok()),
-            );
-        }
-        if hold {
-            held.push(mined);
-        } else {
-            miner.finish(std::slice::from_mut(&mut mined));
-            emit(&mined)?;
-            abort_point("mine");
-        }
+        let mined = miner.mine_window(window, &mut advanced)?;
+        take(mined)?;
         release_free_heap(job.bounded);
         // Read only when the line is written (once per window).
         if tracing::enabled!(tracing::Level::DEBUG) {
@@ -426,25 +575,11 @@ fn mine_and_write(
             );
         }
     }
-    if hold {
-        miner.finish(&mut held);
-        for mined in &held {
-            emit(mined)?;
-        }
-    }
-    batcher.finish(|t| sink.write(&layout.batch(t)?))?;
-    bar.finish_and_clear();
-    Ok(Mined {
-        triplets_file: sink.close()?,
-        report,
-        suspects,
-        sampled,
-        search: miner.search_stats().since(search_before),
-    })
+    Ok(())
 }
 
 /// The recall of the sample's mined triplets against its exact answers, if there is a sample.
-fn measure_recall(
+pub(super) fn measure_recall(
     miner: &mut Miner,
     truth: Option<Truth>,
     sampled: &[Triplet],
@@ -518,7 +653,7 @@ fn report_stage(
             ("tripmine.totals", json(&totals)),
             ("tripmine.histogram", json(&histogram)),
             // What shaped the outputs; `run` (threads, progress) changes none of them.
-            ("tripmine.config", json(&config.result_options())),
+            ("tripmine.config", json(&job.given.result_options())),
             ("tripmine.warnings", json(&warnings)),
             (
                 "tripmine.search",
@@ -541,7 +676,7 @@ fn report_stage(
             batch: &batch,
             totals: &totals,
             histogram: &histogram,
-            options: config.options(),
+            options: job.given.options(),
             warnings: &warnings,
             facts: crate::report::html::RunFacts {
                 rows: input.table.rows() as u64,

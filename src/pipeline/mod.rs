@@ -6,6 +6,7 @@
 //! inputs and configuration match the manifest skips the work. Quality gates are checked last.
 //! Pipeline files ([`pipeline_file`]) describe jobs for schedulers.
 
+pub mod distributed;
 mod guard;
 mod job;
 pub mod manifest;
@@ -17,8 +18,8 @@ mod summary;
 pub use outputs::OutputLayout;
 pub use summary::{Summary, Timings, search_note};
 
-pub use job::ABORT_POINTS;
 use job::run_job;
+pub use job::{ABORT_POINTS, SEGMENT_ABORT_POINT};
 
 use std::path::PathBuf;
 
@@ -54,30 +55,11 @@ pub fn run_batches(config: &MiningConfig, batches: BatchSource) -> Result<Summar
 fn run_from(config: &MiningConfig, batches: Option<BatchSource>) -> Result<Summary> {
     let _running = RunningJob::start();
     let in_memory = batches.is_some();
-    let files = if in_memory {
-        Vec::new()
-    } else {
-        resolve_inputs(&config.input.all_paths())?
-    };
-    guard::refuse_outputs_over_inputs(config.options(), &files)?;
-    if let Some(path) = config.input.load_index.as_ref().filter(|p| !p.is_file()) {
-        return Err(Error::Config(format!(
-            "--load-index {}: no such file",
-            path.display()
-        )));
-    }
-    // A loaded index is an input too: another file means another run.
-    let stat_files: Vec<PathBuf> = files
-        .iter()
-        .chain(config.input.load_index.as_ref())
-        .cloned()
-        .collect();
-    let inputs = stat_inputs(&stat_files)?;
-    let fingerprint = fingerprint(config.options(), &inputs);
+    let run = RunIdentity::of(config, in_memory)?;
     let manifest_file = manifest_path(&config.output.out);
     // Rows handed over in memory have no fingerprint: their manifest is never read back.
     let previous = (!config.run.force && !in_memory)
-        .then(|| up_to_date(&manifest_file, &fingerprint))
+        .then(|| up_to_date(&manifest_file, &run.fingerprint))
         .flatten();
     let summary = match previous {
         Some(previous) => {
@@ -93,43 +75,95 @@ fn run_from(config: &MiningConfig, batches: Option<BatchSource>) -> Result<Summa
         }
         None => {
             tracing::debug!(threads = live_threads(), "starting the job");
-            let mut pool = rayon::ThreadPoolBuilder::new();
-            // Native thread caps for this job only: restored when it ends.
-            let _caps = config
-                .run
-                .threads
-                .map(|n| (OpenMpThreads::cap(n), BlasThreads::cap(n)));
-            if let Some(n) = config.run.threads {
-                // FAISS runs on the pool's workers, whose OpenMP setting is their own.
-                pool = pool
-                    .num_threads(n)
-                    .start_handler(move |_| set_openmp_threads(n));
-            }
-            let pool = pool.build().map_err(|e| {
-                Error::Config(format!(
-                    "cannot start {:?} threads: {e}",
-                    config.run.threads
-                ))
-            })?;
-            let summary = pool.install(|| run_job(config, &files, batches))?;
-            let out = &config.output;
-            let mut written = vec![out.out.as_path(), out.report.as_path()];
-            written.extend(out.summary_json.as_deref());
-            written.extend(config.report.html.as_deref());
-            written.extend(config.report.suspects.as_deref());
-            let manifest = Manifest {
-                tripmine_version: env!("CARGO_PKG_VERSION").into(),
-                fingerprint,
-                config: config.options().clone(),
-                inputs,
-                outputs: stat_outputs(&written)?,
-                summary: summary.clone(),
-            };
-            job::abort_point("committed");
-            write_manifest(&manifest_file, &manifest)?;
+            let summary = in_job_pool(config.run.threads, || run_job(config, &run.files, batches))?;
+            run.record(config, &summary)?;
             summary
         }
     };
+    gate(config, summary)
+}
+
+/// What a run's outputs are checked against: its input files, their stats, and the
+/// fingerprint of those and of the options.
+struct RunIdentity {
+    files: Vec<PathBuf>,
+    inputs: Vec<manifest::InputStat>,
+    fingerprint: String,
+}
+
+impl RunIdentity {
+    /// Resolves the inputs (none for rows handed over in memory) and refuses outputs that
+    /// would overwrite them, or a saved index that is not there.
+    fn of(config: &MiningConfig, in_memory: bool) -> Result<Self> {
+        let files = if in_memory {
+            Vec::new()
+        } else {
+            resolve_inputs(&config.input.all_paths())?
+        };
+        guard::refuse_outputs_over_inputs(config.options(), &files)?;
+        if let Some(path) = config.input.load_index.as_ref().filter(|p| !p.is_file()) {
+            return Err(Error::Config(format!(
+                "--load-index {}: no such file",
+                path.display()
+            )));
+        }
+        // A loaded index is an input too: another file means another run.
+        let stat_files: Vec<PathBuf> = files
+            .iter()
+            .chain(config.input.load_index.as_ref())
+            .cloned()
+            .collect();
+        let inputs = stat_inputs(&stat_files)?;
+        let fingerprint = fingerprint(config.options(), &inputs);
+        Ok(RunIdentity {
+            files,
+            inputs,
+            fingerprint,
+        })
+    }
+
+    /// Writes the manifest of a finished run beside its outputs.
+    fn record(&self, config: &MiningConfig, summary: &Summary) -> Result<()> {
+        let out = &config.output;
+        let mut written = vec![out.out.as_path(), out.report.as_path()];
+        written.extend(out.summary_json.as_deref());
+        written.extend(config.report.html.as_deref());
+        written.extend(config.report.suspects.as_deref());
+        let manifest = Manifest {
+            tripmine_version: env!("CARGO_PKG_VERSION").into(),
+            fingerprint: self.fingerprint.clone(),
+            config: config.options().clone(),
+            inputs: self.inputs.clone(),
+            outputs: stat_outputs(&written)?,
+            summary: summary.clone(),
+        };
+        job::abort_point("committed");
+        write_manifest(&manifest_path(&out.out), &manifest)
+    }
+}
+
+/// Runs `work` on a thread pool of `threads` (all cores when `None`), with the native
+/// libraries' thread caps (OpenMP, BLAS) set for this job only and restored when it ends.
+fn in_job_pool<T: Send>(
+    threads: Option<usize>,
+    work: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    let mut pool = rayon::ThreadPoolBuilder::new();
+    let _caps = threads.map(|n| (OpenMpThreads::cap(n), BlasThreads::cap(n)));
+    if let Some(n) = threads {
+        // FAISS runs on the pool's workers, whose OpenMP setting is their own.
+        pool = pool
+            .num_threads(n)
+            .start_handler(move |_| set_openmp_threads(n));
+    }
+    let pool = pool
+        .build()
+        .map_err(|e| Error::Config(format!("cannot start {threads:?} threads: {e}")))?;
+    pool.install(work)
+}
+
+/// The summary, or [`Error::QualityGate`] when a `fail_if` gate holds on it.
+fn gate(config: &MiningConfig, summary: Summary) -> Result<Summary> {
     let failed: Vec<String> = config
         .output
         .fail_if

@@ -5,6 +5,7 @@
 mod common;
 
 mod cli;
+mod distributed;
 mod hostile;
 mod in_memory;
 mod index;

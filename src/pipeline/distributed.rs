@@ -1,0 +1,788 @@
+//! One job cut into segments of anchors, for a cluster: [`plan`] once, [`mine_segment`] for
+//! every segment anywhere (in any order, retried at will), [`finish`] once. The outputs equal
+//! a single-machine [`super::run`] with the same options: the same triplet rows in the same
+//! order, written in the same batches, and the same report.
+//!
+//! In: a validated [`MiningConfig`] and a work folder that every worker reads (a shared file
+//! system). Out, in the work folder: from [`plan`], `plan.json`, the prepared table (`table/`,
+//! and `queries/` in retrieval mode; see [`crate::io::save_table`]) and an approximate index
+//! (`index.faiss`); from [`mine_segment`], `segments/NNNNNN.seg` (the blocks its anchors
+//! gave, before the cross-anchor rules); from [`finish`], the job's outputs, summary and
+//! manifest where the options name them, as [`super::run`] writes them.
+//!
+//! Why the outputs are the same: an anchor's triplets depend on that anchor alone (an
+//! approximate search starts every block at the same depth; exact sets are exact), so the
+//! segments' blocks in segment order are the single run's blocks, and [`finish`] replays them
+//! through the same emitter, cross-anchor rules and report code. What a run decides from
+//! the whole table before mining (the recall sample, tuning, `auto`'s choice) the plan
+//! decides once, and the segments search with its settings.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::job::{
+    Clock, Emitter, Input, Job, SEGMENT_ABORT_POINT, SearchFacts, Stage, abort_point, build_index,
+    conclude, describe, input_names, measure_recall, mine_windows, prepare_search, read,
+};
+use super::manifest::InputStat;
+use super::recall::RecallPlan;
+use super::summary::{Summary, Timings};
+use super::{RunIdentity, gate, in_job_pool};
+use crate::config::{Metric, MiningConfig, MiningOptions};
+use crate::error::{Error, Result};
+use crate::io::{AtomicPath, BatchSource, PreparedTable, Queries, open_table, save_table};
+use crate::mine::{
+    AnchorRecord, MinedBlock, Miner, NeighbourLabels, SearchKnobs, SearchStats, Triplet,
+    finish_blocks,
+};
+use crate::process::{RunningJob, check_interrupted};
+
+/// Anchors per segment unless asked otherwise: eight blocks of the miner.
+pub const DEFAULT_SEGMENT_ANCHORS: usize = 8 * crate::mine::ANCHOR_BLOCK;
+
+const PLAN: &str = "plan.json";
+const SEGMENTS: &str = "segments";
+const INDEX: &str = "index.faiss";
+
+/// What the plan decided and every later step reads (`plan.json` in the work folder).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub tripmine_version: String,
+    /// Changes with every plan: segments of another plan are refused.
+    pub id: String,
+    /// The job's options (outputs included: finish writes them), relative paths made
+    /// absolute against the folder the plan ran in.
+    pub options: MiningOptions,
+    /// The options as given, which the report records (as a single run's does).
+    given: MiningOptions,
+    /// The rows were handed over in memory (no input files).
+    pub in_memory: bool,
+    /// The inputs' stats and the run's fingerprint, for the manifest finish writes.
+    inputs: Vec<InputStat>,
+    fingerprint: String,
+    /// The inputs the summary names.
+    input_names: Vec<PathBuf>,
+    /// Anchors in all, and per segment (the last one may hold fewer).
+    pub anchors: usize,
+    pub segment_anchors: usize,
+    pub segments: usize,
+    /// The search every segment runs: the index (`Flat` when exact, else loaded from
+    /// `index.faiss`) and its settings.
+    search: SearchFacts,
+    knobs: SearchKnobs,
+    table: PreparedTable,
+    queries: Option<(PreparedTable, u64)>,
+    /// Seconds of the plan's stages (read, index, tune).
+    seconds: Timings,
+}
+
+impl Plan {
+    /// The plan in `work`, checked to be of this version of tripmine.
+    pub fn read(work: &Path) -> Result<Plan> {
+        let path = work.join(PLAN);
+        let text = std::fs::read(&path).map_err(|e| {
+            Error::Config(format!(
+                "{}: {e}; run the plan step first (tripmine plan --work {})",
+                path.display(),
+                work.display()
+            ))
+        })?;
+        let plan: Plan = serde_json::from_slice(&text).map_err(|e| {
+            Error::BadData(format!(
+                "{}: not a plan of this version ({e})",
+                path.display()
+            ))
+        })?;
+        if plan.tripmine_version != env!("CARGO_PKG_VERSION") {
+            return Err(Error::Config(format!(
+                "{}: made by tripmine {}, this is {}; plan again with this version",
+                path.display(),
+                plan.tripmine_version,
+                env!("CARGO_PKG_VERSION")
+            )));
+        }
+        Ok(plan)
+    }
+
+    /// The index every segment searches (its factory string).
+    pub fn index(&self) -> &str {
+        &self.search.index
+    }
+
+    /// The job's validated options.
+    pub fn config(&self) -> Result<MiningConfig> {
+        self.validated(&self.options)
+    }
+
+    fn validated(&self, options: &MiningOptions) -> Result<MiningConfig> {
+        if self.in_memory {
+            MiningConfig::for_batches(options.clone())
+        } else {
+            MiningConfig::new(options.clone())
+        }
+    }
+
+    /// The anchor positions of `segment` (in the list [`Miner::anchors`] gives).
+    fn range(&self, segment: usize) -> std::ops::Range<usize> {
+        let start = (segment * self.segment_anchors).min(self.anchors);
+        start..(start + self.segment_anchors).min(self.anchors)
+    }
+}
+
+/// Reads the inputs, builds and tunes the search, and writes what the segments need into
+/// `work`: the prepared table, the index, and `plan.json` (last). A plan already there, and
+/// its segments, are replaced. Segments hold `segment_anchors` anchors each (any number: the
+/// outputs do not depend on it).
+pub fn plan(config: &MiningConfig, work: &Path, segment_anchors: usize) -> Result<Plan> {
+    plan_from(config, work, segment_anchors, None)
+}
+
+/// As [`plan`], for rows the host hands over as Arrow batches (see
+/// [`super::run_batches`]).
+pub fn plan_batches(
+    config: &MiningConfig,
+    work: &Path,
+    segment_anchors: usize,
+    batches: BatchSource,
+) -> Result<Plan> {
+    plan_from(config, work, segment_anchors, Some(batches))
+}
+
+fn plan_from(
+    config: &MiningConfig,
+    work: &Path,
+    segment_anchors: usize,
+    batches: Option<BatchSource>,
+) -> Result<Plan> {
+    let _running = RunningJob::start();
+    if segment_anchors == 0 {
+        return Err(Error::Config("segment_anchors must be at least 1".into()));
+    }
+    let in_memory = batches.is_some();
+    let run = RunIdentity::of(config, in_memory)?;
+    in_job_pool(config.run.threads, || {
+        let mut clock = Clock::start();
+        let job = Job::new(config, &run.files);
+        let input_names = input_names(&run.files, batches.as_ref());
+
+        let stage = Stage::start("read");
+        let input = read(&job, batches)?;
+        clock.seconds.read = stage.done(input.table.rows(), &describe(&input, input_names.len()));
+        check_interrupted()?;
+
+        let stage = Stage::start("index");
+        let mut miner = build_index(&job, &input)?;
+        clock.seconds.index = stage.done(input.table.rows(), "index built");
+        check_interrupted()?;
+
+        let stage = Stage::start("tune");
+        let anchors = miner.anchors();
+        let RecallPlan {
+            truth,
+            tuning,
+            auto,
+        } = prepare_search(&job, &mut miner, &anchors)?;
+        // The sample's triplets are what the single run's blocks hold for those anchors.
+        let mut sampled = Vec::new();
+        if let Some(t) = &truth {
+            mine_windows(
+                &job,
+                &mut miner,
+                &t.anchors.clone(),
+                |_| (),
+                |b| {
+                    sampled.extend(b.triplets);
+                    Ok(())
+                },
+            )?;
+        }
+        let search = SearchFacts {
+            recall: measure_recall(&mut miner, truth, &sampled)?,
+            index: miner.index_info().factory.clone(),
+            exact: miner.exact(),
+            embedding_spread: miner.embedding_spread(),
+            tuning,
+            auto,
+        };
+        clock.seconds.tune = stage.done(sampled.len(), "search prepared");
+        check_interrupted()?;
+
+        let stage = Stage::start("plan");
+        // A new plan replaces the old one and every segment mined for it.
+        for stale in [work.join(PLAN), work.join(INDEX)] {
+            remove_if_present(&stale)?;
+        }
+        let segments_dir = work.join(SEGMENTS);
+        if segments_dir.exists() {
+            std::fs::remove_dir_all(&segments_dir).map_err(|e| Error::output(&segments_dir, e))?;
+        }
+        std::fs::create_dir_all(&segments_dir).map_err(|e| Error::output(&segments_dir, e))?;
+        let cosine = config.mine.metric == Metric::Cosine;
+        let table = save_table(&input.table, None, cosine, &work.join("table"))?;
+        let queries = match &input.queries {
+            Some(q) => Some((
+                save_table(&q.table, Some(&q.positives), cosine, &work.join("queries"))?,
+                q.unknown_queries,
+            )),
+            None => None,
+        };
+        if !search.exact {
+            miner.save_index(&work.join(INDEX))?;
+        }
+        let plan = Plan {
+            tripmine_version: env!("CARGO_PKG_VERSION").into(),
+            id: format!("{:016x}", rand::random::<u64>()),
+            options: with_absolute_paths(config.options().clone())?,
+            given: config.options().clone(),
+            in_memory,
+            inputs: run.inputs.clone(),
+            fingerprint: run.fingerprint.clone(),
+            input_names,
+            anchors: anchors.len(),
+            segment_anchors,
+            segments: anchors.len().div_ceil(segment_anchors).max(1),
+            knobs: miner.search_knobs(),
+            search,
+            table,
+            queries,
+            seconds: clock.seconds,
+        };
+        let json = serde_json::to_vec_pretty(&plan).expect("plans serialise");
+        crate::io::write_atomic(&work.join(PLAN), &json)?;
+        stage.done(plan.anchors, &format!("planned {} segments", plan.segments));
+        Ok(plan)
+    })
+}
+
+/// `options` with every relative path made absolute against this process's folder: the
+/// segments and finish run elsewhere. (`cwd.join` keeps a folder output's trailing `/`.)
+fn with_absolute_paths(mut options: MiningOptions) -> Result<MiningOptions> {
+    let cwd = std::env::current_dir().map_err(|e| Error::io(Path::new("."), e))?;
+    let fix = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = cwd.join(&*p);
+        }
+    };
+    let input = &mut options.input;
+    input
+        .paths
+        .iter_mut()
+        .chain(&mut input.queries)
+        .chain(&mut input.corpus)
+        .chain(&mut input.qrels)
+        .chain(&mut input.load_index)
+        .for_each(fix);
+    let output = &mut options.output;
+    fix(&mut output.out);
+    fix(&mut output.report);
+    output
+        .summary_json
+        .iter_mut()
+        .chain(&mut output.save_index)
+        .chain(&mut options.report.html)
+        .chain(&mut options.report.suspects)
+        .chain(&mut options.run.scratch_dir)
+        .for_each(fix);
+    Ok(options)
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::output(path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// What one segment did.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SegmentDone {
+    pub segment: usize,
+    pub anchors: usize,
+    pub triplets: u64,
+    pub seconds: f64,
+}
+
+/// Mines segment `segment` of the plan in `work` on `threads` threads (default: the plan's
+/// option, else all cores), and writes its blocks to `segments/NNNNNN.seg` (renamed into
+/// place complete, so a retry after a kill starts again and gives the same file).
+pub fn mine_segment(work: &Path, segment: usize, threads: Option<usize>) -> Result<SegmentDone> {
+    let _running = RunningJob::start();
+    let plan = Plan::read(work)?;
+    if segment >= plan.segments {
+        return Err(Error::Config(format!(
+            "segment {segment}: the plan has segments 0 to {}",
+            plan.segments - 1
+        )));
+    }
+    let config = plan.config()?;
+    in_job_pool(threads.or(config.run.threads), || {
+        let started = Instant::now();
+        let input = open_input(work, &plan)?;
+        let mut params = config.mine.clone();
+        params.index = plan.search.index.clone();
+        params.k = Some(plan.knobs.k);
+        let saved = (!plan.search.exact).then(|| work.join(INDEX));
+        let mut miner = match (&input.queries, &saved) {
+            (Some(q), saved) => Miner::retrieval(&input.table, q, &params, saved.as_deref())?,
+            (None, Some(path)) => Miner::with_saved_index(&input.table, &params, path)?,
+            (None, None) => Miner::new(&input.table, &params)?,
+        };
+        if !plan.search.exact {
+            miner.set_search_knobs(plan.knobs)?;
+        }
+        let anchors = miner.anchors();
+        if anchors.len() != plan.anchors {
+            return Err(Error::BadData(format!(
+                "{}: {} anchors, the plan says {}; the work folder is damaged",
+                work.display(),
+                anchors.len(),
+                plan.anchors
+            )));
+        }
+        let mine = &anchors[plan.range(segment)];
+        let job = Job::new(&config, &[]);
+        let target = AtomicPath::new(&segment_path(work, segment))?;
+        let mut out = SegmentWriter::create(&target, &plan.id, segment)?;
+        let mut triplets = 0u64;
+        let search_before = miner.search_stats();
+        mine_windows(
+            &job,
+            &mut miner,
+            mine,
+            |_| (),
+            |block| {
+                triplets += block.triplets.len() as u64;
+                out.block(&block)
+            },
+        )?;
+        let done = SegmentDone {
+            segment,
+            anchors: mine.len(),
+            triplets,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        out.finish(&done, miner.search_stats().since(search_before))?;
+        abort_point(SEGMENT_ABORT_POINT);
+        target.commit()?;
+        tracing::info!(
+            stage = "segment",
+            segment,
+            anchors = done.anchors,
+            triplets,
+            seconds = done.seconds,
+            "segment mined"
+        );
+        Ok(done)
+    })
+}
+
+/// Merges the segments in order through the same code as a single run (cross-anchor rules,
+/// triplet output, report), then renames the outputs into place and writes the summary and
+/// the manifest; fails after writing when a quality gate holds, as [`super::run`] does.
+pub fn finish(work: &Path) -> Result<Summary> {
+    let _running = RunningJob::start();
+    let plan = Plan::read(work)?;
+    let config = plan.config()?;
+    let given = plan.validated(&plan.given)?;
+    let missing: Vec<usize> = (0..plan.segments)
+        .filter(|&s| !segment_path(work, s).is_file())
+        .collect();
+    if let Some(first) = missing.first() {
+        return Err(Error::Config(format!(
+            "{} of {} segments are not mined yet (the first: segment {first}, {}); mine them first",
+            missing.len(),
+            plan.segments,
+            segment_path(work, *first).display()
+        )));
+    }
+    let run = RunIdentity {
+        files: Vec::new(),
+        inputs: plan.inputs.clone(),
+        fingerprint: plan.fingerprint.clone(),
+    };
+    let summary = in_job_pool(config.run.threads, || {
+        let mut clock = Clock::start();
+        clock.seconds = plan.seconds.clone();
+        let job = Job::new(&config, &[]).recording(&given);
+        let input = open_input(work, &plan)?;
+        let stage = Stage::start("merge");
+        let mut emitter = Emitter::new(&job, &input)?;
+        let hold = config.mine.max_negative_reuse.is_some();
+        let mut held: Vec<MinedBlock> = Vec::new();
+        for segment in 0..plan.segments {
+            check_interrupted()?;
+            let (blocks, done, search) = read_segment(&segment_path(work, segment), &plan.id)?;
+            clock.seconds.mine += done.seconds;
+            clock.seconds.search.seconds += search.seconds;
+            clock.seconds.search.queries += search.queries;
+            for mut block in blocks {
+                if hold {
+                    held.push(block);
+                } else {
+                    finish_blocks(&config.mine, std::slice::from_mut(&mut block));
+                    emitter.emit(&block)?;
+                }
+            }
+        }
+        if hold {
+            finish_blocks(&config.mine, &mut held);
+            for block in &held {
+                emitter.emit(block)?;
+            }
+        }
+        let emitted = emitter.close()?;
+        stage.done(plan.anchors, "segments merged");
+        let stage = Stage::start("report");
+        conclude(
+            &job,
+            input,
+            emitted,
+            &plan.search,
+            stage,
+            clock,
+            plan.input_names.clone(),
+        )
+    })?;
+    run.record(&config, &summary)?;
+    gate(&config, summary)
+}
+
+/// The prepared table (and queries) of a plan.
+fn open_input(work: &Path, plan: &Plan) -> Result<Input> {
+    let (table, _) = open_table(&work.join("table"), &plan.table)?;
+    let queries = match &plan.queries {
+        Some((facts, unknown_queries)) => {
+            let (table, positives) = open_table(&work.join("queries"), facts)?;
+            Some(Queries {
+                table,
+                positives: positives.unwrap_or_default(),
+                unknown_queries: *unknown_queries,
+            })
+        }
+        None => None,
+    };
+    Ok(Input { table, queries })
+}
+
+fn segment_path(work: &Path, segment: usize) -> PathBuf {
+    work.join(SEGMENTS).join(format!("{segment:06}.seg"))
+}
+
+/// A segment file: a header (magic, plan id, segment), then per block its record and triplet
+/// counts and their words, then an end mark with the segment's figures. Little-endian `u32`
+/// words throughout; floats as their bits.
+const MAGIC: &[u8; 8] = b"TMSEG001";
+/// The record count that marks the end.
+const END: u32 = u32::MAX;
+const RECORD_WORDS: usize = 15;
+const TRIPLET_WORDS: usize = 6;
+
+struct SegmentWriter {
+    out: BufWriter<File>,
+    dest: PathBuf,
+}
+
+impl SegmentWriter {
+    fn create(target: &AtomicPath, plan_id: &str, segment: usize) -> Result<Self> {
+        let dest = target.dest().to_path_buf();
+        let file = File::create(target.tmp()).map_err(|e| Error::output(&dest, e))?;
+        let mut w = SegmentWriter {
+            out: BufWriter::with_capacity(1 << 20, file),
+            dest,
+        };
+        w.bytes(MAGIC)?;
+        w.bytes(&plan_id_bytes(plan_id))?;
+        w.words(&[segment as u32, 0])?;
+        Ok(w)
+    }
+
+    fn bytes(&mut self, b: &[u8]) -> Result<()> {
+        self.out
+            .write_all(b)
+            .map_err(|e| Error::output(&self.dest, e))
+    }
+
+    fn words(&mut self, w: &[u32]) -> Result<()> {
+        let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.bytes(&bytes)
+    }
+
+    fn block(&mut self, block: &MinedBlock) -> Result<()> {
+        let mut w = Vec::with_capacity(
+            2 + block.anchors.len() * RECORD_WORDS + block.triplets.len() * TRIPLET_WORDS,
+        );
+        w.push(block.anchors.len() as u32);
+        w.push(block.triplets.len() as u32);
+        for r in &block.anchors {
+            w.extend(record_words(r));
+        }
+        for t in &block.triplets {
+            w.extend(triplet_words(t));
+        }
+        self.words(&w)
+    }
+
+    fn finish(mut self, done: &SegmentDone, search: SearchStats) -> Result<()> {
+        self.words(&[END, 0])?;
+        let figures = [
+            done.anchors as u64,
+            done.triplets,
+            done.seconds.to_bits(),
+            search.seconds.to_bits(),
+            search.queries,
+        ];
+        let bytes: Vec<u8> = figures.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.bytes(&bytes)?;
+        self.out.flush().map_err(|e| Error::output(&self.dest, e))
+    }
+}
+
+fn plan_id_bytes(id: &str) -> [u8; 8] {
+    u64::from_str_radix(id, 16).unwrap_or(0).to_le_bytes()
+}
+
+fn record_words(r: &AnchorRecord) -> [u32; RECORD_WORDS] {
+    let flags = u32::from(r.has_positive)
+        | u32::from(r.capped) << 1
+        | u32::from(r.violating_neighbour.is_some()) << 2
+        | u32::from(r.violating_neighbour == Some(true)) << 3
+        | u32::from(r.neighbour_labels.is_some()) << 4;
+    let n = r.neighbour_labels.unwrap_or(NeighbourLabels {
+        agreement: 0.0,
+        majority: 0,
+    });
+    [
+        r.anchor,
+        r.label,
+        flags,
+        r.triplets,
+        n.agreement.to_bits(),
+        n.majority,
+        r.pairs,
+        r.short_pairs,
+        r.dropped_pairs,
+        r.guard_removed[0],
+        r.guard_removed[1],
+        r.guard_removed[2],
+        r.guard_removed[3],
+        r.reuse_removed,
+        0,
+    ]
+}
+
+fn record_of(w: &[u32]) -> AnchorRecord {
+    let flag = |bit: u32| w[2] & (1 << bit) != 0;
+    AnchorRecord {
+        anchor: w[0],
+        label: w[1],
+        has_positive: flag(0),
+        capped: flag(1),
+        violating_neighbour: flag(2).then_some(flag(3)),
+        neighbour_labels: flag(4).then_some(NeighbourLabels {
+            agreement: f32::from_bits(w[4]),
+            majority: w[5],
+        }),
+        triplets: w[3],
+        pairs: w[6],
+        short_pairs: w[7],
+        dropped_pairs: w[8],
+        guard_removed: [w[9], w[10], w[11], w[12]],
+        reuse_removed: w[13],
+    }
+}
+
+fn triplet_words(t: &Triplet) -> [u32; TRIPLET_WORDS] {
+    [
+        t.anchor,
+        t.positive,
+        t.negative,
+        t.d_ap.to_bits(),
+        t.d_an.to_bits(),
+        t.negative_rank,
+    ]
+}
+
+fn triplet_of(w: &[u32]) -> Triplet {
+    Triplet {
+        anchor: w[0],
+        positive: w[1],
+        negative: w[2],
+        d_ap: f32::from_bits(w[3]),
+        d_an: f32::from_bits(w[4]),
+        negative_rank: w[5],
+    }
+}
+
+/// The blocks of a segment file written for plan `plan_id`, with its figures.
+fn read_segment(path: &Path, plan_id: &str) -> Result<(Vec<MinedBlock>, SegmentDone, SearchStats)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bad = |what: &str| {
+        Error::BadData(format!(
+            "{}: {what}; mine this segment again",
+            path.display()
+        ))
+    };
+    if bytes.len() < 24 || &bytes[..8] != MAGIC {
+        return Err(bad("not a segment file"));
+    }
+    if bytes[8..16] != plan_id_bytes(plan_id) {
+        return Err(bad("mined for another plan"));
+    }
+    let word = |at: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+    };
+    let segment = word(16).ok_or_else(|| bad("truncated"))? as usize;
+    let mut at = 24;
+    let mut blocks = Vec::new();
+    loop {
+        let (Some(records), Some(triplets)) = (word(at), word(at + 4)) else {
+            return Err(bad("truncated"));
+        };
+        at += 8;
+        if records == END {
+            break;
+        }
+        let (records, triplets) = (records as usize, triplets as usize);
+        let len = 4 * (records * RECORD_WORDS + triplets * TRIPLET_WORDS);
+        let body = bytes.get(at..at + len).ok_or_else(|| bad("truncated"))?;
+        let words: Vec<u32> = body
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("four bytes")))
+            .collect();
+        let (r, t) = words.split_at(records * RECORD_WORDS);
+        blocks.push(MinedBlock {
+            anchors: r.chunks_exact(RECORD_WORDS).map(record_of).collect(),
+            triplets: t.chunks_exact(TRIPLET_WORDS).map(triplet_of).collect(),
+        });
+        at += len;
+    }
+    let figure = |i: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(
+            bytes.get(at + 8 * i..at + 8 * i + 8)?.try_into().ok()?,
+        ))
+    };
+    let f: Vec<u64> = (0..5).map_while(figure).collect();
+    if f.len() != 5 || at + 40 != bytes.len() {
+        return Err(bad("truncated"));
+    }
+    let done = SegmentDone {
+        segment,
+        anchors: f[0] as usize,
+        triplets: f[1],
+        seconds: f64::from_bits(f[2]),
+    };
+    let search = SearchStats {
+        seconds: f64::from_bits(f[3]),
+        queries: f[4],
+    };
+    Ok((blocks, done, search))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_segment_file_gives_back_the_blocks_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("000003.seg");
+        let record = AnchorRecord {
+            anchor: 7,
+            label: 2,
+            has_positive: true,
+            triplets: 2,
+            capped: true,
+            violating_neighbour: Some(false),
+            neighbour_labels: Some(NeighbourLabels {
+                agreement: 0.25,
+                majority: 9,
+            }),
+            pairs: 1,
+            short_pairs: 1,
+            dropped_pairs: 0,
+            guard_removed: [1, 2, 3, 4],
+            reuse_removed: 5,
+        };
+        let bare = AnchorRecord {
+            anchor: 8,
+            has_positive: false,
+            capped: false,
+            violating_neighbour: None,
+            neighbour_labels: None,
+            triplets: 0,
+            ..record
+        };
+        let t = |n: u32, d: f32| Triplet {
+            anchor: 7,
+            positive: 3,
+            negative: n,
+            d_ap: 0.5,
+            d_an: d,
+            negative_rank: n + 1,
+        };
+        let blocks = vec![
+            MinedBlock {
+                anchors: vec![record],
+                triplets: vec![t(10, 0.75), t(11, f32::MIN_POSITIVE)],
+            },
+            MinedBlock::default(),
+            MinedBlock {
+                anchors: vec![bare],
+                triplets: Vec::new(),
+            },
+        ];
+        let target = AtomicPath::new(&path).unwrap();
+        let mut w = SegmentWriter::create(&target, "00000000deadbeef", 3).unwrap();
+        for b in &blocks {
+            w.block(b).unwrap();
+        }
+        let done = SegmentDone {
+            segment: 3,
+            anchors: 2,
+            triplets: 2,
+            seconds: 1.5,
+        };
+        let search = SearchStats {
+            seconds: 0.25,
+            queries: 9,
+        };
+        w.finish(&done, search).unwrap();
+        target.commit().unwrap();
+        let (read, read_done, read_search) = read_segment(&path, "00000000deadbeef").unwrap();
+        assert_eq!(read.len(), blocks.len());
+        for (a, b) in read.iter().zip(&blocks) {
+            assert_eq!(a.anchors, b.anchors);
+            assert_eq!(a.triplets, b.triplets);
+        }
+        assert_eq!((read_done, read_search), (done, search));
+        assert!(read_segment(&path, "00000000deadbeee").is_err());
+    }
+
+    #[test]
+    fn a_truncated_segment_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("000000.seg");
+        let target = AtomicPath::new(&path).unwrap();
+        let mut w = SegmentWriter::create(&target, "1", 0).unwrap();
+        w.block(&MinedBlock {
+            anchors: Vec::new(),
+            triplets: vec![Triplet {
+                anchor: 1,
+                positive: 2,
+                negative: 3,
+                d_ap: 0.0,
+                d_an: 1.0,
+                negative_rank: 0,
+            }],
+        })
+        .unwrap();
+        w.out.flush().unwrap();
+        target.commit().unwrap();
+        let e = read_segment(&path, "1").unwrap_err().to_string();
+        assert!(e.contains("truncated"), "{e}");
+    }
+}
