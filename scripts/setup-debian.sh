@@ -3,8 +3,8 @@
 # the FAISS that the `faiss` crate builds, and OpenBLAS/LAPACK for it to link against.
 # With --tests, also Chromium (the tests render the HTML report in a headless browser) and a
 # Python virtual environment in target/py with Hugging Face `datasets` (a test runs the
-# README's Python snippet on tripmine's output), polars and pytest (the Python package's tests,
-# scripts/test-python.sh).
+# README's Python snippet on tripmine's output), polars, pytest and ray (the Python package's
+# tests, scripts/test-python.sh; the Ray tests start a two-node cluster on this machine).
 set -euo pipefail
 
 packages=(cmake g++ make libopenblas-dev liblapack-dev pkg-config)
@@ -34,9 +34,9 @@ command -v cargo >/dev/null || {
 }
 if $tests; then
   venv="$(dirname "$0")/../target/py"
-  if ! "$venv/bin/python" -c 'import datasets, polars, pytest' 2>/dev/null; then
-    echo "creating $venv with datasets, polars and pytest" >&2
+  if ! "$venv/bin/python" -c 'import datasets, polars, pytest, ray' 2>/dev/null; then
+    echo "creating $venv with datasets, polars, pytest and ray" >&2
     [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check 'datasets>=2.14' 'polars>=1' 'pytest>=7'
+    "$venv/bin/pip" install -q --disable-pip-version-check 'datasets>=2.14' 'polars>=1' 'pytest>=7' 'ray>=2.9'
   fi
 fi

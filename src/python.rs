@@ -31,7 +31,7 @@ use crate::config::{
 };
 use crate::error::{Error, ErrorClass};
 use crate::io::BatchSource;
-use crate::pipeline::pipeline_file;
+use crate::pipeline::{distributed, pipeline_file};
 
 create_exception!(
     tripmine,
@@ -436,6 +436,90 @@ fn mine(
     Ok(serde_json::to_string(&summary).expect("summaries serialise"))
 }
 
+/// Checks options as a job would (`in_memory`: rows handed over instead of paths), without
+/// running anything: raises the same `ConfigError`.
+#[pyfunction]
+#[pyo3(signature = (options_json, in_memory=false))]
+fn check_options(options_json: &str, in_memory: bool) -> PyResult<()> {
+    let options = options_from_json(options_json).map_err(to_py_err)?;
+    let checked = if in_memory {
+        MiningConfig::for_batches(options)
+    } else {
+        MiningConfig::new(options)
+    };
+    checked.map(|_| ()).map_err(to_py_err)
+}
+
+/// Cluster runs, step 1: reads the inputs (or `source`), builds and tunes the index, and
+/// writes the plan into `work`; gives the plan's figures as JSON.
+#[pyfunction]
+#[pyo3(signature = (options_json, work, segment_anchors, source=None, source_name=String::from("<arrow stream>"), rows=None))]
+fn plan(
+    py: Python<'_>,
+    options_json: &str,
+    work: PathBuf,
+    segment_anchors: usize,
+    source: Option<PyArrowType<RecordBatchStreamReader>>,
+    source_name: String,
+    rows: Option<u64>,
+) -> PyResult<String> {
+    let options = with_default_threads(options_from_json(options_json).map_err(to_py_err)?);
+    let plan = match source {
+        Some(PyArrowType(reader)) => {
+            let config = MiningConfig::for_batches(options).map_err(to_py_err)?;
+            let batches = BatchSource {
+                name: PathBuf::from(source_name),
+                reader: Box::new(reader),
+                rows,
+            };
+            run_detached(py, move || {
+                distributed::plan_batches(&config, &work, segment_anchors, batches)
+            })?
+        }
+        None => {
+            let config = MiningConfig::new(options).map_err(to_py_err)?;
+            run_detached(py, move || {
+                distributed::plan(&config, &work, segment_anchors)
+            })?
+        }
+    };
+    Ok(serde_json::json!({
+        "anchors": plan.anchors,
+        "segments": plan.segments,
+        "segment_anchors": plan.segment_anchors,
+        "index": plan.index(),
+    })
+    .to_string())
+}
+
+/// Cluster runs, step 2: mines segment `segment` of the plan in `work`; gives its figures
+/// as JSON.
+#[pyfunction]
+#[pyo3(signature = (work, segment, threads=None))]
+fn mine_segment(
+    py: Python<'_>,
+    work: PathBuf,
+    segment: usize,
+    threads: Option<usize>,
+) -> PyResult<String> {
+    let threads = threads.or(match DEFAULT_THREADS.load(Ordering::Relaxed) {
+        0 => None,
+        n => Some(n),
+    });
+    let done = run_detached(py, move || {
+        distributed::mine_segment(&work, segment, threads)
+    })?;
+    Ok(serde_json::to_string(&done).expect("figures serialise"))
+}
+
+/// Cluster runs, step 3: merges the segments and writes the outputs; gives the summary as
+/// JSON.
+#[pyfunction]
+fn finish(py: Python<'_>, work: PathBuf) -> PyResult<String> {
+    let summary = run_detached(py, move || distributed::finish(&work))?;
+    Ok(serde_json::to_string(&summary).expect("summaries serialise"))
+}
+
 /// Runs the job a pipeline file describes; gives its summary as JSON.
 #[pyfunction]
 #[pyo3(signature = (path, overrides=Vec::new(), force=false))]
@@ -500,5 +584,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(run_pipeline, m)?)?;
     m.add_function(wrap_pyfunction!(set_threads, m)?)?;
     m.add_function(wrap_pyfunction!(options, m)?)?;
+    m.add_function(wrap_pyfunction!(check_options, m)?)?;
+    m.add_function(wrap_pyfunction!(plan, m)?)?;
+    m.add_function(wrap_pyfunction!(mine_segment, m)?)?;
+    m.add_function(wrap_pyfunction!(finish, m)?)?;
     Ok(())
 }

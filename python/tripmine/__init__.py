@@ -200,6 +200,57 @@ def _spill_table(value: Any, path: Path, key: str) -> str:
     return os.fspath(path)
 
 
+def _resolve_source(
+    source: Any, embeddings: Any, labels: Any, ids: Any, options: Dict[str, Any]
+) -> Any:
+    """The Arrow stream to mine, or None when the rows come from paths (then set as
+    ``options["paths"]``) or from retrieval inputs."""
+    names = {
+        "embedding": options.get("embedding_col") or "embedding",
+        "label": options.get("label_col") or "label",
+        "id": options.get("id_col") or "id",
+    }
+    if embeddings is not None:
+        if source is not None:
+            raise ConfigError("give either a source or embeddings=, not both")
+        return _table_from_arrays(embeddings, labels, ids, names)
+    if labels is not None or ids is not None:
+        raise ConfigError("labels= and ids= go with embeddings=")
+    if source is None:
+        if not (options.get("queries") or options.get("corpus")):
+            raise ConfigError("nothing to mine: give a source, embeddings=, or queries= and corpus=")
+        return None
+    if _is_path(source):
+        options["paths"] = [os.fspath(source)]
+        return None
+    if _is_paths(source):
+        options["paths"] = [os.fspath(p) for p in source]
+        return None
+    stream = _arrow_source(source)
+    if stream is None:
+        raise TypeError(
+            f"source: expected a path, a list of paths or an Arrow tabular object "
+            f"(with __arrow_c_stream__), got {type(source).__name__}"
+        )
+    return stream
+
+
+def _resolve_retrieval_inputs(options: Dict[str, Any], scratch: Optional[Path]) -> None:
+    """Retrieval inputs as the options take them: paths as they are (``queries`` and
+    ``corpus`` as lists), Arrow tables written to Parquet files in ``scratch`` (the retrieval
+    reader reads files; the labelled source does not need this)."""
+    for key in ("queries", "corpus", "qrels"):
+        value = options.get(key)
+        if value is None:
+            continue
+        if _is_path(value):
+            options[key] = os.fspath(value) if key == "qrels" else [os.fspath(value)]
+        elif not _is_paths(value):
+            options[key] = _spill_table(value, scratch / f"{key}.parquet", key)
+            if key != "qrels":
+                options[key] = [options[key]]
+
+
 def mine(
     source: Any = None,
     *,
@@ -237,47 +288,11 @@ def mine(
         RunError: the job failed while running (I/O, FAISS).
         KeyboardInterrupt: Ctrl-C; the job stopped and replaced no output.
     """
-    names = {
-        "embedding": options.get("embedding_col") or "embedding",
-        "label": options.get("label_col") or "label",
-        "id": options.get("id_col") or "id",
-    }
-    stream = None
-    if embeddings is not None:
-        if source is not None:
-            raise ConfigError("give either a source or embeddings=, not both")
-        stream = _table_from_arrays(embeddings, labels, ids, names)
-    elif labels is not None or ids is not None:
-        raise ConfigError("labels= and ids= go with embeddings=")
-    elif source is None:
-        if not (options.get("queries") or options.get("corpus")):
-            raise ConfigError("nothing to mine: give a source, embeddings=, or queries= and corpus=")
-    elif _is_path(source):
-        options["paths"] = [os.fspath(source)]
-    elif _is_paths(source):
-        options["paths"] = [os.fspath(p) for p in source]
-    else:
-        stream = _arrow_source(source)
-        if stream is None:
-            raise TypeError(
-                f"source: expected a path, a list of paths or an Arrow tabular object "
-                f"(with __arrow_c_stream__), got {type(source).__name__}"
-            )
+    stream = _resolve_source(source, embeddings, labels, ids, options)
     scratch = None
     if out is None or report is None or _has_retrieval_tables(options):
         scratch = Path(tempfile.mkdtemp(prefix="tripmine-"))
-    for key in ("queries", "corpus", "qrels"):
-        value = options.get(key)
-        if value is None:
-            continue
-        if _is_path(value):
-            options[key] = os.fspath(value) if key == "qrels" else [os.fspath(value)]
-        elif not _is_paths(value):
-            # Retrieval tables given as Arrow objects go through a Parquet file in the scratch
-            # folder (the retrieval reader reads files); the labelled source does not.
-            options[key] = _spill_table(value, scratch / f"{key}.parquet", key)
-            if key != "qrels":
-                options[key] = [options[key]]
+    _resolve_retrieval_inputs(options, scratch)
     out_path = Path(out) if out is not None else scratch / "triplets.parquet"
     report_path = Path(report) if report is not None else scratch / "report.parquet"
     options["out"] = os.fspath(out_path)

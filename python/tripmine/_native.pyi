@@ -39,3 +39,22 @@ def set_threads(n: Optional[int] = None) -> None:
 
 def options() -> List[Tuple[str, str, str]]:
     """Every option: (name, pipeline-file key, help)."""
+
+def check_options(options_json: str, in_memory: bool = False) -> None:
+    """Checks options as a job would; raises the same ConfigError."""
+
+def plan(
+    options_json: str,
+    work: str,
+    segment_anchors: int,
+    source: Optional[object] = None,
+    source_name: str = "<arrow stream>",
+    rows: Optional[int] = None,
+) -> str:
+    """Cluster runs, step 1: reads, indexes, tunes, writes the plan into `work`; its figures as JSON."""
+
+def mine_segment(work: str, segment: int, threads: Optional[int] = None) -> str:
+    """Cluster runs, step 2: mines one segment of the plan in `work`; its figures as JSON."""
+
+def finish(work: str) -> str:
+    """Cluster runs, step 3: merges the segments and writes the outputs; the summary as JSON."""

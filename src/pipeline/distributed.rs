@@ -249,7 +249,10 @@ fn plan_from(
             search,
             table,
             queries,
-            seconds: clock.seconds,
+            seconds: Timings {
+                total: clock.elapsed(),
+                ..clock.seconds
+            },
         };
         let json = serde_json::to_vec_pretty(&plan).expect("plans serialise");
         crate::io::write_atomic(&work.join(PLAN), &json)?;
@@ -436,6 +439,13 @@ pub fn finish(work: &Path) -> Result<Summary> {
         }
         let emitted = emitter.close()?;
         stage.done(plan.anchors, "segments merged");
+        // The run's total counts the plan's and the segments' seconds too (machine time: the
+        // segments may have run at once).
+        let before = plan.seconds.total + clock.seconds.mine;
+        clock.started = clock
+            .started
+            .checked_sub(std::time::Duration::from_secs_f64(before))
+            .unwrap_or(clock.started);
         let stage = Stage::start("report");
         conclude(
             &job,

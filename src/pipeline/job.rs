@@ -321,7 +321,7 @@ pub(super) fn run_job(
 
 /// When a job started, and its stages' seconds so far.
 pub(super) struct Clock {
-    started: Instant,
+    pub(super) started: Instant,
     started_at: SystemTime,
     pub(super) seconds: Timings,
 }
@@ -333,6 +333,11 @@ impl Clock {
             started_at: SystemTime::now(),
             seconds: Timings::default(),
         }
+    }
+
+    /// Seconds since the start.
+    pub(super) fn elapsed(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
     }
 }
 

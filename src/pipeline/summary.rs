@@ -19,6 +19,8 @@ pub struct Timings {
     /// Before mining: the recall sample mined exactly, the search tuned, `auto`'s choice.
     #[serde(default)]
     pub tune: f64,
+    /// Wall time of the run; of a distributed run, the plan's, the segments' (added up, as
+    /// they may have run at once: so is `mine`) and the finish's.
     pub total: f64,
     /// Of `mine`: the time in the neighbour index's searches, and their queries.
     #[serde(default)]
