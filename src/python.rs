@@ -417,22 +417,11 @@ fn mine(
     source_name: String,
     rows: Option<u64>,
 ) -> PyResult<String> {
-    let options = with_default_threads(options_from_json(options_json).map_err(to_py_err)?);
-    let summary = match source {
-        Some(PyArrowType(reader)) => {
-            let config = MiningConfig::for_batches(options).map_err(to_py_err)?;
-            let batches = BatchSource {
-                name: PathBuf::from(source_name),
-                reader: Box::new(reader),
-                rows,
-            };
-            run_detached(py, move || crate::pipeline::run_batches(&config, batches))?
-        }
-        None => {
-            let config = MiningConfig::new(options).map_err(to_py_err)?;
-            run_detached(py, move || crate::pipeline::run(&config))?
-        }
-    };
+    let (config, batches) = job_input(options_json, source, source_name, rows)?;
+    let summary = run_detached(py, move || match batches {
+        Some(batches) => crate::pipeline::run_batches(&config, batches),
+        None => crate::pipeline::run(&config),
+    })?;
     Ok(serde_json::to_string(&summary).expect("summaries serialise"))
 }
 
@@ -442,12 +431,27 @@ fn mine(
 #[pyo3(signature = (options_json, in_memory=false))]
 fn check_options(options_json: &str, in_memory: bool) -> PyResult<()> {
     let options = options_from_json(options_json).map_err(to_py_err)?;
-    let checked = if in_memory {
-        MiningConfig::for_batches(options)
-    } else {
-        MiningConfig::new(options)
-    };
-    checked.map(|_| ()).map_err(to_py_err)
+    MiningConfig::validated(options, in_memory)
+        .map(|_| ())
+        .map_err(to_py_err)
+}
+
+/// A job's validated options (threads defaulted) and its rows: `source` as Arrow batches
+/// named `source_name`, or the files the options name.
+fn job_input(
+    options_json: &str,
+    source: Option<PyArrowType<RecordBatchStreamReader>>,
+    source_name: String,
+    rows: Option<u64>,
+) -> PyResult<(MiningConfig, Option<BatchSource>)> {
+    let options = with_default_threads(options_from_json(options_json).map_err(to_py_err)?);
+    let config = MiningConfig::validated(options, source.is_some()).map_err(to_py_err)?;
+    let batches = source.map(|PyArrowType(reader)| BatchSource {
+        name: PathBuf::from(source_name),
+        reader: Box::new(reader),
+        rows,
+    });
+    Ok((config, batches))
 }
 
 /// Cluster runs, step 1: reads the inputs (or `source`), builds and tunes the index, and
@@ -463,26 +467,11 @@ fn plan(
     source_name: String,
     rows: Option<u64>,
 ) -> PyResult<String> {
-    let options = with_default_threads(options_from_json(options_json).map_err(to_py_err)?);
-    let plan = match source {
-        Some(PyArrowType(reader)) => {
-            let config = MiningConfig::for_batches(options).map_err(to_py_err)?;
-            let batches = BatchSource {
-                name: PathBuf::from(source_name),
-                reader: Box::new(reader),
-                rows,
-            };
-            run_detached(py, move || {
-                distributed::plan_batches(&config, &work, segment_anchors, batches)
-            })?
-        }
-        None => {
-            let config = MiningConfig::new(options).map_err(to_py_err)?;
-            run_detached(py, move || {
-                distributed::plan(&config, &work, segment_anchors)
-            })?
-        }
-    };
+    let (config, batches) = job_input(options_json, source, source_name, rows)?;
+    let plan = run_detached(py, move || match batches {
+        Some(batches) => distributed::plan_batches(&config, &work, segment_anchors, batches),
+        None => distributed::plan(&config, &work, segment_anchors),
+    })?;
     Ok(serde_json::json!({
         "anchors": plan.anchors,
         "segments": plan.segments,

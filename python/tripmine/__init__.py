@@ -17,6 +17,9 @@ While a job runs the GIL is released, Ctrl-C stops it (``KeyboardInterrupt``; no
 left half-written), and its log lines go to the ``logging`` logger ``tripmine``. Errors are
 :class:`ConfigError`, :class:`DataError`, :class:`RunError` and :class:`QualityGateError`, all
 :class:`TripmineError`, matching the CLI's exit codes 2, 3, 1 and 4.
+
+The same job on a Ray cluster, with the same outputs: :func:`tripmine.ray.mine`
+(``pip install 'tripmine[ray]'``; the module is imported on its own, ``import tripmine.ray``).
 """
 
 from __future__ import annotations

@@ -162,7 +162,8 @@ impl MiningConfig {
         Self::validated(options, true)
     }
 
-    fn validated(options: MiningOptions, in_memory: bool) -> Result<Self> {
+    /// [`MiningConfig::for_batches`] when `in_memory`, else [`MiningConfig::new`].
+    pub fn validated(options: MiningOptions, in_memory: bool) -> Result<Self> {
         options.input.validate(in_memory)?;
         options.mine.validate()?;
         if options.output.format == OutputFormat::NTuple && options.mine.num_negatives == Count::All

@@ -127,9 +127,14 @@ pub fn save_table(
     })
 }
 
-/// Opens the table [`save_table`] wrote into `dir`, its vectors mapped; with the positives
-/// of each row when they were saved.
-pub fn open_table(dir: &Path, facts: &PreparedTable) -> Result<(Table, Option<Vec<Vec<u32>>>)> {
+/// Opens the table [`save_table`] wrote into `dir`, its vectors mapped (under a memory limit,
+/// at most a tenth of it resident, as a spilled table's); with the positives of each row when
+/// they were saved.
+pub fn open_table(
+    dir: &Path,
+    facts: &PreparedTable,
+    memory_limit: Option<u64>,
+) -> Result<(Table, Option<Vec<Vec<u32>>>)> {
     let path = dir.join(ROWS);
     let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
     let bad = |e: arrow::error::ArrowError| {
@@ -157,7 +162,8 @@ pub fn open_table(dir: &Path, facts: &PreparedTable) -> Result<(Table, Option<Ve
     }
     let column = |name: &str| batch.column_by_name(name).cloned();
     let ids = column(ID).ok_or_else(|| Error::BadData(format!("{}: no ids", path.display())))?;
-    let vectors = Vectors::map_file(&dir.join(VECTORS), facts.rows * facts.dim)?;
+    let budget = memory_limit.map_or(usize::MAX, |l| (l / 10) as usize);
+    let vectors = Vectors::map_file(&dir.join(VECTORS), facts.rows * facts.dim, budget)?;
     let sources = facts
         .sources
         .iter()

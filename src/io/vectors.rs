@@ -335,8 +335,8 @@ impl Vectors {
 
     /// The `values` row-major `f32` values of a file written by another process (a
     /// distributed run's prepared table), mapped read-only: nothing is read until used, and
-    /// under a memory limit its pages are dropped as a spilled store's are.
-    pub(crate) fn map_file(path: &Path, values: usize) -> Result<Vectors> {
+    /// its resident pages are kept within `budget` bytes as a spilled store's are.
+    pub(crate) fn map_file(path: &Path, values: usize, budget: usize) -> Result<Vectors> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         if len != values as u64 * 4 {
@@ -353,7 +353,7 @@ impl Vectors {
         // SAFETY: the plan writes the file under a temporary name and renames it into place
         // complete; nothing writes it afterwards (a new plan replaces the folder).
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        Vectors::mapped(map, file, usize::MAX).map_err(|e| Error::io(path, e))
+        Vectors::mapped(map, file, budget).map_err(|e| Error::io(path, e))
     }
 }
 

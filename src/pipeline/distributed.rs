@@ -25,8 +25,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::job::{
-    Clock, Emitter, Input, Job, SEGMENT_ABORT_POINT, SearchFacts, Stage, abort_point, build_index,
-    conclude, describe, input_names, measure_recall, mine_windows, prepare_search, read,
+    Clock, Emitter, Input, Job, SEGMENT_ABORT_POINT, SearchFacts, Stage, abort_point, conclude,
+    index_and_tune, input_names, measure_recall, mine_windows, read_stage,
 };
 use super::manifest::InputStat;
 use super::recall::RecallPlan;
@@ -113,17 +113,22 @@ impl Plan {
         &self.search.index
     }
 
-    /// The job's validated options.
+    /// The job's validated options. A scratch folder is a folder of the machine that planned:
+    /// where it is missing, the system's temporary folder is used instead.
     pub fn config(&self) -> Result<MiningConfig> {
-        self.validated(&self.options)
+        let mut options = self.options.clone();
+        if let Some(dir) = options.run.scratch_dir.as_ref().filter(|d| !d.is_dir()) {
+            tracing::info!(
+                scratch = %dir.display(),
+                "the plan's scratch folder is not on this machine; using the temporary folder"
+            );
+            options.run.scratch_dir = None;
+        }
+        self.validated(&options)
     }
 
     fn validated(&self, options: &MiningOptions) -> Result<MiningConfig> {
-        if self.in_memory {
-            MiningConfig::for_batches(options.clone())
-        } else {
-            MiningConfig::new(options.clone())
-        }
+        MiningConfig::validated(options.clone(), self.in_memory)
     }
 
     /// The anchor positions of `segment` (in the list [`Miner::anchors`] gives).
@@ -169,30 +174,21 @@ fn plan_from(
         let job = Job::new(config, &run.files);
         let input_names = input_names(&run.files, batches.as_ref());
 
-        let stage = Stage::start("read");
-        let input = read(&job, batches)?;
-        clock.seconds.read = stage.done(input.table.rows(), &describe(&input, input_names.len()));
-        check_interrupted()?;
-
-        let stage = Stage::start("index");
-        let mut miner = build_index(&job, &input)?;
-        clock.seconds.index = stage.done(input.table.rows(), "index built");
-        check_interrupted()?;
-
-        let stage = Stage::start("tune");
-        let anchors = miner.anchors();
+        let input = read_stage(&job, batches, &mut clock, input_names.len())?;
+        let (mut miner, anchors, recall) = index_and_tune(&job, &input, &mut clock)?;
         let RecallPlan {
             truth,
             tuning,
             auto,
-        } = prepare_search(&job, &mut miner, &anchors)?;
+        } = recall;
+        let stage = Stage::start("recall");
         // The sample's triplets are what the single run's blocks hold for those anchors.
         let mut sampled = Vec::new();
         if let Some(t) = &truth {
             mine_windows(
                 &job,
                 &mut miner,
-                &t.anchors.clone(),
+                &t.anchors,
                 |_| (),
                 |b| {
                     sampled.extend(b.triplets);
@@ -208,7 +204,7 @@ fn plan_from(
             tuning,
             auto,
         };
-        clock.seconds.tune = stage.done(sampled.len(), "search prepared");
+        clock.seconds.tune += stage.done(sampled.len(), "recall sample mined");
         check_interrupted()?;
 
         let stage = Stage::start("plan");
@@ -463,10 +459,11 @@ pub fn finish(work: &Path) -> Result<Summary> {
 
 /// The prepared table (and queries) of a plan.
 fn open_input(work: &Path, plan: &Plan) -> Result<Input> {
-    let (table, _) = open_table(&work.join("table"), &plan.table)?;
+    let limit = plan.options.mine.memory_limit.map(|b| b.0);
+    let (table, _) = open_table(&work.join("table"), &plan.table, limit)?;
     let queries = match &plan.queries {
         Some((facts, unknown_queries)) => {
-            let (table, positives) = open_table(&work.join("queries"), facts)?;
+            let (table, positives) = open_table(&work.join("queries"), facts, limit)?;
             Some(Queries {
                 table,
                 positives: positives.unwrap_or_default(),

@@ -274,31 +274,15 @@ pub(super) fn run_job(
     let mut clock = Clock::start();
     let job = Job::new(config, files);
 
-    let stage = Stage::start("read");
     let inputs = input_names(files, batches.as_ref());
-    let input = read(&job, batches)?;
-    clock.seconds.read = stage.done(input.table.rows(), &describe(&input, inputs.len()));
-    abort_point("read");
-    check_interrupted()?;
-    release_free_heap(job.bounded);
-
-    let stage = Stage::start("index");
-    let mut miner = build_index(&job, &input)?;
-    clock.seconds.index = stage.done(input.table.rows(), "index built");
-    abort_point("index");
-    check_interrupted()?;
-    release_free_heap(job.bounded);
-
-    let stage = Stage::start("tune");
-    let anchors = miner.anchors();
+    let input = read_stage(&job, batches, &mut clock, inputs.len())?;
+    let (mut miner, anchors, recall) = index_and_tune(&job, &input, &mut clock)?;
     let RecallPlan {
         truth,
         tuning,
         auto,
-    } = prepare_search(&job, &mut miner, &anchors)?;
+    } = recall;
     let recall_sample: &[u32] = truth.as_ref().map_or(&[], |t| &t.anchors);
-    clock.seconds.tune = stage.done(recall_sample.len(), "search prepared");
-    check_interrupted()?;
 
     let stage = Stage::start("mine");
     let mined = mine_and_write(&job, &mut miner, &input, &anchors, recall_sample)?;
@@ -317,6 +301,45 @@ pub(super) fn run_job(
     // The vectors and the index are done with: freed before the report.
     drop(miner);
     conclude(&job, input, mined.emitted, &facts, stage, clock, inputs)
+}
+
+/// The read stage: the rows read (from `batches`, else the job's files).
+pub(super) fn read_stage(
+    job: &Job,
+    batches: Option<BatchSource>,
+    clock: &mut Clock,
+    inputs: usize,
+) -> Result<Input> {
+    let stage = Stage::start("read");
+    let input = read(job, batches)?;
+    clock.seconds.read = stage.done(input.table.rows(), &describe(&input, inputs));
+    abort_point("read");
+    check_interrupted()?;
+    release_free_heap(job.bounded);
+    Ok(input)
+}
+
+/// The index and tune stages: the miner on `input`, the anchors to mine, and what was learnt
+/// about recall before mining.
+pub(super) fn index_and_tune<'t>(
+    job: &Job,
+    input: &'t Input,
+    clock: &mut Clock,
+) -> Result<(Miner<'t>, Vec<u32>, RecallPlan)> {
+    let stage = Stage::start("index");
+    let mut miner = build_index(job, input)?;
+    clock.seconds.index = stage.done(input.table.rows(), "index built");
+    abort_point("index");
+    check_interrupted()?;
+    release_free_heap(job.bounded);
+
+    let stage = Stage::start("tune");
+    let anchors = miner.anchors();
+    let recall = prepare_search(job, &mut miner, &anchors)?;
+    let sample = recall.truth.as_ref().map_or(0, |t| t.anchors.len());
+    clock.seconds.tune = stage.done(sample, "search prepared");
+    check_interrupted()?;
+    Ok((miner, anchors, recall))
 }
 
 /// When a job started, and its stages' seconds so far.
@@ -415,7 +438,7 @@ pub(super) fn conclude(
 }
 
 /// Before mining: the recall sample mined exactly, the search tuned, `auto`'s choice.
-pub(super) fn prepare_search(job: &Job, miner: &mut Miner, anchors: &[u32]) -> Result<RecallPlan> {
+fn prepare_search(job: &Job, miner: &mut Miner, anchors: &[u32]) -> Result<RecallPlan> {
     let spinner = progress(job.show, None, "measuring recall");
     let plan = recall::prepare(&job.config.mine, miner, anchors)?;
     spinner.finish_and_clear();
@@ -423,7 +446,7 @@ pub(super) fn prepare_search(job: &Job, miner: &mut Miner, anchors: &[u32]) -> R
 }
 
 /// The read stage's log line: what was read.
-pub(super) fn describe(input: &Input, files: usize) -> String {
+fn describe(input: &Input, files: usize) -> String {
     let t = &input.table;
     // A corpus has no labels: its queries are what the line counts instead.
     let what = match &input.queries {
@@ -444,7 +467,7 @@ pub(super) fn describe(input: &Input, files: usize) -> String {
 
 /// Reads the table (or corpus and queries), spilling the vectors under a memory limit, and
 /// checks ids are unique.
-pub(super) fn read(job: &Job, batches: Option<BatchSource>) -> Result<Input> {
+fn read(job: &Job, batches: Option<BatchSource>) -> Result<Input> {
     let config = job.config;
     let spinner = progress(job.show, None, "reading");
     let read_options = ReadOptions {
@@ -478,7 +501,7 @@ pub(super) fn read(job: &Job, batches: Option<BatchSource>) -> Result<Input> {
 }
 
 /// Builds (or loads) the neighbour index and the miner on it; saves the index if asked.
-pub(super) fn build_index<'t>(job: &Job, input: &'t Input) -> Result<Miner<'t>> {
+fn build_index<'t>(job: &Job, input: &'t Input) -> Result<Miner<'t>> {
     let config = job.config;
     let spinner = progress(job.show, None, "building index");
     let saved = config.input.load_index.as_deref();

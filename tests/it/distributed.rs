@@ -45,35 +45,40 @@ fn distributed(dir: &Path, args: &[&str], out: &'static str, segment_anchors: us
     let at = dir.join("cluster");
     std::fs::create_dir_all(&at).unwrap();
     let work = dir.join("work");
-    tripmine()
-        .env("TRIPMINE_UNCHECKED_MEMORY_LIMIT", "1")
-        .current_dir(&at)
-        .args([
-            "plan",
-            "--no-progress",
-            "--out",
-            out,
-            "--report",
-            "r.parquet",
-        ])
-        .arg("--work")
-        .arg(&work)
-        .args(["--segment-anchors", &segment_anchors.to_string()])
-        .args(args)
-        .assert()
-        .success();
+    plan(
+        &at,
+        &work,
+        segment_anchors,
+        &["--out", out, "--report", "r.parquet"],
+    )
+    .args(args)
+    .assert()
+    .success();
     let segments = plan_segments(&work);
     for s in (0..segments).rev() {
         mine_segment(&work, s).assert().success();
     }
-    tripmine()
-        .current_dir(dir)
-        .arg("finish")
-        .arg("--work")
-        .arg(&work)
-        .assert()
-        .success();
+    finish(&work).current_dir(dir).assert().success();
     Outputs { dir: at, out }
+}
+
+/// `tripmine plan` run in `at` into `work`, with segments of `segment_anchors` and `args`.
+fn plan(at: &Path, work: &Path, segment_anchors: usize, args: &[&str]) -> assert_cmd::Command {
+    let mut cmd = tripmine();
+    cmd.env("TRIPMINE_UNCHECKED_MEMORY_LIMIT", "1")
+        .current_dir(at)
+        .args(["plan", "--no-progress", "--segment-anchors"])
+        .arg(segment_anchors.to_string())
+        .arg("--work")
+        .arg(work)
+        .args(args);
+    cmd
+}
+
+fn finish(work: &Path) -> assert_cmd::Command {
+    let mut cmd = tripmine();
+    cmd.arg("finish").arg("--work").arg(work);
+    cmd
 }
 
 fn plan_segments(work: &Path) -> usize {
@@ -291,20 +296,12 @@ fn finish_names_the_segments_not_mined() {
     let dir = TempDir::new().unwrap();
     let input = generated(dir.path(), "t.parquet", 500, 5, 6);
     let work = dir.path().join("work");
-    tripmine()
-        .current_dir(dir.path())
-        .args(["plan", "--no-progress", "--segment-anchors", "100", "--in"])
-        .arg(&input)
-        .arg("--work")
-        .arg(&work)
+    plan(dir.path(), &work, 100, &["--in", input.to_str().unwrap()])
         .assert()
         .success();
     mine_segment(&work, 0).assert().success();
     mine_segment(&work, 2).assert().success();
-    tripmine()
-        .arg("finish")
-        .arg("--work")
-        .arg(&work)
+    finish(&work)
         .assert()
         .code(2)
         .stderr(predicate::str::contains(
@@ -322,30 +319,22 @@ fn a_segment_mined_for_an_earlier_plan_is_refused() {
     let dir = TempDir::new().unwrap();
     let input = generated(dir.path(), "t.parquet", 400, 5, 7);
     let work = dir.path().join("work");
-    let plan = || {
-        tripmine()
-            .current_dir(dir.path())
-            .args(["plan", "--no-progress", "--segment-anchors", "200", "--in"])
-            .arg(&input)
-            .arg("--work")
-            .arg(&work)
+    let plan_again = || {
+        plan(dir.path(), &work, 200, &["--in", input.to_str().unwrap()])
             .assert()
             .success();
     };
-    plan();
+    plan_again();
     mine_segment(&work, 0).assert().success();
     let old = std::fs::read(work.join("segments/000000.seg")).unwrap();
-    plan();
+    plan_again();
     assert!(
         !work.join("segments/000000.seg").exists(),
         "a new plan drops the old segments"
     );
     mine_segment(&work, 1).assert().success();
     std::fs::write(work.join("segments/000000.seg"), old).unwrap();
-    tripmine()
-        .arg("finish")
-        .arg("--work")
-        .arg(&work)
+    finish(&work)
         .assert()
         .code(3)
         .stderr(predicate::str::contains("mined for another plan"));
@@ -360,21 +349,8 @@ fn a_segment_killed_before_its_rename_leaves_nothing_and_its_retry_completes_the
     let at = dir.path().join("cluster");
     std::fs::create_dir_all(&at).unwrap();
     let work = dir.path().join("work");
-    tripmine()
-        .current_dir(&at)
-        .args([
-            "plan",
-            "--no-progress",
-            "--out",
-            "o.parquet",
-            "--report",
-            "r.parquet",
-        ])
-        .args(["--segment-anchors", "300", "--in", input])
-        .arg("--work")
-        .arg(&work)
-        .assert()
-        .success();
+    let outputs = ["--out", "o.parquet", "--report", "r.parquet", "--in", input];
+    plan(&at, &work, 300, &outputs).assert().success();
     mine_segment(&work, 1)
         .env(
             "TRIPMINE_TEST_ABORT_AT",
@@ -401,12 +377,7 @@ fn a_segment_killed_before_its_rename_leaves_nothing_and_its_retry_completes_the
         names.iter().all(|n| !n.starts_with('.')),
         "the retry removed the killed segment's temporary file: {names:?}"
     );
-    tripmine()
-        .arg("finish")
-        .arg("--work")
-        .arg(&work)
-        .assert()
-        .success();
+    finish(&work).assert().success();
     let b = Outputs {
         dir: at,
         out: "o.parquet",

@@ -49,18 +49,34 @@ fn run_limited(args: &[&str]) -> Peak {
     run_limited_on(&input, args)
 }
 
+/// Runs `tripmine COMMAND --in TABLE --memory-limit 192MiB ARGS` in a fresh folder.
+fn run_limited_command(command: &str, args: &[&str]) -> Peak {
+    let input = ["--in".to_string(), table().display().to_string()];
+    run_command_on(command, &input, args)
+}
+
 /// Runs `tripmine mine INPUT --memory-limit 192MiB ARGS` in a fresh folder and measures it.
 fn run_limited_on(input: &[String], args: &[&str]) -> Peak {
+    run_command_on("mine", input, args)
+}
+
+fn run_command_on(command: &str, input: &[String], args: &[&str]) -> Peak {
     let dir = tempfile::tempdir().unwrap();
-    let stderr_path = dir.path().join("stderr.log");
-    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("tripmine"))
-        .current_dir(dir.path())
-        .args(["mine", "--no-progress"])
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("tripmine"));
+    cmd.current_dir(dir.path())
+        .args([command, "--no-progress"])
         .args(input)
         .args(["--memory-limit", &format!("{LIMIT_MIB}MiB")])
         .args(["--scratch-dir"])
         .arg(dir.path())
-        .args(args)
+        .args(args);
+    measure(cmd, dir.path())
+}
+
+/// Runs `cmd` (its stderr kept in `dir`) and measures its memory while it runs.
+fn measure(mut cmd: std::process::Command, dir: &Path) -> Peak {
+    let stderr_path = dir.join("stderr.log");
+    let child = cmd
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&stderr_path).unwrap())
         .spawn()
@@ -225,4 +241,34 @@ fn a_limit_below_what_the_table_needs_is_refused_before_mining_naming_the_minimu
         "{stderr}"
     );
     assert!(!dir.path().join("t.parquet").exists());
+}
+
+#[test]
+fn a_job_cut_into_segments_stays_under_the_limit_in_every_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    let plan = run_limited_command(
+        "plan",
+        &[
+            "--anchors-sample",
+            "3000",
+            "--segment-anchors",
+            "1500",
+            "--work",
+            work.to_str().unwrap(),
+        ],
+    );
+    assert_peak_within_limit(plan, &["plan"]);
+    for segment in ["0", "1"] {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("tripmine"));
+        cmd.current_dir(dir.path())
+            .args(["mine-segment", "--segment", segment, "--work"])
+            .arg(&work);
+        assert_peak_within_limit(measure(cmd, dir.path()), &["mine-segment", segment]);
+    }
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("tripmine"));
+    cmd.current_dir(dir.path())
+        .args(["finish", "--work"])
+        .arg(&work);
+    assert_peak_within_limit(measure(cmd, dir.path()), &["finish"]);
 }
