@@ -19,36 +19,76 @@ unsafe extern "C" {
 
 /// OpenBLAS's thread count getter and setter, where the BLAS linked is OpenBLAS: the BLAS is
 /// whatever `libblas.so.3` points to and only OpenBLAS has them, so they are looked up rather
-/// than linked. First in the global scope (a program linked with it), then in the libraries
-/// already loaded under their usual names: a Python extension module and its libraries are
-/// loaded privately (`RTLD_LOCAL`), out of the global scope's sight.
+/// than linked. First in the global scope (a program linked with it), then in every library
+/// loaded: a Python extension module and its libraries are loaded privately (`RTLD_LOCAL`),
+/// out of the global scope's sight, and a repaired wheel's bundled OpenBLAS has a name of its
+/// own (`libopenblasp-r0-1a2b3c4d.so`).
 fn openblas_threads() -> Option<(extern "C" fn() -> c_int, extern "C" fn(c_int))> {
-    // SAFETY: dlopen with RTLD_NOLOAD only returns libraries already loaded (it loads none);
-    // dlsym with NUL-terminated names; the symbols, if found, have these signatures
-    // (OpenBLAS's `openblas_get_num_threads` and `openblas_set_num_threads`).
+    // SAFETY: dlsym with NUL-terminated names on valid handles; the symbols, if found, have
+    // these signatures (OpenBLAS's `openblas_get_num_threads` and `openblas_set_num_threads`).
     unsafe {
-        let lookup = |handle: *mut libc::c_void| {
-            let get = libc::dlsym(handle, c"openblas_get_num_threads".as_ptr());
-            let set = libc::dlsym(handle, c"openblas_set_num_threads".as_ptr());
-            (!get.is_null() && !set.is_null()).then_some((get, set))
-        };
-        let found = lookup(libc::RTLD_DEFAULT).or_else(|| {
-            [c"libopenblas.so.0", c"libblas.so.3"]
-                .into_iter()
-                .find_map(|name| {
-                    let handle = libc::dlopen(name.as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY);
-                    if handle.is_null() {
-                        return None;
-                    }
-                    // The library stays loaded by whoever loaded it; this handle is one more
-                    // reference, kept so that the symbols stay valid.
-                    lookup(handle)
-                })
-        })?;
+        let found = openblas_symbols(libc::RTLD_DEFAULT).or_else(loaded_openblas)?;
         let get = std::mem::transmute::<*mut libc::c_void, extern "C" fn() -> c_int>(found.0);
         let set = std::mem::transmute::<*mut libc::c_void, extern "C" fn(c_int)>(found.1);
         Some((get, set))
     }
+}
+
+type Symbols = (*mut libc::c_void, *mut libc::c_void);
+
+/// OpenBLAS's two symbols in `handle`, if it has them.
+///
+/// # Safety
+/// `handle` is `RTLD_DEFAULT` or a handle from `dlopen`.
+unsafe fn openblas_symbols(handle: *mut libc::c_void) -> Option<Symbols> {
+    // SAFETY: as the caller promises; NUL-terminated names.
+    let (get, set) = unsafe {
+        (
+            libc::dlsym(handle, c"openblas_get_num_threads".as_ptr()),
+            libc::dlsym(handle, c"openblas_set_num_threads".as_ptr()),
+        )
+    };
+    (!get.is_null() && !set.is_null()).then_some((get, set))
+}
+
+/// OpenBLAS's symbols in the first loaded library that has them.
+fn loaded_openblas() -> Option<Symbols> {
+    unsafe extern "C" fn visit(
+        info: *mut libc::dl_phdr_info,
+        _size: usize,
+        found: *mut libc::c_void,
+    ) -> c_int {
+        // SAFETY: the loader hands a valid `info` whose name is NUL-terminated (empty for the
+        // program itself); `found` is the `Option<Symbols>` passed below. dlopen with
+        // RTLD_NOLOAD only returns a library already loaded (it loads none); the handle is
+        // one more reference to it, kept so that the symbols stay valid.
+        unsafe {
+            let name = (*info).dlpi_name;
+            if name.is_null() || *name == 0 {
+                return 0;
+            }
+            let handle = libc::dlopen(name, libc::RTLD_NOLOAD | libc::RTLD_LAZY);
+            if handle.is_null() {
+                return 0;
+            }
+            match openblas_symbols(handle) {
+                Some(symbols) => {
+                    *found.cast::<Option<Symbols>>() = Some(symbols);
+                    1
+                }
+                None => {
+                    libc::dlclose(handle);
+                    0
+                }
+            }
+        }
+    }
+    let mut found: Option<Symbols> = None;
+    // SAFETY: `visit` only writes through the pointer to `found`, which outlives the call.
+    unsafe {
+        libc::dl_iterate_phdr(Some(visit), (&raw mut found).cast());
+    }
+    found
 }
 
 fn clamp(n: usize) -> c_int {
