@@ -1075,15 +1075,59 @@ fn first_k(params: &MiningParams, rows: usize, retrieval: bool) -> usize {
     }
 }
 
-/// [`Miner::finish`] without a miner: the cross-anchor rules depend on `params` alone (a
-/// distributed run applies them to the blocks its segments mined).
+/// [`Miner::finish`] without a miner: the cross-anchor rules depend on `params` alone.
 pub fn finish_blocks(params: &MiningParams, blocks: &mut [MinedBlock]) {
-    if let Some(max) = params.max_negative_reuse {
-        reuse_and_shortfall::cap_reuse(blocks, max);
+    let mut rules = CrossAnchorRules::new(params);
+    if rules.need_every_block() {
+        for block in blocks.iter() {
+            rules.observe(block);
+        }
     }
-    let limit = params.num_negatives.limit();
     for block in blocks {
-        reuse_and_shortfall::apply_shortfall(block, limit, params.shortfall);
+        rules.apply(block);
+    }
+}
+
+/// The rules that look across anchors (the negative reuse cap, then the shortfall policy),
+/// applied block by block: where [`CrossAnchorRules::need_every_block`], every block (in anchor
+/// order) is [`CrossAnchorRules::observe`]d before the first [`CrossAnchorRules::apply`]; the
+/// blocks themselves need not stay in memory meanwhile.
+#[derive(Debug)]
+pub struct CrossAnchorRules {
+    cap: Option<reuse_and_shortfall::ReuseCap>,
+    limit: usize,
+    shortfall: crate::config::Shortfall,
+}
+
+impl CrossAnchorRules {
+    pub fn new(params: &MiningParams) -> Self {
+        CrossAnchorRules {
+            cap: params
+                .max_negative_reuse
+                .map(reuse_and_shortfall::ReuseCap::new),
+            limit: params.num_negatives.limit(),
+            shortfall: params.shortfall,
+        }
+    }
+
+    /// Whether a block's outcome depends on the other blocks (`max_negative_reuse`).
+    pub fn need_every_block(&self) -> bool {
+        self.cap.is_some()
+    }
+
+    /// Learns what `block` tells the rules that look at every block.
+    pub fn observe(&mut self, block: &MinedBlock) {
+        if let Some(cap) = &mut self.cap {
+            cap.observe(block);
+        }
+    }
+
+    /// Applies the rules to `block`, updating its anchor records' counts.
+    pub fn apply(&mut self, block: &mut MinedBlock) {
+        if let Some(cap) = &mut self.cap {
+            cap.apply(block);
+        }
+        reuse_and_shortfall::apply_shortfall(block, self.limit, self.shortfall);
     }
 }
 

@@ -18,12 +18,12 @@
 //! decides once, and the segments search with its settings.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::blocks::{BlockReader, BlockWriter};
 use super::job::{
     Clock, Emitter, Input, Job, SEGMENT_ABORT_POINT, SearchFacts, Stage, abort_point, conclude,
     index_and_tune, input_names, measure_recall, mine_windows, read_stage,
@@ -35,10 +35,7 @@ use super::{RunIdentity, gate, in_job_pool};
 use crate::config::{Metric, MiningConfig, MiningOptions};
 use crate::error::{Error, Result};
 use crate::io::{AtomicPath, BatchSource, PreparedTable, Queries, open_table, save_table};
-use crate::mine::{
-    AnchorRecord, MinedBlock, Miner, NeighbourLabels, SearchKnobs, SearchStats, Triplet,
-    finish_blocks,
-};
+use crate::mine::{CrossAnchorRules, Miner, SearchKnobs};
 use crate::process::{RunningJob, check_interrupted};
 
 /// Anchors per segment unless asked otherwise: eight blocks of the miner.
@@ -345,7 +342,9 @@ pub fn mine_segment(work: &Path, segment: usize, threads: Option<usize>) -> Resu
         let mine = &anchors[plan.range(segment)];
         let job = Job::new(&config, &[]);
         let target = AtomicPath::new(&segment_path(work, segment))?;
-        let mut out = SegmentWriter::create(&target, &plan.id, segment)?;
+        let file = File::create(target.tmp()).map_err(|e| Error::output(target.dest(), e))?;
+        let mut out =
+            BlockWriter::new(file, target.dest(), plan_id_bits(&plan.id), segment as u32)?;
         let mut triplets = 0u64;
         let search_before = miner.search_stats();
         mine_windows(
@@ -364,7 +363,14 @@ pub fn mine_segment(work: &Path, segment: usize, threads: Option<usize>) -> Resu
             triplets,
             seconds: started.elapsed().as_secs_f64(),
         };
-        out.finish(&done, miner.search_stats().since(search_before))?;
+        let search = miner.search_stats().since(search_before);
+        out.end([
+            done.anchors as u64,
+            done.triplets,
+            done.seconds.to_bits(),
+            search.seconds.to_bits(),
+            search.queries,
+        ])?;
         abort_point(SEGMENT_ABORT_POINT);
         target.commit()?;
         tracing::info!(
@@ -410,28 +416,27 @@ pub fn finish(work: &Path) -> Result<Summary> {
         let input = open_input(work, &plan)?;
         let stage = Stage::start("merge");
         let mut emitter = Emitter::new(&job, &input)?;
-        let hold = config.mine.max_negative_reuse.is_some();
-        let mut held: Vec<MinedBlock> = Vec::new();
-        for segment in 0..plan.segments {
-            check_interrupted()?;
-            let (blocks, done, search) = read_segment(&segment_path(work, segment), &plan.id)?;
-            clock.seconds.mine += done.seconds;
-            clock.seconds.search.seconds += search.seconds;
-            clock.seconds.search.queries += search.queries;
-            for mut block in blocks {
-                if hold {
-                    held.push(block);
-                } else {
-                    finish_blocks(&config.mine, std::slice::from_mut(&mut block));
-                    emitter.emit(&block)?;
+        let mut rules = CrossAnchorRules::new(&config.mine);
+        if rules.need_every_block() {
+            // The reuse cap learns from every block first (a pass over the segments).
+            for segment in 0..plan.segments {
+                let mut blocks = open_segment(work, segment, &plan)?;
+                while let Some(block) = blocks.next_block()? {
+                    rules.observe(&block);
                 }
             }
         }
-        if hold {
-            finish_blocks(&config.mine, &mut held);
-            for block in &held {
-                emitter.emit(block)?;
+        for segment in 0..plan.segments {
+            check_interrupted()?;
+            let mut blocks = open_segment(work, segment, &plan)?;
+            while let Some(mut block) = blocks.next_block()? {
+                rules.apply(&mut block);
+                emitter.emit(&block)?;
             }
+            let [_, _, seconds, search_seconds, queries] = blocks.figures()?;
+            clock.seconds.mine += f64::from_bits(seconds);
+            clock.seconds.search.seconds += f64::from_bits(search_seconds);
+            clock.seconds.search.queries += queries;
         }
         let emitted = emitter.close()?;
         stage.done(plan.anchors, "segments merged");
@@ -479,317 +484,16 @@ fn segment_path(work: &Path, segment: usize) -> PathBuf {
     work.join(SEGMENTS).join(format!("{segment:06}.seg"))
 }
 
-/// A segment file: a header (magic, plan id, segment), then per block its record and triplet
-/// counts and their words, then an end mark with the segment's figures. Little-endian `u32`
-/// words throughout; floats as their bits.
-const MAGIC: &[u8; 8] = b"TMSEG001";
-/// The record count that marks the end.
-const END: u32 = u32::MAX;
-const RECORD_WORDS: usize = 15;
-const TRIPLET_WORDS: usize = 6;
-
-struct SegmentWriter {
-    out: BufWriter<File>,
-    dest: PathBuf,
+/// A plan id as the 64 bits a segment file keeps.
+fn plan_id_bits(id: &str) -> u64 {
+    u64::from_str_radix(id, 16).unwrap_or(0)
 }
 
-impl SegmentWriter {
-    fn create(target: &AtomicPath, plan_id: &str, segment: usize) -> Result<Self> {
-        let dest = target.dest().to_path_buf();
-        let file = File::create(target.tmp()).map_err(|e| Error::output(&dest, e))?;
-        let mut w = SegmentWriter {
-            out: BufWriter::with_capacity(1 << 20, file),
-            dest,
-        };
-        w.bytes(MAGIC)?;
-        w.bytes(&plan_id_bytes(plan_id))?;
-        w.words(&[segment as u32, 0])?;
-        Ok(w)
+/// Opens segment `segment`'s file, checked to be of this plan.
+fn open_segment(work: &Path, segment: usize, plan: &Plan) -> Result<BlockReader> {
+    let reader = BlockReader::open(&segment_path(work, segment))?;
+    if reader.id != plan_id_bits(&plan.id) || reader.number as usize != segment {
+        return Err(reader.bad("mined for another plan; mine this segment again"));
     }
-
-    fn bytes(&mut self, b: &[u8]) -> Result<()> {
-        self.out
-            .write_all(b)
-            .map_err(|e| Error::output(&self.dest, e))
-    }
-
-    fn words(&mut self, w: &[u32]) -> Result<()> {
-        let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
-        self.bytes(&bytes)
-    }
-
-    fn block(&mut self, block: &MinedBlock) -> Result<()> {
-        let mut w = Vec::with_capacity(
-            2 + block.anchors.len() * RECORD_WORDS + block.triplets.len() * TRIPLET_WORDS,
-        );
-        w.push(block.anchors.len() as u32);
-        w.push(block.triplets.len() as u32);
-        for r in &block.anchors {
-            w.extend(record_words(r));
-        }
-        for t in &block.triplets {
-            w.extend(triplet_words(t));
-        }
-        self.words(&w)
-    }
-
-    fn finish(mut self, done: &SegmentDone, search: SearchStats) -> Result<()> {
-        self.words(&[END, 0])?;
-        let figures = [
-            done.anchors as u64,
-            done.triplets,
-            done.seconds.to_bits(),
-            search.seconds.to_bits(),
-            search.queries,
-        ];
-        let bytes: Vec<u8> = figures.iter().flat_map(|x| x.to_le_bytes()).collect();
-        self.bytes(&bytes)?;
-        self.out.flush().map_err(|e| Error::output(&self.dest, e))
-    }
-}
-
-fn plan_id_bytes(id: &str) -> [u8; 8] {
-    u64::from_str_radix(id, 16).unwrap_or(0).to_le_bytes()
-}
-
-fn record_words(r: &AnchorRecord) -> [u32; RECORD_WORDS] {
-    let flags = u32::from(r.has_positive)
-        | u32::from(r.capped) << 1
-        | u32::from(r.violating_neighbour.is_some()) << 2
-        | u32::from(r.violating_neighbour == Some(true)) << 3
-        | u32::from(r.neighbour_labels.is_some()) << 4;
-    let n = r.neighbour_labels.unwrap_or(NeighbourLabels {
-        agreement: 0.0,
-        majority: 0,
-    });
-    [
-        r.anchor,
-        r.label,
-        flags,
-        r.triplets,
-        n.agreement.to_bits(),
-        n.majority,
-        r.pairs,
-        r.short_pairs,
-        r.dropped_pairs,
-        r.guard_removed[0],
-        r.guard_removed[1],
-        r.guard_removed[2],
-        r.guard_removed[3],
-        r.reuse_removed,
-        0,
-    ]
-}
-
-fn record_of(w: &[u32]) -> AnchorRecord {
-    let flag = |bit: u32| w[2] & (1 << bit) != 0;
-    AnchorRecord {
-        anchor: w[0],
-        label: w[1],
-        has_positive: flag(0),
-        capped: flag(1),
-        violating_neighbour: flag(2).then_some(flag(3)),
-        neighbour_labels: flag(4).then_some(NeighbourLabels {
-            agreement: f32::from_bits(w[4]),
-            majority: w[5],
-        }),
-        triplets: w[3],
-        pairs: w[6],
-        short_pairs: w[7],
-        dropped_pairs: w[8],
-        guard_removed: [w[9], w[10], w[11], w[12]],
-        reuse_removed: w[13],
-    }
-}
-
-fn triplet_words(t: &Triplet) -> [u32; TRIPLET_WORDS] {
-    [
-        t.anchor,
-        t.positive,
-        t.negative,
-        t.d_ap.to_bits(),
-        t.d_an.to_bits(),
-        t.negative_rank,
-    ]
-}
-
-fn triplet_of(w: &[u32]) -> Triplet {
-    Triplet {
-        anchor: w[0],
-        positive: w[1],
-        negative: w[2],
-        d_ap: f32::from_bits(w[3]),
-        d_an: f32::from_bits(w[4]),
-        negative_rank: w[5],
-    }
-}
-
-/// The blocks of a segment file written for plan `plan_id`, with its figures.
-fn read_segment(path: &Path, plan_id: &str) -> Result<(Vec<MinedBlock>, SegmentDone, SearchStats)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bad = |what: &str| {
-        Error::BadData(format!(
-            "{}: {what}; mine this segment again",
-            path.display()
-        ))
-    };
-    if bytes.len() < 24 || &bytes[..8] != MAGIC {
-        return Err(bad("not a segment file"));
-    }
-    if bytes[8..16] != plan_id_bytes(plan_id) {
-        return Err(bad("mined for another plan"));
-    }
-    let word = |at: usize| -> Option<u32> {
-        Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
-    };
-    let segment = word(16).ok_or_else(|| bad("truncated"))? as usize;
-    let mut at = 24;
-    let mut blocks = Vec::new();
-    loop {
-        let (Some(records), Some(triplets)) = (word(at), word(at + 4)) else {
-            return Err(bad("truncated"));
-        };
-        at += 8;
-        if records == END {
-            break;
-        }
-        let (records, triplets) = (records as usize, triplets as usize);
-        let len = 4 * (records * RECORD_WORDS + triplets * TRIPLET_WORDS);
-        let body = bytes.get(at..at + len).ok_or_else(|| bad("truncated"))?;
-        let words: Vec<u32> = body
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes(c.try_into().expect("four bytes")))
-            .collect();
-        let (r, t) = words.split_at(records * RECORD_WORDS);
-        blocks.push(MinedBlock {
-            anchors: r.chunks_exact(RECORD_WORDS).map(record_of).collect(),
-            triplets: t.chunks_exact(TRIPLET_WORDS).map(triplet_of).collect(),
-        });
-        at += len;
-    }
-    let figure = |i: usize| -> Option<u64> {
-        Some(u64::from_le_bytes(
-            bytes.get(at + 8 * i..at + 8 * i + 8)?.try_into().ok()?,
-        ))
-    };
-    let f: Vec<u64> = (0..5).map_while(figure).collect();
-    if f.len() != 5 || at + 40 != bytes.len() {
-        return Err(bad("truncated"));
-    }
-    let done = SegmentDone {
-        segment,
-        anchors: f[0] as usize,
-        triplets: f[1],
-        seconds: f64::from_bits(f[2]),
-    };
-    let search = SearchStats {
-        seconds: f64::from_bits(f[3]),
-        queries: f[4],
-    };
-    Ok((blocks, done, search))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_segment_file_gives_back_the_blocks_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("000003.seg");
-        let record = AnchorRecord {
-            anchor: 7,
-            label: 2,
-            has_positive: true,
-            triplets: 2,
-            capped: true,
-            violating_neighbour: Some(false),
-            neighbour_labels: Some(NeighbourLabels {
-                agreement: 0.25,
-                majority: 9,
-            }),
-            pairs: 1,
-            short_pairs: 1,
-            dropped_pairs: 0,
-            guard_removed: [1, 2, 3, 4],
-            reuse_removed: 5,
-        };
-        let bare = AnchorRecord {
-            anchor: 8,
-            has_positive: false,
-            capped: false,
-            violating_neighbour: None,
-            neighbour_labels: None,
-            triplets: 0,
-            ..record
-        };
-        let t = |n: u32, d: f32| Triplet {
-            anchor: 7,
-            positive: 3,
-            negative: n,
-            d_ap: 0.5,
-            d_an: d,
-            negative_rank: n + 1,
-        };
-        let blocks = vec![
-            MinedBlock {
-                anchors: vec![record],
-                triplets: vec![t(10, 0.75), t(11, f32::MIN_POSITIVE)],
-            },
-            MinedBlock::default(),
-            MinedBlock {
-                anchors: vec![bare],
-                triplets: Vec::new(),
-            },
-        ];
-        let target = AtomicPath::new(&path).unwrap();
-        let mut w = SegmentWriter::create(&target, "00000000deadbeef", 3).unwrap();
-        for b in &blocks {
-            w.block(b).unwrap();
-        }
-        let done = SegmentDone {
-            segment: 3,
-            anchors: 2,
-            triplets: 2,
-            seconds: 1.5,
-        };
-        let search = SearchStats {
-            seconds: 0.25,
-            queries: 9,
-        };
-        w.finish(&done, search).unwrap();
-        target.commit().unwrap();
-        let (read, read_done, read_search) = read_segment(&path, "00000000deadbeef").unwrap();
-        assert_eq!(read.len(), blocks.len());
-        for (a, b) in read.iter().zip(&blocks) {
-            assert_eq!(a.anchors, b.anchors);
-            assert_eq!(a.triplets, b.triplets);
-        }
-        assert_eq!((read_done, read_search), (done, search));
-        assert!(read_segment(&path, "00000000deadbeee").is_err());
-    }
-
-    #[test]
-    fn a_truncated_segment_file_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("000000.seg");
-        let target = AtomicPath::new(&path).unwrap();
-        let mut w = SegmentWriter::create(&target, "1", 0).unwrap();
-        w.block(&MinedBlock {
-            anchors: Vec::new(),
-            triplets: vec![Triplet {
-                anchor: 1,
-                positive: 2,
-                negative: 3,
-                d_ap: 0.0,
-                d_an: 1.0,
-                negative_rank: 0,
-            }],
-        })
-        .unwrap();
-        w.out.flush().unwrap();
-        target.commit().unwrap();
-        let e = read_segment(&path, "1").unwrap_err().to_string();
-        assert!(e.contains("truncated"), "{e}");
-    }
+    Ok(reader)
 }

@@ -15,11 +15,12 @@ use crate::io::{
     read_table_from_batches, read_table_with, write_atomic, write_parquet_into,
 };
 use crate::mine::{
-    AutoChoice, MinedBlock, Miner, Recall, SearchStats, Triplet, Truth, Tuning, finish_blocks,
+    AutoChoice, CrossAnchorRules, MinedBlock, Miner, Recall, SearchStats, Triplet, Truth, Tuning,
 };
 use crate::process::{check_interrupted, release_free_heap};
 use crate::report::{Report, ReportBuilder, Totals};
 
+use super::blocks::HeldBlocks;
 use super::outputs::{Batcher, OutputLayout, json, suspects_batch, with_metadata};
 use super::recall::{self, RecallPlan};
 use super::summary::{self, Summary, Timings};
@@ -531,9 +532,13 @@ fn mine_and_write(
     let bar = progress(job.show, Some(anchors.len() as u64), "mining");
     let mut emitter = Emitter::new(job, input)?;
     let mut sampled: Vec<Triplet> = Vec::new();
-    // The reuse cap compares anchors across blocks: hold every block until all are mined.
-    let hold = config.mine.max_negative_reuse.is_some();
-    let mut held: Vec<MinedBlock> = Vec::new();
+    let mut rules = CrossAnchorRules::new(&config.mine);
+    // The reuse cap learns from every block before it removes anything: the blocks wait on
+    // disk meanwhile (their memory would grow with the triplets).
+    let mut held = match rules.need_every_block() {
+        true => Some(HeldBlocks::new(&job.scratch)?),
+        false => None,
+    };
     mine_windows(
         job,
         miner,
@@ -548,20 +553,25 @@ fn mine_and_write(
                         .filter(|t| recall_sample.binary_search(&t.anchor).is_ok()),
                 );
             }
-            if hold {
-                held.push(mined);
-            } else {
-                finish_blocks(&config.mine, std::slice::from_mut(&mut mined));
-                emitter.emit(&mined)?;
-                abort_point("mine");
+            match &mut held {
+                Some(held) => {
+                    rules.observe(&mined);
+                    held.hold(&mined)
+                }
+                None => {
+                    rules.apply(&mut mined);
+                    emitter.emit(&mined)?;
+                    abort_point("mine");
+                    Ok(())
+                }
             }
-            Ok(())
         },
     )?;
-    if hold {
-        finish_blocks(&config.mine, &mut held);
-        for mined in &held {
-            emitter.emit(mined)?;
+    if let Some(held) = held {
+        let mut blocks = held.read_back()?;
+        while let Some(mut block) = blocks.next_block()? {
+            rules.apply(&mut block);
+            emitter.emit(&block)?;
         }
     }
     let emitted = emitter.close()?;

@@ -6,6 +6,7 @@
 //! inputs and configuration match the manifest skips the work. Quality gates are checked last.
 //! Pipeline files ([`pipeline_file`]) describe jobs for schedulers.
 
+mod blocks;
 pub mod distributed;
 mod guard;
 mod job;
