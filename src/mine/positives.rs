@@ -138,7 +138,8 @@ pub(super) fn plan(m: &mut Miner, anchors: &[u32]) -> Result<Vec<AnchorPlan>> {
         .collect())
 }
 
-fn wanted(m: &Miner) -> usize {
+/// Positives each anchor asks for (`usize::MAX`: all of them).
+pub(super) fn wanted(m: &Miner) -> usize {
     match m.params.positives {
         PositiveStrategy::All => usize::MAX,
         _ => m.params.num_positives.limit(),

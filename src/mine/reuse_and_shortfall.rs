@@ -92,6 +92,7 @@ impl ReuseCap {
     pub(super) fn apply(&mut self, block: &mut MinedBlock) {
         let max = self.max;
         let last_kept = self.last_kept.get_or_insert_with(|| {
+            tracing::debug!(negatives = self.nearest.len(), "negative reuse counted");
             std::mem::take(&mut self.nearest)
                 .into_iter()
                 .filter(|(_, (count, _))| *count as usize > max)

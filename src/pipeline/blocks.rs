@@ -52,18 +52,17 @@ impl BlockWriter {
     }
 
     pub(super) fn block(&mut self, block: &MinedBlock) -> Result<()> {
-        let mut w = Vec::with_capacity(
-            2 + block.anchors.len() * RECORD_WORDS + block.triplets.len() * TRIPLET_WORDS,
-        );
-        w.push(block.anchors.len() as u32);
-        w.push(block.triplets.len() as u32);
-        for r in &block.anchors {
-            w.extend(record_words(r));
+        self.words(&[block.anchors.len() as u32, block.triplets.len() as u32])?;
+        // A few thousand at a time: a copy of the whole block would double its memory.
+        for chunk in block.anchors.chunks(4096) {
+            let w: Vec<u32> = chunk.iter().flat_map(record_words).collect();
+            self.words(&w)?;
         }
-        for t in &block.triplets {
-            w.extend(triplet_words(t));
+        for chunk in block.triplets.chunks(8192) {
+            let w: Vec<u32> = chunk.iter().flat_map(triplet_words).collect();
+            self.words(&w)?;
         }
-        self.words(&w)
+        Ok(())
     }
 
     /// Writes the end mark and `figures`, flushes, and gives the file back.

@@ -244,6 +244,23 @@ fn a_limit_below_what_the_table_needs_is_refused_before_mining_naming_the_minimu
 }
 
 #[test]
+fn the_negative_reuse_cap_over_millions_of_triplets_stays_under_the_limit() {
+    // Every positive of 4,000 anchors with 5 easy negatives each: 3.9 million triplets
+    // (94 MB), which the cap sees whole before it removes any. Before, the blocks were held
+    // in memory and sized for one positive an anchor: 405 MiB.
+    assert_within_limit(&[
+        "--anchors-sample",
+        "4000",
+        "--positives",
+        "all",
+        "--negatives",
+        "easy",
+        "--max-negative-reuse",
+        "3",
+    ]);
+}
+
+#[test]
 fn a_job_cut_into_segments_stays_under_the_limit_in_every_step() {
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("work");
