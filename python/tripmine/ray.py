@@ -167,6 +167,15 @@ def mine(
     stream = _resolve_source(source, embeddings, labels, ids, options)
     name = "<arrays>" if embeddings is not None else _source_name(source)
     own_work = work_dir is None
+    if own_work:
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        if nodes > 1:
+            log.warning(
+                "work_dir not given on a cluster of %d nodes: using a temporary folder of this "
+                "machine, which segment tasks on other machines cannot read; give work_dir= "
+                "on storage every node reads",
+                nodes,
+            )
     work = Path(tempfile.mkdtemp(prefix="tripmine-ray-")) if own_work else Path(work_dir)
     work = work.absolute()
     work.mkdir(parents=True, exist_ok=True)

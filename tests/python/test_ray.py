@@ -162,3 +162,9 @@ def test_bad_data_in_the_plan_task_is_the_same_data_error(cluster, tmp_path):
     pq.write_table(overlapping_table(rows=50, labels=1), path)
     with pytest.raises(tripmine.DataError, match="at least two"):
         tripmine.ray.mine(path, out=tmp_path / "o.parquet", report=tmp_path / "r.parquet")
+
+
+def test_without_a_work_dir_a_cluster_of_several_nodes_is_warned(cluster, table_file, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="tripmine"):
+        tripmine.ray.mine(table_file, out=tmp_path / "o.parquet", report=tmp_path / "r.parquet")
+    assert any("storage every node reads" in r.getMessage() for r in caplog.records)
