@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -109,6 +110,14 @@ def _finish_task(work: str) -> str:
     except QualityGateError as gated:
         # Crosses back to the driver as a plain value: the exception's attributes would not.
         return json.dumps({"__gated__": str(gated), "summary": getattr(gated, "summary_json", None)})
+
+
+def _show_progress(show: bool, done: int, segments: int, started: float) -> None:
+    """One line on a terminal: segments mined so far, and time elapsed."""
+    if show:
+        elapsed = time.monotonic() - started
+        sys.stderr.write(f"\r    mining {done}/{segments} segments, {elapsed:.0f} s elapsed\033[K")
+        sys.stderr.flush()
 
 
 def _get(ref: Any) -> Any:
@@ -187,9 +196,11 @@ def mine(
     options["out"] = os.fspath(out)
     options["report"] = os.fspath(report)
     _absolute(options)
-    # Progress is logged from finished segments; no task draws a bar. Native threads follow
-    # the task's CPUs (plan and finish read `threads`; segments are told).
-    options.setdefault("progress", False)
+    # Progress comes from finished segments: logged, and on a terminal a line on stderr (no
+    # task draws a bar). Native threads follow the task's CPUs (plan and finish read
+    # `threads`; segments are told).
+    show = bool(options.get("progress", True)) and sys.stderr.isatty()
+    options["progress"] = False
     options.setdefault("threads", num_cpus)
     options_json = json.dumps(options, default=_json_default)
     # Bad options fail here, as tripmine.mine's do, before any task starts.
@@ -219,6 +230,8 @@ def mine(
         segment = remote(_segment_task, scheduling_strategy="SPREAD")
         pending: List[Any] = [segment.remote(os.fspath(work), i, num_cpus) for i in range(segments)]
         done = 0
+        mining_started = time.monotonic()
+        _show_progress(show, done, segments, mining_started)
         while pending:
             try:
                 finished, pending = ray.wait(pending, num_returns=1)
@@ -234,6 +247,10 @@ def mine(
                 figures["segment"], figures["anchors"], figures["triplets"], figures["seconds"],
                 done, segments,
             )
+            _show_progress(show, done, segments, mining_started)
+        if show:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
         summary = _get(
             remote(_finish_task, scheduling_strategy=pinned).remote(os.fspath(work))
         )
