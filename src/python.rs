@@ -396,11 +396,16 @@ fn run_detached<T: Send + 'static>(
     }
 }
 
-fn with_default_threads(mut options: MiningOptions) -> MiningOptions {
-    let n = DEFAULT_THREADS.load(Ordering::Relaxed);
-    if options.run.threads.is_none() && n > 0 {
-        options.run.threads = Some(n);
+/// The threads `set_threads` chose for jobs that set none (`None`: all cores).
+fn default_threads() -> Option<usize> {
+    match DEFAULT_THREADS.load(Ordering::Relaxed) {
+        0 => None,
+        n => Some(n),
     }
+}
+
+fn with_default_threads(mut options: MiningOptions) -> MiningOptions {
+    options.run.threads = options.run.threads.or_else(default_threads);
     options
 }
 
@@ -491,10 +496,7 @@ fn mine_segment(
     segment: usize,
     threads: Option<usize>,
 ) -> PyResult<String> {
-    let threads = threads.or(match DEFAULT_THREADS.load(Ordering::Relaxed) {
-        0 => None,
-        n => Some(n),
-    });
+    let threads = threads.or_else(default_threads);
     let done = run_detached(py, move || {
         distributed::mine_segment(&work, segment, threads)
     })?;

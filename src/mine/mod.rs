@@ -504,7 +504,15 @@ impl<'t> Miner<'t> {
     /// first `max_negative_reuse` (over all `blocks` together, so pass every block when it is
     /// set), then the shortfall policy. Updates the anchor records' counts.
     pub fn finish(&self, blocks: &mut [MinedBlock]) {
-        finish_blocks(&self.params, blocks);
+        let mut rules = CrossAnchorRules::new(&self.params);
+        if rules.need_every_block() {
+            for block in blocks.iter() {
+                rules.observe(block);
+            }
+        }
+        for block in blocks {
+            rules.apply(block);
+        }
     }
 
     /// Total variance of the vectors mined (normalised for cosine) over their mean squared
@@ -1092,19 +1100,6 @@ fn first_k(params: &MiningParams, rows: usize, retrieval: bool) -> usize {
     match params.range_max {
         Some(max) => params.k().max((max + self_row).min(rows)),
         None => params.k(),
-    }
-}
-
-/// [`Miner::finish`] without a miner: the cross-anchor rules depend on `params` alone.
-pub fn finish_blocks(params: &MiningParams, blocks: &mut [MinedBlock]) {
-    let mut rules = CrossAnchorRules::new(params);
-    if rules.need_every_block() {
-        for block in blocks.iter() {
-            rules.observe(block);
-        }
-    }
-    for block in blocks {
-        rules.apply(block);
     }
 }
 

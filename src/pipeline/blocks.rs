@@ -3,8 +3,8 @@
 //!
 //! In: [`MinedBlock`]s (triplets and anchor records, before the cross-anchor rules). Out: the
 //! same blocks, in the order written. A file is a header (magic, a 64-bit id, a number), then
-//! per block its record and triplet counts and their words, then an end mark and five 64-bit
-//! figures. Little-endian `u32` words throughout; floats as their bits. A file cut short is an
+//! per block its record and triplet counts and their words, then an end mark and
+//! [`FIGURES`] 64-bit figures. Little-endian `u32` words throughout; floats as their bits. A file cut short is an
 //! error naming it, never a short read taken for the end.
 
 use std::fs::File;
@@ -19,6 +19,8 @@ const MAGIC: &[u8; 8] = b"TMSEG001";
 const END: u32 = u32::MAX;
 const RECORD_WORDS: usize = 15;
 const TRIPLET_WORDS: usize = 6;
+/// 64-bit figures after the end mark (a segment's: its seconds, search seconds, queries).
+pub(super) const FIGURES: usize = 3;
 
 /// Writes blocks to a file.
 pub(super) struct BlockWriter {
@@ -66,7 +68,7 @@ impl BlockWriter {
     }
 
     /// Writes the end mark and `figures`, flushes, and gives the file back.
-    pub(super) fn end(mut self, figures: [u64; 5]) -> Result<File> {
+    pub(super) fn end(mut self, figures: [u64; FIGURES]) -> Result<File> {
         self.words(&[END, 0])?;
         let bytes: Vec<u8> = figures.iter().flat_map(|x| x.to_le_bytes()).collect();
         self.bytes(&bytes)?;
@@ -151,9 +153,9 @@ impl BlockReader {
     }
 
     /// The figures after the end mark (every block read), checking nothing follows them.
-    pub(super) fn figures(mut self) -> Result<[u64; 5]> {
+    pub(super) fn figures(mut self) -> Result<[u64; FIGURES]> {
         while self.next_block()?.is_some() {}
-        let mut bytes = [0u8; 40];
+        let mut bytes = [0u8; 8 * FIGURES];
         self.exact(&mut bytes).map_err(|_| self.bad("truncated"))?;
         let mut rest = [0u8; 1];
         if self
@@ -264,7 +266,7 @@ impl HeldBlocks {
     pub(super) fn read_back(self) -> Result<BlockReader> {
         use std::io::Seek;
         let path = self.writer.dest.clone();
-        let mut file = self.writer.end([0; 5])?;
+        let mut file = self.writer.end([0; FIGURES])?;
         file.rewind().map_err(|e| Error::io(&path, e))?;
         BlockReader::new(file, &path)
     }
@@ -341,7 +343,7 @@ mod tests {
         for b in &written {
             w.block(b).unwrap();
         }
-        w.end([1, 2, 3, 4, 5]).unwrap();
+        w.end([1, 2, 3]).unwrap();
         let mut r = BlockReader::open(&path).unwrap();
         assert_eq!((r.id, r.number), (0xdead_beef, 3));
         let mut read = Vec::new();
@@ -349,7 +351,7 @@ mod tests {
             read.push(b);
         }
         assert_same(&read, &written);
-        assert_eq!(r.figures().unwrap(), [1, 2, 3, 4, 5]);
+        assert_eq!(r.figures().unwrap(), [1, 2, 3]);
     }
 
     #[test]
@@ -360,7 +362,7 @@ mod tests {
         for b in &blocks() {
             w.block(b).unwrap();
         }
-        w.end([0; 5]).unwrap();
+        w.end([0; FIGURES]).unwrap();
         let whole = std::fs::read(&path).unwrap();
         for cut in [0, 10, 24, 30, whole.len() / 2, whole.len() - 1] {
             std::fs::write(&path, &whole[..cut]).unwrap();

@@ -26,16 +26,15 @@ use serde::{Deserialize, Serialize};
 use super::blocks::{BlockReader, BlockWriter};
 use super::job::{
     Clock, Emitter, Input, Job, SEGMENT_ABORT_POINT, SearchFacts, Stage, abort_point, conclude,
-    index_and_tune, input_names, measure_recall, mine_windows, read_stage,
+    index_and_tune, input_names, mine_windows, read_stage,
 };
 use super::manifest::InputStat;
-use super::recall::RecallPlan;
 use super::summary::{Summary, Timings};
 use super::{RunIdentity, gate, in_job_pool};
 use crate::config::{Metric, MiningConfig, MiningOptions};
 use crate::error::{Error, Result};
 use crate::io::{AtomicPath, BatchSource, PreparedTable, Queries, open_table, save_table};
-use crate::mine::{CrossAnchorRules, Miner, SearchKnobs};
+use crate::mine::SearchKnobs;
 use crate::process::{RunningJob, check_interrupted};
 
 /// Anchors per segment unless asked otherwise: eight blocks of the miner.
@@ -173,15 +172,10 @@ fn plan_from(
 
         let input = read_stage(&job, batches, &mut clock, input_names.len())?;
         let (mut miner, anchors, recall) = index_and_tune(&job, &input, &mut clock)?;
-        let RecallPlan {
-            truth,
-            tuning,
-            auto,
-        } = recall;
         let stage = Stage::start("recall");
         // The sample's triplets are what the single run's blocks hold for those anchors.
         let mut sampled = Vec::new();
-        if let Some(t) = &truth {
+        if let Some(t) = &recall.truth {
             mine_windows(
                 &job,
                 &mut miner,
@@ -193,14 +187,7 @@ fn plan_from(
                 },
             )?;
         }
-        let search = SearchFacts {
-            recall: measure_recall(&mut miner, truth, &sampled)?,
-            index: miner.index_info().factory.clone(),
-            exact: miner.exact(),
-            embedding_spread: miner.embedding_spread(),
-            tuning,
-            auto,
-        };
+        let search = SearchFacts::gather(&mut miner, recall, &sampled)?;
         clock.seconds.tune += stage.done(sampled.len(), "recall sample mined");
         check_interrupted()?;
 
@@ -322,11 +309,7 @@ pub fn mine_segment(work: &Path, segment: usize, threads: Option<usize>) -> Resu
         params.index = plan.search.index.clone();
         params.k = Some(plan.knobs.k);
         let saved = (!plan.search.exact).then(|| work.join(INDEX));
-        let mut miner = match (&input.queries, &saved) {
-            (Some(q), saved) => Miner::retrieval(&input.table, q, &params, saved.as_deref())?,
-            (None, Some(path)) => Miner::with_saved_index(&input.table, &params, path)?,
-            (None, None) => Miner::new(&input.table, &params)?,
-        };
+        let mut miner = input.miner(&params, saved.as_deref())?;
         if !plan.search.exact {
             miner.set_search_knobs(plan.knobs)?;
         }
@@ -365,8 +348,6 @@ pub fn mine_segment(work: &Path, segment: usize, threads: Option<usize>) -> Resu
         };
         let search = miner.search_stats().since(search_before);
         out.end([
-            done.anchors as u64,
-            done.triplets,
             done.seconds.to_bits(),
             search.seconds.to_bits(),
             search.queries,
@@ -416,24 +397,20 @@ pub fn finish(work: &Path) -> Result<Summary> {
         let input = open_input(work, &plan)?;
         let stage = Stage::start("merge");
         let mut emitter = Emitter::new(&job, &input)?;
-        let mut rules = CrossAnchorRules::new(&config.mine);
-        if rules.need_every_block() {
+        if emitter.needs_every_block() {
             // The reuse cap learns from every block first (a pass over the segments).
             for segment in 0..plan.segments {
                 let mut blocks = open_segment(work, segment, &plan)?;
                 while let Some(block) = blocks.next_block()? {
-                    rules.observe(&block);
+                    emitter.observe(&block);
                 }
             }
         }
         for segment in 0..plan.segments {
             check_interrupted()?;
             let mut blocks = open_segment(work, segment, &plan)?;
-            while let Some(mut block) = blocks.next_block()? {
-                rules.apply(&mut block);
-                emitter.emit(&block)?;
-            }
-            let [_, _, seconds, search_seconds, queries] = blocks.figures()?;
+            emitter.emit_all(&mut blocks)?;
+            let [seconds, search_seconds, queries] = blocks.figures()?;
             clock.seconds.mine += f64::from_bits(seconds);
             clock.seconds.search.seconds += f64::from_bits(search_seconds);
             clock.seconds.search.queries += queries;
@@ -442,11 +419,7 @@ pub fn finish(work: &Path) -> Result<Summary> {
         stage.done(plan.anchors, "segments merged");
         // The run's total counts the plan's and the segments' seconds too (machine time: the
         // segments may have run at once).
-        let before = plan.seconds.total + clock.seconds.mine;
-        clock.started = clock
-            .started
-            .checked_sub(std::time::Duration::from_secs_f64(before))
-            .unwrap_or(clock.started);
+        clock.earlier = plan.seconds.total + clock.seconds.mine;
         let stage = Stage::start("report");
         conclude(
             &job,

@@ -5,10 +5,10 @@
 //! logged (stage, rows, seconds, resident set) by a [`Stage`] guard.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
-use crate::config::{Metric, MiningConfig};
+use crate::config::{Metric, MiningConfig, MiningParams};
 use crate::error::Result;
 use crate::io::{
     AtomicPath, BatchSource, Queries, ReadOptions, Table, TripletSink, read_retrieval,
@@ -20,7 +20,7 @@ use crate::mine::{
 use crate::process::{check_interrupted, release_free_heap};
 use crate::report::{Report, ReportBuilder, Totals};
 
-use super::blocks::HeldBlocks;
+use super::blocks::{BlockReader, HeldBlocks};
 use super::outputs::{Batcher, OutputLayout, json, suspects_batch, with_metadata};
 use super::recall::{self, RecallPlan};
 use super::summary::{self, Summary, Timings};
@@ -147,6 +147,15 @@ pub(super) struct Input {
 }
 
 impl Input {
+    /// The miner on these rows, with the index saved at `saved`, else a new one.
+    pub(super) fn miner(&self, params: &MiningParams, saved: Option<&Path>) -> Result<Miner<'_>> {
+        match (&self.queries, saved) {
+            (Some(q), saved) => Miner::retrieval(&self.table, q, params, saved),
+            (None, Some(path)) => Miner::with_saved_index(&self.table, params, path),
+            (None, None) => Miner::new(&self.table, params),
+        }
+    }
+
     /// Anchor ids, labels and columns come from here; candidates' from `table`.
     pub(super) fn anchor_table(&self) -> &Table {
         self.queries.as_ref().map_or(&self.table, |q| &q.table)
@@ -197,10 +206,36 @@ pub(super) struct SearchFacts {
     pub(super) auto: Option<AutoChoice>,
 }
 
-/// Where mined blocks go, in anchor order: the triplet output (in batches that do not depend
-/// on how anchors were grouped), the report's records, and the label-noise suspects. A
-/// single-machine run feeds it as it mines; a distributed run's finish replays the segments.
+impl SearchFacts {
+    /// What the search was, once mining is done: the index, the recall of the sample's
+    /// `sampled` triplets against its exact answers, and what tuning and `auto` decided.
+    pub(super) fn gather(
+        miner: &mut Miner,
+        recall: RecallPlan,
+        sampled: &[Triplet],
+    ) -> Result<SearchFacts> {
+        let RecallPlan {
+            truth,
+            tuning,
+            auto,
+        } = recall;
+        Ok(SearchFacts {
+            recall: measure_recall(miner, truth, sampled)?,
+            index: miner.index_info().factory.clone(),
+            exact: miner.exact(),
+            embedding_spread: miner.embedding_spread(),
+            tuning,
+            auto,
+        })
+    }
+}
+
+/// Where mined blocks go, in anchor order: the cross-anchor rules, then the triplet output
+/// (in batches that do not depend on how anchors were grouped), the report's records, and the
+/// label-noise suspects. A single-machine run feeds it as it mines; a distributed run's
+/// finish replays the segments.
 pub(super) struct Emitter<'a> {
+    rules: CrossAnchorRules,
     layout: OutputLayout<'a>,
     sink: TripletSink,
     report: ReportBuilder,
@@ -223,6 +258,7 @@ impl<'a> Emitter<'a> {
         )?;
         let sink = TripletSink::create(&out.out, layout.schema(), out.max_rows_per_file)?;
         Ok(Emitter {
+            rules: CrossAnchorRules::new(&config.mine),
             layout,
             sink,
             report: ReportBuilder::spilling(config.mine.margin, &job.scratch)?,
@@ -232,8 +268,20 @@ impl<'a> Emitter<'a> {
         })
     }
 
-    /// Writes and records a block whose cross-anchor rules were applied.
-    pub(super) fn emit(&mut self, mined: &MinedBlock) -> Result<()> {
+    /// Whether the cross-anchor rules must see every block ([`Emitter::observe`]) before the
+    /// first is emitted (`max_negative_reuse`).
+    pub(super) fn needs_every_block(&self) -> bool {
+        self.rules.need_every_block()
+    }
+
+    /// Shows `block` to the rules that look at every block.
+    pub(super) fn observe(&mut self, block: &MinedBlock) {
+        self.rules.observe(block);
+    }
+
+    /// Applies the cross-anchor rules to a mined block, then writes and records it.
+    pub(super) fn emit(&mut self, mut mined: MinedBlock) -> Result<()> {
+        self.rules.apply(&mut mined);
         let (sink, layout) = (&mut self.sink, &self.layout);
         self.batcher
             .add(&mined.triplets, |t| sink.write(&layout.batch(t)?))?;
@@ -245,6 +293,14 @@ impl<'a> Emitter<'a> {
         let codes = &self.anchor_table.label_codes;
         self.report
             .add(&mined.triplets, &mined.anchors, |r| codes[r as usize])
+    }
+
+    /// Emits every block `blocks` has left.
+    pub(super) fn emit_all(&mut self, blocks: &mut BlockReader) -> Result<()> {
+        while let Some(block) = blocks.next_block()? {
+            self.emit(block)?;
+        }
+        Ok(())
     }
 
     /// Writes what is pending; the triplet output stays under its temporary name.
@@ -278,12 +334,7 @@ pub(super) fn run_job(
     let inputs = input_names(files, batches.as_ref());
     let input = read_stage(&job, batches, &mut clock, inputs.len())?;
     let (mut miner, anchors, recall) = index_and_tune(&job, &input, &mut clock)?;
-    let RecallPlan {
-        truth,
-        tuning,
-        auto,
-    } = recall;
-    let recall_sample: &[u32] = truth.as_ref().map_or(&[], |t| &t.anchors);
+    let recall_sample: &[u32] = recall.truth.as_ref().map_or(&[], |t| &t.anchors);
 
     let stage = Stage::start("mine");
     let mined = mine_and_write(&job, &mut miner, &input, &anchors, recall_sample)?;
@@ -291,14 +342,7 @@ pub(super) fn run_job(
     clock.seconds.search = mined.search;
 
     let stage = Stage::start("report");
-    let facts = SearchFacts {
-        recall: measure_recall(&mut miner, truth, &mined.sampled)?,
-        index: miner.index_info().factory.clone(),
-        exact: miner.exact(),
-        embedding_spread: miner.embedding_spread(),
-        tuning,
-        auto,
-    };
+    let facts = SearchFacts::gather(&mut miner, recall, &mined.sampled)?;
     // The vectors and the index are done with: freed before the report.
     drop(miner);
     conclude(&job, input, mined.emitted, &facts, stage, clock, inputs)
@@ -345,9 +389,11 @@ pub(super) fn index_and_tune<'t>(
 
 /// When a job started, and its stages' seconds so far.
 pub(super) struct Clock {
-    pub(super) started: Instant,
+    started: Instant,
     started_at: SystemTime,
     pub(super) seconds: Timings,
+    /// Seconds the job spent before this process (a distributed run's plan and segments).
+    pub(super) earlier: f64,
 }
 
 impl Clock {
@@ -356,12 +402,13 @@ impl Clock {
             started: Instant::now(),
             started_at: SystemTime::now(),
             seconds: Timings::default(),
+            earlier: 0.0,
         }
     }
 
-    /// Seconds since the start.
+    /// The job's seconds so far: since the start, and before it.
     pub(super) fn elapsed(&self) -> f64 {
-        self.started.elapsed().as_secs_f64()
+        self.earlier + self.started.elapsed().as_secs_f64()
     }
 }
 
@@ -395,7 +442,7 @@ pub(super) fn conclude(
     clock.seconds.report = stage.done(reported.rows, "report computed");
     abort_point("report");
     check_interrupted()?;
-    clock.seconds.total = clock.started.elapsed().as_secs_f64();
+    clock.seconds.total = clock.elapsed();
 
     let summary = Summary {
         tripmine_version: env!("CARGO_PKG_VERSION").into(),
@@ -505,12 +552,7 @@ fn read(job: &Job, batches: Option<BatchSource>) -> Result<Input> {
 fn build_index<'t>(job: &Job, input: &'t Input) -> Result<Miner<'t>> {
     let config = job.config;
     let spinner = progress(job.show, None, "building index");
-    let saved = config.input.load_index.as_deref();
-    let miner = match (&input.queries, saved) {
-        (Some(q), saved) => Miner::retrieval(&input.table, q, &config.mine, saved)?,
-        (None, Some(path)) => Miner::with_saved_index(&input.table, &config.mine, path)?,
-        (None, None) => Miner::new(&input.table, &config.mine)?,
-    };
+    let miner = input.miner(&config.mine, config.input.load_index.as_deref())?;
     if let Some(path) = &config.output.save_index {
         miner.save_index(path)?;
     }
@@ -527,15 +569,13 @@ fn mine_and_write(
     anchors: &[u32],
     recall_sample: &[u32],
 ) -> Result<Mined> {
-    let config = job.config;
     let search_before = miner.search_stats();
     let bar = progress(job.show, Some(anchors.len() as u64), "mining");
     let mut emitter = Emitter::new(job, input)?;
     let mut sampled: Vec<Triplet> = Vec::new();
-    let mut rules = CrossAnchorRules::new(&config.mine);
     // The reuse cap learns from every block before it removes anything: the blocks wait on
     // disk meanwhile (their memory would grow with the triplets).
-    let mut held = match rules.need_every_block() {
+    let mut held = match emitter.needs_every_block() {
         true => Some(HeldBlocks::new(&job.scratch)?),
         false => None,
     };
@@ -544,7 +584,7 @@ fn mine_and_write(
         miner,
         anchors,
         |n| bar.inc(n as u64),
-        |mut mined| {
+        |mined| {
             if !recall_sample.is_empty() {
                 sampled.extend(
                     mined
@@ -555,12 +595,11 @@ fn mine_and_write(
             }
             match &mut held {
                 Some(held) => {
-                    rules.observe(&mined);
+                    emitter.observe(&mined);
                     held.hold(&mined)
                 }
                 None => {
-                    rules.apply(&mut mined);
-                    emitter.emit(&mined)?;
+                    emitter.emit(mined)?;
                     abort_point("mine");
                     Ok(())
                 }
@@ -568,11 +607,7 @@ fn mine_and_write(
         },
     )?;
     if let Some(held) = held {
-        let mut blocks = held.read_back()?;
-        while let Some(mut block) = blocks.next_block()? {
-            rules.apply(&mut block);
-            emitter.emit(&block)?;
-        }
+        emitter.emit_all(&mut held.read_back()?)?;
     }
     let emitted = emitter.close()?;
     bar.finish_and_clear();
@@ -617,7 +652,7 @@ pub(super) fn mine_windows(
 }
 
 /// The recall of the sample's mined triplets against its exact answers, if there is a sample.
-pub(super) fn measure_recall(
+fn measure_recall(
     miner: &mut Miner,
     truth: Option<Truth>,
     sampled: &[Triplet],
