@@ -557,6 +557,10 @@ pub struct RunOptions {
     /// temporary folder). The file has no name and disappears when the run ends.
     #[arg(long, value_name = "DIR")]
     pub scratch_dir: Option<PathBuf>,
+    /// Keep what a later run on grown inputs needs in this folder, and mine only what new
+    /// input files change (labelled, exact). Outputs equal a full run's.
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
 }
 
 impl Default for RunOptions {
@@ -566,6 +570,7 @@ impl Default for RunOptions {
             progress: true,
             force: false,
             scratch_dir: None,
+            state: None,
         }
     }
 }

@@ -179,6 +179,9 @@ impl MiningConfig {
                 "label-noise suspects need labels: not available in retrieval mode",
             ));
         }
+        if options.run.state.is_some() {
+            incremental_applies(&options, in_memory)?;
+        }
         if options.run.threads == Some(0) {
             return Err(invalid("run.threads", "must be at least 1"));
         }
@@ -212,6 +215,34 @@ impl MiningConfig {
             }
         }
         Ok(MiningConfig(options))
+    }
+}
+
+/// Incremental mining (`run.state`) covers labelled input files mined exactly, every anchor,
+/// with no rank window: what it keeps bounds what new rows can change only there.
+fn incremental_applies(options: &MiningOptions, in_memory: bool) -> Result<()> {
+    let mine = &options.mine;
+    let unsupported = if in_memory {
+        Some("rows handed over in memory (it compares input files)")
+    } else if options.input.retrieval() {
+        Some("retrieval mode")
+    } else if mine.anchors_sample.is_some() {
+        Some("anchors_sample")
+    } else if mine.range_min > 0 || mine.range_max.is_some() {
+        Some("a rank window (range_min, range_max)")
+    } else if mine.max_k.is_some() {
+        Some("max_k (a capped search is not exact)")
+    } else if !matches!(mine.index.trim(), "auto" | "Flat" | "IDMap,Flat") {
+        Some("an approximate index (use Flat)")
+    } else {
+        None
+    };
+    match unsupported {
+        Some(what) => Err(invalid(
+            "run.state",
+            format!("incremental mining works on labelled files mined exactly; not with {what}"),
+        )),
+        None => Ok(()),
     }
 }
 

@@ -15,12 +15,14 @@
 //! distance less an error bound). An anchor whose selection reaches past that point is searched
 //! again deeper, up to a full scan.
 
+mod incremental;
 mod negatives;
 mod onepass;
 mod positives;
 mod recall;
 mod reuse_and_shortfall;
 
+pub use incremental::Sifted;
 pub use negatives::{GUARDS, Guard};
 pub use onepass::Tiles;
 pub use recall::{AutoChoice, Estimate, Recall, RunCost, SearchKnobs, Truth, TuneStep, Tuning};
@@ -100,6 +102,49 @@ pub struct AnchorRecord {
     pub guard_removed: [u32; 4],
     /// Triplets removed by `max_negative_reuse`.
     pub reuse_removed: u32,
+    /// Where a row added to the table later could change what this anchor gave.
+    pub bounds: AnchorBounds,
+}
+
+/// Where a row added to the table could change an anchor's outcome (its positives, negatives,
+/// guard counts, neighbour labels or violating flag), as distances from the anchor: a row
+/// outside all of them changes only the ranks of its negatives (which a later run can
+/// count). Conservative (a row inside may change nothing); an incremental run mines the
+/// anchor again when a new row falls inside.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AnchorBounds {
+    /// A row of another label at a distance in `[other_lo, other_hi]`.
+    pub other_lo: f32,
+    pub other_hi: f32,
+    /// A row of any label at most this far.
+    pub any_hi: f32,
+    /// A row of the anchor's label at least this far, or at most `same_near`.
+    pub same_far: f32,
+    pub same_near: f32,
+    /// A row of the anchor's label whose positive key ([`positive_key`]) is below this.
+    pub key_cut: u32,
+}
+
+impl AnchorBounds {
+    /// No row can change the outcome.
+    pub const NONE: AnchorBounds = AnchorBounds {
+        other_lo: f32::INFINITY,
+        other_hi: f32::NEG_INFINITY,
+        any_hi: f32::NEG_INFINITY,
+        same_far: f32::INFINITY,
+        same_near: f32::NEG_INFINITY,
+        key_cut: 0,
+    };
+
+    /// Any row can.
+    pub const ALL: AnchorBounds = AnchorBounds {
+        other_lo: f32::NEG_INFINITY,
+        other_hi: f32::INFINITY,
+        any_hi: f32::INFINITY,
+        same_far: f32::NEG_INFINITY,
+        same_near: f32::INFINITY,
+        key_cut: u32::MAX,
+    };
 }
 
 /// The output of one block of anchors.

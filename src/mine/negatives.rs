@@ -13,9 +13,10 @@ use rayon::prelude::*;
 
 use super::positives::AnchorPlan;
 use super::{
-    AnchorRecord, DistinctRows, MinedBlock, Miner, NeighbourLabels, Triplet, rng_for, sort_nearest,
+    AnchorBounds, AnchorRecord, DistinctRows, MinedBlock, Miner, NeighbourLabels, Triplet, rng_for,
+    sort_nearest,
 };
-use crate::config::{MiningParams, NegativeSampling, NegativeStrategy};
+use crate::config::{MiningParams, NegativeSampling, NegativeStrategy, PositiveStrategy};
 use crate::error::Result;
 use crate::score::TripletKind;
 
@@ -35,6 +36,9 @@ pub(super) struct Resolved {
     pub violating_neighbour: Option<bool>,
     pub neighbour_labels: Option<NeighbourLabels>,
     pub guard_removed: [u32; 4],
+    /// Distance of the last of the anchor's `suspects_k` nearest rows, which its neighbour
+    /// labels read (`-inf`: none are read; `inf`: the table holds fewer).
+    pub neighbour_reach: f32,
 }
 
 /// How a guard judges a candidate.
@@ -77,7 +81,7 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
             .into_iter()
             .map(|r| r.map(|r| (r, false)))
             .collect();
-        return Ok(assemble(plans, done));
+        return Ok(assemble(m, plans, done));
     }
     let n = m.table.rows();
     let mut done: Vec<Option<(Resolved, bool)>> = (0..plans.len()).map(|_| None).collect();
@@ -209,14 +213,15 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
         m.start_k = next_start(m.params.k(), &resolved_at);
     }
     m.release_gathered();
-    Ok(assemble(plans, done))
+    Ok(assemble(m, plans, done))
 }
 
 /// The block's triplets and anchor records, in anchor order, from each anchor's outcome
 /// (`None`: not resolved, the anchor has no positive) and whether its search was capped.
-fn assemble(plans: Vec<AnchorPlan>, done: Vec<Option<(Resolved, bool)>>) -> MinedBlock {
+fn assemble(m: &Miner, plans: Vec<AnchorPlan>, done: Vec<Option<(Resolved, bool)>>) -> MinedBlock {
     let mut block = MinedBlock::default();
     for (plan, outcome) in plans.into_iter().zip(done) {
+        let bounds = bounds(m, &plan, outcome.as_ref().map(|o| &o.0));
         let (triplets, violating_neighbour, neighbour_labels, guard_removed, capped) = match outcome
         {
             Some((r, capped)) => (
@@ -241,10 +246,90 @@ fn assemble(plans: Vec<AnchorPlan>, done: Vec<Option<(Resolved, bool)>>) -> Mine
             dropped_pairs: 0,
             guard_removed,
             reuse_removed: 0,
+            bounds,
         });
         block.triplets.extend(triplets);
     }
     block
+}
+
+/// Where a row added to the table could change the outcome of `plan`'s anchor
+/// (`outcome`: what it gave; see [`AnchorBounds`]).
+fn bounds(m: &Miner, plan: &AnchorPlan, outcome: Option<&Resolved>) -> AnchorBounds {
+    if m.queries.is_some() {
+        return AnchorBounds::ALL;
+    }
+    let p = &m.params;
+    let (Some(hardest), Some(resolved)) = (plan.hardest_positive_distance, outcome) else {
+        // No positive: a row of its label would give it one.
+        return AnchorBounds {
+            same_near: f32::INFINITY,
+            ..AnchorBounds::NONE
+        };
+    };
+    // The hardest positive's distance decides the violating flag whatever the strategy.
+    let mut bounds = AnchorBounds {
+        same_far: hardest,
+        ..AnchorBounds::NONE
+    };
+    let chosen = plan.positives.iter().map(|x| x.0);
+    if plan.positives.len() < super::positives::wanted(m) {
+        // Every member is chosen: a new one would be too.
+        bounds.same_near = f32::INFINITY;
+    } else {
+        match p.positives {
+            PositiveStrategy::Hardest => {
+                bounds.same_far = chosen.fold(hardest, f32::min);
+            }
+            PositiveStrategy::Easiest => {
+                bounds.same_near = chosen.fold(f32::NEG_INFINITY, f32::max)
+            }
+            PositiveStrategy::Random => {
+                let keys = super::positives::positive_keys(p.seed, plan.anchor);
+                bounds.key_cut = plan
+                    .positives
+                    .iter()
+                    .map(|x| keys.key(x.1))
+                    .max()
+                    .unwrap_or(0);
+            }
+            PositiveStrategy::All => bounds.same_near = f32::INFINITY,
+        }
+    }
+    let limit = p.num_negatives.limit();
+    let nearest_n = p.sample == NegativeSampling::Nearest && limit != usize::MAX;
+    for &(d_ap, positive) in &plan.positives {
+        let start = match p.negatives {
+            NegativeStrategy::Semihard | NegativeStrategy::Easy => d_ap,
+            _ => f32::NEG_INFINITY,
+        };
+        let (taken, last) = resolved
+            .triplets
+            .iter()
+            .filter(|t| t.positive == positive)
+            .fold((0, f32::NEG_INFINITY), |(n, d), t| (n + 1, d.max(t.d_an)));
+        // A new negative nearer than the last of `N` taken displaces it; with fewer taken
+        // (or all, or a sample) any in the band changes the selection.
+        let end = if nearest_n && taken == limit {
+            last
+        } else {
+            band_end(p.negatives, d_ap, p.margin)
+        };
+        bounds.other_lo = bounds.other_lo.min(start);
+        bounds.other_hi = bounds.other_hi.max(end);
+    }
+    bounds.any_hi = match resolved.violating_neighbour {
+        // A nearer negative could make it violating.
+        Some(false) => {
+            resolved
+                .neighbour_reach
+                .max(band_end(NegativeStrategy::Semihard, hardest, p.margin))
+        }
+        Some(true) => resolved.neighbour_reach,
+        // No negative at all yet.
+        None => f32::INFINITY,
+    };
+    bounds
 }
 
 /// Where the next block's search starts: the shallowest depth of this block's ladder at which
@@ -292,14 +377,15 @@ pub(super) fn resolve(
         None if radius == f32::INFINITY => None,
         None => return None,
     };
-    let neighbour_labels = if m.queries.is_some() {
-        None
+    let (neighbour_labels, neighbour_reach) = if m.queries.is_some() {
+        (None, f32::NEG_INFINITY)
     } else {
         let near = m.params.suspects_k.min(m.table.rows() - 1);
         if trusted < near && radius < f32::INFINITY {
             return None;
         }
-        neighbour_labels(m, label, &list[..near.min(trusted)])
+        let near = &list[..near.min(trusted)];
+        (neighbour_labels(m, label, near), neighbour_reach(m, near))
     };
 
     let strategy = m.params.negatives;
@@ -367,7 +453,19 @@ pub(super) fn resolve(
         violating_neighbour,
         neighbour_labels,
         guard_removed,
+        neighbour_reach,
     })
+}
+
+/// [`Resolved::neighbour_reach`] of the nearest rows `near` the neighbour labels read.
+pub(super) fn neighbour_reach(m: &Miner, near: &[(f32, u32)]) -> f32 {
+    let k = m.params.suspects_k;
+    match near.last() {
+        None if k == 0 => f32::NEG_INFINITY,
+        Some(&(d, _)) if near.len() == k => d,
+        // Fewer rows than asked for: any new row joins them.
+        _ => f32::INFINITY,
+    }
 }
 
 /// Agreement with the anchor's label and majority label of `near` (nearest first).

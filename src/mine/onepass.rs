@@ -189,7 +189,7 @@ struct PairState {
 /// bijection of the `bits`-bit numbers, so rows can also be visited in key order
 /// ([`Keyed::row_of`]): a dense band's sample is found by drawing rows in that order.
 #[derive(Debug, Clone, Copy)]
-struct Keyed {
+pub(super) struct Keyed {
     /// Below `2^bits`.
     salt: u32,
     /// The smallest number of bits that holds every row position.
@@ -217,6 +217,11 @@ const fn inverse_mod_2_32(c: u32) -> u32 {
 }
 
 impl Keyed {
+    /// Keys over every `u32` (row counts do not move them).
+    pub(super) fn wide(seed_salt: u32) -> Keyed {
+        Keyed::new(seed_salt, usize::MAX >> 1)
+    }
+
     fn new(seed_salt: u32, rows: usize) -> Keyed {
         let bits = (usize::BITS - rows.max(2).saturating_sub(1).leading_zeros()).clamp(1, 32);
         let keyed = Keyed {
@@ -243,7 +248,7 @@ impl Keyed {
     /// The key of `row`: distinct rows, distinct keys (xor-shifts and odd multiplications
     /// of `bits`-bit numbers, each invertible).
     #[inline(always)]
-    fn key(self, row: u32) -> u32 {
+    pub(super) fn key(self, row: u32) -> u32 {
         let (mask, s) = (self.mask(), self.shift());
         let mut h = (row ^ self.salt) & mask;
         h ^= h >> s;
@@ -254,7 +259,7 @@ impl Keyed {
     }
 
     /// The row of key `k` (possibly beyond the table: keys cover `2^bits` rows).
-    fn row_of(self, k: u32) -> u32 {
+    pub(super) fn row_of(self, k: u32) -> u32 {
         let (mask, s) = (self.mask(), self.shift());
         let unshift = |h: u32| {
             let mut x = h;
@@ -1325,12 +1330,16 @@ fn finish(
         resolved.violating_neighbour = violating_neighbour;
         return resolved;
     }
-    let neighbour_labels = if m.queries.is_some() {
-        None
+    let (neighbour_labels, neighbour_reach) = if m.queries.is_some() {
+        (None, f32::NEG_INFINITY)
     } else {
         let k = state.nearest_rows.k;
         let list = exact(&state.nearest_rows.entries);
-        super::negatives::neighbour_labels(m, plan.label, &list[..k.min(list.len())])
+        let near = &list[..k.min(list.len())];
+        (
+            super::negatives::neighbour_labels(m, plan.label, near),
+            super::negatives::neighbour_reach(m, near),
+        )
     };
     let strategy = m.params.negatives;
     let mut triplets = Vec::new();
@@ -1415,6 +1424,7 @@ fn finish(
         violating_neighbour,
         neighbour_labels,
         guard_removed: [0; 4],
+        neighbour_reach,
     }
 }
 

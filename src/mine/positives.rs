@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use rayon::prelude::*;
 
-use super::{Miner, batches, rng_for, sort_farthest, sort_nearest};
+use super::onepass::Keyed;
+use super::{Miner, batches, rng_for, seeded_hash, sort_farthest, sort_nearest};
 use crate::config::{Metric, PositiveStrategy};
 use crate::error::Result;
 use crate::index::{GroupIndex, Order};
@@ -320,19 +321,46 @@ fn plan_large_group(
         .collect())
 }
 
-/// A seeded choice of `n` rows of `group` other than `a` (all of them if fewer).
+/// A seeded choice of `n` rows of `group` other than `a` (all of them if fewer): the rows of
+/// smallest [`positive_keys`] key. A row added to the group later is drawn only if its key
+/// is smaller than a drawn row's, so an incremental run knows which anchors it can move.
 fn random_positives(m: &Miner, group: &[u32], a: u32, n: usize) -> Vec<u32> {
     let others = group.len() - 1;
-    let pos_a = group.binary_search(&a).expect("anchor is in its group");
-    let at = |i: usize| group[if i < pos_a { i } else { i + 1 }];
     if n >= others {
-        return (0..others).map(at).collect();
+        return group.iter().copied().filter(|&r| r != a).collect();
     }
-    let mut rng = rng_for(m.params.seed, a, 0, STREAM_POSITIVE);
-    rand::seq::index::sample(&mut rng, others, n)
-        .into_iter()
-        .map(at)
-        .collect()
+    let keys = positive_keys(m.params.seed, a);
+    let g = group.len() as u128;
+    // Keying every member costs g; visiting keys in order until n members turn up, about
+    // n 2^32 / g.
+    if g * g <= (n as u128) << 32 {
+        let mut keyed: Vec<(u32, u32)> = group
+            .iter()
+            .filter(|&&r| r != a)
+            .map(|&r| (keys.key(r), r))
+            .collect();
+        keyed.select_nth_unstable(n - 1);
+        return keyed[..n].iter().map(|x| x.1).collect();
+    }
+    let (label, rows) = (m.label(a), m.table.rows() as u64);
+    let mut out = Vec::with_capacity(n);
+    // Every row has a key, so this ends (n < others).
+    for k in 0..=u32::MAX {
+        let r = keys.row_of(k);
+        if (r as u64) < rows && r != a && m.label(r) == label {
+            out.push(r);
+            if out.len() == n {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// The keys that order the rows of anchor `a`'s group for its random positives: they depend
+/// on the seed, the anchor and the row only.
+pub(super) fn positive_keys(seed: u64, a: u32) -> Keyed {
+    Keyed::wide(seeded_hash(seed, a as u64, 0, STREAM_POSITIVE) as u32)
 }
 
 /// The `need` nearest (or farthest) other members of the group for each anchor, exactly:

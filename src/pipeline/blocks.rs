@@ -12,12 +12,12 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::mine::{AnchorRecord, MinedBlock, NeighbourLabels, Triplet};
+use crate::mine::{AnchorBounds, AnchorRecord, MinedBlock, NeighbourLabels, Triplet};
 
-const MAGIC: &[u8; 8] = b"TMSEG001";
+const MAGIC: &[u8; 8] = b"TMSEG002";
 /// The record count that marks the end.
 const END: u32 = u32::MAX;
-const RECORD_WORDS: usize = 15;
+const RECORD_WORDS: usize = 20;
 const TRIPLET_WORDS: usize = 6;
 /// 64-bit figures after the end mark (a segment's: its seconds, search seconds, queries).
 pub(super) const FIGURES: usize = 3;
@@ -197,7 +197,12 @@ fn record_words(r: &AnchorRecord) -> [u32; RECORD_WORDS] {
         r.guard_removed[2],
         r.guard_removed[3],
         r.reuse_removed,
-        0,
+        r.bounds.other_lo.to_bits(),
+        r.bounds.other_hi.to_bits(),
+        r.bounds.any_hi.to_bits(),
+        r.bounds.same_far.to_bits(),
+        r.bounds.same_near.to_bits(),
+        r.bounds.key_cut,
     ]
 }
 
@@ -219,6 +224,14 @@ fn record_of(w: &[u32]) -> AnchorRecord {
         dropped_pairs: w[8],
         guard_removed: [w[9], w[10], w[11], w[12]],
         reuse_removed: w[13],
+        bounds: AnchorBounds {
+            other_lo: f32::from_bits(w[14]),
+            other_hi: f32::from_bits(w[15]),
+            any_hi: f32::from_bits(w[16]),
+            same_far: f32::from_bits(w[17]),
+            same_near: f32::from_bits(w[18]),
+            key_cut: w[19],
+        },
     }
 }
 
@@ -293,6 +306,14 @@ mod tests {
             dropped_pairs: 0,
             guard_removed: [1, 2, 3, 4],
             reuse_removed: 5,
+            bounds: AnchorBounds {
+                other_lo: 0.5,
+                other_hi: f32::INFINITY,
+                any_hi: -1.0,
+                same_far: f32::NEG_INFINITY,
+                same_near: 2.5,
+                key_cut: 77,
+            },
         }
     }
 

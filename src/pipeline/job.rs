@@ -23,6 +23,7 @@ use crate::report::{Report, ReportBuilder, Totals};
 use super::blocks::{BlockReader, HeldBlocks};
 use super::outputs::{Batcher, OutputLayout, json, suspects_batch, with_metadata};
 use super::recall::{self, RecallPlan};
+use super::state::{Changes, PendingState, StateRun};
 use super::summary::{self, Summary, Timings};
 use super::{live_threads, progress, resident_mib};
 
@@ -108,11 +109,11 @@ pub(super) struct Job<'c> {
     pub(super) config: &'c MiningConfig,
     files: &'c [PathBuf],
     /// Progress bars on (a terminal, and not turned off).
-    show: bool,
+    pub(super) show: bool,
     /// Under a memory limit freed heap counts against it: trimmed between stages.
     bounded: bool,
     /// Spilled vectors and the report's triplet columns go here.
-    scratch: PathBuf,
+    pub(super) scratch: PathBuf,
     /// The options as the user gave them, which the report records: `config` itself, except
     /// in a distributed run's finish, whose paths were made absolute for the cluster.
     given: &'c MiningConfig,
@@ -193,6 +194,8 @@ pub(super) struct Emitted {
     report: ReportBuilder,
     /// (agreement, row, majority label) of every label-noise suspect.
     suspects: Vec<(f32, u32, u32)>,
+    /// What a run with a state mined again (`--state`).
+    pub(super) changes: Option<Changes>,
 }
 
 /// What the report stage needs to know of the search, once the miner is gone.
@@ -311,6 +314,7 @@ impl<'a> Emitter<'a> {
             triplets_file: self.sink.close()?,
             report: self.report,
             suspects: self.suspects,
+            changes: None,
         })
     }
 }
@@ -337,7 +341,17 @@ pub(super) fn run_job(
     let recall_sample: &[u32] = recall.truth.as_ref().map_or(&[], |t| &t.anchors);
 
     let stage = Stage::start("mine");
-    let mined = mine_and_write(&job, &mut miner, &input, &anchors, recall_sample)?;
+    let (mined, state) = match &config.run.state {
+        Some(dir) => {
+            let run = StateRun::examine(config, dir, files)?;
+            let (mined, state) = mine_with_state(&job, &mut miner, &input, &anchors, run)?;
+            (mined, Some(state))
+        }
+        None => (
+            mine_and_write(&job, &mut miner, &input, &anchors, recall_sample)?,
+            None,
+        ),
+    };
     clock.seconds.mine = stage.done(anchors.len(), "mined and scored");
     clock.seconds.search = mined.search;
 
@@ -345,7 +359,35 @@ pub(super) fn run_job(
     let facts = SearchFacts::gather(&mut miner, recall, &mined.sampled)?;
     // The vectors and the index are done with: freed before the report.
     drop(miner);
-    conclude(&job, input, mined.emitted, &facts, stage, clock, inputs)
+    let summary = conclude(&job, input, mined.emitted, &facts, stage, clock, inputs)?;
+    // After the outputs: a kill between leaves the old state, from which the next run
+    // gives the same outputs again.
+    if let Some(state) = state {
+        state.commit()?;
+    }
+    Ok(summary)
+}
+
+/// As [`mine_and_write`], through the state folder of an incremental run.
+fn mine_with_state(
+    job: &Job,
+    miner: &mut Miner,
+    input: &Input,
+    anchors: &[u32],
+    run: StateRun,
+) -> Result<(Mined, PendingState)> {
+    let search_before = miner.search_stats();
+    let mut emitter = Emitter::new(job, input)?;
+    let (state, changes) = run.mine(job, miner, input, anchors, &mut emitter)?;
+    abort_point("mine");
+    let mut emitted = emitter.close()?;
+    emitted.changes = Some(changes);
+    let mined = Mined {
+        emitted,
+        sampled: Vec::new(),
+        search: miner.search_stats().since(search_before),
+    };
+    Ok((mined, state))
 }
 
 /// The read stage: the rows read (from `batches`, else the job's files).
@@ -437,6 +479,7 @@ pub(super) fn conclude(
         triplets_file,
         report,
         suspects,
+        changes,
     } = emitted;
     let reported = report_stage(job, &input, report, suspects, facts, clock.started_at)?;
     clock.seconds.report = stage.done(reported.rows, "report computed");
@@ -470,6 +513,7 @@ pub(super) fn conclude(
         warnings: reported.warnings,
         tuning: facts.tuning.clone(),
         auto: facts.auto.clone(),
+        changes,
     };
     commit(job, triplets_file, reported.files, &summary)?;
     let (rss_mib, peak_rss_mib) = resident_mib();

@@ -14,9 +14,11 @@ pub mod manifest;
 mod outputs;
 pub mod pipeline_file;
 mod recall;
+mod state;
 mod summary;
 
 pub use outputs::OutputLayout;
+pub use state::Changes;
 pub use summary::{Summary, Timings, search_note};
 
 use job::run_job;

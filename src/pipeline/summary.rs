@@ -1,5 +1,6 @@
 //! What a run did: [`Summary`] and [`Timings`], printed for people and serialised for machines.
 
+use super::state::Changes;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -66,6 +67,9 @@ pub struct Summary {
     /// `index = "auto"` weighing the exact engine against an approximate index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto: Option<AutoChoice>,
+    /// With `--state`: what the run mined again (`incremental`) or why it mined everything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<Changes>,
 }
 
 /// One sentence on how the search was chosen and tuned (`None` when nothing was).
@@ -186,6 +190,21 @@ impl std::fmt::Display for Summary {
                 n(t.anchors_capped)
             ),
         )?;
+        if let Some(c) = &self.changes {
+            let text = match &c.reason {
+                Some(reason) => format!("full run ({reason}), state written"),
+                None => format!(
+                    "incremental: {} new rows, {} earlier anchors mined again; triplets \
+                     {} added, {} removed, {} kept",
+                    n(c.new_rows),
+                    n(c.anchors_mined_again),
+                    n(c.triplets_added),
+                    n(c.triplets_removed),
+                    n(c.triplets_kept)
+                ),
+            };
+            line(f, "state", &text)?;
+        }
         line(
             f,
             "kinds",

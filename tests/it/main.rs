@@ -8,6 +8,7 @@ mod cli;
 mod distributed;
 mod hostile;
 mod in_memory;
+mod incremental;
 mod index;
 mod memory_limit;
 mod onepass;

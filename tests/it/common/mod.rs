@@ -10,9 +10,21 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tripmine::config::{Metric, MiningParams, NegativeStrategy, PositiveStrategy, Shortfall};
 use tripmine::io::Queries;
-use tripmine::mine::{AnchorRecord, NeighbourLabels, Triplet};
+use tripmine::mine::{AnchorBounds, AnchorRecord, NeighbourLabels, Triplet};
 use tripmine::score::normalize_rows;
 use tripmine::{Table, TripletKind};
+
+/// Anchor records as the oracle gives them: the outcome, without the bounds the miner keeps
+/// for incremental runs.
+pub fn outcomes(records: Vec<AnchorRecord>) -> Vec<AnchorRecord> {
+    records
+        .into_iter()
+        .map(|r| AnchorRecord {
+            bounds: AnchorBounds::NONE,
+            ..r
+        })
+        .collect()
+}
 
 /// Small integer coordinates: many equal distances and duplicate vectors across labels.
 pub fn grid_table(rows: usize, dim: usize, labels: i64, side: u32, seed: u64) -> Table {
@@ -318,6 +330,7 @@ impl Oracle {
                 dropped_pairs: 0,
                 guard_removed,
                 reuse_removed: 0,
+                bounds: AnchorBounds::NONE,
             });
         }
         // Reuse cap: for each negative, the `max` nearest anchors (ties: smaller anchor).

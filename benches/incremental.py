@@ -1,0 +1,103 @@
+"""Incremental mining on a grown table against a full re-mine, in one session: a table of
+ROWS rows mined with `--state`, then a new partition of NEW rows mined incrementally, then all
+ROWS + NEW rows mined again without a state. Prints both wall times, their ratio, peak RSS,
+the old anchors mined again, and checks that the two runs wrote the same triplets and report.
+
+    target/py/bin/python benches/incremental.py [--rows 1000000] [--new 10000] \
+        [--shape overlapping|clustered|both] [--dim 128] [--labels 10000]
+
+Needs `cargo build --release` and pyarrow (target/py has it after `scripts/test-python.sh`).
+Tables are made in target/bench-data when missing (`tripmine gen`; overlapping: separation
+0.3, clustered: separation 3.0 and intrinsic dimension 16), cut into the base and the new
+partition with pyarrow.
+"""
+
+import argparse
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = ROOT / "target" / "release" / "tripmine"
+DATA = ROOT / "target" / "bench-data"
+
+SHAPES = {
+    "overlapping": ["--separation", "0.3"],
+    "clustered": ["--separation", "3.0", "--intrinsic-dim", "16"],
+}
+
+
+def run(args, cwd):
+    """Runs `tripmine ARGS` in `cwd`: (wall seconds, peak RSS MiB)."""
+    t = time.monotonic()
+    done = subprocess.run(["/usr/bin/time", "-f", "%M", str(CLI)] + [str(a) for a in args],
+                          cwd=cwd, check=True, capture_output=True, text=True)
+    wall = time.monotonic() - t
+    return wall, int(done.stderr.strip().splitlines()[-1]) / 1024
+
+
+def partitions(shape, rows, new, dim, labels):
+    """The base and new partition files of one generated table."""
+    name = f"inc-{shape}-{rows}-{new}-{dim}-{labels}"
+    base, grown = DATA / f"{name}-base.parquet", DATA / f"{name}-new.parquet"
+    if not (base.exists() and grown.exists()):
+        DATA.mkdir(parents=True, exist_ok=True)
+        whole = DATA / f"{name}.parquet"
+        subprocess.run([CLI, "gen", "--rows", str(rows + new), "--dim", str(dim), "--labels",
+                        str(labels), "--seed", "42", "--out", whole] + SHAPES[shape], check=True,
+                       capture_output=True)
+        table = pq.read_table(whole)
+        pq.write_table(table.slice(0, rows), base)
+        pq.write_table(table.slice(rows, new), grown)
+        whole.unlink()
+    return base, grown
+
+
+def bench(shape, rows, new, dim, labels):
+    base, grown = partitions(shape, rows, new, dim, labels)
+    work = Path(tempfile.mkdtemp(prefix="tripmine-inc-"))
+    try:
+        inc, full = work / "incremental", work / "full"
+        inc.mkdir()
+        full.mkdir()
+        common = ["mine", "--no-progress", "--out", "o.parquet", "--report", "r.parquet",
+                  "--summary-json", "s.json"]
+        state = ["--state", work / "state"]
+        first, first_peak = run(common + ["--in", base] + state, inc)
+        wall_inc, peak_inc = run(common + ["--in", base, "--in", grown] + state, inc)
+        wall_full, peak_full = run(common + ["--in", base, "--in", grown], full)
+        changes = json.loads((inc / "s.json").read_text())["changes"]
+        same = all((inc / f).read_bytes() == (full / f).read_bytes()
+                   for f in ["o.parquet", "r.parquet"])
+        print(f"{shape}: {rows:,} rows + {new:,} new, dim {dim}, {labels:,} labels")
+        print(f"  first run with --state   {first:8.1f} s  peak {first_peak:7.1f} MiB")
+        print(f"  incremental              {wall_inc:8.1f} s  peak {peak_inc:7.1f} MiB  "
+              f"({changes['mode']}, {changes['anchors_mined_again']:,} old anchors mined again, "
+              f"{changes['anchors_mined_again'] / rows:.1%})")
+        print(f"  full re-mine             {wall_full:8.1f} s  peak {peak_full:7.1f} MiB")
+        print(f"  incremental / full       {wall_inc / wall_full:8.3f}   outputs identical: {same}")
+        return same
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--new", type=int, default=10_000)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--labels", type=int, default=10_000)
+    p.add_argument("--shape", choices=["overlapping", "clustered", "both"], default="both")
+    a = p.parse_args()
+    shapes = list(SHAPES) if a.shape == "both" else [a.shape]
+    ok = [bench(s, a.rows, a.new, a.dim, a.labels) for s in shapes]
+    raise SystemExit(0 if all(ok) else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,461 @@
+//! Incremental mining (`--state DIR`): a run on inputs that grew by new files gives what a
+//! full run on all of them gives (the triplet file, the report and the suspects, byte for
+//! byte), mining again only what the new rows change; a changed, removed or reordered file
+//! means a full run (the summary says why); a state of other options or another version is
+//! refused unless forced; a kill at any point leaves a state the next run completes from.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
+use proptest::prelude::*;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tempfile::TempDir;
+
+use crate::common::bin::tripmine;
+
+/// Rows of a partition file: global ids, labels and embeddings of dimension `dim`.
+struct Rows {
+    ids: Vec<i64>,
+    labels: Vec<i64>,
+    values: Vec<f32>,
+}
+
+fn write_rows(path: &Path, rows: &Rows, dim: i32) {
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    let values = Arc::new(Float32Array::from(rows.values.clone()));
+    let n = rows.ids.len();
+    let emb: ArrayRef =
+        Arc::new(FixedSizeListArray::try_new_with_length(item, dim, values, None, n).unwrap());
+    let ids: ArrayRef = Arc::new(Int64Array::from(rows.ids.clone()));
+    let labels: ArrayRef = Arc::new(Int64Array::from(rows.labels.clone()));
+    let schema = Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("label", DataType::Int64, false),
+        Field::new("embedding", emb.data_type().clone(), false),
+    ]);
+    let batch = RecordBatch::try_new(Arc::new(schema), vec![ids, labels, emb]).unwrap();
+    tripmine::io::write_parquet(path, &batch).unwrap();
+}
+
+/// The kinds of table: integer grid coordinates (ties, duplicate vectors across labels) and
+/// Gaussian clusters.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    Grid,
+    Blobs,
+}
+
+/// Writes `sizes.len()` partition files `dir/d0.parquet`, ... of one table; later partitions
+/// also bring labels the earlier ones lack (one sorting before every other, so label codes of
+/// old rows change).
+fn partitions(dir: &Path, shape: Shape, sizes: &[usize], labels: i64, seed: u64) -> Vec<PathBuf> {
+    let dim = 6;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let centres: Vec<f32> = (0..(labels + 2) as usize * dim)
+        .map(|_| rng.random_range(-1.5..1.5))
+        .collect();
+    let mut next_id = 0i64;
+    let mut files = Vec::new();
+    for (p, &size) in sizes.iter().enumerate() {
+        let mut rows = Rows {
+            ids: Vec::new(),
+            labels: Vec::new(),
+            values: Vec::new(),
+        };
+        for _ in 0..size {
+            let label = if p > 0 && rng.random_range(0..10) == 0 {
+                // A label of the later partitions only.
+                [-1, labels][rng.random_range(0..2)]
+            } else {
+                rng.random_range(0..labels)
+            };
+            let centre = (label + 1) as usize * dim;
+            for j in 0..dim {
+                rows.values.push(match shape {
+                    Shape::Grid => rng.random_range(0..3) as f32,
+                    Shape::Blobs => centres[centre + j] + rng.random_range(-1.0f32..1.0),
+                });
+            }
+            rows.ids.push(next_id);
+            rows.labels.push(label);
+            next_id += 1;
+        }
+        let path = dir.join(format!("d{p}.parquet"));
+        write_rows(&path, &rows, dim as i32);
+        files.push(path);
+    }
+    files
+}
+
+/// `tripmine mine` in `at` on `inputs`, writing `o.parquet`, `r.parquet`, `s.parquet`
+/// (suspects) and `summary.json`, with `args`.
+fn mine(at: &Path, inputs: &[PathBuf], args: &[&str]) -> assert_cmd::Command {
+    std::fs::create_dir_all(at).unwrap();
+    let mut cmd = tripmine();
+    cmd.current_dir(at).args(["mine", "--no-progress"]);
+    for input in inputs {
+        cmd.arg("--in").arg(input);
+    }
+    cmd.args([
+        "--out",
+        "o.parquet",
+        "--report",
+        "r.parquet",
+        "--suspects",
+        "s.parquet",
+        "--summary-json",
+        "summary.json",
+    ])
+    .args(args);
+    cmd
+}
+
+fn changes(at: &Path) -> serde_json::Value {
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(at.join("summary.json")).unwrap()).unwrap();
+    s["changes"].clone()
+}
+
+/// The outputs of two runs are the same files, byte for byte.
+fn same_outputs(a: &Path, b: &Path) -> std::result::Result<(), String> {
+    for name in ["o.parquet", "r.parquet", "s.parquet"] {
+        if std::fs::read(a.join(name)).unwrap() != std::fs::read(b.join(name)).unwrap() {
+            return Err(format!("{name} differs"));
+        }
+    }
+    Ok(())
+}
+
+/// Mines `files` with a state one more file at a time, then all at once without: the last
+/// incremental run equals the full run. Returns the last incremental run's changes.
+fn grow_and_compare(dir: &Path, files: &[PathBuf], args: &[&str]) -> serde_json::Value {
+    let state = dir.join("state");
+    let state_arg = ["--state", state.to_str().unwrap()];
+    let grown = dir.join("grown");
+    for end in 1..=files.len() {
+        mine(&grown, &files[..end], args)
+            .args(state_arg)
+            .assert()
+            .success();
+    }
+    let full = dir.join("full");
+    mine(&full, files, args).assert().success();
+    if let Err(e) = same_outputs(&grown, &full) {
+        panic!("{e} after an incremental run with {args:?}");
+    }
+    changes(&grown)
+}
+
+/// Option sets covering every positive and negative strategy, sampling, both metrics, the
+/// cross-anchor rules and the guards.
+const OPTION_SETS: [&[&str]; 10] = [
+    &[],
+    &["--negatives", "hard"],
+    &[
+        "--positives",
+        "hardest",
+        "--negatives",
+        "hardest",
+        "--num-negatives",
+        "3",
+    ],
+    &[
+        "--positives",
+        "easiest",
+        "--num-positives",
+        "2",
+        "--negatives",
+        "easy",
+        "--num-negatives",
+        "2",
+    ],
+    &[
+        "--positives",
+        "all",
+        "--negatives",
+        "violating",
+        "--num-negatives",
+        "2",
+    ],
+    &[
+        "--sample",
+        "random",
+        "--seed",
+        "9",
+        "--num-negatives",
+        "2",
+        "--num-positives",
+        "2",
+    ],
+    &[
+        "--metric",
+        "cosine",
+        "--num-negatives",
+        "all",
+        "--suspects-k",
+        "4",
+    ],
+    &[
+        "--num-positives",
+        "3",
+        "--max-negative-reuse",
+        "2",
+        "--shortfall",
+        "drop",
+    ],
+    &[
+        "--metric",
+        "cosine",
+        "--margin",
+        "0.5",
+        "--positive-margin",
+        "0.05",
+        "--seed",
+        "3",
+    ],
+    &[
+        "--positives",
+        "all",
+        "--negatives",
+        "hard",
+        "--num-negatives",
+        "all",
+        "--sample",
+        "random",
+    ],
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn incremental_runs_equal_a_full_run(
+        options in 0..OPTION_SETS.len(),
+        grid in any::<bool>(),
+        first in 100usize..400,
+        later in proptest::collection::vec(1usize..120, 1..4),
+        labels in 2i64..12,
+        seed in any::<u64>(),
+    ) {
+        let dir = TempDir::new().unwrap();
+        let shape = if grid { Shape::Grid } else { Shape::Blobs };
+        let sizes: Vec<usize> = std::iter::once(first).chain(later).collect();
+        let files = partitions(dir.path(), shape, &sizes, labels, seed);
+        let changes = grow_and_compare(dir.path(), &files, OPTION_SETS[options]);
+        let rows: usize = sizes.iter().sum();
+        let old_rows = rows - sizes.last().unwrap();
+        let bits = |n: usize| usize::BITS - (n.max(2) - 1).leading_zeros();
+        if OPTION_SETS[options].contains(&"random") && bits(rows) != bits(old_rows) {
+            // Random negative samples key rows by the table's size in bits.
+            prop_assert_eq!(&changes["mode"], "full");
+            prop_assert!(changes["reason"].as_str().unwrap().contains("passed"));
+        } else {
+            prop_assert_eq!(&changes["mode"], "incremental");
+            prop_assert_eq!(changes["new_rows"].as_u64(), Some(*sizes.last().unwrap() as u64));
+        }
+    }
+}
+
+#[test]
+fn an_incremental_run_mines_again_only_anchors_new_rows_can_change() {
+    let dir = TempDir::new().unwrap();
+    let files = partitions(dir.path(), Shape::Blobs, &[3000, 30], 40, 11);
+    let changes = grow_and_compare(dir.path(), &files, &["--suspects-k", "1"]);
+    assert_eq!(changes["mode"], "incremental");
+    assert_eq!(changes["new_rows"], 30);
+    let again = changes["anchors_mined_again"].as_u64().unwrap();
+    // Each new row can move the few anchors it lands near: far fewer than all 3,000.
+    assert!(again > 0 && again < 600, "{again} anchors mined again");
+    let kept = changes["triplets_kept"].as_u64().unwrap();
+    let removed = changes["triplets_removed"].as_u64().unwrap();
+    assert!(kept > 4 * removed, "kept {kept}, removed {removed}");
+}
+
+#[test]
+fn a_run_whose_inputs_did_not_grow_replays_the_state() {
+    let dir = TempDir::new().unwrap();
+    let files = partitions(dir.path(), Shape::Blobs, &[300, 50], 5, 2);
+    let at = dir.path().join("run");
+    let state = dir.path().join("state");
+    let state_arg = ["--state", state.to_str().unwrap()];
+    mine(&at, &files, &state_arg).assert().success();
+    // The triplets lost: the manifest no longer lets the run be skipped.
+    std::fs::remove_file(at.join("o.parquet")).unwrap();
+    mine(&at, &files, &state_arg).assert().success();
+    let c = changes(&at);
+    assert_eq!(c["mode"], "incremental", "{c}");
+    assert_eq!(c["new_rows"], 0);
+    assert_eq!(c["anchors_mined_again"], 0);
+    assert_eq!(c["triplets_added"], 0);
+    mine(&dir.path().join("full"), &files, &[])
+        .assert()
+        .success();
+    same_outputs(&at, &dir.path().join("full")).unwrap();
+}
+
+/// A state on `files[..2]`, then `change` applied to the files, then a run on what
+/// `inputs` gives: a full run whose reason contains `why`, equal to a run without a state.
+fn full_run_after(
+    change: impl FnOnce(&[PathBuf]),
+    inputs: impl FnOnce(&[PathBuf]) -> Vec<PathBuf>,
+    why: &str,
+) {
+    let dir = TempDir::new().unwrap();
+    let files = partitions(dir.path(), Shape::Blobs, &[200, 40, 40], 5, 4);
+    let state = dir.path().join("state");
+    let at = dir.path().join("run");
+    let state_arg = ["--state", state.to_str().unwrap()];
+    mine(&at, &files[..2], &state_arg).assert().success();
+    change(&files);
+    let inputs = inputs(&files);
+    mine(&at, &inputs, &state_arg).assert().success();
+    let c = changes(&at);
+    assert_eq!(c["mode"], "full", "{c}");
+    let reason = c["reason"].as_str().unwrap();
+    assert!(reason.contains(why), "{reason}");
+    mine(&dir.path().join("full"), &inputs, &[])
+        .assert()
+        .success();
+    same_outputs(&at, &dir.path().join("full")).unwrap();
+    // The state written by the full run serves the next run incrementally.
+    let mut more = inputs.clone();
+    more.push(files[2].clone());
+    if !inputs.contains(&files[2]) {
+        mine(&at, &more, &state_arg).assert().success();
+        assert_eq!(changes(&at)["mode"], "incremental");
+    }
+}
+
+#[test]
+fn a_changed_input_file_means_a_full_run_saying_which() {
+    full_run_after(
+        |files| {
+            // Same bytes, another modification time.
+            let f = std::fs::File::options()
+                .write(true)
+                .open(&files[0])
+                .unwrap();
+            f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+                .unwrap();
+        },
+        |files| files[..2].to_vec(),
+        "d0.parquet changed",
+    );
+}
+
+#[test]
+fn a_removed_input_file_means_a_full_run_saying_which() {
+    full_run_after(
+        |_| (),
+        |files| vec![files[1].clone()],
+        "d0.parquet is no longer an input",
+    );
+}
+
+#[test]
+fn reordered_input_files_mean_a_full_run() {
+    full_run_after(
+        |_| (),
+        |files| vec![files[1].clone(), files[0].clone()],
+        "moved in the order of inputs",
+    );
+}
+
+#[test]
+fn a_state_of_other_options_is_refused_and_rebuilt_when_forced() {
+    let dir = TempDir::new().unwrap();
+    let files = partitions(dir.path(), Shape::Blobs, &[200, 40], 5, 5);
+    let state = dir.path().join("state");
+    let at = dir.path().join("run");
+    let state_arg = ["--state", state.to_str().unwrap()];
+    mine(&at, &files[..1], &state_arg).assert().success();
+    let out = mine(
+        &at,
+        &files,
+        &["--negatives", "hard", "--state", state.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("made with other mining options") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    mine(&at, &files, &["--negatives", "hard", "--force"])
+        .args(state_arg)
+        .assert()
+        .success();
+    let c = changes(&at);
+    assert_eq!(c["mode"], "full");
+    assert!(c["reason"].as_str().unwrap().contains("--force"), "{c}");
+}
+
+#[test]
+fn a_state_of_another_version_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let files = partitions(dir.path(), Shape::Blobs, &[200, 40], 5, 6);
+    let state = dir.path().join("state");
+    let at = dir.path().join("run");
+    let state_arg = ["--state", state.to_str().unwrap()];
+    mine(&at, &files[..1], &state_arg).assert().success();
+    let facts = state.join("state.json");
+    let text = std::fs::read_to_string(&facts).unwrap();
+    let text = text.replace(env!("CARGO_PKG_VERSION"), "0.0.1");
+    std::fs::write(&facts, text).unwrap();
+    let out = mine(&at, &files, &state_arg).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("made by tripmine 0.0.1"), "{stderr}");
+}
+
+#[test]
+fn options_incremental_mining_does_not_cover_are_refused_at_start() {
+    let dir = TempDir::new().unwrap();
+    let files = partitions(dir.path(), Shape::Blobs, &[100], 3, 7);
+    for extra in [
+        &["--anchors-sample", "10"][..],
+        &["--range-max", "20"],
+        &["--index", "IVF4,Flat"],
+        &["--max-k", "128"],
+    ] {
+        let out = mine(dir.path(), &files, extra)
+            .args(["--state", "st"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{extra:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("incremental mining"), "{extra:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_run_killed_at_any_point_leaves_a_state_the_next_run_completes() {
+    for point in tripmine::pipeline::ABORT_POINTS {
+        let dir = TempDir::new().unwrap();
+        let files = partitions(dir.path(), Shape::Blobs, &[300, 30], 6, 8);
+        let state = dir.path().join("state");
+        let at = dir.path().join("run");
+        let state_arg = ["--state", state.to_str().unwrap()];
+        mine(&at, &files[..1], &state_arg).assert().success();
+        let killed = mine(&at, &files, &state_arg)
+            .env("TRIPMINE_TEST_ABORT_AT", point)
+            .output()
+            .unwrap();
+        assert!(!killed.status.success(), "{point}: not killed");
+        mine(&at, &files, &state_arg).assert().success();
+        mine(&dir.path().join("full"), &files, &[])
+            .assert()
+            .success();
+        same_outputs(&at, &dir.path().join("full")).unwrap_or_else(|e| panic!("{point}: {e}"));
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|n| n.contains(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{point}: {leftovers:?}");
+    }
+}
