@@ -104,6 +104,8 @@ pub struct AnchorRecord {
     pub reuse_removed: u32,
     /// Where a row added to the table later could change what this anchor gave.
     pub bounds: AnchorBounds,
+    /// Entries of [`MinedBlock::neighbours`] that are this anchor's.
+    pub neighbours: u32,
 }
 
 /// Where a row added to the table could change an anchor's outcome (its positives, negatives,
@@ -113,10 +115,13 @@ pub struct AnchorRecord {
 /// anchor again when a new row falls inside.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AnchorBounds {
-    /// A row of another label at a distance in `[other_lo, other_hi]`.
+    /// A row of another label at a distance in `[other_lo, other_hi]`, or at most
+    /// `other_near` (which could make the anchor violating).
     pub other_lo: f32,
     pub other_hi: f32,
-    /// A row of any label at most this far.
+    pub other_near: f32,
+    /// A row of any label at most this far (among the neighbours, when their list is not
+    /// kept).
     pub any_hi: f32,
     /// A row of the anchor's label at least this far, or at most `same_near`.
     pub same_far: f32,
@@ -130,6 +135,7 @@ impl AnchorBounds {
     pub const NONE: AnchorBounds = AnchorBounds {
         other_lo: f32::INFINITY,
         other_hi: f32::NEG_INFINITY,
+        other_near: f32::NEG_INFINITY,
         any_hi: f32::NEG_INFINITY,
         same_far: f32::INFINITY,
         same_near: f32::NEG_INFINITY,
@@ -140,6 +146,7 @@ impl AnchorBounds {
     pub const ALL: AnchorBounds = AnchorBounds {
         other_lo: f32::NEG_INFINITY,
         other_hi: f32::INFINITY,
+        other_near: f32::INFINITY,
         any_hi: f32::INFINITY,
         same_far: f32::NEG_INFINITY,
         same_near: f32::INFINITY,
@@ -152,6 +159,18 @@ impl AnchorBounds {
 pub struct MinedBlock {
     pub triplets: Vec<Triplet>,
     pub anchors: Vec<AnchorRecord>,
+    /// Where neighbour lists are kept ([`Miner::keep_neighbours`]): the anchors' nearest rows
+    /// their neighbour labels read, `(d, row)` exact and nearest first, in anchor order.
+    pub neighbours: Vec<(f32, u32)>,
+}
+
+impl MinedBlock {
+    /// Appends `other`'s anchors after this block's.
+    pub fn append(&mut self, other: MinedBlock) {
+        self.triplets.extend(other.triplets);
+        self.anchors.extend(other.anchors);
+        self.neighbours.extend(other.neighbours);
+    }
 }
 
 /// Anchors mined per block: bounds the memory of candidate lists and of output batches.
@@ -204,6 +223,8 @@ pub struct Miner<'t> {
     one_pass: bool,
     /// Tile shape of the one-pass engine.
     tiles: Tiles,
+    /// Blocks keep each anchor's neighbour list (an incremental run patches them).
+    keep_neighbours: bool,
     /// The one-pass engine scans with portable code even where AVX2 is present (tests).
     portable_scan: bool,
     /// Under `--sample random`, the one-pass engine draws dense bands' samples in key order
@@ -306,6 +327,7 @@ impl<'t> Miner<'t> {
             result_bytes_seen: None,
             one_pass: self.one_pass,
             tiles: self.tiles,
+            keep_neighbours: self.keep_neighbours,
             portable_scan: self.portable_scan,
             sample_shortcuts: self.sample_shortcuts,
             explicit: self.explicit,
@@ -443,6 +465,7 @@ impl<'t> Miner<'t> {
             result_bytes_seen: None,
             one_pass: true,
             tiles: Tiles::default(),
+            keep_neighbours: false,
             portable_scan: false,
             sample_shortcuts: true,
             explicit: (
@@ -458,6 +481,12 @@ impl<'t> Miner<'t> {
     #[doc(hidden)]
     pub fn set_one_pass(&mut self, one_pass: bool) {
         self.one_pass = one_pass;
+    }
+
+    /// Blocks keep each anchor's neighbour list ([`MinedBlock::neighbours`]), so that an
+    /// incremental run can take new rows into it instead of mining the anchor again.
+    pub fn keep_neighbours(&mut self) {
+        self.keep_neighbours = true;
     }
 
     /// The one-pass engine's tile shape; results do not depend on it.
@@ -739,9 +768,7 @@ impl<'t> Miner<'t> {
         let Some(order) = order else {
             let mut all = MinedBlock::default();
             for block in anchors.chunks(self.block_len()) {
-                let block_mined = self.mine_block(block)?;
-                all.triplets.extend(block_mined.triplets);
-                all.anchors.extend(block_mined.anchors);
+                all.append(self.mine_block(block)?);
                 mined(block.len());
             }
             return Ok(all);
@@ -751,16 +778,18 @@ impl<'t> Miner<'t> {
             first = anchors.first(),
             "a window of anchors mined in IVF-list order"
         );
-        // (position in `anchors`, block, record, first triplet) of every mined anchor.
-        let mut at: Vec<[u32; 4]> = Vec::with_capacity(anchors.len());
+        // (position in `anchors`, block, record, first triplet, first neighbour) of every
+        // mined anchor.
+        let mut at: Vec<[u32; 5]> = Vec::with_capacity(anchors.len());
         let mut parts: Vec<MinedBlock> = Vec::new();
         for chunk in order.chunks(self.block_len()) {
             let block: Vec<u32> = chunk.iter().map(|&i| anchors[i]).collect();
             let block_mined = self.mine_block(&block)?;
-            let mut first = 0;
+            let (mut first, mut near) = (0, 0);
             for (j, (record, &i)) in block_mined.anchors.iter().zip(chunk).enumerate() {
-                at.push([i as u32, parts.len() as u32, j as u32, first]);
+                at.push([i as u32, parts.len() as u32, j as u32, first, near]);
                 first += record.triplets;
+                near += record.neighbours;
             }
             parts.push(block_mined);
             mined(chunk.len());
@@ -769,13 +798,16 @@ impl<'t> Miner<'t> {
         let mut all = MinedBlock {
             triplets: Vec::with_capacity(parts.iter().map(|p| p.triplets.len()).sum()),
             anchors: Vec::with_capacity(anchors.len()),
+            neighbours: Vec::new(),
         };
-        for [_, part, j, first] in at {
+        for [_, part, j, first, near] in at {
             let part = &parts[part as usize];
             let record = part.anchors[j as usize];
-            let first = first as usize;
+            let (first, near) = (first as usize, near as usize);
             all.triplets
                 .extend_from_slice(&part.triplets[first..first + record.triplets as usize]);
+            all.neighbours
+                .extend_from_slice(&part.neighbours[near..near + record.neighbours as usize]);
             all.anchors.push(record);
         }
         Ok(all)
@@ -785,9 +817,7 @@ impl<'t> Miner<'t> {
     pub fn mine_all(&mut self) -> Result<MinedBlock> {
         let mut all = MinedBlock::default();
         for window in self.anchors().chunks(self.window_len()) {
-            let mined = self.mine_window(window, |_| ())?;
-            all.triplets.extend(mined.triplets);
-            all.anchors.extend(mined.anchors);
+            all.append(self.mine_window(window, |_| ())?);
         }
         self.finish(std::slice::from_mut(&mut all));
         Ok(all)

@@ -39,6 +39,8 @@ pub(super) struct Resolved {
     /// Distance of the last of the anchor's `suspects_k` nearest rows, which its neighbour
     /// labels read (`-inf`: none are read; `inf`: the table holds fewer).
     pub neighbour_reach: f32,
+    /// Those rows, where the miner keeps them ([`Miner::keep_neighbours`]).
+    pub neighbours: Vec<(f32, u32)>,
 }
 
 /// How a guard judges a candidate.
@@ -220,8 +222,12 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
 /// (`None`: not resolved, the anchor has no positive) and whether its search was capped.
 fn assemble(m: &Miner, plans: Vec<AnchorPlan>, done: Vec<Option<(Resolved, bool)>>) -> MinedBlock {
     let mut block = MinedBlock::default();
-    for (plan, outcome) in plans.into_iter().zip(done) {
+    for (plan, mut outcome) in plans.into_iter().zip(done) {
         let bounds = bounds(m, &plan, outcome.as_ref().map(|o| &o.0));
+        let neighbours = outcome
+            .as_mut()
+            .map(|o| std::mem::take(&mut o.0.neighbours))
+            .unwrap_or_default();
         let (triplets, violating_neighbour, neighbour_labels, guard_removed, capped) = match outcome
         {
             Some((r, capped)) => (
@@ -247,8 +253,10 @@ fn assemble(m: &Miner, plans: Vec<AnchorPlan>, done: Vec<Option<(Resolved, bool)
             guard_removed,
             reuse_removed: 0,
             bounds,
+            neighbours: neighbours.len() as u32,
         });
         block.triplets.extend(triplets);
+        block.neighbours.extend(neighbours);
     }
     block
 }
@@ -318,14 +326,15 @@ fn bounds(m: &Miner, plan: &AnchorPlan, outcome: Option<&Resolved>) -> AnchorBou
         bounds.other_lo = bounds.other_lo.min(start);
         bounds.other_hi = bounds.other_hi.max(end);
     }
-    bounds.any_hi = match resolved.violating_neighbour {
+    // A kept neighbour list takes new rows in; else a row among the neighbours means mining
+    // the anchor again.
+    if !m.keep_neighbours {
+        bounds.any_hi = resolved.neighbour_reach;
+    }
+    bounds.other_near = match resolved.violating_neighbour {
         // A nearer negative could make it violating.
-        Some(false) => {
-            resolved
-                .neighbour_reach
-                .max(band_end(NegativeStrategy::Semihard, hardest, p.margin))
-        }
-        Some(true) => resolved.neighbour_reach,
+        Some(false) => band_end(NegativeStrategy::Semihard, hardest, p.margin),
+        Some(true) => f32::NEG_INFINITY,
         // No negative at all yet.
         None => f32::INFINITY,
     };
@@ -377,15 +386,19 @@ pub(super) fn resolve(
         None if radius == f32::INFINITY => None,
         None => return None,
     };
-    let (neighbour_labels, neighbour_reach) = if m.queries.is_some() {
-        (None, f32::NEG_INFINITY)
+    let (neighbour_labels, neighbour_reach, neighbours) = if m.queries.is_some() {
+        (None, f32::NEG_INFINITY, Vec::new())
     } else {
         let near = m.params.suspects_k.min(m.table.rows() - 1);
         if trusted < near && radius < f32::INFINITY {
             return None;
         }
         let near = &list[..near.min(trusted)];
-        (neighbour_labels(m, label, near), neighbour_reach(m, near))
+        (
+            neighbour_labels(m, label, near),
+            neighbour_reach(m, near),
+            kept_neighbours(m, near),
+        )
     };
 
     let strategy = m.params.negatives;
@@ -454,7 +467,17 @@ pub(super) fn resolve(
         neighbour_labels,
         guard_removed,
         neighbour_reach,
+        neighbours,
     })
+}
+
+/// The neighbour list a block keeps (none unless the miner keeps them).
+pub(super) fn kept_neighbours(m: &Miner, near: &[(f32, u32)]) -> Vec<(f32, u32)> {
+    if m.keep_neighbours {
+        near.to_vec()
+    } else {
+        Vec::new()
+    }
 }
 
 /// [`Resolved::neighbour_reach`] of the nearest rows `near` the neighbour labels read.

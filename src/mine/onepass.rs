@@ -1330,8 +1330,8 @@ fn finish(
         resolved.violating_neighbour = violating_neighbour;
         return resolved;
     }
-    let (neighbour_labels, neighbour_reach) = if m.queries.is_some() {
-        (None, f32::NEG_INFINITY)
+    let (neighbour_labels, neighbour_reach, neighbours) = if m.queries.is_some() {
+        (None, f32::NEG_INFINITY, Vec::new())
     } else {
         let k = state.nearest_rows.k;
         let list = exact(&state.nearest_rows.entries);
@@ -1339,6 +1339,7 @@ fn finish(
         (
             super::negatives::neighbour_labels(m, plan.label, near),
             super::negatives::neighbour_reach(m, near),
+            super::negatives::kept_neighbours(m, near),
         )
     };
     let strategy = m.params.negatives;
@@ -1425,6 +1426,7 @@ fn finish(
         neighbour_labels,
         guard_removed: [0; 4],
         neighbour_reach,
+        neighbours,
     }
 }
 

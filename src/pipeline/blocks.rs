@@ -3,7 +3,7 @@
 //!
 //! In: [`MinedBlock`]s (triplets and anchor records, before the cross-anchor rules). Out: the
 //! same blocks, in the order written. A file is a header (magic, a 64-bit id, a number), then
-//! per block its record and triplet counts and their words, then an end mark and
+//! per block its record, triplet and neighbour counts and their words, then an end mark and
 //! [`FIGURES`] 64-bit figures. Little-endian `u32` words throughout; floats as their bits. A file cut short is an
 //! error naming it, never a short read taken for the end.
 
@@ -17,8 +17,9 @@ use crate::mine::{AnchorBounds, AnchorRecord, MinedBlock, NeighbourLabels, Tripl
 const MAGIC: &[u8; 8] = b"TMSEG002";
 /// The record count that marks the end.
 const END: u32 = u32::MAX;
-const RECORD_WORDS: usize = 20;
+const RECORD_WORDS: usize = 22;
 const TRIPLET_WORDS: usize = 6;
+const NEIGHBOUR_WORDS: usize = 2;
 /// 64-bit figures after the end mark (a segment's: its seconds, search seconds, queries).
 pub(super) const FIGURES: usize = 3;
 
@@ -54,7 +55,11 @@ impl BlockWriter {
     }
 
     pub(super) fn block(&mut self, block: &MinedBlock) -> Result<()> {
-        self.words(&[block.anchors.len() as u32, block.triplets.len() as u32])?;
+        self.words(&[
+            block.anchors.len() as u32,
+            block.triplets.len() as u32,
+            block.neighbours.len() as u32,
+        ])?;
         // A few thousand at a time: a copy of the whole block would double its memory.
         for chunk in block.anchors.chunks(4096) {
             let w: Vec<u32> = chunk.iter().flat_map(record_words).collect();
@@ -64,12 +69,16 @@ impl BlockWriter {
             let w: Vec<u32> = chunk.iter().flat_map(triplet_words).collect();
             self.words(&w)?;
         }
+        for chunk in block.neighbours.chunks(8192) {
+            let w: Vec<u32> = chunk.iter().flat_map(|&(d, r)| [d.to_bits(), r]).collect();
+            self.words(&w)?;
+        }
         Ok(())
     }
 
     /// Writes the end mark and `figures`, flushes, and gives the file back.
     pub(super) fn end(mut self, figures: [u64; FIGURES]) -> Result<File> {
-        self.words(&[END, 0])?;
+        self.words(&[END, 0, 0])?;
         let bytes: Vec<u8> = figures.iter().flat_map(|x| x.to_le_bytes()).collect();
         self.bytes(&bytes)?;
         let dest = self.dest;
@@ -138,17 +147,24 @@ impl BlockReader {
         if self.ended {
             return Ok(None);
         }
-        let counts = self.words(2)?;
+        let counts = self.words(3)?;
         if counts[0] == END {
             self.ended = true;
             return Ok(None);
         }
-        let (records, triplets) = (counts[0] as usize, counts[1] as usize);
-        let words = self.words(records * RECORD_WORDS + triplets * TRIPLET_WORDS)?;
-        let (r, t) = words.split_at(records * RECORD_WORDS);
+        let [records, triplets, neighbours] = [0, 1, 2].map(|i| counts[i] as usize);
+        let words = self.words(
+            records * RECORD_WORDS + triplets * TRIPLET_WORDS + neighbours * NEIGHBOUR_WORDS,
+        )?;
+        let (r, rest) = words.split_at(records * RECORD_WORDS);
+        let (t, n) = rest.split_at(triplets * TRIPLET_WORDS);
         Ok(Some(MinedBlock {
             anchors: r.chunks_exact(RECORD_WORDS).map(record_of).collect(),
             triplets: t.chunks_exact(TRIPLET_WORDS).map(triplet_of).collect(),
+            neighbours: n
+                .chunks_exact(NEIGHBOUR_WORDS)
+                .map(|w| (f32::from_bits(w[0]), w[1]))
+                .collect(),
         }))
     }
 
@@ -199,10 +215,12 @@ fn record_words(r: &AnchorRecord) -> [u32; RECORD_WORDS] {
         r.reuse_removed,
         r.bounds.other_lo.to_bits(),
         r.bounds.other_hi.to_bits(),
+        r.bounds.other_near.to_bits(),
         r.bounds.any_hi.to_bits(),
         r.bounds.same_far.to_bits(),
         r.bounds.same_near.to_bits(),
         r.bounds.key_cut,
+        r.neighbours,
     ]
 }
 
@@ -227,11 +245,13 @@ fn record_of(w: &[u32]) -> AnchorRecord {
         bounds: AnchorBounds {
             other_lo: f32::from_bits(w[14]),
             other_hi: f32::from_bits(w[15]),
-            any_hi: f32::from_bits(w[16]),
-            same_far: f32::from_bits(w[17]),
-            same_near: f32::from_bits(w[18]),
-            key_cut: w[19],
+            other_near: f32::from_bits(w[16]),
+            any_hi: f32::from_bits(w[17]),
+            same_far: f32::from_bits(w[18]),
+            same_near: f32::from_bits(w[19]),
+            key_cut: w[20],
         },
+        neighbours: w[21],
     }
 }
 
@@ -309,11 +329,13 @@ mod tests {
             bounds: AnchorBounds {
                 other_lo: 0.5,
                 other_hi: f32::INFINITY,
+                other_near: 0.75,
                 any_hi: -1.0,
                 same_far: f32::NEG_INFINITY,
                 same_near: 2.5,
                 key_cut: 77,
             },
+            neighbours: 2,
         }
     }
 
@@ -332,17 +354,20 @@ mod tests {
             violating_neighbour: Some(true),
             neighbour_labels: None,
             triplets: 0,
+            neighbours: 0,
             ..record(8)
         };
         vec![
             MinedBlock {
                 anchors: vec![record(7)],
                 triplets: vec![t(10, 0.75), t(11, f32::MIN_POSITIVE)],
+                neighbours: vec![(0.25, 4), (f32::MIN_POSITIVE, 9)],
             },
             MinedBlock::default(),
             MinedBlock {
                 anchors: vec![bare],
                 triplets: Vec::new(),
+                neighbours: Vec::new(),
             },
         ]
     }

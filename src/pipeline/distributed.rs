@@ -163,6 +163,12 @@ fn plan_from(
     if segment_anchors == 0 {
         return Err(Error::Config("segment_anchors must be at least 1".into()));
     }
+    if config.run.state.is_some() {
+        return Err(Error::Config(
+            "--state belongs to a single run (tripmine mine): a distributed run mines every anchor"
+                .into(),
+        ));
+    }
     let in_memory = batches.is_some();
     let run = RunIdentity::of(config, in_memory)?;
     in_job_pool(config.run.threads, || {

@@ -334,6 +334,11 @@ pub(super) fn run_job(
 ) -> Result<Summary> {
     let mut clock = Clock::start();
     let job = Job::new(config, files);
+    // A state that cannot serve is refused before anything is read.
+    let state = match &config.run.state {
+        Some(dir) => Some(StateRun::examine(config, dir, files)?),
+        None => None,
+    };
 
     let inputs = input_names(files, batches.as_ref());
     let input = read_stage(&job, batches, &mut clock, inputs.len())?;
@@ -341,9 +346,8 @@ pub(super) fn run_job(
     let recall_sample: &[u32] = recall.truth.as_ref().map_or(&[], |t| &t.anchors);
 
     let stage = Stage::start("mine");
-    let (mined, state) = match &config.run.state {
-        Some(dir) => {
-            let run = StateRun::examine(config, dir, files)?;
+    let (mined, state) = match state {
+        Some(run) => {
             let (mined, state) = mine_with_state(&job, &mut miner, &input, &anchors, run)?;
             (mined, Some(state))
         }
@@ -377,6 +381,7 @@ fn mine_with_state(
     run: StateRun,
 ) -> Result<(Mined, PendingState)> {
     let search_before = miner.search_stats();
+    miner.keep_neighbours();
     let mut emitter = Emitter::new(job, input)?;
     let (state, changes) = run.mine(job, miner, input, anchors, &mut emitter)?;
     abort_point("mine");

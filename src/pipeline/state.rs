@@ -405,6 +405,7 @@ struct Cursor {
     block: MinedBlock,
     record: usize,
     triplet: usize,
+    neighbour: usize,
 }
 
 impl Cursor {
@@ -414,6 +415,7 @@ impl Cursor {
             block: MinedBlock::default(),
             record: 0,
             triplet: 0,
+            neighbour: 0,
         }
     }
 
@@ -425,6 +427,7 @@ impl Cursor {
                     self.block = block;
                     self.record = 0;
                     self.triplet = 0;
+                    self.neighbour = 0;
                 }
                 None => return Ok(None),
             }
@@ -444,6 +447,10 @@ impl Cursor {
         }
         out.triplets
             .extend_from_slice(&triplets[start..self.triplet]);
+        let start = self.neighbour;
+        self.neighbour += record.neighbours as usize;
+        out.neighbours
+            .extend_from_slice(&self.block.neighbours[start..self.neighbour]);
     }
 }
 

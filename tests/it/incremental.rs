@@ -263,7 +263,7 @@ proptest! {
 fn an_incremental_run_mines_again_only_anchors_new_rows_can_change() {
     let dir = TempDir::new().unwrap();
     let files = partitions(dir.path(), Shape::Blobs, &[3000, 30], 40, 11);
-    let changes = grow_and_compare(dir.path(), &files, &["--suspects-k", "1"]);
+    let changes = grow_and_compare(dir.path(), &files, &[]);
     assert_eq!(changes["mode"], "incremental");
     assert_eq!(changes["new_rows"], 30);
     let again = changes["anchors_mined_again"].as_u64().unwrap();
@@ -458,4 +458,22 @@ fn a_run_killed_at_any_point_leaves_a_state_the_next_run_completes() {
             .collect();
         assert!(leftovers.is_empty(), "{point}: {leftovers:?}");
     }
+}
+
+#[test]
+fn a_distributed_plan_refuses_a_state() {
+    let dir = TempDir::new().unwrap();
+    let files = partitions(dir.path(), Shape::Blobs, &[100], 3, 9);
+    let out = tripmine()
+        .current_dir(dir.path())
+        .args(["plan", "--work", "w", "--state", "st", "--in"])
+        .arg(&files[0])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--state belongs to a single run"),
+        "{stderr}"
+    );
 }

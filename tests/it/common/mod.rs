@@ -21,6 +21,7 @@ pub fn outcomes(records: Vec<AnchorRecord>) -> Vec<AnchorRecord> {
         .into_iter()
         .map(|r| AnchorRecord {
             bounds: AnchorBounds::NONE,
+            neighbours: 0,
             ..r
         })
         .collect()
@@ -331,6 +332,7 @@ impl Oracle {
                 guard_removed,
                 reuse_removed: 0,
                 bounds: AnchorBounds::NONE,
+                neighbours: 0,
             });
         }
         // Reuse cap: for each negative, the `max` nearest anchors (ties: smaller anchor).
