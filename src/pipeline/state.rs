@@ -189,27 +189,13 @@ impl StateRun {
         let file = File::create(&blocks_path).map_err(|e| Error::output(&named, e))?;
         let mut writer = BlockWriter::new(file, &named, blocks_id, 0)?;
         let changes = match previous {
-            Err(reason) => {
-                let mut changes = Changes {
-                    mode: "full".into(),
-                    reason: Some(reason),
-                    new_rows: table.rows() as u64,
-                    ..Changes::default()
-                };
-                let bar = progress(job.show, Some(anchors.len() as u64), "mining");
-                mine_windows(
-                    job,
-                    miner,
-                    anchors,
-                    |n| bar.inc(n as u64),
-                    |block| {
-                        changes.triplets_added += block.triplets.len() as u64;
-                        writer.block(&block)
-                    },
-                )?;
-                bar.finish_and_clear();
-                changes
-            }
+            Err(reason) => Changes {
+                mode: "full".into(),
+                reason: Some(reason),
+                new_rows: table.rows() as u64,
+                triplets_added: mine_into(job, miner, anchors, |b| writer.block(b))?,
+                ..Changes::default()
+            },
             Ok(facts) => mine_new(job, miner, table, &self.dir, &facts, &mut writer)?,
         };
         let file = writer.end([0; FIGURES])?;
@@ -329,24 +315,36 @@ fn mine_new(
     );
     let mine: Vec<u32> = again.into_iter().chain(old_rows as u32..n as u32).collect();
     let mut fresh = HeldBlocks::new(&job.scratch)?;
-    let bar = progress(job.show, Some(mine.len() as u64), "mining");
-    mine_windows(
-        job,
-        miner,
-        &mine,
-        |k| bar.inc(k as u64),
-        |block| {
-            changes.triplets_added += block.triplets.len() as u64;
-            fresh.hold(&block)
-        },
-    )?;
-    bar.finish_and_clear();
+    changes.triplets_added = mine_into(job, miner, &mine, |b| fresh.hold(b))?;
     merge(
         Cursor::new(kept.read_back()?),
         Cursor::new(fresh.read_back()?),
         writer,
     )?;
     Ok(changes)
+}
+
+/// Mines `anchors` with a progress bar, handing each block to `put`; the triplets mined.
+fn mine_into(
+    job: &Job,
+    miner: &mut Miner,
+    anchors: &[u32],
+    mut put: impl FnMut(&MinedBlock) -> Result<()>,
+) -> Result<u64> {
+    let bar = progress(job.show, Some(anchors.len() as u64), "mining");
+    let mut triplets = 0;
+    mine_windows(
+        job,
+        miner,
+        anchors,
+        |n| bar.inc(n as u64),
+        |block| {
+            triplets += block.triplets.len() as u64;
+            put(&block)
+        },
+    )?;
+    bar.finish_and_clear();
+    Ok(triplets)
 }
 
 /// The options that shape mined blocks, hashed: the mining parameters (not the memory limit)

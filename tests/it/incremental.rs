@@ -129,6 +129,20 @@ fn same_outputs(a: &Path, b: &Path) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// A table of blobs in partitions of `sizes` (seed `seed`), its first partition mined with a
+/// state: the temporary folder, the partitions, the run's folder and the state flag.
+fn first_state(sizes: &[usize], seed: u64) -> (TempDir, Vec<PathBuf>, PathBuf, [String; 2]) {
+    let dir = TempDir::new().unwrap();
+    let files = partitions(dir.path(), Shape::Blobs, sizes, 6, seed);
+    let at = dir.path().join("run");
+    let state = [
+        "--state".to_string(),
+        dir.path().join("state").display().to_string(),
+    ];
+    mine(&at, &files[..1], &[]).args(&state).assert().success();
+    (dir, files, at, state)
+}
+
 /// Mines `files` with a state one more file at a time, then all at once without: the last
 /// incremental run equals the full run. Returns the last incremental run's changes.
 fn grow_and_compare(dir: &Path, files: &[PathBuf], args: &[&str]) -> serde_json::Value {
@@ -366,19 +380,11 @@ fn reordered_input_files_mean_a_full_run() {
 
 #[test]
 fn a_state_of_other_options_is_refused_and_rebuilt_when_forced() {
-    let dir = TempDir::new().unwrap();
-    let files = partitions(dir.path(), Shape::Blobs, &[200, 40], 5, 5);
-    let state = dir.path().join("state");
-    let at = dir.path().join("run");
-    let state_arg = ["--state", state.to_str().unwrap()];
-    mine(&at, &files[..1], &state_arg).assert().success();
-    let out = mine(
-        &at,
-        &files,
-        &["--negatives", "hard", "--state", state.to_str().unwrap()],
-    )
-    .output()
-    .unwrap();
+    let (_dir, files, at, state) = first_state(&[200, 40], 5);
+    let out = mine(&at, &files, &["--negatives", "hard"])
+        .args(&state)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -386,7 +392,7 @@ fn a_state_of_other_options_is_refused_and_rebuilt_when_forced() {
         "{stderr}"
     );
     mine(&at, &files, &["--negatives", "hard", "--force"])
-        .args(state_arg)
+        .args(&state)
         .assert()
         .success();
     let c = changes(&at);
@@ -396,17 +402,12 @@ fn a_state_of_other_options_is_refused_and_rebuilt_when_forced() {
 
 #[test]
 fn a_state_of_another_version_is_refused() {
-    let dir = TempDir::new().unwrap();
-    let files = partitions(dir.path(), Shape::Blobs, &[200, 40], 5, 6);
-    let state = dir.path().join("state");
-    let at = dir.path().join("run");
-    let state_arg = ["--state", state.to_str().unwrap()];
-    mine(&at, &files[..1], &state_arg).assert().success();
-    let facts = state.join("state.json");
+    let (_dir, files, at, state) = first_state(&[200, 40], 6);
+    let facts = Path::new(&state[1]).join("state.json");
     let text = std::fs::read_to_string(&facts).unwrap();
     let text = text.replace(env!("CARGO_PKG_VERSION"), "0.0.1");
     std::fs::write(&facts, text).unwrap();
-    let out = mine(&at, &files, &state_arg).output().unwrap();
+    let out = mine(&at, &files, &[]).args(&state).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("made by tripmine 0.0.1"), "{stderr}");
@@ -435,18 +436,14 @@ fn options_incremental_mining_does_not_cover_are_refused_at_start() {
 #[test]
 fn a_run_killed_at_any_point_leaves_a_state_the_next_run_completes() {
     for point in tripmine::pipeline::ABORT_POINTS {
-        let dir = TempDir::new().unwrap();
-        let files = partitions(dir.path(), Shape::Blobs, &[300, 30], 6, 8);
-        let state = dir.path().join("state");
-        let at = dir.path().join("run");
-        let state_arg = ["--state", state.to_str().unwrap()];
-        mine(&at, &files[..1], &state_arg).assert().success();
-        let killed = mine(&at, &files, &state_arg)
+        let (dir, files, at, state) = first_state(&[300, 30], 8);
+        let killed = mine(&at, &files, &[])
+            .args(&state)
             .env("TRIPMINE_TEST_ABORT_AT", point)
             .output()
             .unwrap();
         assert!(!killed.status.success(), "{point}: not killed");
-        mine(&at, &files, &state_arg).assert().success();
+        mine(&at, &files, &[]).args(&state).assert().success();
         mine(&dir.path().join("full"), &files, &[])
             .assert()
             .success();
