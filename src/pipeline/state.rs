@@ -92,9 +92,6 @@ impl StateRun {
     /// Reads the state in `dir` and compares it with the job's inputs and options.
     pub(super) fn examine(config: &MiningConfig, dir: &Path, files: &[PathBuf]) -> Result<Self> {
         let previous = Self::compare(config, dir, files)?;
-        if let Err(reason) = &previous {
-            tracing::info!(stage = "state", state = %dir.display(), "mining every anchor: {reason}");
-        }
         Ok(StateRun {
             dir: dir.to_path_buf(),
             files: files.to_vec(),
@@ -182,6 +179,9 @@ impl StateRun {
         let previous = self
             .previous
             .and_then(|facts| usable(job.config, &facts, table).map(|()| facts));
+        if let Err(reason) = &previous {
+            tracing::info!(stage = "state", state = %self.dir.display(), "mining every anchor: {reason}");
+        }
         let target = AtomicPath::new_dir(&self.dir)?;
         let blocks_path = target.tmp().join(BLOCKS);
         let named = self.dir.join(BLOCKS);
