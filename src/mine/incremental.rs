@@ -7,13 +7,20 @@
 //! by the new rows nearer than the negative (appended rows come after every old row, so a
 //! tie never puts one before it), and its neighbour list takes in the new rows nearer than
 //! its last (its neighbour labels counted again).
+//!
+//! A new row of another label that enters the reached part of an anchor's band is taken into
+//! its selection without a pass over the table where the selection is the nearest qualifying
+//! rows (no random sample, no guard): between two qualifying rows every row of another label
+//! qualifies too, so the old rows before a new negative are the old negatives before it and
+//! the rows of the anchor's label between them, counted from the first old negative's rank.
 
 use rayon::prelude::*;
 
+use super::negatives::{band_end, qualifies};
 use super::onepass::{gemm_error_bound, inner_products};
 use super::positives::positive_keys;
 use super::{AnchorRecord, MinedBlock, Miner, Triplet};
-use crate::config::Metric;
+use crate::config::{Metric, NegativeSampling};
 
 /// New rows compared at once: bounds the products held (anchors of a group times these).
 const NEW_ROWS_CHUNK: usize = 4096;
@@ -28,6 +35,11 @@ pub struct Sifted {
     pub anchors: usize,
     /// Their triplets, taken out with them.
     pub triplets: u64,
+    /// Anchors kept whose selection took in new rows, and the triplets that gave them and
+    /// took from them.
+    pub updated: usize,
+    pub updated_added: u64,
+    pub updated_removed: u64,
 }
 
 /// What sifting found for one anchor.
@@ -38,13 +50,22 @@ struct AnchorSift {
     shifts: Vec<u32>,
     /// New rows that join its neighbour list, `(exact d, row)`.
     joins: Vec<(f32, u32)>,
+    /// New rows of other labels in the reached part of its band, `(exact d, row)`, and how
+    /// many new rows are nearer than each.
+    entries: Vec<(f32, u32)>,
+    entries_after: Vec<u32>,
+}
+
+/// `(d, row)` order: nearer first, ties by the smaller row.
+fn before(x: (f32, u32), y: (f32, u32)) -> bool {
+    x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)).is_lt()
 }
 
 impl Miner<'_> {
     /// Takes out of `block` the anchors that a row at position `old_rows` or later could
     /// change, and returns them (in order) with what they held; counts the new rows nearer
-    /// than every kept negative into its rank, and takes new rows into kept neighbour lists
-    /// (their neighbour labels computed again).
+    /// than every kept negative into its rank, takes new rows into kept neighbour lists
+    /// (their neighbour labels counted again) and, where it can, into kept selections.
     pub fn sift_block(&self, block: &mut MinedBlock, old_rows: usize) -> (Vec<u32>, Sifted) {
         let n = self.table.rows();
         if old_rows >= n || block.anchors.is_empty() {
@@ -73,8 +94,13 @@ impl Miner<'_> {
             .chunks(NEW_ROWS_CHUNK)
             .map(|c| self.gather(c.iter().copied()))
             .collect();
+        let products_of = |queries: &[f32], count: usize, vectors: &[f32], rows: usize| {
+            let mut products = vec![0.0; count * rows];
+            inner_products(queries, vectors, self.table.dim, &mut products);
+            products
+        };
         let (triplets, neighbours) = (&block.triplets, &block.neighbours);
-        let sifts: Vec<AnchorSift> = {
+        let sifts: Vec<(AnchorSift, Option<Vec<Triplet>>)> = {
             let _single = crate::process::BlasThreads::single();
             block
                 .anchors
@@ -88,14 +114,13 @@ impl Miner<'_> {
                             changed: false,
                             shifts: vec![0; s.len()],
                             joins: Vec::new(),
+                            entries: Vec::new(),
+                            entries_after: Vec::new(),
                         })
                         .collect();
                     let queries = self.gather(records.iter().map(|r| r.anchor));
-                    let mut products = Vec::new();
                     for (rows, vectors) in new_rows.chunks(NEW_ROWS_CHUNK).zip(&new_vectors) {
-                        products.clear();
-                        products.resize(records.len() * rows.len(), 0.0);
-                        inner_products(&queries, vectors, self.table.dim, &mut products);
+                        let products = products_of(&queries, records.len(), vectors, rows.len());
                         for (i, record) in records.iter().enumerate() {
                             if sifts[i].changed {
                                 continue;
@@ -112,14 +137,53 @@ impl Miner<'_> {
                             );
                         }
                     }
-                    sifts
+                    // The new rows nearer than each entry: a second look at the new rows, for
+                    // the anchors that have entries.
+                    let entering: Vec<usize> = (0..records.len())
+                        .filter(|&i| !sifts[i].changed && !sifts[i].entries.is_empty())
+                        .collect();
+                    if !entering.is_empty() {
+                        let queries = self.gather(entering.iter().map(|&i| records[i].anchor));
+                        for &i in &entering {
+                            sifts[i].entries_after = vec![0; sifts[i].entries.len()];
+                        }
+                        for (rows, vectors) in new_rows.chunks(NEW_ROWS_CHUNK).zip(&new_vectors) {
+                            let products =
+                                products_of(&queries, entering.len(), vectors, rows.len());
+                            for (q, &i) in entering.iter().enumerate() {
+                                let products = &products[q * rows.len()..(q + 1) * rows.len()];
+                                self.count_new_before(
+                                    records[i].anchor,
+                                    rows,
+                                    products,
+                                    new_max_sq,
+                                    &mut sifts[i],
+                                );
+                            }
+                        }
+                    }
+                    sifts.into_iter().enumerate().map(move |(i, mut sift)| {
+                        let taken_in = (!sift.changed && !sift.entries.is_empty()).then(|| {
+                            self.take_in(&records[i], &triplets[spans[i].clone()], &sift, old_rows)
+                        });
+                        let taken_in = match taken_in {
+                            Some(None) => {
+                                // A pair without a triplet: its band's start is unknown.
+                                sift.changed = true;
+                                None
+                            }
+                            Some(Some(t)) => Some(t),
+                            None => None,
+                        };
+                        (sift, taken_in)
+                    })
                 })
                 .collect()
         };
         let mut taken = Vec::new();
         let mut sifted = Sifted::default();
         let mut kept = MinedBlock::default();
-        for (((record, span), near), sift) in
+        for (((record, span), near), (sift, taken_in)) in
             block.anchors.iter().zip(&spans).zip(&near_spans).zip(sifts)
         {
             if sift.changed {
@@ -129,11 +193,31 @@ impl Miner<'_> {
                 continue;
             }
             let mut record = *record;
-            kept.triplets
-                .extend(span.clone().zip(&sift.shifts).map(|(t, shift)| Triplet {
-                    negative_rank: block.triplets[t].negative_rank + shift,
-                    ..block.triplets[t]
-                }));
+            match taken_in {
+                Some(new) => {
+                    let old = &block.triplets[span.clone()];
+                    let had = |t: &Triplet| {
+                        old.iter()
+                            .any(|o| (o.positive, o.negative) == (t.positive, t.negative))
+                    };
+                    let has = |t: &Triplet| {
+                        new.iter()
+                            .any(|o| (o.positive, o.negative) == (t.positive, t.negative))
+                    };
+                    sifted.updated += 1;
+                    sifted.updated_added += new.iter().filter(|t| !had(t)).count() as u64;
+                    sifted.updated_removed += old.iter().filter(|t| !has(t)).count() as u64;
+                    record.triplets = new.len() as u32;
+                    record.bounds.other_hi = self.reached(&new);
+                    kept.triplets.extend(new);
+                }
+                None => kept
+                    .triplets
+                    .extend(span.clone().zip(&sift.shifts).map(|(t, shift)| Triplet {
+                        negative_rank: block.triplets[t].negative_rank + shift,
+                        ..block.triplets[t]
+                    })),
+            }
             let near = &block.neighbours[near.clone()];
             if sift.joins.is_empty() {
                 kept.neighbours.extend_from_slice(near);
@@ -152,10 +236,151 @@ impl Miner<'_> {
         (taken, sifted)
     }
 
+    /// Whether new rows entering a selection can be taken in without a pass over the table:
+    /// the selection is the nearest qualifying rows, and no guard removes any.
+    fn takes_entries_in(&self) -> bool {
+        let p = &self.params;
+        self.queries.is_none()
+            && p.sample == NegativeSampling::Nearest
+            && !p.guarded()
+            && p.range_min == 0
+            && p.range_max.is_none()
+    }
+
+    /// The farthest distance at which a selection of `triplets` (every pair of an anchor,
+    /// each with at least one) can still take a new row in: [`AnchorBounds::other_hi`].
+    fn reached(&self, triplets: &[Triplet]) -> f32 {
+        let p = &self.params;
+        let limit = p.num_negatives.limit();
+        let nearest_n = p.sample == NegativeSampling::Nearest && limit != usize::MAX;
+        triplets
+            .chunk_by(|x, y| x.positive == y.positive)
+            .map(|pair| {
+                if nearest_n && pair.len() == limit {
+                    pair.iter()
+                        .map(|t| t.d_an)
+                        .fold(f32::NEG_INFINITY, f32::max)
+                } else {
+                    band_end(p.negatives, pair[0].d_ap, p.margin)
+                }
+            })
+            .fold(f32::NEG_INFINITY, f32::max)
+    }
+
+    /// Counts into `sift.entries_after` the new rows `rows` (inner products `products` with
+    /// anchor `a`) before each entry in `(d, row)` order.
+    fn count_new_before(
+        &self,
+        a: u32,
+        rows: &[u32],
+        products: &[f32],
+        new_max_sq: f32,
+        sift: &mut AnchorSift,
+    ) {
+        let a_sq = self.norms_sq[a as usize];
+        let slack = 2.0 * gemm_error_bound(self.table.dim, a_sq, new_max_sq);
+        for (&r, &x) in rows.iter().zip(products) {
+            let d = match self.params.metric {
+                Metric::L2sq => a_sq + self.norms_sq[r as usize] - 2.0 * x,
+                Metric::Cosine => 1.0 - x,
+            };
+            let mut exact = None;
+            for (&(e, row), after) in sift.entries.iter().zip(sift.entries_after.iter_mut()) {
+                let nearer = if d < e - slack {
+                    true
+                } else if d <= e + slack {
+                    let d = *exact.get_or_insert_with(|| self.anchor_distance(a, r));
+                    before((d, r), (e, row))
+                } else {
+                    false
+                };
+                *after += u32::from(nearer);
+            }
+        }
+    }
+
+    /// The anchor's triplets with its entries taken into each pair's selection, ranks
+    /// counted again; `None` when a pair has no triplet (its band's start is unknown).
+    fn take_in(
+        &self,
+        record: &AnchorRecord,
+        old: &[Triplet],
+        sift: &AnchorSift,
+        old_rows: usize,
+    ) -> Option<Vec<Triplet>> {
+        let p = &self.params;
+        let a = record.anchor;
+        let pairs: Vec<&[Triplet]> = old.chunk_by(|x, y| x.positive == y.positive).collect();
+        if pairs.len() != record.pairs as usize {
+            return None;
+        }
+        // The anchor's label's old rows, by exact distance: between two qualifying rows they
+        // are the only rows a selection skips.
+        let same: Vec<(f32, u32)> = {
+            let mut same: Vec<(f32, u32)> = self.groups[record.label as usize]
+                .iter()
+                .filter(|&&s| (s as usize) < old_rows && s != a)
+                .map(|&s| (self.anchor_distance(a, s), s))
+                .collect();
+            super::sort_nearest(&mut same);
+            same
+        };
+        let same_before = |x: (f32, u32)| same.partition_point(|&s| before(s, x)) as u32;
+        let limit = p.num_negatives.limit();
+        let mut out = Vec::with_capacity(old.len() + sift.entries.len());
+        let mut pair_start = 0;
+        for pair in pairs {
+            let first = &pair[0];
+            let (d_ap, positive) = (first.d_ap, first.positive);
+            let shifts = &sift.shifts[pair_start..pair_start + pair.len()];
+            pair_start += pair.len();
+            let shifted = |j: usize| pair[j].negative_rank + shifts[j];
+            // (d, row, rank) of every candidate: the old negatives and the qualifying entries.
+            let mut candidates: Vec<(f32, u32, u32)> = (0..pair.len())
+                .map(|j| (pair[j].d_an, pair[j].negative, shifted(j)))
+                .collect();
+            let n1 = (first.d_an, first.negative);
+            for (&(d, r), &after) in sift.entries.iter().zip(&sift.entries_after) {
+                if !qualifies(p.negatives, d_ap, d, p.margin) {
+                    continue;
+                }
+                let x = (d, r);
+                // Old rows before x: counted from the first old negative's rank, by the old
+                // negatives and the rows of the anchor's label between them.
+                let old_before = if before(n1, x) {
+                    let negatives = pair
+                        .iter()
+                        .filter(|t| before((t.d_an, t.negative), x))
+                        .count();
+                    first.negative_rank + negatives as u32 + (same_before(x) - same_before(n1))
+                } else {
+                    first.negative_rank - (same_before(n1) - same_before(x))
+                };
+                candidates.push((d, r, old_before + after));
+            }
+            candidates.sort_unstable_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
+            candidates.truncate(limit);
+            out.extend(
+                candidates
+                    .into_iter()
+                    .map(|(d_an, negative, negative_rank)| Triplet {
+                        anchor: a,
+                        positive,
+                        negative,
+                        d_ap,
+                        d_an,
+                        negative_rank,
+                    }),
+            );
+        }
+        Some(out)
+    }
+
     /// Looks at the new rows `rows` (with the anchor's inner products `products`) for
     /// `record`: marks it changed when one falls inside its bounds; else adds to `sift` the
-    /// rows nearer than each of its `triplets`' negatives, and those that join its neighbour
-    /// list `near` (of `want` rows at most).
+    /// rows nearer than each of its `triplets`' negatives, those that join its neighbour
+    /// list `near` (of `want` rows at most), and the rows of other labels that enter the
+    /// reached part of its band where they can be taken in.
     #[allow(clippy::too_many_arguments)]
     fn sift_anchor(
         &self,
@@ -174,6 +399,7 @@ impl Miner<'_> {
         let slack = 2.0 * gemm_error_bound(self.table.dim, a_sq, new_max_sq);
         let farthest_negative = triplets.iter().map(|t| t.d_an).fold(f32::MIN, f32::max);
         let keys = positive_keys(self.params.seed, a);
+        let takes_in = self.takes_entries_in();
         // Where a new row joins the neighbour list: nearer than its last row (a tie comes
         // after it), anywhere while the list is short. Anchors without a positive have none.
         let neighbour_cut = match near.last() {
@@ -192,18 +418,26 @@ impl Miner<'_> {
             // Inside the bounds by the product's distance, then by the exact one (the
             // bounds are exact distances): where distances crowd, many rows lie within the
             // product's error of a bound.
-            let inside = |d: f32, slack: f32| {
+            let moves = |d: f32, slack: f32| {
                 d <= b.any_hi + slack
                     || if same {
                         d >= b.same_far - slack || d <= b.same_near + slack
                     } else {
                         d <= b.other_near + slack
-                            || (d >= b.other_lo - slack && d <= b.other_hi + slack)
                     }
             };
-            if (same && keys.key(r) < b.key_cut) || (inside(d, slack) && inside(exact(), 0.0)) {
+            let enters =
+                |d: f32, slack: f32| !same && d >= b.other_lo - slack && d <= b.other_hi + slack;
+            if (same && keys.key(r) < b.key_cut) || (moves(d, slack) && moves(exact(), 0.0)) {
                 sift.changed = true;
                 return;
+            }
+            if enters(d, slack) && enters(exact(), 0.0) {
+                if !takes_in {
+                    sift.changed = true;
+                    return;
+                }
+                sift.entries.push((exact(), r));
             }
             if d <= neighbour_cut + slack {
                 let e = exact();

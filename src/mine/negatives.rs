@@ -537,7 +537,7 @@ pub(super) fn qualifies(strategy: NegativeStrategy, d_ap: f32, d_an: f32, margin
 /// A distance beyond which no negative qualifies (slightly loose, for `f32` rounding of
 /// `d_an - d_ap`).
 #[inline]
-fn band_end(strategy: NegativeStrategy, d_ap: f32, margin: f32) -> f32 {
+pub(super) fn band_end(strategy: NegativeStrategy, d_ap: f32, margin: f32) -> f32 {
     match strategy {
         NegativeStrategy::Hard => d_ap,
         NegativeStrategy::Semihard | NegativeStrategy::Violating => {

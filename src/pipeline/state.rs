@@ -62,8 +62,12 @@ pub struct Changes {
     pub new_rows: u64,
     /// Anchors of the state mined again because a new row could change them.
     pub anchors_mined_again: u64,
-    /// Triplets (before the cross-anchor rules) of the anchors mined, those the anchors
-    /// mined again held before, and those kept from the state.
+    /// Anchors of the state that took new rows into their selection without being mined
+    /// again.
+    #[serde(default)]
+    pub anchors_updated: u64,
+    /// Triplets (before the cross-anchor rules) that are new, that are gone, and that were
+    /// kept from the state (their ranks counted again).
     pub triplets_added: u64,
     pub triplets_removed: u64,
     pub triplets_kept: u64,
@@ -296,8 +300,10 @@ fn mine_new(
         let (taken, sifted) = miner.sift_block(&mut block, old_rows);
         again.extend(taken);
         changes.anchors_mined_again += sifted.anchors as u64;
-        changes.triplets_removed += sifted.triplets;
-        changes.triplets_kept += block.triplets.len() as u64;
+        changes.anchors_updated += sifted.updated as u64;
+        changes.triplets_removed += sifted.triplets + sifted.updated_removed;
+        changes.triplets_added += sifted.updated_added;
+        changes.triplets_kept += block.triplets.len() as u64 - sifted.updated_added;
         kept.hold(&block)?;
         bar.inc((sifted.anchors + block.anchors.len()) as u64);
     }
@@ -311,11 +317,12 @@ fn mine_new(
         stage = "state",
         new_rows = changes.new_rows,
         anchors_mined_again = changes.anchors_mined_again,
+        anchors_updated = changes.anchors_updated,
         "state sifted"
     );
     let mine: Vec<u32> = again.into_iter().chain(old_rows as u32..n as u32).collect();
     let mut fresh = HeldBlocks::new(&job.scratch)?;
-    changes.triplets_added = mine_into(job, miner, &mine, |b| fresh.hold(b))?;
+    changes.triplets_added += mine_into(job, miner, &mine, |b| fresh.hold(b))?;
     merge(
         Cursor::new(kept.read_back()?),
         Cursor::new(fresh.read_back()?),

@@ -194,10 +194,11 @@ impl std::fmt::Display for Summary {
             let text = match &c.reason {
                 Some(reason) => format!("full run ({reason}), state written"),
                 None => format!(
-                    "incremental: {} new rows, {} earlier anchors mined again; triplets \
-                     {} added, {} removed, {} kept",
+                    "incremental: {} new rows, {} earlier anchors mined again, {} updated; \
+                     triplets {} added, {} removed, {} kept",
                     n(c.new_rows),
                     n(c.anchors_mined_again),
+                    n(c.anchors_updated),
                     n(c.triplets_added),
                     n(c.triplets_removed),
                     n(c.triplets_kept)
