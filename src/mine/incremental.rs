@@ -407,11 +407,29 @@ impl Miner<'_> {
             Some(&(d, _)) if near.len() >= want => d,
             _ => f32::INFINITY,
         };
+        // Beyond every limit but the farthest positive: most rows, passed with one comparison
+        // (and a label lookup where random positives draw by key).
+        let far = [
+            b.other_hi,
+            b.other_near,
+            b.any_hi,
+            farthest_negative,
+            neighbour_cut,
+        ]
+        .into_iter()
+        .fold(b.same_near, f32::max)
+            + slack;
         for (&r, &x) in rows.iter().zip(products) {
             let d = match self.params.metric {
                 Metric::L2sq => a_sq + self.norms_sq[r as usize] - 2.0 * x,
                 Metric::Cosine => 1.0 - x,
             };
+            if d > far
+                && d < b.same_far - slack
+                && (b.key_cut == 0 || self.label(r) != record.label)
+            {
+                continue;
+            }
             let mut exact = None;
             let mut exact = || *exact.get_or_insert_with(|| self.anchor_distance(a, r));
             let same = self.label(r) == record.label;
