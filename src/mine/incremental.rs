@@ -16,11 +16,11 @@
 
 use rayon::prelude::*;
 
-use super::negatives::{band_end, qualifies};
+use super::negatives::{pair_reach, qualifies};
 use super::onepass::{gemm_error_bound, inner_products};
 use super::positives::positive_keys;
 use super::{AnchorRecord, MinedBlock, Miner, Triplet};
-use crate::config::{Metric, NegativeSampling};
+use crate::config::NegativeSampling;
 
 /// New rows compared at once: bounds the products held (anchors of a group times these).
 const NEW_ROWS_CHUNK: usize = 4096;
@@ -40,6 +40,15 @@ pub struct Sifted {
     pub updated: usize,
     pub updated_added: u64,
     pub updated_removed: u64,
+}
+
+/// The rows appended to the table since the blocks sifted were mined: their positions,
+/// vectors (in chunks) and largest squared norm, gathered once for every block.
+pub struct NewRows {
+    old_rows: usize,
+    rows: Vec<u32>,
+    vectors: Vec<Vec<f32>>,
+    max_sq: f32,
 }
 
 /// What sifting found for one anchor.
@@ -62,12 +71,31 @@ fn before(x: (f32, u32), y: (f32, u32)) -> bool {
 }
 
 impl Miner<'_> {
-    /// Takes out of `block` the anchors that a row at position `old_rows` or later could
+    /// The table's rows from position `old_rows` on, for [`Miner::sift_block`].
+    pub fn new_rows(&self, old_rows: usize) -> NewRows {
+        let rows: Vec<u32> = (old_rows as u32..self.table.rows() as u32).collect();
+        NewRows {
+            old_rows,
+            max_sq: rows
+                .iter()
+                .map(|&r| self.norms_sq[r as usize])
+                .fold(0.0, f32::max),
+            vectors: rows
+                .chunks(NEW_ROWS_CHUNK)
+                .map(|c| self.gather(c.iter().copied()))
+                .collect(),
+            rows,
+        }
+    }
+
+    /// Takes out of `block` the anchors that a row of `new` could
     /// change, and returns them (in order) with what they held; counts the new rows nearer
     /// than every kept negative into its rank, takes new rows into kept neighbour lists
     /// (their neighbour labels counted again) and, where it can, into kept selections.
-    pub fn sift_block(&self, block: &mut MinedBlock, old_rows: usize) -> (Vec<u32>, Sifted) {
+    pub fn sift_block(&self, block: &mut MinedBlock, new: &NewRows) -> (Vec<u32>, Sifted) {
         let n = self.table.rows();
+        let (old_rows, new_rows, new_vectors, new_max_sq) =
+            (new.old_rows, &new.rows, &new.vectors, new.max_sq);
         if old_rows >= n || block.anchors.is_empty() {
             return (Vec::new(), Sifted::default());
         }
@@ -85,15 +113,6 @@ impl Miner<'_> {
             near_at += r.neighbours as usize;
         }
         let near_want = self.params.suspects_k.min(n - 1);
-        let new_rows: Vec<u32> = (old_rows as u32..n as u32).collect();
-        let new_max_sq = new_rows
-            .iter()
-            .map(|&r| self.norms_sq[r as usize])
-            .fold(0.0, f32::max);
-        let new_vectors: Vec<Vec<f32>> = new_rows
-            .chunks(NEW_ROWS_CHUNK)
-            .map(|c| self.gather(c.iter().copied()))
-            .collect();
         let products_of = |queries: &[f32], count: usize, vectors: &[f32], rows: usize| {
             let mut products = vec![0.0; count * rows];
             inner_products(queries, vectors, self.table.dim, &mut products);
@@ -119,7 +138,7 @@ impl Miner<'_> {
                         })
                         .collect();
                     let queries = self.gather(records.iter().map(|r| r.anchor));
-                    for (rows, vectors) in new_rows.chunks(NEW_ROWS_CHUNK).zip(&new_vectors) {
+                    for (rows, vectors) in new_rows.chunks(NEW_ROWS_CHUNK).zip(new_vectors) {
                         let products = products_of(&queries, records.len(), vectors, rows.len());
                         for (i, record) in records.iter().enumerate() {
                             if sifts[i].changed {
@@ -147,7 +166,7 @@ impl Miner<'_> {
                         for &i in &entering {
                             sifts[i].entries_after = vec![0; sifts[i].entries.len()];
                         }
-                        for (rows, vectors) in new_rows.chunks(NEW_ROWS_CHUNK).zip(&new_vectors) {
+                        for (rows, vectors) in new_rows.chunks(NEW_ROWS_CHUNK).zip(new_vectors) {
                             let products =
                                 products_of(&queries, entering.len(), vectors, rows.len());
                             for (q, &i) in entering.iter().enumerate() {
@@ -250,20 +269,9 @@ impl Miner<'_> {
     /// The farthest distance at which a selection of `triplets` (every pair of an anchor,
     /// each with at least one) can still take a new row in: [`AnchorBounds::other_hi`].
     fn reached(&self, triplets: &[Triplet]) -> f32 {
-        let p = &self.params;
-        let limit = p.num_negatives.limit();
-        let nearest_n = p.sample == NegativeSampling::Nearest && limit != usize::MAX;
         triplets
             .chunk_by(|x, y| x.positive == y.positive)
-            .map(|pair| {
-                if nearest_n && pair.len() == limit {
-                    pair.iter()
-                        .map(|t| t.d_an)
-                        .fold(f32::NEG_INFINITY, f32::max)
-                } else {
-                    band_end(p.negatives, pair[0].d_ap, p.margin)
-                }
-            })
+            .map(|pair| pair_reach(&self.params, pair[0].d_ap, pair.iter()))
             .fold(f32::NEG_INFINITY, f32::max)
     }
 
@@ -280,10 +288,7 @@ impl Miner<'_> {
         let a_sq = self.norms_sq[a as usize];
         let slack = 2.0 * gemm_error_bound(self.table.dim, a_sq, new_max_sq);
         for (&r, &x) in rows.iter().zip(products) {
-            let d = match self.params.metric {
-                Metric::L2sq => a_sq + self.norms_sq[r as usize] - 2.0 * x,
-                Metric::Cosine => 1.0 - x,
-            };
+            let d = self.product_distance(a_sq, r, x);
             let mut exact = None;
             for (&(e, row), after) in sift.entries.iter().zip(sift.entries_after.iter_mut()) {
                 let nearer = if d < e - slack {
@@ -420,10 +425,7 @@ impl Miner<'_> {
         .fold(b.same_near, f32::max)
             + slack;
         for (&r, &x) in rows.iter().zip(products) {
-            let d = match self.params.metric {
-                Metric::L2sq => a_sq + self.norms_sq[r as usize] - 2.0 * x,
-                Metric::Cosine => 1.0 - x,
-            };
+            let d = self.product_distance(a_sq, r, x);
             if d > far
                 && d < b.same_far - slack
                 && (b.key_cut == 0 || self.label(r) != record.label)

@@ -22,7 +22,7 @@ mod positives;
 mod recall;
 mod reuse_and_shortfall;
 
-pub use incremental::Sifted;
+pub use incremental::{NewRows, Sifted};
 pub use negatives::{GUARDS, Guard};
 pub use onepass::Tiles;
 pub use recall::{AutoChoice, Estimate, Recall, RunCost, SearchKnobs, Truth, TuneStep, Tuning};
@@ -961,6 +961,16 @@ impl<'t> Miner<'t> {
     #[inline]
     fn distance(&self, a: u32, b: u32) -> f32 {
         self.params.metric.distance(self.row(a), self.row(b))
+    }
+
+    /// The distance from an anchor (squared norm `a_sq`) to row `r` given their inner
+    /// product `x` from a matrix product (within the product's error bound of the exact one).
+    #[inline]
+    fn product_distance(&self, a_sq: f32, r: u32, x: f32) -> f32 {
+        match self.params.metric {
+            Metric::L2sq => a_sq + self.norms_sq[r as usize] - 2.0 * x,
+            Metric::Cosine => 1.0 - x,
+        }
     }
 
     #[inline]

@@ -304,27 +304,14 @@ fn bounds(m: &Miner, plan: &AnchorPlan, outcome: Option<&Resolved>) -> AnchorBou
             PositiveStrategy::All => bounds.same_near = f32::INFINITY,
         }
     }
-    let limit = p.num_negatives.limit();
-    let nearest_n = p.sample == NegativeSampling::Nearest && limit != usize::MAX;
     for &(d_ap, positive) in &plan.positives {
         let start = match p.negatives {
             NegativeStrategy::Semihard | NegativeStrategy::Easy => d_ap,
             _ => f32::NEG_INFINITY,
         };
-        let (taken, last) = resolved
-            .triplets
-            .iter()
-            .filter(|t| t.positive == positive)
-            .fold((0, f32::NEG_INFINITY), |(n, d), t| (n + 1, d.max(t.d_an)));
-        // A new negative nearer than the last of `N` taken displaces it; with fewer taken
-        // (or all, or a sample) any in the band changes the selection.
-        let end = if nearest_n && taken == limit {
-            last
-        } else {
-            band_end(p.negatives, d_ap, p.margin)
-        };
+        let taken = resolved.triplets.iter().filter(|t| t.positive == positive);
         bounds.other_lo = bounds.other_lo.min(start);
-        bounds.other_hi = bounds.other_hi.max(end);
+        bounds.other_hi = bounds.other_hi.max(pair_reach(p, d_ap, taken));
     }
     // A kept neighbour list takes new rows in; else a row among the neighbours means mining
     // the anchor again.
@@ -339,6 +326,23 @@ fn bounds(m: &Miner, plan: &AnchorPlan, outcome: Option<&Resolved>) -> AnchorBou
         None => f32::INFINITY,
     };
     bounds
+}
+
+/// How far the selection of a pair (positive at `d_ap`, its negatives `taken`) reached: a
+/// new negative nearer than the last of `N` taken displaces it; with fewer taken (or all, or
+/// a sample) any in the band changes the selection ([`AnchorBounds::other_hi`]).
+pub(super) fn pair_reach<'t>(
+    p: &MiningParams,
+    d_ap: f32,
+    taken: impl Iterator<Item = &'t Triplet>,
+) -> f32 {
+    let limit = p.num_negatives.limit();
+    let (count, last) = taken.fold((0, f32::NEG_INFINITY), |(n, d), t| (n + 1, d.max(t.d_an)));
+    if p.sample == NegativeSampling::Nearest && limit != usize::MAX && count == limit {
+        last
+    } else {
+        band_end(p.negatives, d_ap, p.margin)
+    }
 }
 
 /// Where the next block's search starts: the shallowest depth of this block's ladder at which
@@ -537,7 +541,7 @@ pub(super) fn qualifies(strategy: NegativeStrategy, d_ap: f32, d_an: f32, margin
 /// A distance beyond which no negative qualifies (slightly loose, for `f32` rounding of
 /// `d_an - d_ap`).
 #[inline]
-pub(super) fn band_end(strategy: NegativeStrategy, d_ap: f32, margin: f32) -> f32 {
+fn band_end(strategy: NegativeStrategy, d_ap: f32, margin: f32) -> f32 {
     match strategy {
         NegativeStrategy::Hard => d_ap,
         NegativeStrategy::Semihard | NegativeStrategy::Violating => {

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::onepass::Keyed;
 use super::{Miner, batches, rng_for, seeded_hash, sort_farthest, sort_nearest};
-use crate::config::{Metric, PositiveStrategy};
+use crate::config::PositiveStrategy;
 use crate::error::Result;
 use crate::index::{GroupIndex, Order};
 
@@ -197,13 +197,7 @@ fn plan_small_group(m: &Miner, label: u32, group: &[u32], anchors: &[u32]) -> Ve
                 .iter()
                 .zip(products)
                 .filter(|&(&r, _)| r != a)
-                .map(|(&r, &x)| {
-                    let d = match m.params.metric {
-                        Metric::L2sq => a_sq + m.norms_sq[r as usize] - 2.0 * x,
-                        Metric::Cosine => 1.0 - x,
-                    };
-                    (d, r)
-                })
+                .map(|(&r, &x)| (m.product_distance(a_sq, r, x), r))
                 .collect();
             let farthest = exact_extremes(m, a, &approx, Order::Farthest, n, slack);
             let hardest = farthest.first().map(|x| x.0);

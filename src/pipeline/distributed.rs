@@ -406,10 +406,7 @@ pub fn finish(work: &Path) -> Result<Summary> {
         if emitter.needs_every_block() {
             // The reuse cap learns from every block first (a pass over the segments).
             for segment in 0..plan.segments {
-                let mut blocks = open_segment(work, segment, &plan)?;
-                while let Some(block) = blocks.next_block()? {
-                    emitter.observe(&block);
-                }
+                emitter.observe_all(&mut open_segment(work, segment, &plan)?)?;
             }
         }
         for segment in 0..plan.segments {

@@ -298,6 +298,14 @@ impl<'a> Emitter<'a> {
             .add(&mined.triplets, &mined.anchors, |r| codes[r as usize])
     }
 
+    /// Shows every block `blocks` has left to the rules that look at every block.
+    pub(super) fn observe_all(&mut self, blocks: &mut BlockReader) -> Result<()> {
+        while let Some(block) = blocks.next_block()? {
+            self.observe(&block);
+        }
+        Ok(())
+    }
+
     /// Emits every block `blocks` has left.
     pub(super) fn emit_all(&mut self, blocks: &mut BlockReader) -> Result<()> {
         while let Some(block) = blocks.next_block()? {

@@ -76,7 +76,8 @@ pub struct Changes {
 /// A run with a state folder, as decided before reading: incremental from `previous`, or full.
 pub(super) struct StateRun {
     dir: PathBuf,
-    files: Vec<PathBuf>,
+    /// The inputs' stats as this run found them, before reading.
+    inputs: Vec<InputStat>,
     previous: Result<StateFacts, String>,
 }
 
@@ -95,10 +96,11 @@ impl PendingState {
 impl StateRun {
     /// Reads the state in `dir` and compares it with the job's inputs and options.
     pub(super) fn examine(config: &MiningConfig, dir: &Path, files: &[PathBuf]) -> Result<Self> {
-        let previous = Self::compare(config, dir, files)?;
+        let inputs = stat_inputs(files)?;
+        let previous = Self::compare(config, dir, &inputs)?;
         Ok(StateRun {
             dir: dir.to_path_buf(),
-            files: files.to_vec(),
+            inputs,
             previous,
         })
     }
@@ -106,7 +108,7 @@ impl StateRun {
     fn compare(
         config: &MiningConfig,
         dir: &Path,
-        files: &[PathBuf],
+        now: &[InputStat],
     ) -> Result<Result<StateFacts, String>> {
         let path = dir.join(FACTS);
         let text = match std::fs::read(&path) {
@@ -149,7 +151,6 @@ impl StateRun {
         if force {
             return Ok(Err("--force".into()));
         }
-        let now = stat_inputs(files)?;
         for (i, old) in facts.inputs.iter().enumerate() {
             let why = match now.iter().position(|s| s.path == old.path) {
                 None => format!("{} is no longer an input", old.path.display()),
@@ -207,7 +208,7 @@ impl StateRun {
         let facts = StateFacts {
             tripmine_version: env!("CARGO_PKG_VERSION").into(),
             shaping: shaping(job.config),
-            inputs: stat_inputs(&self.files)?,
+            inputs: self.inputs.clone(),
             rows: table.rows() as u64,
             labels: label_texts(table)?,
             blocks_id,
@@ -226,10 +227,7 @@ impl StateRun {
         // The blocks as a full run would hand them over, in anchor order.
         let replay = || BlockReader::open(&blocks_path);
         if emitter.needs_every_block() {
-            let mut blocks = replay()?;
-            while let Some(block) = blocks.next_block()? {
-                emitter.observe(&block);
-            }
+            emitter.observe_all(&mut replay()?)?;
         }
         emitter.emit_all(&mut replay()?)?;
         Ok((PendingState { target }, changes))
@@ -287,6 +285,7 @@ fn mine_new(
     let mut kept = HeldBlocks::new(&job.scratch)?;
     let mut again: Vec<u32> = Vec::new();
     let mut seen = 0usize;
+    let new = miner.new_rows(old_rows);
     let bar = progress(job.show, Some(old_rows as u64), "sifting");
     while let Some(mut block) = old.next_block()? {
         crate::process::check_interrupted()?;
@@ -297,7 +296,7 @@ fn mine_new(
                 near.majority = codes[near.majority as usize];
             }
         }
-        let (taken, sifted) = miner.sift_block(&mut block, old_rows);
+        let (taken, sifted) = miner.sift_block(&mut block, &new);
         again.extend(taken);
         changes.anchors_mined_again += sifted.anchors as u64;
         changes.anchors_updated += sifted.updated as u64;
