@@ -69,16 +69,26 @@ def bench(shape, rows, new, dim, labels):
                   "--summary-json", "s.json"]
         state = ["--state", work / "state"]
         first, first_peak = run(common + ["--in", base] + state, inc)
+        shutil.copytree(work / "state", work / "state-delta")
         wall_inc, peak_inc = run(common + ["--in", base, "--in", grown] + state, inc)
+        # The same incremental run, also writing the delta.
+        with_delta = work / "with-delta"
+        with_delta.mkdir()
+        wall_delta, _ = run(common + ["--in", base, "--in", grown, "--state",
+                                      work / "state-delta", "--delta", "d.parquet"], with_delta)
+        delta = json.loads((with_delta / "s.json").read_text())["changes"]
         wall_full, peak_full = run(common + ["--in", base, "--in", grown], full)
         changes = json.loads((inc / "s.json").read_text())["changes"]
         same = all((inc / f).read_bytes() == (full / f).read_bytes()
                    for f in ["o.parquet", "r.parquet"])
+        same = same and (with_delta / "o.parquet").read_bytes() == (full / "o.parquet").read_bytes()
         print(f"{shape}: {rows:,} rows + {new:,} new, dim {dim}, {labels:,} labels")
         print(f"  first run with --state   {first:8.1f} s  peak {first_peak:7.1f} MiB")
         print(f"  incremental              {wall_inc:8.1f} s  peak {peak_inc:7.1f} MiB  "
               f"({changes['mode']}, {changes['anchors_mined_again']:,} old anchors mined again, "
               f"{changes['anchors_mined_again'] / rows:.1%})")
+        print(f"  incremental with --delta {wall_delta:8.1f} s  "
+              f"({delta['delta_rows_added']:,} rows added, {delta['delta_rows_removed']:,} removed)")
         print(f"  full re-mine             {wall_full:8.1f} s  peak {peak_full:7.1f} MiB")
         print(f"  incremental / full       {wall_inc / wall_full:8.3f}   outputs identical: {same}")
         return same

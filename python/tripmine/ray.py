@@ -64,7 +64,7 @@ log = logging.getLogger("tripmine")
 # Options that name files: made absolute on the driver, since tasks run in other folders.
 _PATH_OPTIONS = (
     "paths", "queries", "corpus", "qrels", "load_index", "out", "report", "summary_json",
-    "save_index", "report_html", "suspects", "scratch_dir",
+    "save_index", "report_html", "suspects", "scratch_dir", "delta", "state",
 )
 
 

@@ -524,6 +524,10 @@ pub struct OutputOptions {
     /// repeatable.
     #[arg(long, value_name = "EXPR")]
     pub fail_if: Vec<Gate>,
+    /// With `--state`: also write the triplet output's rows that changed since the state's run
+    /// here (Parquet, the output's columns and `op`: `add` or `remove`).
+    #[arg(long, value_name = "PATH")]
+    pub delta: Option<PathBuf>,
 }
 
 impl Default for OutputOptions {
@@ -536,6 +540,7 @@ impl Default for OutputOptions {
             max_rows_per_file: 1_000_000,
             format: OutputFormat::Triplet,
             fail_if: Vec::new(),
+            delta: None,
         }
     }
 }
@@ -617,6 +622,7 @@ impl MiningOptions {
             ("report.html", self.report.html.as_deref()),
             ("report.suspects", self.report.suspects.as_deref()),
             ("output.save_index", out.save_index.as_deref()),
+            ("output.delta", out.delta.as_deref()),
         ];
         named.extend(optional.into_iter().filter_map(|(k, p)| Some((k, p?))));
         named

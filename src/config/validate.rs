@@ -181,6 +181,11 @@ impl MiningConfig {
         }
         if options.run.state.is_some() {
             incremental_applies(&options, in_memory)?;
+        } else if options.output.delta.is_some() {
+            return Err(invalid(
+                "output.delta",
+                "a delta is what changed since the last run with the same run.state: set run.state",
+            ));
         }
         if options.run.threads == Some(0) {
             return Err(invalid("run.threads", "must be at least 1"));
@@ -194,6 +199,7 @@ impl MiningConfig {
             out.summary_json.as_ref(),
             options.report.html.as_ref(),
             options.report.suspects.as_ref(),
+            out.delta.as_ref(),
         ];
         if is_folder_output(&out.out) && others.iter().flatten().any(|p| p.starts_with(&out.out)) {
             return Err(invalid(

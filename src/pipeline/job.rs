@@ -21,6 +21,7 @@ use crate::process::{check_interrupted, release_free_heap};
 use crate::report::{Report, ReportBuilder, Totals};
 
 use super::blocks::{BlockReader, HeldBlocks};
+use super::delta::{DeltaCounts, DeltaWriter, PreviousOutput};
 use super::outputs::{Batcher, OutputLayout, json, suspects_batch, with_metadata};
 use super::recall::{self, RecallPlan};
 use super::state::{Changes, PendingState, StateRun};
@@ -196,6 +197,8 @@ pub(super) struct Emitted {
     suspects: Vec<(f32, u32, u32)>,
     /// What a run with a state mined again (`--state`).
     pub(super) changes: Option<Changes>,
+    /// The delta (`--delta`), under its temporary name, and what it holds.
+    pub(super) delta: Option<(AtomicPath, DeltaCounts)>,
 }
 
 /// What the report stage needs to know of the search, once the miner is gone.
@@ -245,6 +248,8 @@ pub(super) struct Emitter<'a> {
     suspects: Vec<(f32, u32, u32)>,
     batcher: Batcher,
     anchor_table: &'a Table,
+    /// With `--delta`: what changed since the state's run.
+    delta: Option<DeltaWriter>,
 }
 
 impl<'a> Emitter<'a> {
@@ -268,7 +273,31 @@ impl<'a> Emitter<'a> {
             suspects: Vec::new(),
             batcher: Batcher::default(),
             anchor_table,
+            delta: None,
         })
+    }
+
+    /// Also writes `output.delta`: the emitted rows that differ from `previous` (none: every
+    /// row is new), between the states `base` and `state`.
+    pub(super) fn track_changes(
+        &mut self,
+        job: &Job,
+        previous: Option<PreviousOutput>,
+        state: u64,
+        base: Option<u64>,
+    ) -> Result<()> {
+        if let Some(dest) = &job.config.output.delta {
+            let format = job.config.output.format;
+            self.delta = Some(DeltaWriter::create(
+                dest,
+                &self.layout,
+                format,
+                previous,
+                state,
+                base,
+            )?);
+        }
+        Ok(())
     }
 
     /// Whether the cross-anchor rules must see every block ([`Emitter::observe`]) before the
@@ -285,6 +314,9 @@ impl<'a> Emitter<'a> {
     /// Applies the cross-anchor rules to a mined block, then writes and records it.
     pub(super) fn emit(&mut self, mut mined: MinedBlock) -> Result<()> {
         self.rules.apply(&mut mined);
+        if let Some(delta) = &mut self.delta {
+            delta.compare(&mined, &self.layout)?;
+        }
         let (sink, layout) = (&mut self.sink, &self.layout);
         self.batcher
             .add(&mined.triplets, |t| sink.write(&layout.batch(t)?))?;
@@ -318,11 +350,16 @@ impl<'a> Emitter<'a> {
     pub(super) fn close(mut self) -> Result<Emitted> {
         let (sink, layout) = (&mut self.sink, &self.layout);
         self.batcher.finish(|t| sink.write(&layout.batch(t)?))?;
+        let delta = match self.delta {
+            Some(d) => Some(d.close(&self.layout)?),
+            None => None,
+        };
         Ok(Emitted {
             triplets_file: self.sink.close()?,
             report: self.report,
             suspects: self.suspects,
             changes: None,
+            delta,
         })
     }
 }
@@ -391,9 +428,13 @@ fn mine_with_state(
     let search_before = miner.search_stats();
     miner.keep_neighbours();
     let mut emitter = Emitter::new(job, input)?;
-    let (state, changes) = run.mine(job, miner, input, anchors, &mut emitter)?;
+    let (state, mut changes) = run.mine(job, miner, input, anchors, &mut emitter)?;
     abort_point("mine");
     let mut emitted = emitter.close()?;
+    if let Some((_, counts)) = &emitted.delta {
+        changes.delta_rows_added = Some(counts.added);
+        changes.delta_rows_removed = Some(counts.removed);
+    }
     emitted.changes = Some(changes);
     let mined = Mined {
         emitted,
@@ -493,8 +534,10 @@ pub(super) fn conclude(
         report,
         suspects,
         changes,
+        delta,
     } = emitted;
-    let reported = report_stage(job, &input, report, suspects, facts, clock.started_at)?;
+    let mut reported = report_stage(job, &input, report, suspects, facts, clock.started_at)?;
+    reported.files.extend(delta.map(|(file, _)| file));
     clock.seconds.report = stage.done(reported.rows, "report computed");
     abort_point("report");
     check_interrupted()?;

@@ -21,6 +21,10 @@ pub struct InputStat {
     pub bytes: u64,
     /// Modification time, nanoseconds since the Unix epoch.
     pub modified_ns: u128,
+    /// SHA-256 of the Parquet footer (row groups, offsets, statistics), which changes with
+    /// the content even when a copy keeps size and modification time.
+    #[serde(default)]
+    pub footer_sha256: String,
 }
 
 /// An output file as written.
@@ -49,7 +53,7 @@ pub fn manifest_path(out: &Path) -> PathBuf {
     PathBuf::from(format!("{}.manifest.json", trimmed.trim_end_matches('/')))
 }
 
-/// Size and modification time of each input.
+/// Size, modification time and footer hash of each input.
 pub fn stat_inputs(files: &[PathBuf]) -> Result<Vec<InputStat>> {
     files
         .iter()
@@ -64,8 +68,42 @@ pub fn stat_inputs(files: &[PathBuf]) -> Result<Vec<InputStat>> {
                 path: path.clone(),
                 bytes: meta.len(),
                 modified_ns,
+                footer_sha256: footer_hash(path, meta.len())?,
             })
         })
+        .collect()
+}
+
+/// SHA-256 of a Parquet file's footer (its metadata and the closing length and magic), or of
+/// the last 64 KiB of a file that does not end like Parquet.
+fn footer_hash(path: &Path, bytes: u64) -> Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 8;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut read_last = |n: u64| -> Result<Vec<u8>> {
+        let n = n.min(bytes);
+        let mut buf = vec![0u8; n as usize];
+        file.seek(SeekFrom::End(-(n as i64)))
+            .and_then(|_| file.read_exact(&mut buf))
+            .map_err(|e| Error::io(path, e))?;
+        Ok(buf)
+    };
+    let tail = read_last(TAIL)?;
+    let footer = match tail.split_at_checked(4) {
+        Some((len, b"PAR1")) => {
+            let len = u32::from_le_bytes(len.try_into().expect("four bytes")) as u64;
+            read_last(len + TAIL)?
+        }
+        _ => read_last(64 << 10)?,
+    };
+    Ok(sha256_hex(&footer))
+}
+
+/// SHA-256 of `bytes`, as lowercase hex.
+pub(super) fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
         .collect()
 }
 
@@ -106,9 +144,7 @@ pub fn fingerprint(options: &MiningOptions, inputs: &[InputStat]) -> String {
         "out_is_folder": is_folder_output(&options.output.out),
         "files": inputs,
     });
-    let bytes = serde_json::to_vec(&shaping).expect("configuration serialises");
-    let digest = Sha256::digest(&bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    sha256_hex(&serde_json::to_vec(&shaping).expect("configuration serialises"))
 }
 
 /// The manifest at `path` if it has this fingerprint and every output it lists is still there

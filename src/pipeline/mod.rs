@@ -7,6 +7,7 @@
 //! Pipeline files ([`pipeline_file`]) describe jobs for schedulers.
 
 mod blocks;
+mod delta;
 pub mod distributed;
 mod guard;
 mod job;

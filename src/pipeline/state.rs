@@ -22,11 +22,11 @@ use std::path::{Path, PathBuf};
 use arrow::array::{Array, StringArray};
 use arrow::datatypes::DataType;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::blocks::{BlockReader, BlockWriter, FIGURES, HeldBlocks};
+use super::delta::PreviousOutput;
 use super::job::{Emitter, Input, Job, mine_windows};
-use super::manifest::{InputStat, stat_inputs};
+use super::manifest::{InputStat, sha256_hex, stat_inputs};
 use super::progress;
 use crate::config::{InputOptions, MiningConfig, MiningParams, NegativeSampling};
 use crate::error::{Error, Result};
@@ -71,6 +71,11 @@ pub struct Changes {
     pub triplets_added: u64,
     pub triplets_removed: u64,
     pub triplets_kept: u64,
+    /// Rows of the delta (`--delta`) marked `add` and `remove`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_rows_added: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_rows_removed: Option<u64>,
 }
 
 /// A run with a state folder, as decided before reading: incremental from `previous`, or full.
@@ -187,10 +192,20 @@ impl StateRun {
         if let Err(reason) = &previous {
             tracing::info!(stage = "state", state = %self.dir.display(), "mining every anchor: {reason}");
         }
-        let target = AtomicPath::new_dir(&self.dir)?;
-        let blocks_path = target.tmp().join(BLOCKS);
         let named = self.dir.join(BLOCKS);
         let blocks_id = rand::random::<u64>();
+        // The previous output, for the delta, is read before the new state replaces it.
+        let before = match &previous {
+            Ok(facts) if job.config.output.delta.is_some() => Some((
+                PreviousOutput::open(&named, &job.config.mine)?,
+                facts.blocks_id,
+            )),
+            _ => None,
+        };
+        let base = before.as_ref().map(|(_, id)| *id);
+        emitter.track_changes(job, before.map(|(p, _)| p), blocks_id, base)?;
+        let target = AtomicPath::new_dir(&self.dir)?;
+        let blocks_path = target.tmp().join(BLOCKS);
         let file = File::create(&blocks_path).map_err(|e| Error::output(&named, e))?;
         let mut writer = BlockWriter::new(file, &named, blocks_id, 0)?;
         let changes = match previous {
@@ -365,12 +380,10 @@ fn shaping(config: &MiningConfig) -> String {
         memory_limit: None,
         ..config.mine.clone()
     };
-    let bytes = serde_json::to_vec(&serde_json::json!({ "input": input, "mine": mine }))
-        .expect("options serialise");
-    Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    sha256_hex(
+        &serde_json::to_vec(&serde_json::json!({ "input": input, "mine": mine }))
+            .expect("options serialise"),
+    )
 }
 
 /// Each label code's label, as text.

@@ -205,6 +205,18 @@ impl std::fmt::Display for Summary {
                 ),
             };
             line(f, "state", &text)?;
+            if let (Some(added), Some(removed)) = (c.delta_rows_added, c.delta_rows_removed) {
+                let whole = if c.reason.is_some() {
+                    " (replaces the data set)"
+                } else {
+                    ""
+                };
+                line(
+                    f,
+                    "delta",
+                    &format!("{} rows added, {} removed{whole}", n(added), n(removed)),
+                )?;
+            }
         }
         line(
             f,

@@ -455,6 +455,7 @@ fn a_run_killed_at_any_point_leaves_a_state_the_next_run_completes() {
         same_outputs(&at, &dir.path().join("full")).unwrap_or_else(|e| panic!("{point}: {e}"));
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
+            .chain(std::fs::read_dir(&at).unwrap())
             .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
             .filter(|n| n.contains(".tmp"))
             .collect();
@@ -478,4 +479,208 @@ fn a_distributed_plan_refuses_a_state() {
         stderr.contains("--state belongs to a single run"),
         "{stderr}"
     );
+}
+
+/// Every row of a Parquet file as text (columns joined, negative ranks left out), and the `op`
+/// of each when the file has that column (`None` for rows of the triplet output itself).
+fn rows_as_text(path: &Path) -> Vec<(String, Option<String>)> {
+    use arrow::util::display::{ArrayFormatter, FormatOptions};
+    let batch = crate::common::bin::read(path);
+    let schema = batch.schema();
+    let options = FormatOptions::default();
+    let format = |name: &str| {
+        ArrayFormatter::try_new(batch.column_by_name(name).unwrap(), &options).unwrap()
+    };
+    let op = schema.column_with_name("op").map(|_| format("op"));
+    let columns: Vec<_> = schema
+        .fields()
+        .iter()
+        .filter(|f| f.name() != "op" && !f.name().ends_with("rank"))
+        .map(|f| format(f.name()))
+        .collect();
+    (0..batch.num_rows())
+        .map(|r| {
+            let row: Vec<String> = columns.iter().map(|c| c.value(r).to_string()).collect();
+            (row.join("|"), op.as_ref().map(|o| o.value(r).to_string()))
+        })
+        .collect()
+}
+
+/// The entry `key` of a Parquet file's Arrow schema metadata.
+fn file_metadata(path: &Path, key: &str) -> Option<String> {
+    let file = std::fs::File::open(path).unwrap();
+    let builder =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+    builder.schema().metadata().get(key).cloned()
+}
+
+/// Applies the delta at `delta` to the rows of `before`: every removed row must be there.
+fn apply_delta(before: Vec<String>, delta: &Path) -> Vec<String> {
+    let mut rows: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    for r in before {
+        *rows.entry(r).or_default() += 1;
+    }
+    for (row, op) in rows_as_text(delta) {
+        let count = rows.entry(row.clone()).or_default();
+        match op.as_deref() {
+            Some("remove") => {
+                assert!(
+                    *count > 0,
+                    "the delta removes a row the output did not have: {row}"
+                );
+                *count -= 1;
+            }
+            Some("add") => *count += 1,
+            other => panic!("op {other:?}"),
+        }
+    }
+    let mut out: Vec<String> = rows
+        .into_iter()
+        .flat_map(|(r, n)| std::iter::repeat_n(r, n as usize))
+        .collect();
+    out.sort();
+    out
+}
+
+fn output_rows(at: &Path) -> Vec<String> {
+    let mut rows: Vec<String> = rows_as_text(&at.join("o.parquet"))
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn a_delta_applied_to_the_previous_output_gives_the_new_output() {
+    for args in [
+        &[][..],
+        &["--sample", "random", "--seed", "4", "--num-negatives", "2"],
+        &[
+            "--num-positives",
+            "2",
+            "--max-negative-reuse",
+            "2",
+            "--shortfall",
+            "drop",
+        ],
+        &["--format", "n-tuple", "--num-negatives", "3"],
+        &["--format", "pairs", "--negatives", "hard"],
+    ] {
+        let dir = TempDir::new().unwrap();
+        let files = partitions(dir.path(), Shape::Blobs, &[400, 40, 3], 6, 12);
+        let at = dir.path().join("run");
+        let state = dir.path().join("state");
+        let flags = ["--state", state.to_str().unwrap(), "--delta", "d.parquet"];
+        let mut before: Vec<String> = Vec::new();
+        let mut base = "none".to_string();
+        for end in 1..=files.len() {
+            mine(&at, &files[..end], args)
+                .args(flags)
+                .assert()
+                .success();
+            let delta = at.join("d.parquet");
+            let after = output_rows(&at);
+            assert_eq!(
+                apply_delta(before, &delta),
+                after,
+                "{args:?}: the delta of run {end} does not lead to its output"
+            );
+            // Deltas chain: each starts from the state the one before led to.
+            assert_eq!(file_metadata(&delta, "tripmine.delta.base").unwrap(), base);
+            base = file_metadata(&delta, "tripmine.delta.state").unwrap();
+            let c = changes(&at);
+            let (added, removed) = (
+                c["delta_rows_added"].as_u64().unwrap(),
+                c["delta_rows_removed"].as_u64().unwrap(),
+            );
+            assert_eq!(rows_as_text(&delta).len() as u64, added + removed);
+            if end == 1 {
+                assert_eq!(removed, 0, "{args:?}: a first run's delta only adds");
+                assert_eq!(added as usize, after.len());
+            } else if args.is_empty() {
+                // Most rows stay: the delta holds what changed, not the output again; new
+                // rows nearer than a selection's negatives push some out.
+                assert!(added + removed < after.len() as u64 / 2, "{c}");
+                assert!(removed > 0 || end == 3, "{c}");
+            }
+            before = after;
+        }
+    }
+}
+
+#[test]
+fn a_delta_needs_a_state() {
+    let dir = TempDir::new().unwrap();
+    let files = partitions(dir.path(), Shape::Blobs, &[100], 3, 13);
+    let out = mine(dir.path(), &files, &["--delta", "d.parquet"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--delta") && stderr.contains("state"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_file_rewritten_with_its_size_and_time_means_a_full_run() {
+    full_run_after(
+        |files| {
+            // Another writer's name in the footer: same size, same modification time.
+            let modified = std::fs::metadata(&files[0]).unwrap().modified().unwrap();
+            let mut bytes = std::fs::read(&files[0]).unwrap();
+            let at = bytes
+                .windows(10)
+                .rposition(|w| w == b"parquet-rs")
+                .expect("arrow-rs names itself in the footer");
+            bytes[at] = b'P';
+            std::fs::write(&files[0], &bytes).unwrap();
+            let f = std::fs::File::options()
+                .write(true)
+                .open(&files[0])
+                .unwrap();
+            f.set_modified(modified).unwrap();
+        },
+        |files| files[..2].to_vec(),
+        "d0.parquet changed",
+    );
+}
+
+#[test]
+fn a_run_killed_at_any_point_leaves_no_partial_delta_and_the_rerun_delta_applies() {
+    for point in tripmine::pipeline::ABORT_POINTS {
+        let dir = TempDir::new().unwrap();
+        let files = partitions(dir.path(), Shape::Blobs, &[300, 30], 5, 14);
+        let at = dir.path().join("run");
+        let state = dir.path().join("state");
+        let flags = ["--state", state.to_str().unwrap(), "--delta", "d.parquet"];
+        mine(&at, &files[..1], &[]).args(flags).assert().success();
+        let before = output_rows(&at);
+        let first = file_metadata(&at.join("d.parquet"), "tripmine.delta.state").unwrap();
+        let killed = mine(&at, &files, &[])
+            .args(flags)
+            .env("TRIPMINE_TEST_ABORT_AT", point)
+            .output()
+            .unwrap();
+        assert!(!killed.status.success(), "{point}: not killed");
+        let leftovers: Vec<_> = std::fs::read_dir(&at)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with("d.parquet") && n != "d.parquet")
+            .collect();
+        assert!(leftovers.is_empty(), "{point}: {leftovers:?}");
+        mine(&at, &files, &[]).args(flags).assert().success();
+        let delta = at.join("d.parquet");
+        if file_metadata(&delta, "tripmine.delta.base").unwrap() == first {
+            // The killed run's state never replaced the first: the rerun starts from it.
+            assert_eq!(apply_delta(before, &delta), output_rows(&at), "{point}");
+        } else {
+            // Killed after its state was in place (only the manifest was left): the rerun
+            // changed nothing since.
+            assert_eq!(point, "committed");
+            assert!(rows_as_text(&delta).is_empty());
+        }
+    }
 }

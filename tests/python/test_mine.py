@@ -131,3 +131,27 @@ def test_options_lists_every_flag_with_its_key():
     assert names["report_html"] == "report.html"
     assert names["progress"] == "run.progress"
     assert "in" not in names
+
+
+def test_a_state_and_a_delta_follow_a_growing_table(table, tmp_path):
+    """`state=` and `delta=` as in the CLI: the second run mines incrementally, and its delta
+    turns the first output into the second (negative ranks aside)."""
+    half = table.num_rows * 9 // 10
+    parts = [tmp_path / "a.parquet", tmp_path / "b.parquet"]
+    pq.write_table(table.slice(0, half), parts[0])
+    pq.write_table(table.slice(half), parts[1])
+    keys = ["anchor_id", "positive_id", "negative_id"]
+    flags = dict(state=tmp_path / "state", delta=tmp_path / "d.parquet", progress=False)
+    first = tripmine.mine(source=parts[:1], out=tmp_path / "o1.parquet", **flags)
+    second = tripmine.mine(source=parts, out=tmp_path / "o2.parquet", **flags)
+    assert second.summary["changes"]["mode"] == "incremental"
+    delta = pq.read_table(tmp_path / "d.parquet").to_pylist()
+    rows = {tuple(r[k] for k in keys) for r in first.triplets.to_pylist()}
+    for r in delta:
+        key = tuple(r[k] for k in keys)
+        if r["op"] == "remove":
+            rows.remove(key)
+        else:
+            rows.add(key)
+    assert rows == {tuple(r[k] for k in keys) for r in second.triplets.to_pylist()}
+    assert 0 < len(delta) < second.triplets.num_rows
