@@ -20,13 +20,16 @@ use super::negatives::{pair_reach, qualifies};
 use super::onepass::{gemm_error_bound, inner_products};
 use super::positives::positive_keys;
 use super::{AnchorRecord, MinedBlock, Miner, Triplet};
-use crate::config::NegativeSampling;
+use crate::config::{Metric, NegativeSampling};
 
 /// New rows compared at once: bounds the products held (anchors of a group times these).
 const NEW_ROWS_CHUNK: usize = 4096;
 
 /// Anchors per parallel task.
 const ANCHOR_GROUP: usize = 256;
+
+/// New rows judged together before any is looked at one by one (a few vector registers).
+const LOOK_RUN: usize = 32;
 
 /// What became of one block's anchors.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +66,8 @@ struct AnchorSift {
     /// many new rows are nearer than each.
     entries: Vec<(f32, u32)>,
     entries_after: Vec<u32>,
+    /// Scratch: the new rows among its negatives' distances, `(d, row, exact d or NaN)`.
+    among: Vec<(f32, u32, f32)>,
 }
 
 /// `(d, row)` order: nearer first, ties by the smaller row.
@@ -135,22 +140,26 @@ impl Miner<'_> {
                             joins: Vec::new(),
                             entries: Vec::new(),
                             entries_after: Vec::new(),
+                            among: Vec::new(),
                         })
                         .collect();
                     let queries = self.gather(records.iter().map(|r| r.anchor));
+                    let mut dist = Vec::with_capacity(NEW_ROWS_CHUNK);
                     for (rows, vectors) in new_rows.chunks(NEW_ROWS_CHUNK).zip(new_vectors) {
                         let products = products_of(&queries, records.len(), vectors, rows.len());
                         for (i, record) in records.iter().enumerate() {
                             if sifts[i].changed {
                                 continue;
                             }
+                            let products = &products[i * rows.len()..(i + 1) * rows.len()];
+                            self.new_row_distances(record.anchor, rows, products, &mut dist);
                             let near = &neighbours[near_spans[i].clone()];
                             self.sift_anchor(
                                 record,
                                 &triplets[spans[i].clone()],
                                 (near, near_want),
                                 rows,
-                                &products[i * rows.len()..(i + 1) * rows.len()],
+                                &dist,
                                 new_max_sq,
                                 &mut sifts[i],
                             );
@@ -170,14 +179,16 @@ impl Miner<'_> {
                             let products =
                                 products_of(&queries, entering.len(), vectors, rows.len());
                             for (q, &i) in entering.iter().enumerate() {
+                                let a = records[i].anchor;
                                 let products = &products[q * rows.len()..(q + 1) * rows.len()];
-                                self.count_new_before(
-                                    records[i].anchor,
-                                    rows,
-                                    products,
-                                    new_max_sq,
-                                    &mut sifts[i],
-                                );
+                                self.new_row_distances(a, rows, products, &mut dist);
+                                let slack = self.sift_slack(a, new_max_sq);
+                                let sift = &mut sifts[i];
+                                for (&entry, after) in
+                                    sift.entries.iter().zip(sift.entries_after.iter_mut())
+                                {
+                                    *after += self.count_nearer(a, rows, &dist, slack, entry);
+                                }
                             }
                         }
                     }
@@ -275,33 +286,52 @@ impl Miner<'_> {
             .fold(f32::NEG_INFINITY, f32::max)
     }
 
-    /// Counts into `sift.entries_after` the new rows `rows` (inner products `products` with
-    /// anchor `a`) before each entry in `(d, row)` order.
-    fn count_new_before(
+    /// Distances from anchor `a` to the new rows `rows` (consecutive rows), from their inner
+    /// products: [`Miner::product_distance`] of each, in one pass.
+    fn new_row_distances(&self, a: u32, rows: &[u32], products: &[f32], out: &mut Vec<f32>) {
+        out.clear();
+        match self.params.metric {
+            Metric::L2sq => {
+                let a_sq = self.norms_sq[a as usize];
+                let first = rows[0] as usize;
+                debug_assert_eq!(rows[rows.len() - 1] as usize, first + rows.len() - 1);
+                let sq = &self.norms_sq[first..first + rows.len()];
+                out.extend(products.iter().zip(sq).map(|(&x, &s)| a_sq + s - 2.0 * x));
+            }
+            Metric::Cosine => out.extend(products.iter().map(|&x| 1.0 - x)),
+        }
+    }
+
+    /// How far a product's distance from anchor `a` to a new row may be from the exact one.
+    fn sift_slack(&self, a: u32, new_max_sq: f32) -> f32 {
+        2.0 * gemm_error_bound(self.table.dim, self.norms_sq[a as usize], new_max_sq)
+    }
+
+    /// The new rows `rows` (at product distances `dist` from anchor `a`) before `(e, row)` in
+    /// `(d, row)` order: by the product's distance, and within `slack` of `e` by the exact
+    /// one. Counted in a pass that compiles to vector compares: most rows are far from `e`.
+    fn count_nearer(
         &self,
         a: u32,
         rows: &[u32],
-        products: &[f32],
-        new_max_sq: f32,
-        sift: &mut AnchorSift,
-    ) {
-        let a_sq = self.norms_sq[a as usize];
-        let slack = 2.0 * gemm_error_bound(self.table.dim, a_sq, new_max_sq);
-        for (&r, &x) in rows.iter().zip(products) {
-            let d = self.product_distance(a_sq, r, x);
-            let mut exact = None;
-            for (&(e, row), after) in sift.entries.iter().zip(sift.entries_after.iter_mut()) {
-                let nearer = if d < e - slack {
-                    true
-                } else if d <= e + slack {
-                    let d = *exact.get_or_insert_with(|| self.anchor_distance(a, r));
-                    before((d, r), (e, row))
-                } else {
-                    false
-                };
-                *after += u32::from(nearer);
+        dist: &[f32],
+        slack: f32,
+        (e, row): (f32, u32),
+    ) -> u32 {
+        let (below, edge) = (e - slack, e + slack);
+        let (mut sure, mut maybe) = (0u32, 0u32);
+        for &d in dist {
+            sure += u32::from(d < below);
+            maybe += u32::from(d <= edge);
+        }
+        if maybe > sure {
+            for (&r, &d) in rows.iter().zip(dist) {
+                if d >= below && d <= edge && before((self.anchor_distance(a, r), r), (e, row)) {
+                    sure += 1;
+                }
             }
         }
+        sure
     }
 
     /// The anchor's triplets with its entries taken into each pair's selection, ranks
@@ -381,7 +411,7 @@ impl Miner<'_> {
         Some(out)
     }
 
-    /// Looks at the new rows `rows` (with the anchor's inner products `products`) for
+    /// Looks at the new rows `rows` (at product distances `dist` from the anchor) for
     /// `record`: marks it changed when one falls inside its bounds; else adds to `sift` the
     /// rows nearer than each of its `triplets`' negatives, those that join its neighbour
     /// list `near` (of `want` rows at most), and the rows of other labels that enter the
@@ -393,16 +423,14 @@ impl Miner<'_> {
         triplets: &[Triplet],
         (near, want): (&[(f32, u32)], usize),
         rows: &[u32],
-        products: &[f32],
+        dist: &[f32],
         new_max_sq: f32,
         sift: &mut AnchorSift,
     ) {
         let a = record.anchor;
         let b = record.bounds;
-        let a_sq = self.norms_sq[a as usize];
         // The product's distance is within `slack` of the exact one.
-        let slack = 2.0 * gemm_error_bound(self.table.dim, a_sq, new_max_sq);
-        let farthest_negative = triplets.iter().map(|t| t.d_an).fold(f32::MIN, f32::max);
+        let slack = self.sift_slack(a, new_max_sq);
         let keys = positive_keys(self.params.seed, a);
         let takes_in = self.takes_entries_in();
         // Where a new row joins the neighbour list: nearer than its last row (a tie comes
@@ -412,29 +440,48 @@ impl Miner<'_> {
             Some(&(d, _)) if near.len() >= want => d,
             _ => f32::INFINITY,
         };
-        // Beyond every limit but the farthest positive: most rows, passed with one comparison
-        // (and a label lookup where random positives draw by key).
-        let far = [
-            b.other_hi,
-            b.other_near,
-            b.any_hi,
-            farthest_negative,
-            neighbour_cut,
-        ]
-        .into_iter()
-        .fold(b.same_near, f32::max)
+        // Most rows can change no more than ranks (counted below): beyond every near limit,
+        // nearer than the hardest positive, and outside the reached band or of the anchor's
+        // label; where random positives draw by key, not of the anchor's label.
+        let near_limit = [b.other_near, b.any_hi, neighbour_cut]
+            .into_iter()
+            .fold(b.same_near, f32::max)
             + slack;
-        for (&r, &x) in rows.iter().zip(products) {
-            let d = self.product_distance(a_sq, r, x);
-            if d > far
-                && d < b.same_far - slack
-                && (b.key_cut == 0 || self.label(r) != record.label)
-            {
-                continue;
+        let far_limit = b.same_far - slack;
+        let (band_lo, band_hi) = (b.other_lo - slack, b.other_hi + slack);
+        let keyed = b.key_cut != 0;
+        // Ranks: rows nearer than every negative by more than the slack count for each; rows
+        // among the negatives (within the slack) are judged one by one.
+        let (first_negative, last_negative) = triplets
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), t| {
+                (lo.min(t.d_an), hi.max(t.d_an))
+            });
+        let (rank_lo, rank_hi) = (first_negative - slack, last_negative + slack);
+        let nearer_than_all = dist.iter().map(|&d| u32::from(d < rank_lo)).sum::<u32>();
+        sift.among.clear();
+        let first = rows[0] as usize;
+        let labels = &self.table.label_codes[first..first + rows.len()];
+        // Without short-circuits, so that a run of rows is judged in vector registers: the
+        // rows that need a look are rare.
+        let looked_at = |d: f32, label: u32| {
+            let same = label == record.label;
+            let among = (d >= rank_lo) & (d <= rank_hi);
+            let beyond = (d > near_limit)
+                & (d < far_limit)
+                & !(keyed & same)
+                & (same | (d < band_lo) | (d > band_hi));
+            among | !beyond
+        };
+        // One row's look: whether it changes the anchor (mine it again); else what it adds
+        // to the ranks, the selection and the neighbour list.
+        let mut look = |r: u32, d: f32, label: u32| -> bool {
+            if (d >= rank_lo) & (d <= rank_hi) {
+                sift.among.push((d, r, f32::NAN));
             }
+            let same = label == record.label;
             let mut exact = None;
             let mut exact = || *exact.get_or_insert_with(|| self.anchor_distance(a, r));
-            let same = self.label(r) == record.label;
             // Inside the bounds by the product's distance, then by the exact one (the
             // bounds are exact distances): where distances crowd, many rows lie within the
             // product's error of a bound.
@@ -449,13 +496,11 @@ impl Miner<'_> {
             let enters =
                 |d: f32, slack: f32| !same && d >= b.other_lo - slack && d <= b.other_hi + slack;
             if (same && keys.key(r) < b.key_cut) || (moves(d, slack) && moves(exact(), 0.0)) {
-                sift.changed = true;
-                return;
+                return true;
             }
             if enters(d, slack) && enters(exact(), 0.0) {
                 if !takes_in {
-                    sift.changed = true;
-                    return;
+                    return true;
                 }
                 sift.entries.push((exact(), r));
             }
@@ -465,17 +510,39 @@ impl Miner<'_> {
                     sift.joins.push((e, r));
                 }
             }
-            if d < farthest_negative + slack {
-                for (t, shift) in triplets.iter().zip(sift.shifts.iter_mut()) {
-                    let nearer = if d < t.d_an - slack {
-                        true
-                    } else if d <= t.d_an + slack {
-                        exact() < t.d_an
-                    } else {
-                        false
-                    };
-                    *shift += u32::from(nearer);
+            false
+        };
+        for start in (0..rows.len()).step_by(LOOK_RUN) {
+            let end = (start + LOOK_RUN).min(rows.len());
+            let any = dist[start..end]
+                .iter()
+                .zip(&labels[start..end])
+                .fold(false, |any, (&d, &label)| any | looked_at(d, label));
+            if !any {
+                continue;
+            }
+            for j in start..end {
+                if look(rows[j], dist[j], labels[j]) {
+                    sift.changed = true;
+                    return;
                 }
+            }
+        }
+        // New rows come after every old row: a tie leaves the negative first.
+        for (t, shift) in triplets.iter().zip(sift.shifts.iter_mut()) {
+            *shift += nearer_than_all;
+            for (d, r, exact) in sift.among.iter_mut() {
+                let nearer = if *d < t.d_an - slack {
+                    true
+                } else if *d <= t.d_an + slack {
+                    if exact.is_nan() {
+                        *exact = self.anchor_distance(a, *r);
+                    }
+                    *exact < t.d_an
+                } else {
+                    false
+                };
+                *shift += u32::from(nearer);
             }
         }
     }

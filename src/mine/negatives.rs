@@ -275,9 +275,15 @@ fn bounds(m: &Miner, plan: &AnchorPlan, outcome: Option<&Resolved>) -> AnchorBou
             ..AnchorBounds::NONE
         };
     };
-    // The hardest positive's distance decides the violating flag whatever the strategy.
+    // The hardest positive's distance decides the violating flag whatever the strategy, but
+    // only while the flag is false: a farther positive widens the margin a negative has to
+    // be within, so a true flag stays true (and without any negative there is none to flip).
     let mut bounds = AnchorBounds {
-        same_far: hardest,
+        same_far: if resolved.violating_neighbour == Some(false) {
+            hardest
+        } else {
+            f32::INFINITY
+        },
         ..AnchorBounds::NONE
     };
     let chosen = plan.positives.iter().map(|x| x.0);
@@ -287,7 +293,7 @@ fn bounds(m: &Miner, plan: &AnchorPlan, outcome: Option<&Resolved>) -> AnchorBou
     } else {
         match p.positives {
             PositiveStrategy::Hardest => {
-                bounds.same_far = chosen.fold(hardest, f32::min);
+                bounds.same_far = chosen.fold(bounds.same_far, f32::min);
             }
             PositiveStrategy::Easiest => {
                 bounds.same_near = chosen.fold(f32::NEG_INFINITY, f32::max)
