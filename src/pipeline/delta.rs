@@ -204,14 +204,14 @@ impl DeltaWriter {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let batch = layout.batch(&self.pending)?;
-        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-        if self.by_triplet {
+        let columns = if self.by_triplet {
+            let mut columns: Vec<ArrayRef> = layout.batch(&self.pending)?.columns().to_vec();
             columns.push(op_column(self.adds.iter().copied()));
             self.counts.tally(self.adds.iter().copied());
+            columns
         } else {
-            // Rows of other layouts are not one per triplet: each anchor's rows are laid out
-            // apart, removed rows first.
+            // Rows of other layouts gather an anchor's triplets: the removed and the added
+            // are laid out apart, the removed rows first.
             let (removed, added) = self.split_pending();
             let old = layout.batch(&removed)?;
             let new = layout.batch(&added)?;
@@ -219,9 +219,10 @@ impl DeltaWriter {
                 .chain(std::iter::repeat_n(true, new.num_rows()));
             self.counts.tally(ops.clone());
             let both = arrow::compute::concat_batches(&old.schema(), [&old, &new])?;
-            columns = both.columns().to_vec();
+            let mut columns = both.columns().to_vec();
             columns.push(op_column(ops));
-        }
+            columns
+        };
         self.sink
             .write(&RecordBatch::try_new(self.schema.clone(), columns)?)?;
         self.pending.clear();
