@@ -305,6 +305,17 @@ impl HeldBlocks {
     }
 }
 
+/// Shows every block `blocks` has left to the cross-anchor rules that look at every block.
+pub(super) fn observe_every_block(
+    rules: &mut crate::mine::CrossAnchorRules,
+    blocks: &mut BlockReader,
+) -> Result<()> {
+    while let Some(block) = blocks.next_block()? {
+        rules.observe(&block);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,7 @@ use arrow::array::{ArrayRef, DictionaryArray, Int8Array, StringArray};
 use arrow::datatypes::{DataType, Field, Int8Type, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
-use super::blocks::BlockReader;
+use super::blocks::{BlockReader, observe_every_block};
 use super::outputs::{OutputLayout, WRITE_BATCH_ROWS};
 use crate::config::{MiningParams, OutputFormat};
 use crate::error::Result;
@@ -66,10 +66,7 @@ impl PreviousOutput {
     pub(super) fn open(path: &Path, params: &MiningParams) -> Result<Self> {
         let mut rules = CrossAnchorRules::new(params);
         if rules.need_every_block() {
-            let mut all = BlockReader::open(path)?;
-            while let Some(block) = all.next_block()? {
-                rules.observe(&block);
-            }
+            observe_every_block(&mut rules, &mut BlockReader::open(path)?)?;
         }
         Ok(PreviousOutput {
             reader: BlockReader::open(path)?,

@@ -20,7 +20,7 @@ use crate::mine::{
 use crate::process::{check_interrupted, release_free_heap};
 use crate::report::{Report, ReportBuilder, Totals};
 
-use super::blocks::{BlockReader, HeldBlocks};
+use super::blocks::{BlockReader, HeldBlocks, observe_every_block};
 use super::delta::{DeltaCounts, DeltaWriter, PreviousOutput};
 use super::outputs::{Batcher, OutputLayout, json, suspects_batch, with_metadata};
 use super::recall::{self, RecallPlan};
@@ -332,10 +332,7 @@ impl<'a> Emitter<'a> {
 
     /// Shows every block `blocks` has left to the rules that look at every block.
     pub(super) fn observe_all(&mut self, blocks: &mut BlockReader) -> Result<()> {
-        while let Some(block) = blocks.next_block()? {
-            self.observe(&block);
-        }
-        Ok(())
+        observe_every_block(&mut self.rules, blocks)
     }
 
     /// Emits every block `blocks` has left.
