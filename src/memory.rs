@@ -98,6 +98,12 @@ impl Scratch {
         (self.bytes / 4) as usize
     }
 
+    /// What the negative reuse cap counts in one pass over the mined blocks (the rest of the
+    /// whole, beside the other shares).
+    pub fn cross_anchor(self) -> usize {
+        (self.bytes / 8) as usize
+    }
+
     /// Pages of a spilled table's mapping left resident between drops.
     pub fn mapped_pages(self) -> usize {
         (self.bytes / 8) as usize

@@ -398,7 +398,20 @@ impl<'t> Miner<'t> {
             params.auto_exact_below,
         );
         let memory = match params.memory_limit {
-            Some(limit) => Some(plan_build(limit.0, &mut factory, auto, table, &source)?),
+            Some(limit) => {
+                // The reuse cap keeps one use per negative row for the end of the run.
+                let cap = params
+                    .max_negative_reuse
+                    .map_or(0, |_| table.rows() as u64 * 8);
+                Some(plan_build(
+                    limit.0,
+                    &mut factory,
+                    auto,
+                    table,
+                    &source,
+                    cap,
+                )?)
+            }
             None => None,
         };
         let spec = IndexSpec {
@@ -426,7 +439,11 @@ impl<'t> Miner<'t> {
         // the buffers that scale with the work.
         let scratch = params.memory_limit.map(|limit| {
             table.vectors.drop_all_pages();
-            let scratch = Scratch::measured(limit.0);
+            // Less what the reuse cap keeps for the end of the run (one use per row).
+            let cap = params
+                .max_negative_reuse
+                .map_or(0, |_| table.rows() as u64 * 8);
+            let scratch = Scratch::measured(limit.0.saturating_sub(cap));
             table.vectors.set_page_budget(scratch.mapped_pages());
             if let Some(q) = queries.as_ref() {
                 q.queries
@@ -583,6 +600,8 @@ impl<'t> Miner<'t> {
             for block in blocks.iter() {
                 rules.observe(block);
             }
+            let learned = rules.learned();
+            debug_assert!(learned, "one pass without a budget");
         }
         for block in blocks {
             rules.apply(block);
@@ -925,6 +944,12 @@ impl<'t> Miner<'t> {
         by_count.min((scratch.search() / per_query.max(1)).max(1))
     }
 
+    /// Bytes the cross-anchor rules may count in per pass over the mined blocks
+    /// ([`CrossAnchorRules::within`]); `None` without a memory limit.
+    pub fn cross_anchor_budget(&self) -> Option<usize> {
+        self.scratch.map(|s| s.cross_anchor())
+    }
+
     /// How many rows a buffer of gathered rows may hold: the spilled store's page budget
     /// (`None` when the vectors are not spilled, or are normalised into a copy).
     fn gather_budget_rows(&self) -> Option<usize> {
@@ -1035,12 +1060,13 @@ fn plan_build(
     auto: bool,
     table: &Table,
     source: &IndexSource,
+    reuse_cap: u64,
 ) -> Result<BuildMemory> {
     use crate::memory::{MIN_SCRATCH, RESERVE, Resident, check_minimum, index_bytes};
     let (rows, dim) = (table.rows() as u64, table.dim as u64);
     table.vectors.drop_all_pages();
     let held = Resident::now().now;
-    let room = |f: &str| held + index_bytes(f, rows, dim) + MIN_SCRATCH + RESERVE;
+    let room = |f: &str| held + index_bytes(f, rows, dim) + reuse_cap + MIN_SCRATCH + RESERVE;
     while auto && room(factory) > limit && !crate::memory::unchecked() {
         let Some(smaller) = halved_codes(factory, table.dim) else {
             break;
@@ -1055,16 +1081,17 @@ fn plan_build(
     // codes on a copy of the residuals).
     let lists = crate::index::ivf_lists(factory).unwrap_or(0) as u64;
     let least_training = lists * MIN_TRAINING_PER_LIST * dim * 4 * 2;
-    check_minimum(
-        limit,
-        &[
-            ("the process and the table hold".to_string(), held),
-            (
-                format!("the index {factory} needs"),
-                index.max(least_training),
-            ),
-        ],
-    )?;
+    let mut parts = vec![
+        ("the process and the table hold".to_string(), held),
+        (
+            format!("the index {factory} needs"),
+            index.max(least_training),
+        ),
+    ];
+    if reuse_cap > 0 {
+        parts.push(("the negative reuse cap needs".to_string(), reuse_cap));
+    }
+    check_minimum(limit, &parts)?;
     // The check above leaves room for the parts; the tests' unchecked limits of a few KiB
     // (see `memory::unchecked`) bound the reads back from the spill, not the build.
     let free = if crate::memory::unchecked() {
@@ -1190,8 +1217,9 @@ fn first_k(params: &MiningParams, rows: usize, retrieval: bool) -> usize {
 
 /// The rules that look across anchors (the negative reuse cap, then the shortfall policy),
 /// applied block by block: where [`CrossAnchorRules::need_every_block`], every block (in anchor
-/// order) is [`CrossAnchorRules::observe`]d before the first [`CrossAnchorRules::apply`]; the
-/// blocks themselves need not stay in memory meanwhile.
+/// order) is [`CrossAnchorRules::observe`]d, pass after pass until
+/// [`CrossAnchorRules::learned`], before the first [`CrossAnchorRules::apply`]; the blocks
+/// themselves need not stay in memory meanwhile.
 #[derive(Debug)]
 pub struct CrossAnchorRules {
     cap: Option<reuse_and_shortfall::ReuseCap>,
@@ -1200,11 +1228,18 @@ pub struct CrossAnchorRules {
 }
 
 impl CrossAnchorRules {
+    /// The rules of `params`, learning in one pass over the blocks.
     pub fn new(params: &MiningParams) -> Self {
+        Self::within(params, None)
+    }
+
+    /// The rules of `params`, what they learn per pass within `budget` bytes (more passes
+    /// where it does not fit).
+    pub fn within(params: &MiningParams, budget: Option<usize>) -> Self {
         CrossAnchorRules {
             cap: params
                 .max_negative_reuse
-                .map(reuse_and_shortfall::ReuseCap::new),
+                .map(|max| reuse_and_shortfall::ReuseCap::new(max, budget)),
             limit: params.num_negatives.limit(),
             shortfall: params.shortfall,
         }
@@ -1220,6 +1255,12 @@ impl CrossAnchorRules {
         if let Some(cap) = &mut self.cap {
             cap.observe(block);
         }
+    }
+
+    /// Ends a pass of [`CrossAnchorRules::observe`] over every block: true when the rules
+    /// have learnt all they need, false when they need another pass.
+    pub fn learned(&mut self) -> bool {
+        self.cap.as_mut().is_none_or(|cap| cap.learned())
     }
 
     /// Applies the rules to `block`, updating its anchor records' counts.

@@ -295,25 +295,49 @@ impl HeldBlocks {
         self.writer.block(block)
     }
 
-    /// Reads the held blocks back, in the order held.
-    pub(super) fn read_back(self) -> Result<BlockReader> {
-        use std::io::Seek;
+    /// Ends the held blocks: they can be read back, in the order held, as often as needed.
+    pub(super) fn held(self) -> Result<HeldFile> {
         let path = self.writer.dest.clone();
-        let mut file = self.writer.end([0; FIGURES])?;
-        file.rewind().map_err(|e| Error::io(&path, e))?;
-        BlockReader::new(file, &path)
+        let file = self.writer.end([0; FIGURES])?;
+        Ok(HeldFile { file, path })
     }
 }
 
-/// Shows every block `blocks` has left to the cross-anchor rules that look at every block.
+/// Blocks held on disk, ended ([`HeldBlocks::held`]).
+pub(super) struct HeldFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl HeldFile {
+    /// A reader of the held blocks from the first.
+    pub(super) fn read(&self) -> Result<BlockReader> {
+        use std::io::Seek;
+        let mut file = self
+            .file
+            .try_clone()
+            .map_err(|e| Error::io(&self.path, e))?;
+        file.rewind().map_err(|e| Error::io(&self.path, e))?;
+        BlockReader::new(file, &self.path)
+    }
+}
+
+/// Shows every block to the cross-anchor rules that look at every block, pass after pass
+/// until they have learnt enough (one pass, unless their counts outgrow a memory budget):
+/// `open` gives a reader of every block from the first, for each pass.
 pub(super) fn observe_every_block(
     rules: &mut crate::mine::CrossAnchorRules,
-    blocks: &mut BlockReader,
+    mut open: impl FnMut() -> Result<BlockReader>,
 ) -> Result<()> {
-    while let Some(block) = blocks.next_block()? {
-        rules.observe(&block);
+    loop {
+        let mut blocks = open()?;
+        while let Some(block) = blocks.next_block()? {
+            rules.observe(&block);
+        }
+        if rules.learned() {
+            return Ok(());
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -443,12 +467,15 @@ mod tests {
         for b in &written {
             held.hold(b).unwrap();
         }
-        let mut r = held.read_back().unwrap();
-        let mut read = Vec::new();
-        while let Some(b) = r.next_block().unwrap() {
-            read.push(b);
+        let held = held.held().unwrap();
+        for _pass in 0..2 {
+            let mut r = held.read().unwrap();
+            let mut read = Vec::new();
+            while let Some(b) = r.next_block().unwrap() {
+                read.push(b);
+            }
+            assert_same(&read, &written);
         }
-        assert_same(&read, &written);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "unnamed");
     }
 }

@@ -63,10 +63,11 @@ pub(super) struct PreviousOutput {
 
 impl PreviousOutput {
     /// The output the blocks in `path` gave under `params`' cross-anchor rules.
-    pub(super) fn open(path: &Path, params: &MiningParams) -> Result<Self> {
-        let mut rules = CrossAnchorRules::new(params);
+    /// `budget`: the bytes its cross-anchor rules may count in per pass.
+    pub(super) fn open(path: &Path, params: &MiningParams, budget: Option<usize>) -> Result<Self> {
+        let mut rules = CrossAnchorRules::within(params, budget);
         if rules.need_every_block() {
-            observe_every_block(&mut rules, &mut BlockReader::open(path)?)?;
+            observe_every_block(&mut rules, || BlockReader::open(path))?;
         }
         Ok(PreviousOutput {
             reader: BlockReader::open(path)?,

@@ -402,11 +402,19 @@ pub fn finish(work: &Path) -> Result<Summary> {
         let job = Job::new(&config, &[]).recording(&given);
         let input = open_input(work, &plan)?;
         let stage = Stage::start("merge");
-        let mut emitter = Emitter::new(&job, &input)?;
+        let budget = (config.mine.memory_limit)
+            .map(|limit| crate::memory::Scratch::measured(limit.0).cross_anchor());
+        let mut emitter = Emitter::new(&job, &input, budget)?;
         if emitter.needs_every_block() {
-            // The reuse cap learns from every block first (a pass over the segments).
-            for segment in 0..plan.segments {
-                emitter.observe_all(&mut open_segment(work, segment, &plan)?)?;
+            // The reuse cap learns from every block first (passes over the segments: one,
+            // unless its counts outgrow their budget).
+            loop {
+                for segment in 0..plan.segments {
+                    emitter.observe_blocks(&mut open_segment(work, segment, &plan)?)?;
+                }
+                if emitter.learned() {
+                    break;
+                }
             }
         }
         for segment in 0..plan.segments {

@@ -253,7 +253,8 @@ pub(super) struct Emitter<'a> {
 }
 
 impl<'a> Emitter<'a> {
-    pub(super) fn new(job: &Job, input: &'a Input) -> Result<Self> {
+    /// `rules_budget`: the bytes the cross-anchor rules may count in per pass over the blocks.
+    pub(super) fn new(job: &Job, input: &'a Input, rules_budget: Option<usize>) -> Result<Self> {
         let config = job.config;
         let out = &config.output;
         let anchor_table = input.anchor_table();
@@ -266,7 +267,7 @@ impl<'a> Emitter<'a> {
         )?;
         let sink = TripletSink::create(&out.out, layout.schema(), out.max_rows_per_file)?;
         Ok(Emitter {
-            rules: CrossAnchorRules::new(&config.mine),
+            rules: CrossAnchorRules::within(&config.mine, rules_budget),
             layout,
             sink,
             report: ReportBuilder::spilling(config.mine.margin, &job.scratch)?,
@@ -311,6 +312,19 @@ impl<'a> Emitter<'a> {
         self.rules.observe(block);
     }
 
+    /// Shows every block `blocks` has left to the rules (part of a pass).
+    pub(super) fn observe_blocks(&mut self, blocks: &mut BlockReader) -> Result<()> {
+        while let Some(block) = blocks.next_block()? {
+            self.rules.observe(&block);
+        }
+        Ok(())
+    }
+
+    /// Ends a pass of [`Emitter::observe`]: whether the rules need no other.
+    pub(super) fn learned(&mut self) -> bool {
+        self.rules.learned()
+    }
+
     /// Applies the cross-anchor rules to a mined block, then writes and records it.
     pub(super) fn emit(&mut self, mut mined: MinedBlock) -> Result<()> {
         self.rules.apply(&mut mined);
@@ -331,8 +345,9 @@ impl<'a> Emitter<'a> {
     }
 
     /// Shows every block `blocks` has left to the rules that look at every block.
-    pub(super) fn observe_all(&mut self, blocks: &mut BlockReader) -> Result<()> {
-        observe_every_block(&mut self.rules, blocks)
+    /// `open` gives a reader of every block from the first (for each pass the rules need).
+    pub(super) fn observe_all(&mut self, open: impl FnMut() -> Result<BlockReader>) -> Result<()> {
+        observe_every_block(&mut self.rules, open)
     }
 
     /// Emits every block `blocks` has left.
@@ -424,7 +439,7 @@ fn mine_with_state(
 ) -> Result<(Mined, PendingState)> {
     let search_before = miner.search_stats();
     miner.keep_neighbours();
-    let mut emitter = Emitter::new(job, input)?;
+    let mut emitter = Emitter::new(job, input, miner.cross_anchor_budget())?;
     let (state, mut changes) = run.mine(job, miner, input, anchors, &mut emitter)?;
     abort_point("mine");
     let mut emitted = emitter.close()?;
@@ -668,7 +683,7 @@ fn mine_and_write(
 ) -> Result<Mined> {
     let search_before = miner.search_stats();
     let bar = progress(job.show, Some(anchors.len() as u64), "mining");
-    let mut emitter = Emitter::new(job, input)?;
+    let mut emitter = Emitter::new(job, input, miner.cross_anchor_budget())?;
     let mut sampled: Vec<Triplet> = Vec::new();
     // The reuse cap learns from every block before it removes anything: the blocks wait on
     // disk meanwhile (their memory would grow with the triplets).
@@ -704,7 +719,13 @@ fn mine_and_write(
         },
     )?;
     if let Some(held) = held {
-        emitter.emit_all(&mut held.read_back()?)?;
+        let held = held.held()?;
+        // The first pass was made as blocks were mined; more where the counts outgrew their
+        // budget.
+        if !emitter.learned() {
+            emitter.observe_all(|| held.read())?;
+        }
+        emitter.emit_all(&mut held.read()?)?;
     }
     let emitted = emitter.close()?;
     bar.finish_and_clear();

@@ -197,7 +197,7 @@ impl StateRun {
         // The previous output, for the delta, is read before the new state replaces it.
         let before = match &previous {
             Ok(facts) if job.config.output.delta.is_some() => Some((
-                PreviousOutput::open(&named, &job.config.mine)?,
+                PreviousOutput::open(&named, &job.config.mine, miner.cross_anchor_budget())?,
                 facts.blocks_id,
             )),
             _ => None,
@@ -242,7 +242,7 @@ impl StateRun {
         // The blocks as a full run would hand them over, in anchor order.
         let replay = || BlockReader::open(&blocks_path);
         if emitter.needs_every_block() {
-            emitter.observe_all(&mut replay()?)?;
+            emitter.observe_all(replay)?;
         }
         emitter.emit_all(&mut replay()?)?;
         Ok((PendingState { target }, changes))
@@ -338,8 +338,8 @@ fn mine_new(
     let mut fresh = HeldBlocks::new(&job.scratch)?;
     changes.triplets_added += mine_into(job, miner, &mine, |b| fresh.hold(b))?;
     merge(
-        Cursor::new(kept.read_back()?),
-        Cursor::new(fresh.read_back()?),
+        Cursor::new(kept.held()?.read()?),
+        Cursor::new(fresh.held()?.read()?),
         writer,
     )?;
     Ok(changes)

@@ -77,7 +77,10 @@ fn plan(at: &Path, work: &Path, segment_anchors: usize, args: &[&str]) -> assert
 
 fn finish(work: &Path) -> assert_cmd::Command {
     let mut cmd = tripmine();
-    cmd.arg("finish").arg("--work").arg(work);
+    cmd.env("TRIPMINE_UNCHECKED_MEMORY_LIMIT", "1")
+        .arg("finish")
+        .arg("--work")
+        .arg(work);
     cmd
 }
 
@@ -272,7 +275,7 @@ fn an_approximate_index_is_tuned_once_and_its_recall_is_the_single_runs() {
 }
 
 #[test]
-fn a_spilled_run_under_a_memory_limit_is_the_single_runs() {
+fn a_spilled_run_under_a_memory_limit_with_the_reuse_cap_is_the_single_runs() {
     let dir = TempDir::new().unwrap();
     let input = generated(dir.path(), "t.parquet", 2000, 16, 5);
     let input = input.to_str().unwrap();
@@ -285,6 +288,9 @@ fn a_spilled_run_under_a_memory_limit_is_the_single_runs() {
         "hard",
         "--num-negatives",
         "2",
+        // Its counts take passes over the blocks (single) and the segments (finish).
+        "--max-negative-reuse",
+        "1",
     ];
     let a = single(dir.path(), &args, "o.parquet");
     let b = distributed(dir.path(), &args, "o.parquet", 600);

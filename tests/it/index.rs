@@ -1,6 +1,6 @@
 //! Indexes: `auto`, saving and loading with checks, search parameters, and the recall check.
 
-use crate::common::bin::{gen_table, generated, mine_with_summary as mine, summary};
+use crate::common::bin::{gen_table, generated, mine_with_summary as mine, read, summary};
 use predicates::prelude::*;
 use tempfile::TempDir;
 
@@ -194,6 +194,50 @@ fn spilled_vectors_give_the_same_triplets_as_vectors_in_memory() {
             );
         }
     }
+}
+
+#[test]
+fn the_reuse_cap_counts_in_passes_under_a_memory_limit_and_caps_the_same() {
+    let dir = TempDir::new().unwrap();
+    let input = generated(dir.path(), "data.parquet", 2000, 10, 8);
+    let common = [
+        "--num-negatives",
+        "4",
+        "--max-negative-reuse",
+        "2",
+        "--shortfall",
+        "drop",
+        "--report",
+        "r.parquet",
+    ];
+    mine(dir.path(), &input, &common).success();
+    let bytes = |f: &str| std::fs::read(dir.path().join(f)).unwrap();
+    let (triplets, report) = (
+        bytes("triplets.parquet"),
+        read(&dir.path().join("r.parquet")),
+    );
+    let removed = summary(dir.path())["totals"]["removed_negative_reuse"].clone();
+    assert!(removed.as_u64().unwrap() > 100, "the cap removes triplets");
+    // A few KiB for the counts (the tests' unchecked limits): passes over the held blocks.
+    let mut limited = common.to_vec();
+    limited.extend(["--memory-limit", "256KiB", "--scratch-dir", "."]);
+    let passes = mine(dir.path(), &input, &limited)
+        .success()
+        .stderr(predicate::str::contains(
+            "negative reuse cap counted its negatives in",
+        ));
+    let log = String::from_utf8_lossy(&passes.get_output().stderr).to_string();
+    assert!(triplets == bytes("triplets.parquet"), "the same triplets");
+    // The report's rows (its metadata records the options as given).
+    assert_eq!(
+        report.columns(),
+        read(&dir.path().join("r.parquet")).columns()
+    );
+    assert_eq!(
+        summary(dir.path())["totals"]["removed_negative_reuse"],
+        removed,
+        "{log}"
+    );
 }
 
 #[test]
