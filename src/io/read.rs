@@ -134,25 +134,46 @@ pub fn read_table_with(
     let files = resolve_inputs(specs)?;
     let mut reader = TableReader::new(columns);
     if let Some(limit) = options.memory_limit {
-        // Row counts from the footers, to size the vectors before reading them.
-        let (mut rows, mut bytes) = (0u64, 0u64);
+        // Row counts from the footers, to size the vectors before reading them, and the
+        // `--with` columns' decoded sizes, which stay in memory.
+        let (mut rows, mut bytes, mut extra) = (0u64, 0u64, 0u64);
         for path in &files {
-            let (declared, len) = contain_panics(path, || {
+            let (declared, len, with) = contain_panics(path, || {
                 let (meta, len) = open_parquet(path)?;
+                let meta = meta.metadata();
                 Ok((
-                    meta.metadata().file_metadata().num_rows().max(0) as u64,
+                    meta.file_metadata().num_rows().max(0) as u64,
                     len,
+                    columns_bytes(meta, &columns.extra),
                 ))
             })?;
             rows = rows.saturating_add(declared);
             bytes = bytes.saturating_add(len);
+            extra = extra.saturating_add(with);
         }
-        reader.spill = Some(SpillPlan::new(options, limit, Some(rows), bytes));
+        let mut plan = SpillPlan::new(options, limit, Some(rows), bytes);
+        plan.extra_bytes = extra;
+        reader.spill = Some(plan);
     }
     for file in &files {
         reader.read_file(file)?;
     }
     reader.finish(&files[0])
+}
+
+/// The uncompressed bytes the footer declares for the columns `names` (whole top-level
+/// columns, every row group): about what they hold once decoded into Arrow arrays.
+fn columns_bytes(meta: &parquet::file::metadata::ParquetMetaData, names: &[String]) -> u64 {
+    let mut total = 0u64;
+    for group in meta.row_groups() {
+        for chunk in group.columns() {
+            let top = chunk.column_path().parts().first();
+            if top.is_some_and(|top| names.iter().any(|n| n == top)) {
+                total = total.saturating_add(chunk.uncompressed_size().max(0) as u64);
+            }
+        }
+    }
+    total
 }
 
 /// When and where vectors spill.
@@ -161,6 +182,8 @@ struct SpillPlan {
     rows: Option<u64>,
     /// Bytes of the files.
     bytes: u64,
+    /// Bytes the `--with` columns need in memory (from the footers; 0 when unknown).
+    extra_bytes: u64,
     limit: u64,
     dir: PathBuf,
     normalize: bool,
@@ -214,6 +237,7 @@ impl SpillPlan {
         SpillPlan {
             rows,
             bytes,
+            extra_bytes: 0,
             limit,
             dir: options
                 .scratch_dir
@@ -557,7 +581,7 @@ impl<'a> TableReader<'a> {
         };
         let rows = plan.rows.unwrap_or(0);
         let bytes = rows.saturating_mul(dim as u64 * 4);
-        let spill = plan.rows.is_none() || bytes > plan.limit / 2;
+        let spill = plan.rows.is_none() || bytes + plan.extra_bytes > plan.limit / 2;
         // Before any row is read: a limit the table cannot be held under is refused now.
         let mut parts = vec![
             (
@@ -571,6 +595,13 @@ impl<'a> TableReader<'a> {
         ];
         if !spill {
             parts.push(("the vectors need".to_string(), bytes));
+        }
+        if plan.extra_bytes > 0 {
+            // Held whole, and one column twice while its parts are joined.
+            parts.push((
+                "the --with columns need".to_string(),
+                plan.extra_bytes + plan.extra_bytes / self.columns.extra.len().max(1) as u64,
+            ));
         }
         crate::memory::check_minimum(plan.limit, &parts)?;
         if spill {
@@ -616,8 +647,9 @@ impl<'a> TableReader<'a> {
             (first_file, label_name),
         )?;
         table.normalized = self.normalized;
-        for (name, parts) in self.columns.extra.iter().zip(&self.extra) {
-            table.extra.push((name.clone(), concat_all(parts)?));
+        // One column's parts at a time beside its joined copy.
+        for (name, parts) in self.columns.extra.iter().zip(self.extra) {
+            table.extra.push((name.clone(), concat_all(&parts)?));
         }
         Ok(table)
     }

@@ -180,16 +180,16 @@ fn all_positives_of_large_label_groups_stay_under_the_limit() {
     ]);
 }
 
-#[test]
-fn retrieval_over_a_corpus_with_string_ids_stays_under_the_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let ex = dir.path().join("ex");
+/// `tripmine gen --retrieval` with `documents` of 128 dimensions and 2,000 queries in `dir`:
+/// the `--queries`, `--corpus`, `--qrels` arguments.
+fn retrieval_example(dir: &Path, documents: &str) -> [String; 6] {
+    let ex = dir.join("ex");
     tripmine()
         .args([
             "gen",
             "--retrieval",
             "--rows",
-            "1000000",
+            documents,
             "--queries",
             "2000",
         ])
@@ -198,16 +198,50 @@ fn retrieval_over_a_corpus_with_string_ids_stays_under_the_limit() {
         .assert()
         .success();
     let file = |name: &str| ex.join(name).display().to_string();
-    let input = [
+    [
         "--queries".to_string(),
         file("queries.parquet"),
         "--corpus".to_string(),
         file("corpus.parquet"),
         "--qrels".to_string(),
         file("qrels.parquet"),
-    ];
+    ]
+}
+
+#[test]
+fn retrieval_over_a_corpus_with_string_ids_stays_under_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = retrieval_example(dir.path(), "1000000");
     let args = ["--negatives", "hardest"];
     assert_peak_within_limit(run_limited_on(&input, &args), &args);
+}
+
+#[test]
+fn passthrough_columns_and_an_html_report_stay_under_the_limit() {
+    // 600,000 documents (307 MB of vectors, 1.6 times the limit) with their text carried
+    // into the triplets: the text stays in memory, counted before it is read.
+    let dir = tempfile::tempdir().unwrap();
+    let input = retrieval_example(dir.path(), "600000");
+    let args = ["--with", "text", "--report-html", "page.html"];
+    assert_peak_within_limit(run_limited_on(&input, &args), &args);
+}
+
+#[test]
+fn passthrough_columns_that_cannot_fit_are_refused_before_reading_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = retrieval_example(dir.path(), "600000");
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("tripmine"));
+    let out = cmd
+        .current_dir(dir.path())
+        .args(["mine", "--no-progress"])
+        .args(&input)
+        .args(["--with", "text", "--memory-limit", "150MiB"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("the --with columns need"), "{stderr}");
+    assert!(!dir.path().join("triplets.parquet").exists());
 }
 
 #[test]
