@@ -192,6 +192,13 @@ pub struct DiffArgs {
     /// Write the per-label comparison here (Parquet).
     #[arg(long, default_value = "diff.parquet")]
     pub out: PathBuf,
+    /// A ceiling on the resident set (e.g. 512MiB): the triplets are compared in partitions
+    /// by anchor that fit, written to unnamed files in --scratch-dir first.
+    #[arg(long)]
+    pub memory_limit: Option<crate::config::ByteSize>,
+    /// Where the partitions go under --memory-limit (default: the system's temporary folder).
+    #[arg(long)]
+    pub scratch_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -249,7 +256,11 @@ pub fn execute(cli: &Cli) -> Result<()> {
             }
         }
         Command::Diff(args) => {
-            let d = crate::commands::diff::diff(&args.run_a, &args.run_b)?;
+            let options = crate::commands::diff::DiffOptions {
+                memory_limit: args.memory_limit.map(|b| b.0),
+                scratch_dir: args.scratch_dir.clone(),
+            };
+            let d = crate::commands::diff::diff_with(&args.run_a, &args.run_b, &options)?;
             crate::io::write_parquet(&args.out, &d.to_batch()?)?;
             println!("{d}\nwrote {}", args.out.display());
         }

@@ -186,6 +186,11 @@ pub fn index_bytes(factory: &str, rows: u64, dim: u64) -> u64 {
 /// Refuses a limit below what a run cannot do without, naming the parts. `parts` are
 /// (what, bytes) pairs, [`MIN_SCRATCH`] and [`RESERVE`] are added.
 pub fn check_minimum(limit: u64, parts: &[(String, u64)]) -> crate::Result<()> {
+    check_minimum_of("this table and index", limit, parts)
+}
+
+/// [`check_minimum`] for work other than mining, named `subject` (e.g. "this comparison").
+pub fn check_minimum_of(subject: &str, limit: u64, parts: &[(String, u64)]) -> crate::Result<()> {
     if unchecked() {
         return Ok(());
     }
@@ -200,7 +205,7 @@ pub fn check_minimum(limit: u64, parts: &[(String, u64)]) -> crate::Result<()> {
     Err(crate::Error::Config(format!(
         "--memory-limit {} MiB is below what this run cannot do without: {}, buffers at \
          least {} MiB and {} MiB kept for threads and the allocator; the smallest limit for \
-         this table and index is {} MiB",
+         {subject} is {} MiB",
         limit >> 20,
         named.join(", "),
         MIN_SCRATCH >> 20,

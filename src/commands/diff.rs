@@ -6,9 +6,15 @@
 //! overlap (Jaccard per anchor, and over all triplets), and per label the triplets, anchors
 //! covered, mean loss and violation rates of both runs, labels that moved most first;
 //! printable, and as an Arrow batch (labels in their input type) for Parquet.
+//!
+//! Memory: the triplets are compared anchor by anchor from 48-byte records (hashes of the ids'
+//! text); under a memory limit they are first split by anchor into partitions on disk that
+//! each fit, so only the per-label figures grow with the data.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -129,9 +135,8 @@ struct LabelSums {
     loss: f64,
 }
 
-/// Texts (ids or labels) stored once each and numbered, shared by both runs: triplets
-/// compare as numbers (12 bytes a triplet) whatever the id type, and the same id gets the
-/// same number in both runs.
+/// Labels as text (so any type compares) stored once each and numbered, shared by both
+/// runs: the same label gets the same number in both.
 #[derive(Default)]
 struct Interner {
     /// Each text allocated once, shared by the map and the list.
@@ -156,29 +161,219 @@ impl Interner {
     }
 }
 
-/// The ids and labels of both runs, as text (so any type compares) numbered once.
-#[derive(Default)]
-struct Keys {
-    ids: Interner,
-    labels: Interner,
+/// Options of a comparison.
+#[derive(Debug, Clone, Default)]
+pub struct DiffOptions {
+    /// A ceiling on the resident set: the triplets are compared in partitions (by anchor)
+    /// that fit, written to unnamed scratch files first.
+    pub memory_limit: Option<u64>,
+    /// Where the partitions are written (default: the system's temporary folder).
+    pub scratch_dir: Option<PathBuf>,
 }
 
-/// Triplets of one run, their ids and labels numbered by [`Keys`].
-struct RunTriplets {
+/// One triplet as the comparison needs it: its anchor and its (positive, negative) pair as
+/// 128-bit hashes of the ids' text (so any id type compares, and the same id in either run
+/// is the same number without a table of every id), the anchor's label (numbered), the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Rec {
+    anchor: u128,
+    pair: u128,
+    run: u8,
+    label: u32,
+}
+
+/// Bytes of a [`Rec`] in a partition file.
+const REC_BYTES: usize = 16 + 16 + 1 + 4;
+
+impl Rec {
+    fn write(&self, out: &mut impl Write) -> std::io::Result<()> {
+        out.write_all(&self.anchor.to_le_bytes())?;
+        out.write_all(&self.pair.to_le_bytes())?;
+        out.write_all(&[self.run])?;
+        out.write_all(&self.label.to_le_bytes())
+    }
+
+    fn read(b: &[u8; REC_BYTES]) -> Rec {
+        let word = |at: usize| u128::from_le_bytes(b[at..at + 16].try_into().expect("16"));
+        Rec {
+            anchor: word(0),
+            pair: word(16),
+            run: b[32],
+            label: u32::from_le_bytes(b[33..37].try_into().expect("4")),
+        }
+    }
+}
+
+fn id_hash(id: &str) -> u128 {
+    twox_hash::XxHash3_128::oneshot(id.as_bytes())
+}
+
+fn pair_hash(positive: &str, negative: &str) -> u128 {
+    let mut h = twox_hash::XxHash3_128::new();
+    h.write(positive.as_bytes());
+    // Not a byte of UTF-8 text: ("ab", "c") and ("a", "bc") differ.
+    h.write(&[0xff]);
+    h.write(negative.as_bytes());
+    h.finish_128()
+}
+
+/// The triplets of both runs, split by anchor into partitions that each fit in memory:
+/// one in memory without a limit, else unnamed scratch files.
+enum Partitions {
+    Memory(Vec<Rec>),
+    Files {
+        files: Vec<BufWriter<File>>,
+        dir: PathBuf,
+    },
+}
+
+impl Partitions {
+    /// Partitions for `triplets` records within `options`' limit.
+    fn new(triplets: u64, options: &DiffOptions) -> Result<Self> {
+        let Some(limit) = options.memory_limit else {
+            return Ok(Partitions::Memory(Vec::new()));
+        };
+        crate::memory::check_minimum_of(
+            "this comparison",
+            limit,
+            &[(
+                "the process holds".to_string(),
+                crate::memory::Resident::now().now,
+            )],
+        )?;
+        // Half for a partition's records (sorted in place), the rest for the writers'
+        // buffers, the labels' figures and the reader's batches.
+        let room = (crate::memory::Scratch::measured(limit).bytes() / 2).max(1 << 16);
+        let bytes = triplets.saturating_mul(std::mem::size_of::<Rec>() as u64);
+        let count = bytes.div_ceil(room as u64).max(1);
+        if count == 1 {
+            return Ok(Partitions::Memory(Vec::new()));
+        }
+        let dir = options
+            .scratch_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir);
+        let buffer = (room / 2 / count as usize).clamp(4 << 10, 1 << 20);
+        let files = (0..count)
+            .map(|_| {
+                let file = tempfile::tempfile_in(&dir).map_err(|e| Error::io(&dir, e))?;
+                Ok(BufWriter::with_capacity(buffer, file))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        tracing::info!(
+            partitions = count,
+            triplets,
+            "the triplets are compared in partitions by anchor, within the memory limit"
+        );
+        Ok(Partitions::Files { files, dir })
+    }
+
+    fn add(&mut self, rec: Rec) -> Result<()> {
+        match self {
+            Partitions::Memory(all) => all.push(rec),
+            Partitions::Files { files, dir } => {
+                let at = ((rec.anchor >> 64) as u64 % files.len() as u64) as usize;
+                rec.write(&mut files[at]).map_err(|e| Error::io(&*dir, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands each partition's records to `compare`, one at a time.
+    fn each(self, mut compare: impl FnMut(Vec<Rec>)) -> Result<()> {
+        match self {
+            Partitions::Memory(all) => compare(all),
+            Partitions::Files { files, dir } => {
+                for file in files {
+                    let mut file = file
+                        .into_inner()
+                        .map_err(|e| Error::io(&dir, e.into_error()))?;
+                    let len = file
+                        .seek(SeekFrom::End(0))
+                        .map_err(|e| Error::io(&dir, e))?;
+                    file.rewind().map_err(|e| Error::io(&dir, e))?;
+                    let mut recs = Vec::with_capacity(len as usize / REC_BYTES);
+                    let mut input = BufReader::with_capacity(1 << 20, file);
+                    let mut b = [0u8; REC_BYTES];
+                    for _ in 0..len as usize / REC_BYTES {
+                        input.read_exact(&mut b).map_err(|e| Error::io(&dir, e))?;
+                        recs.push(Rec::read(&b));
+                    }
+                    compare(recs);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The overlap figures of the anchors of both runs, summed partition by partition.
+#[derive(Default)]
+struct Overlap {
+    anchors: u64,
+    jaccard_sum: f64,
+    inter_all: u64,
+    union_all: u64,
+    /// Per label code (a's label of the anchor, else b's): summed Jaccard, anchors.
+    by_label: HashMap<u32, (f64, u64)>,
+    /// Per run, anchors with triplets per label code (the anchor's label in that run).
+    anchors_per_label: [HashMap<u32, u64>; 2],
+}
+
+impl Overlap {
+    /// Adds one partition: every triplet of its anchors, from both runs.
+    fn add(&mut self, mut recs: Vec<Rec>) {
+        recs.sort_unstable();
+        recs.dedup_by(|x, y| (x.anchor, x.pair, x.run) == (y.anchor, y.pair, y.run));
+        let mut at = 0;
+        while at < recs.len() {
+            let anchor = recs[at].anchor;
+            let end = at + recs[at..].partition_point(|r| r.anchor == anchor);
+            let (mut sizes, mut inter, mut labels) = ([0u64; 2], 0u64, [None; 2]);
+            for (i, r) in recs[at..end].iter().enumerate() {
+                sizes[r.run as usize] += 1;
+                labels[r.run as usize] = Some(r.label);
+                // Sorted by (pair, run): a pair in both runs is two neighbours.
+                if r.run == 1 && i > 0 && recs[at + i - 1].pair == r.pair {
+                    inter += 1;
+                }
+            }
+            let union = sizes[0] + sizes[1] - inter;
+            let j = if union == 0 {
+                1.0
+            } else {
+                inter as f64 / union as f64
+            };
+            self.anchors += 1;
+            self.jaccard_sum += j;
+            self.inter_all += inter;
+            self.union_all += union;
+            let label = labels[0].or(labels[1]).expect("an anchor of a run");
+            let e = self.by_label.entry(label).or_default();
+            e.0 += j;
+            e.1 += 1;
+            for (counts, label) in self.anchors_per_label.iter_mut().zip(labels) {
+                if let Some(l) = label {
+                    *counts.entry(l).or_default() += 1;
+                }
+            }
+            at = end;
+        }
+    }
+}
+
+/// One run's figures per label (its triplets are in the partitions).
+struct RunFigures {
     manifest: Option<Manifest>,
     /// Per label: the report's neighbour violation share, when the report is known.
     health: HashMap<String, Option<f64>>,
-    /// Per anchor id: its (positive id, negative id) pairs.
-    by_anchor: HashMap<u32, HashSet<(u32, u32)>>,
-    /// Per anchor id: its label.
-    anchor_label: HashMap<u32, u32>,
     per_label: HashMap<String, LabelSums>,
-    /// The first value of each label in its input type (a one-row array).
+    /// The first value of each label in its input type (a one-row array of its own).
     typed: HashMap<String, ArrayRef>,
     count: u64,
 }
 
-impl RunTriplets {
+impl RunFigures {
     fn figures(&self, label: &str, anchors: &HashMap<&str, u64>) -> LabelFigures {
         let sums = self.per_label.get(label).copied().unwrap_or_default();
         let per_triplet = |x: f64| (sums.triplets > 0).then(|| x / sums.triplets as f64);
@@ -190,57 +385,46 @@ impl RunTriplets {
             neighbour_violation: self.health.get(label).copied().flatten(),
         }
     }
-
-    /// Anchors with triplets, per label.
-    fn anchors_per_label<'k>(&self, labels: &'k Interner) -> HashMap<&'k str, u64> {
-        let mut counts: HashMap<&str, u64> = HashMap::new();
-        for &label in self.anchor_label.values() {
-            *counts.entry(labels.name(label)).or_default() += 1;
-        }
-        counts
-    }
 }
 
-/// Compares two runs.
+/// Compares two runs in memory.
 pub fn diff(a: &Path, b: &Path) -> Result<RunDiff> {
-    let mut keys = Keys::default();
-    let ra = load(a, &mut keys)?;
-    let rb = load(b, &mut keys)?;
-    let anchors: HashSet<u32> = ra
-        .by_anchor
-        .keys()
-        .chain(rb.by_anchor.keys())
-        .copied()
-        .collect();
-    let empty = HashSet::new();
-    let mut jaccard_by_label: HashMap<&str, (f64, u64)> = HashMap::new();
-    let (mut sum, mut inter_all, mut union_all) = (0.0, 0u64, 0u64);
-    for anchor in &anchors {
-        let sa = ra.by_anchor.get(anchor).unwrap_or(&empty);
-        let sb = rb.by_anchor.get(anchor).unwrap_or(&empty);
-        let inter = sa.intersection(sb).count() as u64;
-        let union = (sa.len() + sb.len()) as u64 - inter;
-        let j = if union == 0 {
-            1.0
-        } else {
-            inter as f64 / union as f64
-        };
-        sum += j;
-        inter_all += inter;
-        union_all += union;
-        let label = ra
-            .anchor_label
-            .get(anchor)
-            .or_else(|| rb.anchor_label.get(anchor))
-            .map_or("", |&l| keys.labels.name(l));
-        let e = jaccard_by_label.entry(label).or_default();
-        e.0 += j;
-        e.1 += 1;
+    diff_with(a, b, &DiffOptions::default())
+}
+
+/// Compares two runs within `options` (a memory limit: partitions on disk).
+pub fn diff_with(a: &Path, b: &Path, options: &DiffOptions) -> Result<RunDiff> {
+    let (files_a, manifest_a) = run_files(a)?;
+    let (files_b, manifest_b) = run_files(b)?;
+    let mut triplets = 0u64;
+    for path in files_a.iter().chain(&files_b) {
+        triplets += contain_panics(path, || {
+            Ok(open_parquet(path)?
+                .0
+                .metadata()
+                .file_metadata()
+                .num_rows()
+                .max(0) as u64)
+        })?;
     }
+    let mut parts = Partitions::new(triplets, options)?;
+    let mut labels = Interner::default();
+    let ra = load(files_a, manifest_a, 0, &mut labels, &mut parts)?;
+    let rb = load(files_b, manifest_b, 1, &mut labels, &mut parts)?;
+    let mut overlap = Overlap::default();
+    parts.each(|recs| overlap.add(recs))?;
+    let named = |counts: &HashMap<u32, u64>| -> HashMap<&str, u64> {
+        counts.iter().map(|(&l, &n)| (labels.name(l), n)).collect()
+    };
     let (anchors_a, anchors_b) = (
-        ra.anchors_per_label(&keys.labels),
-        rb.anchors_per_label(&keys.labels),
+        named(&overlap.anchors_per_label[0]),
+        named(&overlap.anchors_per_label[1]),
     );
+    let jaccard_by_label: HashMap<&str, (f64, u64)> = overlap
+        .by_label
+        .iter()
+        .map(|(&l, &v)| (labels.name(l), v))
+        .collect();
     let names: Vec<&String> = {
         let set: HashSet<&String> = ra.per_label.keys().chain(rb.per_label.keys()).collect();
         set.into_iter().collect()
@@ -281,15 +465,15 @@ pub fn diff(a: &Path, b: &Path) -> Result<RunDiff> {
             (Some(ma), Some(mb)) => Some(config_changes(ma, mb)),
             _ => None,
         },
-        anchor_jaccard: if anchors.is_empty() {
+        anchor_jaccard: if overlap.anchors == 0 {
             1.0
         } else {
-            sum / anchors.len() as f64
+            overlap.jaccard_sum / overlap.anchors as f64
         },
-        triplet_jaccard: if union_all == 0 {
+        triplet_jaccard: if overlap.union_all == 0 {
             1.0
         } else {
-            inter_all as f64 / union_all as f64
+            overlap.inter_all as f64 / overlap.union_all as f64
         },
         labels: per_label.into_iter().map(|(d, _)| d).collect(),
         label_values,
@@ -297,7 +481,7 @@ pub fn diff(a: &Path, b: &Path) -> Result<RunDiff> {
 }
 
 /// The labels `names` in their input type: a's type, or text where the runs' types differ.
-fn typed_labels(names: &[&String], ra: &RunTriplets, rb: &RunTriplets) -> Result<ArrayRef> {
+fn typed_labels(names: &[&String], ra: &RunFigures, rb: &RunFigures) -> Result<ArrayRef> {
     let parts: Vec<&ArrayRef> = names
         .iter()
         .map(|l| ra.typed.get(*l).or_else(|| rb.typed.get(*l)).expect("seen"))
@@ -422,28 +606,38 @@ fn run_files(run: &Path) -> Result<(Vec<PathBuf>, Option<Manifest>)> {
     }
 }
 
-fn load(run: &Path, keys: &mut Keys) -> Result<RunTriplets> {
-    let (files, manifest) = run_files(run)?;
+/// One run's files (`run` 0 or 1): its figures per label; its triplets into `parts`.
+fn load(
+    files: Vec<PathBuf>,
+    manifest: Option<Manifest>,
+    run: u8,
+    labels: &mut Interner,
+    parts: &mut Partitions,
+) -> Result<RunFigures> {
     let report = manifest.as_ref().map(|m| m.config.output.report.clone());
-    let mut r = RunTriplets {
+    let mut r = RunFigures {
         health: match report.filter(|p| p.exists()) {
             Some(p) => contain_panics(&p, || report_health(&p))?,
             None => HashMap::new(),
         },
         manifest,
-        by_anchor: HashMap::new(),
-        anchor_label: HashMap::new(),
         per_label: HashMap::new(),
         typed: HashMap::new(),
         count: 0,
     };
     for path in files {
-        contain_panics(&path, || load_file(&path, &mut r, keys))?;
+        contain_panics(&path, || load_file(&path, run, &mut r, labels, parts))?;
     }
     Ok(r)
 }
 
-fn load_file(path: &Path, r: &mut RunTriplets, keys: &mut Keys) -> Result<()> {
+fn load_file(
+    path: &Path,
+    run: u8,
+    r: &mut RunFigures,
+    labels: &mut Interner,
+    parts: &mut Partitions,
+) -> Result<()> {
     const COLUMNS: [&str; 5] = [
         "anchor_id",
         "positive_id",
@@ -477,21 +671,25 @@ fn load_file(path: &Path, r: &mut RunTriplets, keys: &mut Keys) -> Result<()> {
             .expect("projected")
             .as_primitive::<Float32Type>();
         for i in 0..batch.num_rows() {
-            let a = keys.ids.code(anchor.value(i));
-            let pair = (
-                keys.ids.code(positive.value(i)),
-                keys.ids.code(negative.value(i)),
-            );
-            r.by_anchor.entry(a).or_default().insert(pair);
             let l = label.value(i);
             if !r.typed.contains_key(l) {
-                r.typed.insert(l.to_string(), typed_label.slice(i, 1));
+                // A copy: a slice would keep the whole batch's column alive.
+                let value = arrow::compute::concat(&[typed_label.slice(i, 1).as_ref()])?;
+                r.typed.insert(l.to_string(), value);
             }
-            let c = r.per_label.entry(l.to_string()).or_default();
+            let c = match r.per_label.get_mut(l) {
+                Some(c) => c,
+                None => r.per_label.entry(l.to_string()).or_default(),
+            };
             c.triplets += 1;
             c.violating += (loss.value(i) > 0.0) as u64;
             c.loss += loss.value(i) as f64;
-            r.anchor_label.insert(a, keys.labels.code(l));
+            parts.add(Rec {
+                anchor: id_hash(anchor.value(i)),
+                pair: pair_hash(positive.value(i), negative.value(i)),
+                run,
+                label: labels.code(l),
+            })?;
             r.count += 1;
         }
     }

@@ -323,3 +323,44 @@ fn a_job_cut_into_segments_stays_under_the_limit_in_every_step() {
         .arg(&work);
     assert_peak_within_limit(measure(cmd, dir.path()), &["finish"]);
 }
+
+#[test]
+fn diff_of_runs_with_millions_of_triplets_stays_under_the_limit() {
+    // Two runs of 2,000,000 triplets each (mined without a limit), compared under it: held
+    // whole, their records alone would take 192 MB.
+    let dir = tempfile::tempdir().unwrap();
+    for (out, negatives) in [("a.parquet", "hardest"), ("b.parquet", "easy")] {
+        tripmine()
+            .current_dir(dir.path())
+            .args(["mine", "--no-progress", "--in"])
+            .arg(table())
+            .args(["--anchors-sample", "10000", "--num-positives", "4"])
+            .args([
+                "--num-negatives",
+                "50",
+                "--negatives",
+                negatives,
+                "--out",
+                out,
+            ])
+            .assert()
+            .success();
+    }
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("tripmine"));
+    cmd.current_dir(dir.path())
+        .args(["diff", "a.parquet", "b.parquet", "--out", "d.parquet"])
+        .args([
+            "--memory-limit",
+            &format!("{LIMIT_MIB}MiB"),
+            "--scratch-dir",
+        ])
+        .arg(dir.path());
+    let peak = measure(cmd, dir.path());
+    assert!(
+        peak.stderr.contains("compared in partitions"),
+        "{}",
+        peak.stderr
+    );
+    assert_peak_within_limit(peak, &["diff"]);
+    assert!(dir.path().join("d.parquet").exists());
+}

@@ -1,6 +1,7 @@
 //! The HTML report in a real headless browser (Debian's chromium): it renders, its charts are
 //! there, and the numbers in it equal those of the Parquet report.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use crate::common::bin::{gen_table, read, tripmine};
@@ -201,7 +202,6 @@ fn healthy_embeddings_raise_no_collapse_warning() {
 #[test]
 fn diff_reports_overlap_configuration_changes_and_the_labels_that_moved_most() {
     use arrow::datatypes::Float32Type;
-    use std::collections::HashMap;
 
     let dir = TempDir::new().unwrap();
     let input = dir.path().join("data.parquet");
@@ -394,4 +394,148 @@ fn diff_ranks_saturated_semihard_runs_by_what_moved_not_by_label_text() {
     assert!(best > 0.0);
     assert!((moved.value(0) - best).abs() < 1e-9 || moved.value(0) > best);
     assert!(moved.values().windows(2).all(|w| w[0] >= w[1]));
+}
+
+/// Per anchor id, its (positive id, negative id) pairs.
+type PairSets = HashMap<String, HashSet<(String, String)>>;
+
+/// A run's triplets read back as text: per anchor id its pairs, and its label.
+fn triplet_sets(path: &std::path::Path) -> (PairSets, HashMap<String, String>) {
+    let t = read(path);
+    let text = |n: &str| {
+        arrow::compute::cast(
+            t.column_by_name(n).unwrap(),
+            &arrow::datatypes::DataType::Utf8,
+        )
+        .unwrap()
+    };
+    let (a, p, n, l) = (
+        text("anchor_id"),
+        text("positive_id"),
+        text("negative_id"),
+        text("anchor_label"),
+    );
+    let (a, p, n, l) = (
+        a.as_string::<i32>(),
+        p.as_string::<i32>(),
+        n.as_string::<i32>(),
+        l.as_string::<i32>(),
+    );
+    let (mut sets, mut labels) = (HashMap::new(), HashMap::new());
+    for i in 0..t.num_rows() {
+        sets.entry(a.value(i).to_string())
+            .or_insert_with(HashSet::new)
+            .insert((p.value(i).to_string(), n.value(i).to_string()));
+        labels.insert(a.value(i).to_string(), l.value(i).to_string());
+    }
+    (sets, labels)
+}
+
+#[test]
+fn diff_overlap_equals_the_triplet_sets_in_memory_and_in_partitions_on_disk() {
+    let dir = TempDir::new().unwrap();
+    let input = dir.path().join("data.parquet");
+    gen_table(&input, &["--rows", "1500", "--dim", "8", "--labels", "9"]);
+    // Random samples of two seeds, one of them on a sample of anchors: partly overlapping
+    // triplets, anchors in one run only.
+    for (out, extra) in [
+        ("a.parquet", vec!["--seed", "1"]),
+        ("b.parquet", vec!["--seed", "2", "--anchors-sample", "1100"]),
+    ] {
+        tripmine()
+            .current_dir(dir.path())
+            .args([
+                "mine",
+                "--no-progress",
+                "--sample",
+                "random",
+                "--num-negatives",
+                "3",
+            ])
+            .args(extra)
+            .arg("--in")
+            .arg(&input)
+            .args(["--out", out])
+            .assert()
+            .success();
+    }
+    let diff = |out: &str, extra: &[&str]| {
+        tripmine()
+            .env("TRIPMINE_UNCHECKED_MEMORY_LIMIT", "1")
+            .current_dir(dir.path())
+            .args(["-v", "diff", "a.parquet", "b.parquet", "--out", out])
+            .args(extra)
+            .assert()
+            .success()
+    };
+    let in_memory = diff("memory.parquet", &[]);
+    let stdout = String::from_utf8_lossy(&in_memory.get_output().stdout).to_string();
+    std::fs::create_dir(dir.path().join("scratch")).unwrap();
+    diff(
+        "disk.parquet",
+        &["--memory-limit", "64KiB", "--scratch-dir", "scratch"],
+    )
+    .stderr(predicate::str::contains("compared in partitions by anchor"));
+    let bytes = |f: &str| std::fs::read(dir.path().join(f)).unwrap();
+    assert!(
+        bytes("memory.parquet") == bytes("disk.parquet"),
+        "same comparison"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("scratch"))
+            .unwrap()
+            .count(),
+        0,
+        "the partitions have no name and leave nothing"
+    );
+
+    // The oracle: Jaccard of the (positive, negative) sets per anchor, and of all triplets.
+    let (sa, la) = triplet_sets(&dir.path().join("a.parquet"));
+    let (sb, lb) = triplet_sets(&dir.path().join("b.parquet"));
+    let anchors: HashSet<&String> = sa.keys().chain(sb.keys()).collect();
+    let empty = HashSet::new();
+    let (mut sum, mut inter_all, mut union_all) = (0.0, 0usize, 0usize);
+    let mut by_label: HashMap<String, (f64, f64)> = HashMap::new();
+    for a in &anchors {
+        let (x, y) = (sa.get(*a).unwrap_or(&empty), sb.get(*a).unwrap_or(&empty));
+        let inter = x.intersection(y).count();
+        let union = x.len() + y.len() - inter;
+        let j = inter as f64 / union as f64;
+        sum += j;
+        inter_all += inter;
+        union_all += union;
+        let label = la.get(*a).or_else(|| lb.get(*a)).unwrap();
+        let e = by_label.entry(label.clone()).or_default();
+        e.0 += j;
+        e.1 += 1.0;
+    }
+    assert!(inter_all > 0 && inter_all < union_all, "partial overlap");
+    let expected = format!(
+        "overlap: {:.4} mean Jaccard by anchor, {:.4} over all triplets",
+        sum / anchors.len() as f64,
+        inter_all as f64 / union_all as f64
+    );
+    assert!(stdout.contains(&expected), "{expected}\n{stdout}");
+    let d = read(&dir.path().join("disk.parquet"));
+    let labels = arrow::compute::cast(
+        d.column_by_name("label").unwrap(),
+        &arrow::datatypes::DataType::Utf8,
+    )
+    .unwrap();
+    let labels = labels.as_string::<i32>();
+    let jaccard = d
+        .column_by_name("anchor_jaccard")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    let anchors_b = d
+        .column_by_name("anchors_b")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::UInt64Type>();
+    for i in 0..d.num_rows() {
+        let l = labels.value(i);
+        let (s, n) = by_label[l];
+        assert!((jaccard.value(i) - s / n).abs() < 1e-12, "label {l}");
+        let covered = lb.values().filter(|x| x.as_str() == l).count() as u64;
+        assert_eq!(anchors_b.value(i), covered, "label {l}");
+    }
 }
