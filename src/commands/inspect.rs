@@ -7,7 +7,7 @@ use arrow::util::display::array_value_to_string;
 
 use crate::config::ColumnNames;
 use crate::error::{Result, contain_panics};
-use crate::io::{open_parquet, read_table, resolve_inputs};
+use crate::io::{ReadOptions, open_parquet, read_table_with, resolve_inputs};
 
 /// Schema, size and label counts of the inputs.
 #[derive(Debug, Clone)]
@@ -33,7 +33,12 @@ pub fn inspect(specs: &[PathBuf], columns: &ColumnNames) -> Result<Inspection> {
             .map(|f| format!("{}: {}", f.name(), f.data_type()))
             .collect())
     })?;
-    let table = read_table(&files, columns)?;
+    // Every row is read and checked; the vectors are counted, not kept.
+    let options = ReadOptions {
+        discard_vectors: true,
+        ..ReadOptions::default()
+    };
+    let table = read_table_with(&files, columns, &options)?;
     let names = table.label_names();
     let mut counts = vec![0u64; table.num_labels()];
     for &c in &table.label_codes {

@@ -29,6 +29,9 @@ pub struct ReadOptions {
     pub scratch_dir: Option<PathBuf>,
     /// L2-normalise rows as they are read when they spill (for cosine).
     pub normalize_if_spilled: bool,
+    /// Check and count the vectors, but keep none (the table's vectors are then empty):
+    /// for what describes a table without mining it.
+    pub discard_vectors: bool,
 }
 
 /// Opens a Parquet input for reading, after checking what its footer claims against the file:
@@ -133,7 +136,9 @@ pub fn read_table_with(
 ) -> Result<Table> {
     let files = resolve_inputs(specs)?;
     let mut reader = TableReader::new(columns);
-    if let Some(limit) = options.memory_limit {
+    if options.discard_vectors {
+        reader.vectors = VectorSink::Discard(0);
+    } else if let Some(limit) = options.memory_limit {
         // Row counts from the footers, to size the vectors before reading them, and the
         // `--with` columns' decoded sizes, which stay in memory.
         let (mut rows, mut bytes, mut extra) = (0u64, 0u64, 0u64);
@@ -575,6 +580,9 @@ impl<'a> TableReader<'a> {
     /// Sizes the vector sink once the dimension is known: the heap, or a scratch file when
     /// the vectors would take more than half of the memory limit.
     fn start_vectors(&mut self, dim: usize, file_rows: u64, file_len: u64) -> Result<()> {
+        if matches!(self.vectors, VectorSink::Discard(_)) {
+            return Ok(());
+        }
         let Some(plan) = &self.spill else {
             self.vectors.reserve(reservation(file_rows, dim, file_len));
             return Ok(());

@@ -228,6 +228,8 @@ impl Clone for Vectors {
 /// Where the reader puts rows.
 pub(crate) enum VectorSink {
     Heap(Vec<f32>),
+    /// Rows checked and counted, not kept (`tripmine inspect`): values seen.
+    Discard(usize),
     File {
         out: BufWriter<File>,
         values: usize,
@@ -262,6 +264,7 @@ impl VectorSink {
     pub(crate) fn extend(&mut self, row: &[f32]) -> Result<()> {
         match self {
             VectorSink::Heap(v) => v.extend_from_slice(row),
+            VectorSink::Discard(values) => *values += row.len(),
             VectorSink::File { out, values, .. } => {
                 out.write_all(bytemuck::cast_slice(row))
                     .map_err(|e| Error::io(Path::new("<scratch>"), e))?;
@@ -275,6 +278,7 @@ impl VectorSink {
     pub(crate) fn len(&self) -> usize {
         match self {
             VectorSink::Heap(v) => v.len(),
+            VectorSink::Discard(values) => *values,
             VectorSink::File { values, .. } => *values,
         }
     }
@@ -282,6 +286,7 @@ impl VectorSink {
     pub(crate) fn finish(self) -> Result<Vectors> {
         match self {
             VectorSink::Heap(v) => Ok(v.into()),
+            VectorSink::Discard(_) => Ok(Vec::new().into()),
             VectorSink::File {
                 out,
                 values,

@@ -634,6 +634,7 @@ fn read(job: &Job, batches: Option<BatchSource>) -> Result<Input> {
         memory_limit: config.mine.memory_limit.map(|b| b.0),
         scratch_dir: Some(job.scratch.clone()),
         normalize_if_spilled: config.mine.metric == Metric::Cosine,
+        discard_vectors: false,
     };
     let input = if config.input.retrieval() {
         let (table, queries) = read_retrieval(&config.input, &read_options)?;

@@ -356,6 +356,23 @@ fn nan_and_infinite_values_are_named_by_row() {
 }
 
 #[test]
+fn inspect_checks_the_vectors_it_does_not_keep() {
+    let dir = TempDir::new().unwrap();
+    let input = dir.path().join("bad.parquet");
+    write_table(
+        &input,
+        ints(&[0, 1, 0, 1]),
+        fixed(vec![Some(0.0), Some(1.0), Some(f32::NAN), Some(3.0)], 1, None),
+    );
+    tripmine()
+        .arg("inspect")
+        .arg(&input)
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("`embedding`, row 2"));
+}
+
+#[test]
 fn a_null_embedding_is_named_by_row() {
     let dir = TempDir::new().unwrap();
     let input = dir.path().join("bad.parquet");
