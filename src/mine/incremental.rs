@@ -45,12 +45,13 @@ pub struct Sifted {
     pub updated_removed: u64,
 }
 
-/// The rows appended to the table since the blocks sifted were mined: their positions,
-/// vectors (in chunks) and largest squared norm, gathered once for every block.
+/// The rows appended to the table since the blocks sifted were mined: their positions and
+/// largest squared norm. Their vectors are the end of the table's, read in place (under a
+/// memory limit, through the spilled table's mapping, whose pages are dropped as for any
+/// sweep) rather than copied.
 pub struct NewRows {
     old_rows: usize,
     rows: Vec<u32>,
-    vectors: Vec<Vec<f32>>,
     max_sq: f32,
 }
 
@@ -85,10 +86,6 @@ impl Miner<'_> {
                 .iter()
                 .map(|&r| self.norms_sq[r as usize])
                 .fold(0.0, f32::max),
-            vectors: rows
-                .chunks(NEW_ROWS_CHUNK)
-                .map(|c| self.gather(c.iter().copied()))
-                .collect(),
             rows,
         }
     }
@@ -99,8 +96,15 @@ impl Miner<'_> {
     /// (their neighbour labels counted again) and, where it can, into kept selections.
     pub fn sift_block(&self, block: &mut MinedBlock, new: &NewRows) -> (Vec<u32>, Sifted) {
         let n = self.table.rows();
-        let (old_rows, new_rows, new_vectors, new_max_sq) =
-            (new.old_rows, &new.rows, &new.vectors, new.max_sq);
+        let (old_rows, new_rows, new_max_sq) = (new.old_rows, &new.rows, new.max_sq);
+        let dim = self.table.dim;
+        // The new rows, chunk by chunk, and their vectors: consecutive rows of the table.
+        let new_vectors = || {
+            new_rows.chunks(NEW_ROWS_CHUNK).map(move |rows| {
+                let (first, last) = (rows[0] as usize, rows[rows.len() - 1] as usize);
+                (rows, &self.vectors[first * dim..(last + 1) * dim])
+            })
+        };
         if old_rows >= n || block.anchors.is_empty() {
             return (Vec::new(), Sifted::default());
         }
@@ -145,7 +149,7 @@ impl Miner<'_> {
                         .collect();
                     let queries = self.gather(records.iter().map(|r| r.anchor));
                     let mut dist = Vec::with_capacity(NEW_ROWS_CHUNK);
-                    for (rows, vectors) in new_rows.chunks(NEW_ROWS_CHUNK).zip(new_vectors) {
+                    for (rows, vectors) in new_vectors() {
                         let products = products_of(&queries, records.len(), vectors, rows.len());
                         for (i, record) in records.iter().enumerate() {
                             if sifts[i].changed {
@@ -175,7 +179,7 @@ impl Miner<'_> {
                         for &i in &entering {
                             sifts[i].entries_after = vec![0; sifts[i].entries.len()];
                         }
-                        for (rows, vectors) in new_rows.chunks(NEW_ROWS_CHUNK).zip(new_vectors) {
+                        for (rows, vectors) in new_vectors() {
                             let products =
                                 products_of(&queries, entering.len(), vectors, rows.len());
                             for (q, &i) in entering.iter().enumerate() {

@@ -362,7 +362,11 @@ fn inspect_checks_the_vectors_it_does_not_keep() {
     write_table(
         &input,
         ints(&[0, 1, 0, 1]),
-        fixed(vec![Some(0.0), Some(1.0), Some(f32::NAN), Some(3.0)], 1, None),
+        fixed(
+            vec![Some(0.0), Some(1.0), Some(f32::NAN), Some(3.0)],
+            1,
+            None,
+        ),
     );
     tripmine()
         .arg("inspect")

@@ -684,3 +684,37 @@ fn a_run_killed_at_any_point_leaves_no_partial_delta_and_the_rerun_delta_applies
         }
     }
 }
+
+#[test]
+fn incremental_runs_under_a_memory_limit_equal_a_full_run_in_memory() {
+    // Spilled vectors (a limit of a few KiB, the tests' unchecked limits): the sift reads the
+    // new rows through the scratch file's mapping; the reuse cap counts in passes.
+    let dir = TempDir::new().unwrap();
+    let files = partitions(dir.path(), Shape::Blobs, &[700, 250, 150], 6, 31);
+    let scratch = dir.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let args = ["--num-negatives", "3", "--max-negative-reuse", "2"];
+    let grown = dir.path().join("grown");
+    for end in 1..=files.len() {
+        let run = mine(&grown, &files[..end], &args)
+            .env("TRIPMINE_UNCHECKED_MEMORY_LIMIT", "1")
+            .args(["--memory-limit", "32KiB", "--scratch-dir"])
+            .arg(&scratch)
+            .arg("--state")
+            .arg(dir.path().join("state"))
+            .assert()
+            .success();
+        let log = String::from_utf8_lossy(&run.get_output().stderr).to_string();
+        assert!(log.contains("vectors spill to a scratch file"), "{log}");
+    }
+    assert_eq!(changes(&grown)["mode"], "incremental");
+    let full = dir.path().join("full");
+    mine(&full, &files, &args).assert().success();
+    for name in ["o.parquet", "s.parquet"] {
+        let bytes = |at: &Path| std::fs::read(at.join(name)).unwrap();
+        assert!(bytes(&grown) == bytes(&full), "{name} differs");
+    }
+    // The report's rows (its metadata records the options as given, the limit included).
+    let report = |at: &Path| crate::common::bin::read(&at.join("r.parquet"));
+    assert_eq!(report(&grown).columns(), report(&full).columns());
+}
