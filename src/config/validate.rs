@@ -224,8 +224,8 @@ impl MiningConfig {
     }
 }
 
-/// Incremental mining (`run.state`) covers labelled input files mined exactly, every anchor,
-/// with no rank window: what it keeps bounds what new rows can change only there.
+/// Incremental mining (`run.state`) covers labelled input files mined exactly, every anchor:
+/// what it keeps bounds what new rows can change only there.
 fn incremental_applies(options: &MiningOptions, in_memory: bool) -> Result<()> {
     let mine = &options.mine;
     let unsupported = if in_memory {
@@ -234,8 +234,6 @@ fn incremental_applies(options: &MiningOptions, in_memory: bool) -> Result<()> {
         Some("retrieval mode")
     } else if mine.anchors_sample.is_some() {
         Some("anchors_sample")
-    } else if mine.range_min > 0 || mine.range_max.is_some() {
-        Some("a rank window (range_min, range_max)")
     } else if mine.max_k.is_some() {
         Some("max_k (a capped search is not exact)")
     } else if !matches!(mine.index.trim(), "auto" | "Flat" | "IDMap,Flat") {

@@ -41,6 +41,9 @@ pub(super) struct Resolved {
     pub neighbour_reach: f32,
     /// Those rows, where the miner keeps them ([`Miner::keep_neighbours`]).
     pub neighbours: Vec<(f32, u32)>,
+    /// Under a rank window, the distance of its last rank (`range_max - 1`): a row nearer
+    /// moves every rank after it (`-inf`: no window; `inf`: the table holds fewer rows).
+    pub window_reach: f32,
 }
 
 /// How a guard judges a candidate.
@@ -324,6 +327,12 @@ fn bounds(m: &Miner, plan: &AnchorPlan, outcome: Option<&Resolved>) -> AnchorBou
     if !m.keep_neighbours {
         bounds.any_hi = resolved.neighbour_reach;
     }
+    // A row nearer than a rank window's last rank moves the window; one beyond it cannot
+    // be taken.
+    bounds.any_hi = bounds.any_hi.max(resolved.window_reach);
+    if resolved.window_reach > f32::NEG_INFINITY {
+        bounds.other_hi = bounds.other_hi.min(resolved.window_reach);
+    }
     bounds.other_near = match resolved.violating_neighbour {
         // A nearer negative could make it violating.
         Some(false) => band_end(NegativeStrategy::Semihard, hardest, p.margin),
@@ -471,6 +480,11 @@ pub(super) fn resolve(
             negative_rank: rank as u32,
         }));
     }
+    let window_reach = match m.params.range_max {
+        None => f32::NEG_INFINITY,
+        Some(max) if max > 0 && trusted >= max => list[max - 1].0,
+        Some(_) => f32::INFINITY,
+    };
     Some(Resolved {
         triplets,
         violating_neighbour,
@@ -478,6 +492,7 @@ pub(super) fn resolve(
         guard_removed,
         neighbour_reach,
         neighbours,
+        window_reach,
     })
 }
 

@@ -1427,6 +1427,8 @@ fn finish(
         guard_removed: [0; 4],
         neighbour_reach,
         neighbours,
+        // Bands only: a window goes through the ladder's selection.
+        window_reach: f32::NEG_INFINITY,
     }
 }
 

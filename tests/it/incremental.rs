@@ -163,9 +163,35 @@ fn grow_and_compare(dir: &Path, files: &[PathBuf], args: &[&str]) -> serde_json:
     changes(&grown)
 }
 
+/// Rank windows: a new row nearer than the window's last rank moves it.
+const WINDOW_SETS: [&[&str]; 2] = [
+    &[
+        "--range-min",
+        "2",
+        "--range-max",
+        "30",
+        "--num-negatives",
+        "3",
+    ],
+    &[
+        "--range-max",
+        "40",
+        "--negatives",
+        "hardest",
+        "--sample",
+        "random",
+        "--seed",
+        "4",
+        "--metric",
+        "cosine",
+        "--near-duplicate",
+        "0.99",
+    ],
+];
+
 /// Option sets covering every positive and negative strategy, sampling, both metrics, the
-/// cross-anchor rules and the guards.
-const OPTION_SETS: [&[&str]; 10] = [
+/// cross-anchor rules, the guards and rank windows.
+const OPTION_SETS: [&[&str]; 12] = [
     &[],
     &["--negatives", "hard"],
     &[
@@ -240,6 +266,8 @@ const OPTION_SETS: [&[&str]; 10] = [
         "--sample",
         "random",
     ],
+    WINDOW_SETS[0],
+    WINDOW_SETS[1],
 ];
 
 proptest! {
@@ -291,6 +319,26 @@ fn an_incremental_run_mines_again_only_anchors_new_rows_can_change() {
     let kept = changes["triplets_kept"].as_u64().unwrap();
     let removed = changes["triplets_removed"].as_u64().unwrap();
     assert!(kept > 4 * removed, "kept {kept}, removed {removed}");
+}
+
+#[test]
+fn rank_windows_mined_incrementally_equal_a_full_run() {
+    for (shape, options) in [
+        (Shape::Blobs, WINDOW_SETS[0]),
+        (Shape::Grid, WINDOW_SETS[0]),
+        (Shape::Blobs, WINDOW_SETS[1]),
+    ] {
+        let dir = TempDir::new().unwrap();
+        let files = partitions(dir.path(), shape, &[600, 40, 25], 5, 17);
+        let changes = grow_and_compare(dir.path(), &files, options);
+        assert_eq!(changes["mode"], "incremental", "{options:?}");
+        let again = changes["anchors_mined_again"].as_u64().unwrap();
+        // A new row moves the windows it lands inside, not the others.
+        assert!(
+            again > 0 && again < 640,
+            "{options:?}: {again} anchors mined again"
+        );
+    }
 }
 
 #[test]
@@ -424,7 +472,6 @@ fn options_incremental_mining_does_not_cover_are_refused_at_start() {
     let files = partitions(dir.path(), Shape::Blobs, &[100], 3, 7);
     for extra in [
         &["--anchors-sample", "10"][..],
-        &["--range-max", "20"],
         &["--index", "IVF4,Flat"],
         &["--max-k", "128"],
     ] {

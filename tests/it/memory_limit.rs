@@ -168,6 +168,24 @@ fn random_sampled_negatives_with_reports_stay_under_the_limit() {
 }
 
 #[test]
+fn cosine_guards_on_the_deepening_ladder_stay_under_the_limit() {
+    // The guards keep the search on the ladder (not the one-pass engine); cosine normalises
+    // the rows as they spill.
+    assert_within_limit(&[
+        "--anchors-sample",
+        "1000",
+        "--metric",
+        "cosine",
+        "--negatives",
+        "hardest",
+        "--positive-percent",
+        "99",
+        "--near-duplicate",
+        "0.9",
+    ]);
+}
+
+#[test]
 fn all_positives_of_large_label_groups_stay_under_the_limit() {
     // 200 rows a label: 199 pairs an anchor, each keeping the band rows it may still need.
     assert_within_limit(&[
