@@ -331,6 +331,9 @@ struct AnchorState {
     nearest_rows: Nearest,
     /// Twice the bound on |GEMM distance - exact distance| for this anchor.
     slack: f32,
+    /// Its pairs only rank sampled rows ([`sample_pairs`]: bands of one distance, nothing
+    /// pruned), which [`scan_ranks_avx2`] serves.
+    ranks_only: bool,
     /// Reused by [`scan`].
     edges: Vec<Edges>,
 }
@@ -517,6 +520,7 @@ fn resolve_group(
                 nearest_negative: Nearest::new(1),
                 nearest_rows: Nearest::new(window.unwrap_or(near)),
                 slack: 2.0 * gemm_error_bound(dim, query_norm_of(plan.anchor), max_norm),
+                ranks_only: drawn.is_some(),
                 edges: Vec::new(),
             }
         })
@@ -791,6 +795,7 @@ fn rank_samples(
             nearest_negative: Nearest::new(0),
             nearest_rows: Nearest::new(0),
             slack: 2.0 * gemm_error_bound(dim, qn, max_norm),
+            ranks_only: true,
             edges: Vec::new(),
         })
         .collect();
@@ -810,14 +815,29 @@ fn rank_anchor(
     rows: &RowSource,
     anchor: &[f32],
 ) {
+    let a_sq = crate::score::dot(anchor, anchor) as f32;
     for (t, pair) in r.triplets.iter_mut().zip(pairs) {
         let at = (t.d_an, t.negative);
+        // The pass kept the rows within twice the largest error bound of the sample's
+        // (exact) distance; most lie beyond their own row's bound of it, which decides them
+        // without the exact distance (a hundredth more for the norms' own rounding).
         let nearer = pair
             .near
             .iter()
-            .filter(|&&(_, x)| x != t.negative)
-            .map(|&(_, x)| (rows.distance(m, anchor, x), x))
-            .filter(|&(d, x)| d.total_cmp(&at.0).then(x.cmp(&at.1)).is_lt())
+            .filter(|&&(d, x)| {
+                if x == t.negative {
+                    return false;
+                }
+                let bound = 1.01 * gemm_error_bound(anchor.len(), a_sq, m.norms_sq[x as usize]);
+                if d + bound < at.0 {
+                    true
+                } else if d - bound > at.0 {
+                    false
+                } else {
+                    let d = rows.distance(m, anchor, x);
+                    d.total_cmp(&at.0).then(x.cmp(&at.1)).is_lt()
+                }
+            })
             .count();
         t.negative_rank = pair.below + nearer as u32;
     }
@@ -894,7 +914,13 @@ fn scan(
     #[cfg(target_arch = "x86_64")]
     if !m.portable_scan && std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the processor has AVX2 (checked just above).
-        unsafe { scan_chunks_avx2(m, plan, state, &mut edges, chunks, to_d, first, limit) };
+        unsafe {
+            if state.ranks_only {
+                scan_ranks_avx2(m, plan, state, &mut edges, chunks, to_d, first);
+            } else {
+                scan_chunks_avx2(m, plan, state, &mut edges, chunks, to_d, first, limit);
+            }
+        }
     } else {
         scan_chunks(m, plan, state, &mut edges, chunks, to_d, first, limit);
     }
@@ -1094,6 +1120,124 @@ unsafe fn scan_chunks_avx2(
             if lanes != 0 {
                 store(&mut d);
                 keep(m, plan, pair, e, &d, lanes, base, limit, slack);
+            }
+        }
+    }
+    for (e, acc) in edges.iter_mut().zip(below.iter()) {
+        let mut lanes = [0u32; CHUNK];
+        // SAFETY: `lanes` holds 16 u32s.
+        unsafe {
+            _mm256_storeu_si256(lanes.as_mut_ptr().cast(), acc[0]);
+            _mm256_storeu_si256(lanes.as_mut_ptr().add(8).cast(), acc[1]);
+        }
+        for (b, l) in e.below.iter_mut().zip(lanes) {
+            *b += l;
+        }
+    }
+}
+
+/// [`scan_chunks_avx2`] for an anchor whose pairs only rank sampled rows ([`sample_pairs`]:
+/// unkeyed, never pruned, each a band of one distance): per pair and 8 rows one comparison
+/// to count the rows before its band and one to find those within it, the latter merged
+/// over the pairs, so a chunk is looked at row by row only where some row lies within some
+/// pair's band (within the GEMM's error of a sampled row's distance: rare).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn scan_ranks_avx2(
+    m: &Miner,
+    plan: &AnchorPlan,
+    state: &mut AnchorState,
+    edges: &mut [Edges],
+    (row, norms): (&[f32], &[f32]),
+    to_d: ToDistance,
+    first: u32,
+) {
+    use std::arch::x86_64::*;
+    let distances = |x: __m256, tn: __m256| match to_d {
+        ToDistance::L2 { query_sq } => _mm256_sub_ps(
+            _mm256_add_ps(_mm256_set1_ps(query_sq), tn),
+            _mm256_add_ps(x, x),
+        ),
+        ToDistance::Cosine => _mm256_sub_ps(_mm256_set1_ps(1.0), x),
+    };
+    let lanes_of =
+        |m0: __m256, m1: __m256| (_mm256_movemask_ps(m0) | _mm256_movemask_ps(m1) << 8) as u32;
+    let mut on_stack = [[_mm256_setzero_si256(); 2]; AVX2_PAIRS];
+    let mut on_heap = Vec::new();
+    let below = if edges.len() <= AVX2_PAIRS {
+        &mut on_stack[..edges.len()]
+    } else {
+        on_heap.resize(edges.len(), [_mm256_setzero_si256(); 2]);
+        &mut on_heap[..]
+    };
+    let zero = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut bounds_on_stack = [zero; AVX2_PAIRS];
+    let mut bounds_on_heap = Vec::new();
+    let bounds = if edges.len() <= AVX2_PAIRS {
+        &mut bounds_on_stack[..edges.len()]
+    } else {
+        bounds_on_heap.resize(edges.len(), zero);
+        &mut bounds_on_heap[..]
+    };
+    for (b, e) in bounds.iter_mut().zip(edges.iter()) {
+        *b = (_mm256_set1_ps(e.before), _mm256_set1_ps(e.hi));
+    }
+    for c in 0..row.len() / CHUNK {
+        let at = c * CHUNK;
+        // SAFETY: `at + 16 <= row.len() == norms.len()`; unaligned loads.
+        let (d0, d1) = unsafe {
+            let x0 = _mm256_loadu_ps(row.as_ptr().add(at));
+            let x1 = _mm256_loadu_ps(row.as_ptr().add(at + 8));
+            let t0 = _mm256_loadu_ps(norms.as_ptr().add(at));
+            let t1 = _mm256_loadu_ps(norms.as_ptr().add(at + 8));
+            (distances(x0, t0), distances(x1, t1))
+        };
+        let base = first + at as u32;
+        let mut d = [0f32; CHUNK];
+        let store = |d: &mut [f32; CHUNK]| {
+            // SAFETY: `d` holds 16 floats.
+            unsafe {
+                _mm256_storeu_ps(d.as_mut_ptr(), d0);
+                _mm256_storeu_ps(d.as_mut_ptr().add(8), d1);
+            }
+        };
+        let small_cut = _mm256_set1_ps(state.nearest_negative.cut.max(state.nearest_rows.cut));
+        let small = lanes_of(
+            _mm256_cmp_ps::<_CMP_LE_OQ>(d0, small_cut),
+            _mm256_cmp_ps::<_CMP_LE_OQ>(d1, small_cut),
+        );
+        if small != 0 {
+            store(&mut d);
+            let (rows, negative) = (&mut state.nearest_rows, &mut state.nearest_negative);
+            offer_nearest(m, plan, rows, negative, state.slack, &d, small, base);
+        }
+        let (mut in0, mut in1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for (&(before, hi), acc) in bounds.iter().zip(below.iter_mut()) {
+            let lt0 = _mm256_cmp_ps::<_CMP_LT_OQ>(d0, before);
+            let lt1 = _mm256_cmp_ps::<_CMP_LT_OQ>(d1, before);
+            acc[0] = _mm256_sub_epi32(acc[0], _mm256_castps_si256(lt0));
+            acc[1] = _mm256_sub_epi32(acc[1], _mm256_castps_si256(lt1));
+            in0 = _mm256_or_ps(
+                in0,
+                _mm256_andnot_ps(lt0, _mm256_cmp_ps::<_CMP_LE_OQ>(d0, hi)),
+            );
+            in1 = _mm256_or_ps(
+                in1,
+                _mm256_andnot_ps(lt1, _mm256_cmp_ps::<_CMP_LE_OQ>(d1, hi)),
+            );
+        }
+        let lanes = lanes_of(in0, in1);
+        if lanes != 0 {
+            store(&mut d);
+            for (pair, e) in state.pairs.iter_mut().zip(edges.iter()) {
+                let mut l = lanes;
+                while l != 0 {
+                    let j = l.trailing_zeros() as usize;
+                    l &= l - 1;
+                    if d[j] >= e.before && d[j] <= e.hi {
+                        pair.near.push((d[j], base + j as u32));
+                    }
+                }
             }
         }
     }

@@ -320,12 +320,22 @@ fn sample_shortcuts_give_the_samples_and_ranks_of_two_passes() {
     }
 }
 
+/// `table` with `offset` added to every coordinate (labels kept).
+fn shifted(table: Table, offset: f32) -> Table {
+    let vectors: Vec<f32> = table.vectors().iter().map(|x| x + offset).collect();
+    let labels = table.label_column().expect("labelled").clone();
+    Table::from_arrays(None, labels, vectors, table.dim()).unwrap()
+}
+
 #[test]
 fn random_samples_are_qualifying_rows_with_exact_ranks() {
     for (table, metric) in [
         (blob_table(500, 6, 3, 32), Metric::L2sq),
         (blob_table(400, 5, 4, 33), Metric::Cosine),
         (grid_table(300, 2, 3, 3, 34), Metric::L2sq),
+        // Far from the origin: the products' rounding errors (the norms are large) exceed the
+        // gaps between neighbours' distances, so many decisions fall to the exact distance.
+        (shifted(blob_table(500, 6, 3, 36), 200.0), Metric::L2sq),
     ] {
         let oracle = Oracle::new(&table, metric);
         for s in STRATEGIES {
