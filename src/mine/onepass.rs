@@ -1005,6 +1005,119 @@ fn lanes_where(test: impl Fn(usize) -> bool) -> u32 {
 /// (more, on the heap).
 const AVX2_PAIRS: usize = 8;
 
+/// The distances of rows `at..at + 16` of a tile, as two vectors of 8: the products `row`
+/// turned into distances by `to_d` with the rows' squared `norms` (as `ToDistance::at`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn chunk_distances_avx2(
+    row: &[f32],
+    norms: &[f32],
+    at: usize,
+    to_d: ToDistance,
+) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+    use std::arch::x86_64::*;
+    let (x, t) = (&row[at..at + CHUNK], &norms[at..at + CHUNK]);
+    // SAFETY: both slices hold 16 floats; unaligned loads.
+    let (x0, x1, t0, t1) = unsafe {
+        (
+            _mm256_loadu_ps(x.as_ptr()),
+            _mm256_loadu_ps(x.as_ptr().add(8)),
+            _mm256_loadu_ps(t.as_ptr()),
+            _mm256_loadu_ps(t.as_ptr().add(8)),
+        )
+    };
+    let distances = |x: __m256, tn: __m256| match to_d {
+        // (|q|^2 + |r|^2) - 2 x, as `ToDistance::at` computes it.
+        ToDistance::L2 { query_sq } => _mm256_sub_ps(
+            _mm256_add_ps(_mm256_set1_ps(query_sq), tn),
+            _mm256_add_ps(x, x),
+        ),
+        ToDistance::Cosine => _mm256_sub_ps(_mm256_set1_ps(1.0), x),
+    };
+    (distances(x0, t0), distances(x1, t1))
+}
+
+/// A bit per row of a chunk: the sign bits of its two masks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn lanes_of_avx2(m0: std::arch::x86_64::__m256, m1: std::arch::x86_64::__m256) -> u32 {
+    use std::arch::x86_64::_mm256_movemask_ps;
+    (_mm256_movemask_ps(m0) | _mm256_movemask_ps(m1) << 8) as u32
+}
+
+/// Adds the per-lane counts of rows before each pair's band (two vectors of 8 lanes a pair)
+/// to its edges.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn add_lane_counts_avx2<'a>(
+    edges: &mut [Edges],
+    below: impl Iterator<Item = &'a [std::arch::x86_64::__m256i; 2]>,
+) {
+    use std::arch::x86_64::_mm256_storeu_si256;
+    for (e, acc) in edges.iter_mut().zip(below) {
+        let mut lanes = [0u32; CHUNK];
+        // SAFETY: `lanes` holds 16 u32s.
+        unsafe {
+            _mm256_storeu_si256(lanes.as_mut_ptr().cast(), acc[0]);
+            _mm256_storeu_si256(lanes.as_mut_ptr().add(8).cast(), acc[1]);
+        }
+        for (b, l) in e.below.iter_mut().zip(lanes) {
+            *b += l;
+        }
+    }
+}
+
+/// Offers the rows of a chunk (distances `d0`, `d1`, from `base` on) within the anchor's
+/// nearest cuts to its nearest rows and nearest negative, storing the distances in `d` if
+/// any is (`stored` says whether they were).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn offer_chunk_nearest_avx2(
+    m: &Miner,
+    plan: &AnchorPlan,
+    state: &mut AnchorState,
+    (d0, d1): (std::arch::x86_64::__m256, std::arch::x86_64::__m256),
+    base: u32,
+    d: &mut [f32; CHUNK],
+    stored: &mut bool,
+) {
+    use std::arch::x86_64::*;
+    let small_cut = _mm256_set1_ps(state.nearest_negative.cut.max(state.nearest_rows.cut));
+    let small = lanes_of_avx2(
+        _mm256_cmp_ps::<_CMP_LE_OQ>(d0, small_cut),
+        _mm256_cmp_ps::<_CMP_LE_OQ>(d1, small_cut),
+    );
+    if small != 0 {
+        store_chunk_avx2(d, (d0, d1), stored);
+        let (rows, negative) = (&mut state.nearest_rows, &mut state.nearest_negative);
+        offer_nearest(m, plan, rows, negative, state.slack, d, small, base);
+    }
+}
+
+/// Stores a chunk's two vectors of distances into `d`, once (`stored`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn store_chunk_avx2(
+    d: &mut [f32; CHUNK],
+    (d0, d1): (std::arch::x86_64::__m256, std::arch::x86_64::__m256),
+    stored: &mut bool,
+) {
+    use std::arch::x86_64::_mm256_storeu_ps;
+    if !*stored {
+        // SAFETY: `d` holds 16 floats.
+        unsafe {
+            _mm256_storeu_ps(d.as_mut_ptr(), d0);
+            _mm256_storeu_ps(d.as_mut_ptr().add(8), d1);
+        }
+        *stored = true;
+    }
+}
+
 /// The whole chunks of [`scan`] in AVX2: two vectors of 8 rows at a time, counts kept per
 /// lane, the same comparisons as [`scan_chunks`] (ordered: a NaN is in no band).
 #[cfg(target_arch = "x86_64")]
@@ -1022,18 +1135,7 @@ unsafe fn scan_chunks_avx2(
 ) {
     use std::arch::x86_64::*;
     const _: () = assert!(CHUNK == 16);
-    let distances = |x: __m256, tn: __m256| match to_d {
-        // (|q|^2 + |r|^2) - 2 x, as `ToDistance::at` computes it.
-        ToDistance::L2 { query_sq } => _mm256_sub_ps(
-            _mm256_add_ps(_mm256_set1_ps(query_sq), tn),
-            _mm256_add_ps(x, x),
-        ),
-        ToDistance::Cosine => _mm256_sub_ps(_mm256_set1_ps(1.0), x),
-    };
     let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    // A bit per row of the chunk: the sign bits of the two masks.
-    let lanes_of =
-        |m0: __m256, m1: __m256| (_mm256_movemask_ps(m0) | _mm256_movemask_ps(m1) << 8) as u32;
     // All ones in the lanes whose row's key is at most the cut: `key` in 8 lanes.
     let sampled = |rows: __m256i, k: Keyed| {
         // [`Keyed::key`], eight lanes at a time.
@@ -1063,38 +1165,11 @@ unsafe fn scan_chunks_avx2(
     };
     for c in 0..row.len() / CHUNK {
         let at = c * CHUNK;
-        // SAFETY: `at + 16 <= row.len() == norms.len()`; unaligned loads.
-        let (d0, d1) = unsafe {
-            let x0 = _mm256_loadu_ps(row.as_ptr().add(at));
-            let x1 = _mm256_loadu_ps(row.as_ptr().add(at + 8));
-            let t0 = _mm256_loadu_ps(norms.as_ptr().add(at));
-            let t1 = _mm256_loadu_ps(norms.as_ptr().add(at + 8));
-            (distances(x0, t0), distances(x1, t1))
-        };
+        let (d0, d1) = chunk_distances_avx2(row, norms, at, to_d);
         let base = first + at as u32;
         let slack = state.slack;
-        let mut d = [0f32; CHUNK];
-        let mut stored = false;
-        let mut store = |d: &mut [f32; CHUNK]| {
-            if !stored {
-                // SAFETY: `d` holds 16 floats.
-                unsafe {
-                    _mm256_storeu_ps(d.as_mut_ptr(), d0);
-                    _mm256_storeu_ps(d.as_mut_ptr().add(8), d1);
-                }
-                stored = true;
-            }
-        };
-        let small_cut = _mm256_set1_ps(state.nearest_negative.cut.max(state.nearest_rows.cut));
-        let small = lanes_of(
-            _mm256_cmp_ps::<_CMP_LE_OQ>(d0, small_cut),
-            _mm256_cmp_ps::<_CMP_LE_OQ>(d1, small_cut),
-        );
-        if small != 0 {
-            store(&mut d);
-            let (rows, negative) = (&mut state.nearest_rows, &mut state.nearest_negative);
-            offer_nearest(m, plan, rows, negative, slack, &d, small, base);
-        }
+        let (mut d, mut stored) = ([0f32; CHUNK], false);
+        offer_chunk_nearest_avx2(m, plan, state, (d0, d1), base, &mut d, &mut stored);
         for ((e, acc), pair) in edges
             .iter_mut()
             .zip(below.iter_mut())
@@ -1116,24 +1191,14 @@ unsafe fn scan_chunks_avx2(
                 in0 = _mm256_and_ps(in0, sampled(rows0, k));
                 in1 = _mm256_and_ps(in1, sampled(rows1, k));
             }
-            let lanes = lanes_of(in0, in1);
+            let lanes = lanes_of_avx2(in0, in1);
             if lanes != 0 {
-                store(&mut d);
+                store_chunk_avx2(&mut d, (d0, d1), &mut stored);
                 keep(m, plan, pair, e, &d, lanes, base, limit, slack);
             }
         }
     }
-    for (e, acc) in edges.iter_mut().zip(below.iter()) {
-        let mut lanes = [0u32; CHUNK];
-        // SAFETY: `lanes` holds 16 u32s.
-        unsafe {
-            _mm256_storeu_si256(lanes.as_mut_ptr().cast(), acc[0]);
-            _mm256_storeu_si256(lanes.as_mut_ptr().add(8).cast(), acc[1]);
-        }
-        for (b, l) in e.below.iter_mut().zip(lanes) {
-            *b += l;
-        }
-    }
+    add_lane_counts_avx2(edges, below.iter());
 }
 
 /// [`scan_chunks_avx2`] for an anchor whose pairs only rank sampled rows ([`sample_pairs`]:
@@ -1153,82 +1218,43 @@ unsafe fn scan_ranks_avx2(
     first: u32,
 ) {
     use std::arch::x86_64::*;
-    let distances = |x: __m256, tn: __m256| match to_d {
-        ToDistance::L2 { query_sq } => _mm256_sub_ps(
-            _mm256_add_ps(_mm256_set1_ps(query_sq), tn),
-            _mm256_add_ps(x, x),
-        ),
-        ToDistance::Cosine => _mm256_sub_ps(_mm256_set1_ps(1.0), x),
-    };
-    let lanes_of =
-        |m0: __m256, m1: __m256| (_mm256_movemask_ps(m0) | _mm256_movemask_ps(m1) << 8) as u32;
-    let mut on_stack = [[_mm256_setzero_si256(); 2]; AVX2_PAIRS];
-    let mut on_heap = Vec::new();
-    let below = if edges.len() <= AVX2_PAIRS {
+    let zeros = [_mm256_setzero_si256(); 2];
+    let bound = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    // Counts and edges in registers (or near); on the heap for many samples.
+    let (mut on_stack, mut on_heap) = ([(zeros, bound); AVX2_PAIRS], Vec::new());
+    let pairs = if edges.len() <= AVX2_PAIRS {
         &mut on_stack[..edges.len()]
     } else {
-        on_heap.resize(edges.len(), [_mm256_setzero_si256(); 2]);
+        on_heap.resize(edges.len(), (zeros, bound));
         &mut on_heap[..]
     };
-    let zero = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut bounds_on_stack = [zero; AVX2_PAIRS];
-    let mut bounds_on_heap = Vec::new();
-    let bounds = if edges.len() <= AVX2_PAIRS {
-        &mut bounds_on_stack[..edges.len()]
-    } else {
-        bounds_on_heap.resize(edges.len(), zero);
-        &mut bounds_on_heap[..]
-    };
-    for (b, e) in bounds.iter_mut().zip(edges.iter()) {
-        *b = (_mm256_set1_ps(e.before), _mm256_set1_ps(e.hi));
+    for (p, e) in pairs.iter_mut().zip(edges.iter()) {
+        p.1 = (_mm256_set1_ps(e.before), _mm256_set1_ps(e.hi));
     }
     for c in 0..row.len() / CHUNK {
         let at = c * CHUNK;
-        // SAFETY: `at + 16 <= row.len() == norms.len()`; unaligned loads.
-        let (d0, d1) = unsafe {
-            let x0 = _mm256_loadu_ps(row.as_ptr().add(at));
-            let x1 = _mm256_loadu_ps(row.as_ptr().add(at + 8));
-            let t0 = _mm256_loadu_ps(norms.as_ptr().add(at));
-            let t1 = _mm256_loadu_ps(norms.as_ptr().add(at + 8));
-            (distances(x0, t0), distances(x1, t1))
-        };
+        let (d0, d1) = chunk_distances_avx2(row, norms, at, to_d);
         let base = first + at as u32;
-        let mut d = [0f32; CHUNK];
-        let store = |d: &mut [f32; CHUNK]| {
-            // SAFETY: `d` holds 16 floats.
-            unsafe {
-                _mm256_storeu_ps(d.as_mut_ptr(), d0);
-                _mm256_storeu_ps(d.as_mut_ptr().add(8), d1);
-            }
-        };
-        let small_cut = _mm256_set1_ps(state.nearest_negative.cut.max(state.nearest_rows.cut));
-        let small = lanes_of(
-            _mm256_cmp_ps::<_CMP_LE_OQ>(d0, small_cut),
-            _mm256_cmp_ps::<_CMP_LE_OQ>(d1, small_cut),
-        );
-        if small != 0 {
-            store(&mut d);
-            let (rows, negative) = (&mut state.nearest_rows, &mut state.nearest_negative);
-            offer_nearest(m, plan, rows, negative, state.slack, &d, small, base);
-        }
+        let (mut d, mut stored) = ([0f32; CHUNK], false);
+        offer_chunk_nearest_avx2(m, plan, state, (d0, d1), base, &mut d, &mut stored);
         let (mut in0, mut in1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        for (&(before, hi), acc) in bounds.iter().zip(below.iter_mut()) {
-            let lt0 = _mm256_cmp_ps::<_CMP_LT_OQ>(d0, before);
-            let lt1 = _mm256_cmp_ps::<_CMP_LT_OQ>(d1, before);
+        for (acc, (before, hi)) in pairs.iter_mut() {
+            let lt0 = _mm256_cmp_ps::<_CMP_LT_OQ>(d0, *before);
+            let lt1 = _mm256_cmp_ps::<_CMP_LT_OQ>(d1, *before);
             acc[0] = _mm256_sub_epi32(acc[0], _mm256_castps_si256(lt0));
             acc[1] = _mm256_sub_epi32(acc[1], _mm256_castps_si256(lt1));
             in0 = _mm256_or_ps(
                 in0,
-                _mm256_andnot_ps(lt0, _mm256_cmp_ps::<_CMP_LE_OQ>(d0, hi)),
+                _mm256_andnot_ps(lt0, _mm256_cmp_ps::<_CMP_LE_OQ>(d0, *hi)),
             );
             in1 = _mm256_or_ps(
                 in1,
-                _mm256_andnot_ps(lt1, _mm256_cmp_ps::<_CMP_LE_OQ>(d1, hi)),
+                _mm256_andnot_ps(lt1, _mm256_cmp_ps::<_CMP_LE_OQ>(d1, *hi)),
             );
         }
-        let lanes = lanes_of(in0, in1);
+        let lanes = lanes_of_avx2(in0, in1);
         if lanes != 0 {
-            store(&mut d);
+            store_chunk_avx2(&mut d, (d0, d1), &mut stored);
             for (pair, e) in state.pairs.iter_mut().zip(edges.iter()) {
                 let mut l = lanes;
                 while l != 0 {
@@ -1241,17 +1267,7 @@ unsafe fn scan_ranks_avx2(
             }
         }
     }
-    for (e, acc) in edges.iter_mut().zip(below.iter()) {
-        let mut lanes = [0u32; CHUNK];
-        // SAFETY: `lanes` holds 16 u32s.
-        unsafe {
-            _mm256_storeu_si256(lanes.as_mut_ptr().cast(), acc[0]);
-            _mm256_storeu_si256(lanes.as_mut_ptr().add(8).cast(), acc[1]);
-        }
-        for (b, l) in e.below.iter_mut().zip(lanes) {
-            *b += l;
-        }
-    }
+    add_lane_counts_avx2(edges, pairs.iter().map(|p| &p.0));
 }
 
 /// The rows of a chunk from `base` on, at distances `d`, that `lanes` names (a bit per row;
