@@ -224,16 +224,14 @@ impl MiningConfig {
     }
 }
 
-/// Incremental mining (`run.state`) covers labelled input files mined exactly, every anchor:
-/// what it keeps bounds what new rows can change only there.
+/// Incremental mining (`run.state`) covers labelled input files mined exactly: what it keeps
+/// bounds what new rows can change only there.
 fn incremental_applies(options: &MiningOptions, in_memory: bool) -> Result<()> {
     let mine = &options.mine;
     let unsupported = if in_memory {
         Some("rows handed over in memory (it compares input files)")
     } else if options.input.retrieval() {
         Some("retrieval mode")
-    } else if mine.anchors_sample.is_some() {
-        Some("anchors_sample")
     } else if mine.max_k.is_some() {
         Some("max_k (a capped search is not exact)")
     } else if !matches!(mine.index.trim(), "auto" | "Flat" | "IDMap,Flat") {

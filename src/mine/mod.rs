@@ -165,6 +165,36 @@ pub struct MinedBlock {
 }
 
 impl MinedBlock {
+    /// Keeps the anchors `keep` says so, with their triplets and neighbours; the anchors and
+    /// triplets taken out.
+    pub fn retain_anchors(&mut self, keep: impl Fn(u32) -> bool) -> (usize, usize) {
+        if self.anchors.iter().all(|r| keep(r.anchor)) {
+            return (0, 0);
+        }
+        let (before_anchors, before_triplets) = (self.anchors.len(), self.triplets.len());
+        let (mut triplets, mut neighbours) = (Vec::new(), Vec::new());
+        let (mut at, mut near_at) = (0, 0);
+        for r in &self.anchors {
+            let start = at;
+            while at < self.triplets.len() && self.triplets[at].anchor == r.anchor {
+                at += 1;
+            }
+            let near = near_at..near_at + r.neighbours as usize;
+            near_at = near.end;
+            if keep(r.anchor) {
+                triplets.extend_from_slice(&self.triplets[start..at]);
+                neighbours.extend_from_slice(&self.neighbours[near]);
+            }
+        }
+        self.anchors.retain(|r| keep(r.anchor));
+        self.triplets = triplets;
+        self.neighbours = neighbours;
+        (
+            before_anchors - self.anchors.len(),
+            before_triplets - self.triplets.len(),
+        )
+    }
+
     /// Appends `other`'s anchors after this block's.
     pub fn append(&mut self, other: MinedBlock) {
         self.triplets.extend(other.triplets);
@@ -656,12 +686,23 @@ impl<'t> Miner<'t> {
         };
         match self.params.anchors_sample {
             Some(m) if m < n => {
-                let mut rng =
-                    ChaCha8Rng::seed_from_u64(seeded_hash(self.params.seed, u64::MAX, 0, 0));
-                let mut picked: Vec<u32> = rand::seq::index::sample(&mut rng, n, m)
-                    .into_iter()
-                    .map(|r| r as u32)
-                    .collect();
+                // The `m` rows of smallest key, a seeded key per row that does not depend on
+                // the row count: a table that grows keeps every earlier pick whose key stays
+                // among the `m` smallest (an incremental run drops the others and mines the
+                // new rows that enter). A max-heap of the `m` smallest so far.
+                let keyed =
+                    onepass::Keyed::wide(seeded_hash(self.params.seed, u64::MAX, 0, 0) as u32);
+                let mut smallest = std::collections::BinaryHeap::with_capacity(m + 1);
+                for row in 0..n as u32 {
+                    let key = keyed.key(row);
+                    if smallest.len() < m {
+                        smallest.push((key, row));
+                    } else if smallest.peek().is_some_and(|&(top, _)| key < top) {
+                        smallest.pop();
+                        smallest.push((key, row));
+                    }
+                }
+                let mut picked: Vec<u32> = smallest.into_iter().map(|(_, row)| row).collect();
                 picked.sort_unstable();
                 picked
             }

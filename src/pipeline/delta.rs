@@ -78,9 +78,10 @@ impl PreviousOutput {
         })
     }
 
-    /// The triplets `anchor` had, if the previous run mined it. Anchors are asked for in
-    /// ascending order.
-    fn triplets_of(&mut self, anchor: u32) -> Result<&[Triplet]> {
+    /// The triplets `anchor` had, if the previous run mined it; the triplets of the anchors
+    /// before it that this run does not have (they left `--anchors-sample`) go to `gone`.
+    /// Anchors are asked for in ascending order (`u32::MAX`: every anchor left).
+    fn triplets_of(&mut self, anchor: u32, gone: &mut Vec<Triplet>) -> Result<&[Triplet]> {
         loop {
             while self.record < self.block.anchors.len() {
                 let here = self.block.anchors[self.record].anchor;
@@ -96,6 +97,7 @@ impl PreviousOutput {
                 if here == anchor {
                     return Ok(&self.block.triplets[start..self.triplet]);
                 }
+                gone.extend_from_slice(&self.block.triplets[start..self.triplet]);
             }
             match self.reader.next_block()? {
                 Some(mut block) => {
@@ -175,10 +177,12 @@ impl DeltaWriter {
             }
             let now = &ts[start..end];
             start = end;
+            let mut gone = Vec::new();
             let before = match &mut self.previous {
-                Some(p) => p.triplets_of(record.anchor)?,
+                Some(p) => p.triplets_of(record.anchor, &mut gone)?,
                 None => &[],
             };
+            queue(&mut self.pending, &mut self.adds, gone.iter(), false);
             if before.len() == now.len() && before.iter().zip(now).all(|(b, n)| key(b) == key(n)) {
                 continue;
             }
@@ -245,6 +249,12 @@ impl DeltaWriter {
 
     /// Writes what is pending; the delta stays under its temporary name.
     pub(super) fn close(mut self, layout: &OutputLayout) -> Result<(AtomicPath, DeltaCounts)> {
+        if let Some(p) = &mut self.previous {
+            // Anchors after the last one emitted that left the sample.
+            let mut gone = Vec::new();
+            p.triplets_of(u32::MAX, &mut gone)?;
+            queue(&mut self.pending, &mut self.adds, gone.iter(), false);
+        }
         self.flush(layout)?;
         Ok((self.sink.close()?, self.counts))
     }

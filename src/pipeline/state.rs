@@ -11,7 +11,8 @@
 //! Inputs that only gained files at the end (same paths, sizes and modification times for the
 //! old ones, in the same order) are mined incrementally: old anchors keep their blocks unless
 //! a new row falls within their bounds, with negative ranks counted again; those anchors and
-//! every new row are mined. A changed, removed or reordered file means a full run (the log
+//! every new row are mined (under `--anchors-sample`, old anchors that left the sample are
+//! dropped, and only new rows in it are mined). A changed, removed or reordered file means a full run (the log
 //! says why). A state of another tripmine version or of other options is refused unless the
 //! run is forced, which rebuilds it.
 
@@ -66,6 +67,10 @@ pub struct Changes {
     /// again.
     #[serde(default)]
     pub anchors_updated: u64,
+    /// Anchors of the state that left `--anchors-sample` (new rows of smaller key took their
+    /// place): their triplets are gone.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub anchors_dropped: u64,
     /// Triplets (before the cross-anchor rules) that are new, that are gone, and that were
     /// kept from the state (their ranks counted again).
     pub triplets_added: u64,
@@ -76,6 +81,10 @@ pub struct Changes {
     pub delta_rows_added: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta_rows_removed: Option<u64>,
+}
+
+fn is_zero(x: &u64) -> bool {
+    *x == 0
 }
 
 /// A run with a state folder, as decided before reading: incremental from `previous`, or full.
@@ -216,7 +225,7 @@ impl StateRun {
                 triplets_added: mine_into(job, miner, anchors, |b| writer.block(b))?,
                 ..Changes::default()
             },
-            Ok(facts) => mine_new(job, miner, table, &self.dir, &facts, &mut writer)?,
+            Ok(facts) => mine_new(job, miner, table, anchors, &self.dir, &facts, &mut writer)?,
         };
         let file = writer.end([0; FIGURES])?;
         file.sync_all().map_err(|e| Error::output(&named, e))?;
@@ -276,10 +285,12 @@ fn usable(config: &MiningConfig, facts: &StateFacts, table: &Table) -> Result<()
 /// The incremental part: sifts the state's blocks (anchors a new row could change are taken
 /// out, the rest kept with their ranks counted again), mines those anchors and the new rows,
 /// and writes all blocks merged in anchor order.
+#[allow(clippy::too_many_arguments)]
 fn mine_new(
     job: &Job,
     miner: &mut Miner,
     table: &Table,
+    anchors: &[u32],
     dir: &Path,
     facts: &StateFacts,
     writer: &mut BlockWriter,
@@ -301,10 +312,22 @@ fn mine_new(
     let mut again: Vec<u32> = Vec::new();
     let mut seen = 0usize;
     let new = miner.new_rows(old_rows);
-    let bar = progress(job.show, Some(old_rows as u64), "sifting");
+    // Under `--anchors-sample` the old anchors were the old rows' sample; those that left it
+    // (keys only enter below the sample's largest) are dropped.
+    let old_anchors = match job.config.mine.anchors_sample {
+        Some(m) => m.min(old_rows),
+        None => old_rows,
+    };
+    let sampled = |a: u32| anchors.binary_search(&a).is_ok();
+    let bar = progress(job.show, Some(old_anchors as u64), "sifting");
     while let Some(mut block) = old.next_block()? {
         crate::process::check_interrupted()?;
         seen += block.anchors.len();
+        if anchors.len() < n {
+            let (dropped, triplets) = block.retain_anchors(sampled);
+            changes.anchors_dropped += dropped as u64;
+            changes.triplets_removed += triplets as u64;
+        }
         for r in &mut block.anchors {
             r.label = codes[r.label as usize];
             if let Some(near) = &mut r.neighbour_labels {
@@ -322,9 +345,10 @@ fn mine_new(
         bar.inc((sifted.anchors + block.anchors.len()) as u64);
     }
     bar.finish_and_clear();
-    if seen != old_rows {
+    if seen != old_anchors {
         return Err(old.bad(&format!(
-            "holds {seen} anchors, its state.json {old_rows} rows; run with --force"
+            "holds {seen} anchors, its state.json {old_anchors} (of {old_rows} rows); run with \
+             --force"
         )));
     }
     tracing::info!(
@@ -334,7 +358,11 @@ fn mine_new(
         anchors_updated = changes.anchors_updated,
         "state sifted"
     );
-    let mine: Vec<u32> = again.into_iter().chain(old_rows as u32..n as u32).collect();
+    let first_new = anchors.partition_point(|&a| (a as usize) < old_rows);
+    let mine: Vec<u32> = again
+        .into_iter()
+        .chain(anchors[first_new..].iter().copied())
+        .collect();
     let mut fresh = HeldBlocks::new(&job.scratch)?;
     changes.triplets_added += mine_into(job, miner, &mine, |b| fresh.hold(b))?;
     merge(

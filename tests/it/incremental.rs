@@ -163,6 +163,16 @@ fn grow_and_compare(dir: &Path, files: &[PathBuf], args: &[&str]) -> serde_json:
     changes(&grown)
 }
 
+/// A sample of anchors: new rows of smaller key take earlier picks' places.
+const SAMPLE_SET: &[&str] = &[
+    "--anchors-sample",
+    "150",
+    "--seed",
+    "5",
+    "--num-negatives",
+    "2",
+];
+
 /// Rank windows: a new row nearer than the window's last rank moves it.
 const WINDOW_SETS: [&[&str]; 2] = [
     &[
@@ -191,7 +201,7 @@ const WINDOW_SETS: [&[&str]; 2] = [
 
 /// Option sets covering every positive and negative strategy, sampling, both metrics, the
 /// cross-anchor rules, the guards and rank windows.
-const OPTION_SETS: [&[&str]; 12] = [
+const OPTION_SETS: [&[&str]; 13] = [
     &[],
     &["--negatives", "hard"],
     &[
@@ -268,6 +278,7 @@ const OPTION_SETS: [&[&str]; 12] = [
     ],
     WINDOW_SETS[0],
     WINDOW_SETS[1],
+    SAMPLE_SET,
 ];
 
 proptest! {
@@ -319,6 +330,22 @@ fn an_incremental_run_mines_again_only_anchors_new_rows_can_change() {
     let kept = changes["triplets_kept"].as_u64().unwrap();
     let removed = changes["triplets_removed"].as_u64().unwrap();
     assert!(kept > 4 * removed, "kept {kept}, removed {removed}");
+}
+
+#[test]
+fn a_sample_of_anchors_mined_incrementally_equals_a_full_run() {
+    let dir = TempDir::new().unwrap();
+    let files = partitions(dir.path(), Shape::Blobs, &[600, 200, 150], 5, 23);
+    let changes = grow_and_compare(dir.path(), &files, SAMPLE_SET);
+    assert_eq!(changes["mode"], "incremental");
+    // A sample of 150 among 800 rows, then 950: new rows of smaller key push some out.
+    let dropped = changes["anchors_dropped"].as_u64().unwrap();
+    assert!(dropped > 0 && dropped < 150, "{changes}");
+    let summary: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("grown").join("summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary["totals"]["anchors"], 150, "{summary}");
 }
 
 #[test]
@@ -470,11 +497,7 @@ fn a_state_of_another_version_is_refused() {
 fn options_incremental_mining_does_not_cover_are_refused_at_start() {
     let dir = TempDir::new().unwrap();
     let files = partitions(dir.path(), Shape::Blobs, &[100], 3, 7);
-    for extra in [
-        &["--anchors-sample", "10"][..],
-        &["--index", "IVF4,Flat"],
-        &["--max-k", "128"],
-    ] {
+    for extra in [&["--index", "IVF4,Flat"][..], &["--max-k", "128"]] {
         let out = mine(dir.path(), &files, extra)
             .args(["--state", "st"])
             .output()
@@ -613,6 +636,9 @@ fn a_delta_applied_to_the_previous_output_gives_the_new_output() {
         ],
         &["--format", "n-tuple", "--num-negatives", "3"],
         &["--format", "pairs", "--negatives", "hard"],
+        // Anchors that leave the sample are removed whole.
+        &["--anchors-sample", "300", "--seed", "8"],
+        &["--anchors-sample", "300", "--format", "n-tuple"],
     ] {
         let dir = TempDir::new().unwrap();
         let files = partitions(dir.path(), Shape::Blobs, &[400, 40, 3], 6, 12);
