@@ -255,10 +255,27 @@ fn anchors_sample_is_a_seeded_subset_mined_like_the_full_run() {
         .copied()
         .collect();
     assert_eq!(sampled.triplets, from_full);
-    let other = Miner::new(&table, &MiningParams { seed: 4, ..params })
-        .unwrap()
-        .anchors();
+    let other = Miner::new(
+        &table,
+        &MiningParams {
+            seed: 4,
+            ..params.clone()
+        },
+    )
+    .unwrap()
+    .anchors();
     assert_ne!(anchors, other);
+    // The table's first 250 rows: their sample holds every pick of the whole table's among
+    // them (keys do not depend on the row count), and more.
+    let head = blob_table(250, 4, 5, 8);
+    let of_head = Miner::new(&head, &params).unwrap().anchors();
+    assert_eq!(of_head.len(), 40);
+    let kept: Vec<u32> = anchors.iter().copied().filter(|&a| a < 250).collect();
+    assert!(
+        kept.iter().all(|a| of_head.contains(a)),
+        "{kept:?} {of_head:?}"
+    );
+    assert!(kept.len() < 40);
 }
 
 #[test]
