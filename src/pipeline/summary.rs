@@ -194,11 +194,15 @@ impl std::fmt::Display for Summary {
             let text = match &c.reason {
                 Some(reason) => format!("full run ({reason}), state written"),
                 None => format!(
-                    "incremental: {} new rows, {} earlier anchors mined again, {} updated; \
+                    "incremental: {} new rows, {} earlier anchors mined again, {} updated{}; \
                      triplets {} added, {} removed, {} kept",
                     n(c.new_rows),
                     n(c.anchors_mined_again),
                     n(c.anchors_updated),
+                    match c.anchors_dropped {
+                        0 => String::new(),
+                        d => format!(", {} left the sample", n(d)),
+                    },
                     n(c.triplets_added),
                     n(c.triplets_removed),
                     n(c.triplets_kept)
