@@ -230,8 +230,10 @@ enum Partitions {
 impl Partitions {
     /// Partitions for `triplets` records within `options`' limit.
     fn new(triplets: u64, options: &DiffOptions) -> Result<Self> {
+        // In memory, sized once from the footers' row counts (no doubling as it fills).
+        let in_memory = || Partitions::Memory(Vec::with_capacity(triplets as usize));
         let Some(limit) = options.memory_limit else {
-            return Ok(Partitions::Memory(Vec::new()));
+            return Ok(in_memory());
         };
         crate::memory::check_minimum_of(
             "this comparison",
@@ -247,7 +249,7 @@ impl Partitions {
         let bytes = triplets.saturating_mul(std::mem::size_of::<Rec>() as u64);
         let count = bytes.div_ceil(room as u64).max(1);
         if count == 1 {
-            return Ok(Partitions::Memory(Vec::new()));
+            return Ok(in_memory());
         }
         let dir = options
             .scratch_dir

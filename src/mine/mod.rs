@@ -427,21 +427,16 @@ impl<'t> Miner<'t> {
             params.memory_limit.map(|b| b.0),
             params.auto_exact_below,
         );
+        let reuse_cap = CrossAnchorRules::kept_bytes(params, table.rows());
         let memory = match params.memory_limit {
-            Some(limit) => {
-                // The reuse cap keeps one use per negative row for the end of the run.
-                let cap = params
-                    .max_negative_reuse
-                    .map_or(0, |_| table.rows() as u64 * 8);
-                Some(plan_build(
-                    limit.0,
-                    &mut factory,
-                    auto,
-                    table,
-                    &source,
-                    cap,
-                )?)
-            }
+            Some(limit) => Some(plan_build(
+                limit.0,
+                &mut factory,
+                auto,
+                table,
+                &source,
+                reuse_cap,
+            )?),
             None => None,
         };
         let spec = IndexSpec {
@@ -469,11 +464,8 @@ impl<'t> Miner<'t> {
         // the buffers that scale with the work.
         let scratch = params.memory_limit.map(|limit| {
             table.vectors.drop_all_pages();
-            // Less what the reuse cap keeps for the end of the run (one use per row).
-            let cap = params
-                .max_negative_reuse
-                .map_or(0, |_| table.rows() as u64 * 8);
-            let scratch = Scratch::measured(limit.0.saturating_sub(cap));
+            // Less what the reuse cap keeps for the end of the run.
+            let scratch = Scratch::measured(limit.0.saturating_sub(reuse_cap));
             table.vectors.set_page_budget(scratch.mapped_pages());
             if let Some(q) = queries.as_ref() {
                 q.queries
@@ -1284,6 +1276,14 @@ impl CrossAnchorRules {
             limit: params.num_negatives.limit(),
             shortfall: params.shortfall,
         }
+    }
+
+    /// Bytes the rules keep for the end of a run over a table of `rows` rows, whatever the
+    /// budget of their passes (the reuse cap's last use kept per negative row).
+    pub fn kept_bytes(params: &MiningParams, rows: usize) -> u64 {
+        params
+            .max_negative_reuse
+            .map_or(0, |_| reuse_and_shortfall::ReuseCap::kept_bytes(rows))
     }
 
     /// Whether a block's outcome depends on the other blocks (`max_negative_reuse`).

@@ -544,7 +544,7 @@ fn resolve_group(
                 let ranks = std::mem::take(&mut state.pairs);
                 let mut r = finish(m, plan, state, limit, rows, anchor);
                 r.triplets = triplets;
-                rank_anchor(m, &mut r, ranks, rows, anchor);
+                rank_anchor(m, &mut r, ranks, rows, (anchor, query_norms[b]));
                 resolved.push(r);
             }
             None => resolved.push(finish(m, plan, state, limit, rows, anchor)),
@@ -802,20 +802,26 @@ fn rank_samples(
     sub.run(&mut states, usize::MAX);
     with_rows(m, states, |j, state, rows| {
         let anchor = &queries[j * dim..(j + 1) * dim];
-        rank_anchor(m, &mut resolved[which[j]], state.pairs, rows, anchor);
+        rank_anchor(
+            m,
+            &mut resolved[which[j]],
+            state.pairs,
+            rows,
+            (anchor, query_norms[j]),
+        );
     })
 }
 
 /// The ranks of one anchor's sampled negatives from the `pairs` a pass made of them
-/// ([`sample_pairs`]), and its triplets in rank order per positive.
+/// ([`sample_pairs`]), and its triplets in rank order per positive. `anchor`: its vector and
+/// squared norm.
 fn rank_anchor(
     m: &Miner,
     r: &mut Resolved,
     pairs: Vec<PairState>,
     rows: &RowSource,
-    anchor: &[f32],
+    (anchor, a_sq): (&[f32], f32),
 ) {
-    let a_sq = crate::score::dot(anchor, anchor) as f32;
     for (t, pair) in r.triplets.iter_mut().zip(pairs) {
         let at = (t.d_an, t.negative);
         // The pass kept the rows within twice the largest error bound of the sample's

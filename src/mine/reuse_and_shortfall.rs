@@ -103,6 +103,11 @@ impl ReuseCap {
         }
     }
 
+    /// Bytes kept for the end over a table of `rows` rows: one use per negative row.
+    pub(super) fn kept_bytes(rows: usize) -> u64 {
+        (rows * std::mem::size_of::<Use>()) as u64
+    }
+
     /// Bytes one counted negative holds: the map's entry (key, count, heap header, control
     /// byte, at its load factor) and the heap's buffer (grown by doubling to `max + 1`).
     fn bytes_per_negative(&self) -> usize {

@@ -12,7 +12,9 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::mine::{AnchorBounds, AnchorRecord, MinedBlock, NeighbourLabels, Triplet};
+use crate::mine::{
+    AnchorBounds, AnchorRecord, CrossAnchorRules, MinedBlock, NeighbourLabels, Triplet,
+};
 
 const MAGIC: &[u8; 8] = b"TMSEG002";
 /// The record count that marks the end.
@@ -322,22 +324,35 @@ impl HeldFile {
     }
 }
 
-/// Shows every block to the cross-anchor rules that look at every block, pass after pass
-/// until they have learnt enough (one pass, unless their counts outgrow a memory budget):
-/// `open` gives a reader of every block from the first, for each pass.
-pub(super) fn observe_every_block(
-    rules: &mut crate::mine::CrossAnchorRules,
-    mut open: impl FnMut() -> Result<BlockReader>,
+/// Shows every block `blocks` has left to the cross-anchor rules (part of a pass).
+pub(super) fn observe_blocks(rules: &mut CrossAnchorRules, blocks: &mut BlockReader) -> Result<()> {
+    while let Some(block) = blocks.next_block()? {
+        rules.observe(&block);
+    }
+    Ok(())
+}
+
+/// Passes over every block until the cross-anchor rules have learnt enough (one pass,
+/// unless their counts outgrow a memory budget): `pass` shows them every block once.
+pub(super) fn observe_in_passes(
+    rules: &mut CrossAnchorRules,
+    mut pass: impl FnMut(&mut CrossAnchorRules) -> Result<()>,
 ) -> Result<()> {
     loop {
-        let mut blocks = open()?;
-        while let Some(block) = blocks.next_block()? {
-            rules.observe(&block);
-        }
+        pass(rules)?;
         if rules.learned() {
             return Ok(());
         }
     }
+}
+
+/// [`observe_in_passes`] over one file of blocks: `open` gives a reader of every block from
+/// the first, for each pass.
+pub(super) fn observe_every_block(
+    rules: &mut CrossAnchorRules,
+    mut open: impl FnMut() -> Result<BlockReader>,
+) -> Result<()> {
+    observe_in_passes(rules, |rules| observe_blocks(rules, &mut open()?))
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::blocks::{BlockReader, BlockWriter};
+use super::blocks::{BlockReader, BlockWriter, observe_blocks};
 use super::job::{
     Clock, Emitter, Input, Job, SEGMENT_ABORT_POINT, SearchFacts, Stage, abort_point, conclude,
     index_and_tune, input_names, mine_windows, read_stage,
@@ -402,20 +402,21 @@ pub fn finish(work: &Path) -> Result<Summary> {
         let job = Job::new(&config, &[]).recording(&given);
         let input = open_input(work, &plan)?;
         let stage = Stage::start("merge");
-        let budget = (config.mine.memory_limit)
-            .map(|limit| crate::memory::Scratch::measured(limit.0).cross_anchor());
+        // As in a single run: less what the rules keep for the end.
+        let kept = crate::mine::CrossAnchorRules::kept_bytes(&config.mine, input.table.rows());
+        let budget = (config.mine.memory_limit).map(|limit| {
+            crate::memory::Scratch::measured(limit.0.saturating_sub(kept)).cross_anchor()
+        });
         let mut emitter = Emitter::new(&job, &input, budget)?;
         if emitter.needs_every_block() {
             // The reuse cap learns from every block first (passes over the segments: one,
             // unless its counts outgrow their budget).
-            loop {
+            emitter.observe_in_passes(|rules| {
                 for segment in 0..plan.segments {
-                    emitter.observe_blocks(&mut open_segment(work, segment, &plan)?)?;
+                    observe_blocks(rules, &mut open_segment(work, segment, &plan)?)?;
                 }
-                if emitter.learned() {
-                    break;
-                }
-            }
+                Ok(())
+            })?;
         }
         for segment in 0..plan.segments {
             check_interrupted()?;

@@ -20,7 +20,7 @@ use crate::mine::{
 use crate::process::{check_interrupted, release_free_heap};
 use crate::report::{Report, ReportBuilder, Totals};
 
-use super::blocks::{BlockReader, HeldBlocks, observe_every_block};
+use super::blocks::{BlockReader, HeldBlocks, observe_every_block, observe_in_passes};
 use super::delta::{DeltaCounts, DeltaWriter, PreviousOutput};
 use super::outputs::{Batcher, OutputLayout, json, suspects_batch, with_metadata};
 use super::recall::{self, RecallPlan};
@@ -312,12 +312,13 @@ impl<'a> Emitter<'a> {
         self.rules.observe(block);
     }
 
-    /// Shows every block `blocks` has left to the rules (part of a pass).
-    pub(super) fn observe_blocks(&mut self, blocks: &mut BlockReader) -> Result<()> {
-        while let Some(block) = blocks.next_block()? {
-            self.rules.observe(&block);
-        }
-        Ok(())
+    /// Passes of the rules over every block until they have learnt enough: `pass` shows
+    /// them every block once ([`super::blocks::observe_blocks`] per file).
+    pub(super) fn observe_in_passes(
+        &mut self,
+        pass: impl FnMut(&mut CrossAnchorRules) -> Result<()>,
+    ) -> Result<()> {
+        observe_in_passes(&mut self.rules, pass)
     }
 
     /// Ends a pass of [`Emitter::observe`]: whether the rules need no other.

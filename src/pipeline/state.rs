@@ -12,9 +12,9 @@
 //! old ones, in the same order) are mined incrementally: old anchors keep their blocks unless
 //! a new row falls within their bounds, with negative ranks counted again; those anchors and
 //! every new row are mined (under `--anchors-sample`, old anchors that left the sample are
-//! dropped, and only new rows in it are mined). A changed, removed or reordered file means a full run (the log
-//! says why). A state of another tripmine version or of other options is refused unless the
-//! run is forced, which rebuilds it.
+//! dropped, and only new rows in it are mined). A changed, removed or reordered file means a
+//! full run (the log says why). A state of another tripmine version or of other options is
+//! refused unless the run is forced, which rebuilds it.
 
 use std::collections::HashMap;
 use std::fs::File;
