@@ -4,7 +4,12 @@ ROWS + NEW rows mined again without a state. Prints both wall times, their ratio
 the old anchors mined again, and checks that the two runs wrote the same triplets and report.
 
     target/py/bin/python benches/incremental.py [--rows 1000000] [--new 10000] \
-        [--shape overlapping|clustered|both] [--dim 128] [--labels 10000]
+        [--shape overlapping|clustered|retrieval|both] [--dim 128] [--labels 10000] \
+        [--queries 10000]
+
+`retrieval` is retrieval mode: a corpus of ROWS documents (`tripmine gen --retrieval`, LABELS
+topics) and QUERIES queries, the corpus growing by NEW documents under the same queries and
+qrels (cut to the base's documents).
 
 Needs `cargo build --release` and pyarrow (target/py has it after `scripts/test-python.sh`).
 Tables are made in target/bench-data when missing (`tripmine gen`; overlapping: separation
@@ -41,6 +46,38 @@ def run(args, cwd):
     return wall, int(done.stderr.strip().splitlines()[-1]) / 1024
 
 
+def retrieval_inputs(rows, new, dim, labels, queries):
+    """The input flags of the base and of the grown corpus of one retrieval example."""
+    import pyarrow.compute as pc
+
+    name = f"inc-retrieval-{rows}-{new}-{dim}-{labels}-{queries}"
+    folder = DATA / name
+    base, grown = folder / "corpus-base.parquet", folder / "corpus-new.parquet"
+    qrels = folder / "qrels-base.parquet"
+    if not (base.exists() and grown.exists() and qrels.exists()):
+        DATA.mkdir(parents=True, exist_ok=True)
+        subprocess.run([CLI, "gen", "--retrieval", "--rows", str(rows + new), "--dim", str(dim),
+                        "--labels", str(labels), "--queries", str(queries), "--seed", "42",
+                        "--out", folder], check=True, capture_output=True)
+        corpus = pq.read_table(folder / "corpus.parquet")
+        pq.write_table(corpus.slice(0, rows), base)
+        pq.write_table(corpus.slice(rows, new), grown)
+        known = pq.read_table(folder / "qrels.parquet")
+        keep = pc.is_in(known["doc_id"], value_set=corpus.slice(0, rows)["id"])
+        pq.write_table(known.filter(keep), qrels)
+        (folder / "corpus.parquet").unlink()
+    fixed = ["--queries", folder / "queries.parquet", "--qrels", qrels]
+    return fixed + ["--corpus", base], fixed + ["--corpus", base, "--corpus", grown]
+
+
+def inputs(shape, rows, new, dim, labels, queries):
+    """The input flags of the base and of the grown table."""
+    if shape == "retrieval":
+        return retrieval_inputs(rows, new, dim, labels, queries)
+    base, grown = partitions(shape, rows, new, dim, labels)
+    return ["--in", base], ["--in", base, "--in", grown]
+
+
 def partitions(shape, rows, new, dim, labels):
     """The base and new partition files of one generated table."""
     name = f"inc-{shape}-{rows}-{new}-{dim}-{labels}"
@@ -58,8 +95,8 @@ def partitions(shape, rows, new, dim, labels):
     return base, grown
 
 
-def bench(shape, rows, new, dim, labels):
-    base, grown = partitions(shape, rows, new, dim, labels)
+def bench(shape, rows, new, dim, labels, queries):
+    base, grown = inputs(shape, rows, new, dim, labels, queries)
     work = Path(tempfile.mkdtemp(prefix="tripmine-inc-"))
     try:
         inc, full = work / "incremental", work / "full"
@@ -68,25 +105,27 @@ def bench(shape, rows, new, dim, labels):
         common = ["mine", "--no-progress", "--out", "o.parquet", "--report", "r.parquet",
                   "--summary-json", "s.json"]
         state = ["--state", work / "state"]
-        first, first_peak = run(common + ["--in", base] + state, inc)
+        first, first_peak = run(common + base + state, inc)
         shutil.copytree(work / "state", work / "state-delta")
-        wall_inc, peak_inc = run(common + ["--in", base, "--in", grown] + state, inc)
+        wall_inc, peak_inc = run(common + grown + state, inc)
         # The same incremental run, also writing the delta.
         with_delta = work / "with-delta"
         with_delta.mkdir()
-        wall_delta, _ = run(common + ["--in", base, "--in", grown, "--state",
-                                      work / "state-delta", "--delta", "d.parquet"], with_delta)
+        wall_delta, _ = run(common + grown + ["--state", work / "state-delta", "--delta",
+                                              "d.parquet"], with_delta)
         delta = json.loads((with_delta / "s.json").read_text())["changes"]
-        wall_full, peak_full = run(common + ["--in", base, "--in", grown], full)
+        wall_full, peak_full = run(common + grown, full)
         changes = json.loads((inc / "s.json").read_text())["changes"]
         same = all((inc / f).read_bytes() == (full / f).read_bytes()
                    for f in ["o.parquet", "r.parquet"])
         same = same and (with_delta / "o.parquet").read_bytes() == (full / "o.parquet").read_bytes()
-        print(f"{shape}: {rows:,} rows + {new:,} new, dim {dim}, {labels:,} labels")
+        anchors = queries if shape == "retrieval" else rows
+        what = f"{queries:,} queries, " if shape == "retrieval" else ""
+        print(f"{shape}: {rows:,} rows + {new:,} new, dim {dim}, {what}{labels:,} labels")
         print(f"  first run with --state   {first:8.1f} s  peak {first_peak:7.1f} MiB")
         print(f"  incremental              {wall_inc:8.1f} s  peak {peak_inc:7.1f} MiB  "
               f"({changes['mode']}, {changes['anchors_mined_again']:,} old anchors mined again, "
-              f"{changes['anchors_mined_again'] / rows:.1%})")
+              f"{changes['anchors_mined_again'] / anchors:.1%})")
         print(f"  incremental with --delta {wall_delta:8.1f} s  "
               f"({delta['delta_rows_added']:,} rows added, {delta['delta_rows_removed']:,} removed)")
         print(f"  full re-mine             {wall_full:8.1f} s  peak {peak_full:7.1f} MiB")
@@ -102,10 +141,12 @@ def main():
     p.add_argument("--new", type=int, default=10_000)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--labels", type=int, default=10_000)
-    p.add_argument("--shape", choices=["overlapping", "clustered", "both"], default="both")
+    p.add_argument("--queries", type=int, default=10_000)
+    p.add_argument("--shape", choices=["overlapping", "clustered", "retrieval", "both"],
+                   default="both")
     a = p.parse_args()
     shapes = list(SHAPES) if a.shape == "both" else [a.shape]
-    ok = [bench(s, a.rows, a.new, a.dim, a.labels) for s in shapes]
+    ok = [bench(s, a.rows, a.new, a.dim, a.labels, a.queries) for s in shapes]
     raise SystemExit(0 if all(ok) else 1)
 
 

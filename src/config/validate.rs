@@ -224,14 +224,13 @@ impl MiningConfig {
     }
 }
 
-/// Incremental mining (`run.state`) covers labelled input files mined exactly: what it keeps
-/// bounds what new rows can change only there.
+/// Incremental mining (`run.state`) covers input files mined exactly (labelled tables, or a
+/// corpus that grows under fixed queries): what it keeps bounds what new rows can change only
+/// there.
 fn incremental_applies(options: &MiningOptions, in_memory: bool) -> Result<()> {
     let mine = &options.mine;
     let unsupported = if in_memory {
         Some("rows handed over in memory (it compares input files)")
-    } else if options.input.retrieval() {
-        Some("retrieval mode")
     } else if mine.max_k.is_some() {
         Some("max_k (a capped search is not exact)")
     } else if !matches!(mine.index.trim(), "auto" | "Flat" | "IDMap,Flat") {
@@ -242,7 +241,7 @@ fn incremental_applies(options: &MiningOptions, in_memory: bool) -> Result<()> {
     match unsupported {
         Some(what) => Err(invalid(
             "run.state",
-            format!("incremental mining works on labelled files mined exactly; not with {what}"),
+            format!("incremental mining works on input files mined exactly; not with {what}"),
         )),
         None => Ok(()),
     }

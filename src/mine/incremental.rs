@@ -121,7 +121,12 @@ impl Miner<'_> {
             near_spans.push(near_at..near_at + r.neighbours as usize);
             near_at += r.neighbours as usize;
         }
-        let near_want = self.params.suspects_k.min(n - 1);
+        // Queries keep no neighbour list.
+        let near_want = if self.queries.is_some() {
+            0
+        } else {
+            self.params.suspects_k.min(n - 1)
+        };
         let products_of = |queries: &[f32], count: usize, vectors: &[f32], rows: usize| {
             let mut products = vec![0.0; count * rows];
             inner_products(queries, vectors, self.table.dim, &mut products);
@@ -147,7 +152,7 @@ impl Miner<'_> {
                             among: Vec::new(),
                         })
                         .collect();
-                    let queries = self.gather(records.iter().map(|r| r.anchor));
+                    let queries = self.gather_anchors(records.iter().map(|r| r.anchor));
                     let mut dist = Vec::with_capacity(NEW_ROWS_CHUNK);
                     for (rows, vectors) in new_vectors() {
                         let products = products_of(&queries, records.len(), vectors, rows.len());
@@ -175,7 +180,8 @@ impl Miner<'_> {
                         .filter(|&i| !sifts[i].changed && !sifts[i].entries.is_empty())
                         .collect();
                     if !entering.is_empty() {
-                        let queries = self.gather(entering.iter().map(|&i| records[i].anchor));
+                        let queries =
+                            self.gather_anchors(entering.iter().map(|&i| records[i].anchor));
                         for &i in &entering {
                             sifts[i].entries_after = vec![0; sifts[i].entries.len()];
                         }
@@ -296,7 +302,7 @@ impl Miner<'_> {
         out.clear();
         match self.params.metric {
             Metric::L2sq => {
-                let a_sq = self.norms_sq[a as usize];
+                let a_sq = self.anchor_norm_sq(a);
                 let first = rows[0] as usize;
                 debug_assert_eq!(rows[rows.len() - 1] as usize, first + rows.len() - 1);
                 let sq = &self.norms_sq[first..first + rows.len()];
@@ -308,7 +314,7 @@ impl Miner<'_> {
 
     /// How far a product's distance from anchor `a` to a new row may be from the exact one.
     fn sift_slack(&self, a: u32, new_max_sq: f32) -> f32 {
-        2.0 * gemm_error_bound(self.table.dim, self.norms_sq[a as usize], new_max_sq)
+        2.0 * gemm_error_bound(self.table.dim, self.anchor_norm_sq(a), new_max_sq)
     }
 
     /// The new rows `rows` (at product distances `dist` from anchor `a`) before `(e, row)` in
@@ -465,7 +471,15 @@ impl Miner<'_> {
         let nearer_than_all = dist.iter().map(|&d| u32::from(d < rank_lo)).sum::<u32>();
         sift.among.clear();
         let first = rows[0] as usize;
-        let labels = &self.table.label_codes[first..first + rows.len()];
+        // A query's "label" is its known positives, and no new document is one: the qrels
+        // stay as they were, and name only documents of the corpus then.
+        let others;
+        let labels = if self.queries.is_some() {
+            others = vec![record.label.wrapping_add(1); rows.len()];
+            &others[..]
+        } else {
+            &self.table.label_codes[first..first + rows.len()]
+        };
         // Without short-circuits, so that a run of rows is judged in vector registers: the
         // rows that need a look are rare.
         let looked_at = |d: f32, label: u32| {

@@ -672,10 +672,7 @@ impl<'t> Miner<'t> {
 
     /// The anchors to mine, in row order: every row (every query), or a seeded sample.
     pub fn anchors(&self) -> Vec<u32> {
-        let n = match &self.queries {
-            Some(q) => q.queries.table.rows(),
-            None => self.table.rows(),
-        };
+        let n = self.anchor_rows();
         match self.params.anchors_sample {
             Some(m) if m < n => {
                 // The `m` rows of smallest key, a seeded key per row that does not depend on
@@ -884,6 +881,23 @@ impl<'t> Miner<'t> {
                 &q.vectors[a as usize * d..(a as usize + 1) * d]
             }
             None => self.row(a),
+        }
+    }
+
+    /// Squared norm of anchor `a` (a row of the table, or a query).
+    #[inline]
+    fn anchor_norm_sq(&self, a: u32) -> f32 {
+        match &self.queries {
+            Some(q) => q.norms_sq[a as usize],
+            None => self.norms_sq[a as usize],
+        }
+    }
+
+    /// Rows anchors are drawn from: the table's, or the queries'.
+    pub fn anchor_rows(&self) -> usize {
+        match &self.queries {
+            Some(q) => q.queries.table.rows(),
+            None => self.table.rows(),
         }
     }
 

@@ -266,10 +266,10 @@ fn assemble(m: &Miner, plans: Vec<AnchorPlan>, done: Vec<Option<(Resolved, bool)
 
 /// Where a row added to the table could change the outcome of `plan`'s anchor
 /// (`outcome`: what it gave; see [`AnchorBounds`]).
+///
+/// In retrieval mode the anchor's "label" is its known positives: a new document is never one
+/// (an incremental run keeps the qrels, which name only documents of the corpus then).
 fn bounds(m: &Miner, plan: &AnchorPlan, outcome: Option<&Resolved>) -> AnchorBounds {
-    if m.queries.is_some() {
-        return AnchorBounds::ALL;
-    }
     let p = &m.params;
     let (Some(hardest), Some(resolved)) = (plan.hardest_positive_distance, outcome) else {
         // No positive: a row of its label would give it one.

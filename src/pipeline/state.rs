@@ -31,7 +31,7 @@ use super::manifest::{InputStat, sha256_hex, stat_inputs};
 use super::progress;
 use crate::config::{InputOptions, MiningConfig, MiningParams, NegativeSampling};
 use crate::error::{Error, Result};
-use crate::io::{AtomicPath, Table};
+use crate::io::{AtomicPath, Table, resolve_inputs};
 use crate::mine::{ANCHOR_BLOCK, MinedBlock, Miner};
 
 const FACTS: &str = "state.json";
@@ -44,6 +44,10 @@ struct StateFacts {
     /// SHA-256 of the options that shape mined blocks (not outputs, formats or threads).
     shaping: String,
     inputs: Vec<InputStat>,
+    /// Retrieval mode: the queries' and qrels files, which must not change (the corpus files
+    /// are `inputs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    fixed: Vec<InputStat>,
     rows: u64,
     /// The label of each code then, as text (codes follow sorted labels, so new labels can
     /// renumber old ones).
@@ -90,8 +94,10 @@ fn is_zero(x: &u64) -> bool {
 /// A run with a state folder, as decided before reading: incremental from `previous`, or full.
 pub(super) struct StateRun {
     dir: PathBuf,
-    /// The inputs' stats as this run found them, before reading.
+    /// The inputs' stats as this run found them, before reading (in retrieval mode the
+    /// corpus files; the queries and qrels in `fixed`).
     inputs: Vec<InputStat>,
+    fixed: Vec<InputStat>,
     previous: Result<StateFacts, String>,
 }
 
@@ -110,11 +116,23 @@ impl PendingState {
 impl StateRun {
     /// Reads the state in `dir` and compares it with the job's inputs and options.
     pub(super) fn examine(config: &MiningConfig, dir: &Path, files: &[PathBuf]) -> Result<Self> {
-        let inputs = stat_inputs(files)?;
-        let previous = Self::compare(config, dir, &inputs)?;
+        let input = &config.input;
+        let (inputs, fixed) = if input.retrieval() {
+            // The corpus may grow by files at its end; the queries and qrels stay as they were.
+            let mut fixed = resolve_inputs(&input.queries)?;
+            fixed.extend(input.qrels.iter().cloned());
+            (
+                stat_inputs(&resolve_inputs(&input.corpus)?)?,
+                stat_inputs(&fixed)?,
+            )
+        } else {
+            (stat_inputs(files)?, Vec::new())
+        };
+        let previous = Self::compare(config, dir, &inputs, &fixed)?;
         Ok(StateRun {
             dir: dir.to_path_buf(),
             inputs,
+            fixed,
             previous,
         })
     }
@@ -123,6 +141,7 @@ impl StateRun {
         config: &MiningConfig,
         dir: &Path,
         now: &[InputStat],
+        fixed: &[InputStat],
     ) -> Result<Result<StateFacts, String>> {
         let path = dir.join(FACTS);
         let text = match std::fs::read(&path) {
@@ -164,6 +183,17 @@ impl StateRun {
         }
         if force {
             return Ok(Err("--force".into()));
+        }
+        if facts.fixed != fixed {
+            let changed = facts
+                .fixed
+                .iter()
+                .zip(fixed)
+                .find(|(old, now)| old != now)
+                .map_or("the queries or qrels files".into(), |(old, _)| {
+                    old.path.display().to_string()
+                });
+            return Ok(Err(format!("{changed} changed (only the corpus may grow)")));
         }
         for (i, old) in facts.inputs.iter().enumerate() {
             let why = match now.iter().position(|s| s.path == old.path) {
@@ -233,8 +263,13 @@ impl StateRun {
             tripmine_version: env!("CARGO_PKG_VERSION").into(),
             shaping: shaping(job.config),
             inputs: self.inputs.clone(),
+            fixed: self.fixed.clone(),
             rows: table.rows() as u64,
-            labels: label_texts(table)?,
+            labels: if job.config.input.retrieval() {
+                Vec::new()
+            } else {
+                label_texts(table)?
+            },
             blocks_id,
         };
         let json = serde_json::to_vec_pretty(&facts).expect("state facts serialise");
@@ -302,7 +337,12 @@ fn mine_new(
         new_rows: (n - old_rows) as u64,
         ..Changes::default()
     };
-    let codes = code_map(&facts.labels, table)?;
+    let retrieval = job.config.input.retrieval();
+    let codes = if retrieval {
+        Vec::new()
+    } else {
+        code_map(&facts.labels, table)?
+    };
     let path = dir.join(BLOCKS);
     let mut old = BlockReader::open(&path)?;
     if old.id != facts.blocks_id {
@@ -314,21 +354,24 @@ fn mine_new(
     let new = miner.new_rows(old_rows);
     // Under `--anchors-sample` the old anchors were the old rows' sample; those that left it
     // (keys only enter below the sample's largest) are dropped.
+    // In retrieval mode the anchors are the queries, which do not change.
+    let anchor_rows = miner.anchor_rows();
+    let old_anchor_rows = if retrieval { anchor_rows } else { old_rows };
     let old_anchors = match job.config.mine.anchors_sample {
-        Some(m) => m.min(old_rows),
-        None => old_rows,
+        Some(m) => m.min(old_anchor_rows),
+        None => old_anchor_rows,
     };
     let sampled = |a: u32| anchors.binary_search(&a).is_ok();
     let bar = progress(job.show, Some(old_anchors as u64), "sifting");
     while let Some(mut block) = old.next_block()? {
         crate::process::check_interrupted()?;
         seen += block.anchors.len();
-        if anchors.len() < n {
+        if anchors.len() < anchor_rows {
             let (dropped, triplets) = block.retain_anchors(sampled);
             changes.anchors_dropped += dropped as u64;
             changes.triplets_removed += triplets as u64;
         }
-        for r in &mut block.anchors {
+        for r in block.anchors.iter_mut().filter(|_| !retrieval) {
             r.label = codes[r.label as usize];
             if let Some(near) = &mut r.neighbour_labels {
                 near.majority = codes[near.majority as usize];
@@ -358,7 +401,12 @@ fn mine_new(
         anchors_updated = changes.anchors_updated,
         "state sifted"
     );
-    let first_new = anchors.partition_point(|&a| (a as usize) < old_rows);
+    // New rows are anchors too (new documents are not).
+    let first_new = if retrieval {
+        anchors.len()
+    } else {
+        anchors.partition_point(|&a| (a as usize) < old_rows)
+    };
     let mine: Vec<u32> = again
         .into_iter()
         .chain(anchors[first_new..].iter().copied())
@@ -397,10 +445,14 @@ fn mine_into(
 }
 
 /// The options that shape mined blocks, hashed: the mining parameters (not the memory limit)
-/// and the columns read.
+/// and the columns read (not the files).
 fn shaping(config: &MiningConfig) -> String {
+    // The files are compared apart (`inputs`, `fixed`).
     let input = InputOptions {
         paths: Vec::new(),
+        queries: Vec::new(),
+        corpus: Vec::new(),
+        qrels: None,
         with: Vec::new(),
         ..config.input.clone()
     };

@@ -585,7 +585,7 @@ fn file_metadata(path: &Path, key: &str) -> Option<String> {
 }
 
 /// Applies the delta at `delta` to the rows of `before`: every removed row must be there.
-fn apply_delta(before: Vec<String>, delta: &Path) -> Vec<String> {
+pub(super) fn apply_delta(before: Vec<String>, delta: &Path) -> Vec<String> {
     let mut rows: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
     for r in before {
         *rows.entry(r).or_default() += 1;
@@ -612,7 +612,7 @@ fn apply_delta(before: Vec<String>, delta: &Path) -> Vec<String> {
     out
 }
 
-fn output_rows(at: &Path) -> Vec<String> {
+pub(super) fn output_rows(at: &Path) -> Vec<String> {
     let mut rows: Vec<String> = rows_as_text(&at.join("o.parquet"))
         .into_iter()
         .map(|(r, _)| r)

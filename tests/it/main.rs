@@ -9,6 +9,7 @@ mod distributed;
 mod hostile;
 mod in_memory;
 mod incremental;
+mod incremental_retrieval;
 mod index;
 mod memory_limit;
 mod onepass;
