@@ -118,7 +118,7 @@ fn grow_and_compare(
 }
 
 /// Option sets of retrieval mining: bands of every kind, several positives, guards (with and
-/// without a rank window), random samples, cosine.
+/// without a rank window), random samples, cosine, a sample of the queries.
 const OPTION_SETS: &[&[&str]] = &[
     &[],
     &["--negatives", "hard", "--num-negatives", "3"],
@@ -159,6 +159,14 @@ const OPTION_SETS: &[&[&str]] = &[
         "hardest",
         "--num-positives",
         "2",
+    ],
+    &[
+        "--anchors-sample",
+        "25",
+        "--seed",
+        "3",
+        "--negatives",
+        "easy",
     ],
 ];
 
