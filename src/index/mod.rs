@@ -8,6 +8,7 @@
 mod group;
 
 pub use group::{GroupIndex, Order};
+use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
 use faiss::index::IndexImpl;
@@ -188,6 +189,10 @@ pub struct IndexInfo {
 pub struct NeighbourIndex {
     /// `None`: exact, holding no copy of the vectors (see [`NeighbourIndex::exact_shards`]).
     index: Option<IndexImpl>,
+    /// Exact, with no memory limit: the first search copies the vectors into one Flat index
+    /// (searches of many small shards pay FAISS's per-search costs many times; a run that
+    /// never searches, the one-pass engine's, never copies).
+    copy_when_searched: bool,
     metric: Metric,
     rows: usize,
     info: IndexInfo,
@@ -220,9 +225,13 @@ impl NeighbourIndex {
     ) -> Result<Self> {
         let factory = spec.factory.as_str();
         let rows = vectors.len() / dim;
-        if spec.memory.is_some() && is_exact(factory) {
-            // A copy of the vectors would double what the limit was set against.
-            return Ok(Self::exact_shards(dim, metric, rows));
+        if is_exact(factory) {
+            // A copy of the vectors would double the memory (and what a limit was set
+            // against) for the same products.
+            let mut exact = Self::exact_shards(dim, metric, rows);
+            exact.copy_when_searched = spec.memory.is_none();
+            exact.tune(spec)?;
+            return Ok(exact);
         }
         let mut index = index_factory(dim as u32, factory, faiss_metric(metric)).map_err(|e| {
             Error::Config(format!(
@@ -256,11 +265,13 @@ impl NeighbourIndex {
 
     /// An exact (`Flat`) index that holds no copy of the vectors: every search goes over them
     /// a shard at a time, each shard added to a small Flat index, and merges the shards' `k`
-    /// nearest. As fast as one Flat index (the same matrix products), for `--check-recall`
-    /// beside an approximate index, where a full copy would double the vectors' memory.
+    /// nearest. As fast as one Flat index (the same matrix products), without doubling the
+    /// vectors' memory: every exact index is one (and `--check-recall`'s truth beside an
+    /// approximate index).
     pub fn exact_shards(dim: usize, metric: Metric, rows: usize) -> Self {
         NeighbourIndex {
             index: None,
+            copy_when_searched: false,
             metric,
             rows,
             nprobe: None,
@@ -341,6 +352,7 @@ impl NeighbourIndex {
         };
         let mut ready = NeighbourIndex {
             index: Some(index),
+            copy_when_searched: false,
             metric,
             rows,
             info,
@@ -352,11 +364,21 @@ impl NeighbourIndex {
     }
 
     /// Saves the index (FAISS's format) and `PATH.json` describing it, each atomically.
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let Some(index) = &self.index else {
-            return Err(Error::Config(
-                "an index searched shard by shard cannot be saved".into(),
-            ));
+    /// An exact index is saved as a Flat index over `vectors` (the table's, as indexed),
+    /// made for the save: searching needs no copy of them.
+    pub fn save(&self, path: &Path, vectors: &[f32]) -> Result<()> {
+        let made;
+        let index = match &self.index {
+            Some(index) => index,
+            None => {
+                let mut flat =
+                    index_factory(self.info.dim as u32, "Flat", faiss_metric(self.metric))?;
+                for batch in vectors.chunks(ADD_BATCH_ROWS * self.info.dim) {
+                    flat.add(batch)?;
+                }
+                made = flat;
+                &made
+            }
         };
         let target = AtomicPath::new(path)?;
         write_index(index, target.tmp().to_string_lossy().as_ref())
@@ -376,7 +398,10 @@ impl NeighbourIndex {
     /// Sets one FAISS search parameter; an index without it is a configuration error.
     fn set(&self, space: &ParameterSpace, name: &str, flag: &str, value: usize) -> Result<()> {
         let Some(index) = &self.index else {
-            return Ok(());
+            return Err(Error::Config(format!(
+                "{flag} does not apply to `{}`: an exact search has no search parameters",
+                self.info.factory
+            )));
         };
         space
             .set_index_parameter(index, name, value as f64)
@@ -523,6 +548,14 @@ impl NeighbourIndex {
         drop_pages: &dyn Fn(),
     ) -> Result<Candidates> {
         let k = k.min(self.rows).max(1);
+        if self.index.is_none() && self.copy_when_searched {
+            let dim = self.info.dim;
+            let mut flat = index_factory(dim as u32, "Flat", faiss_metric(self.metric))?;
+            for batch in base.chunks(ADD_BATCH_ROWS * dim) {
+                flat.add(batch)?;
+            }
+            self.index = Some(flat);
+        }
         let Some(index) = &mut self.index else {
             let (dim, metric) = (self.info.dim, self.metric);
             // Shards of a few MiB: each is copied into a small Flat index for the search.
@@ -544,6 +577,9 @@ fn to_distance(metric: Metric, dist: &mut [f32]) {
     }
 }
 
+/// `(distance, row)` entries of a list of nearest rows.
+type Ranked = Vec<(f32, i64)>;
+
 /// The `k` nearest rows of `base` for each query, exactly, one Flat index of `shard_rows`
 /// rows at a time; lists merged by (distance, row).
 fn search_shards(
@@ -558,7 +594,6 @@ fn search_shards(
     let nq = queries.len() / dim;
     // `k` slots a query, empty ones (row -1) last.
     let mut best: Vec<(f32, i64)> = vec![(f32::INFINITY, -1); nq * k];
-    let mut merged = Vec::with_capacity(2 * k);
     for (s, shard) in base.chunks(shard_rows * dim).enumerate() {
         let offset = (s * shard_rows) as i64;
         let mut flat = index_factory(dim as u32, "Flat", faiss_metric(metric))?;
@@ -567,14 +602,40 @@ fn search_shards(
         let kk = k.min(shard.len() / dim);
         let mut c = Candidates::from_search(flat.search(queries, kk)?, kk);
         to_distance(metric, &mut c.dist);
-        for (q, kept) in best.chunks_exact_mut(k).enumerate() {
-            merged.clear();
-            merged.extend(kept.iter().copied().filter(|x| x.1 >= 0));
-            merged.extend(c.of(q).map(|(d, r)| (d, r as i64 + offset)));
-            merged.sort_unstable_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
-            merged.resize(k, (f32::INFINITY, -1));
-            kept.copy_from_slice(&merged[..k]);
-        }
+        // Both lists in (distance, row) order, merged in one pass; queries in parallel.
+        let c = &c;
+        best.par_chunks_exact_mut(k).enumerate().for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(shard, merged): &mut (Ranked, Ranked), (q, kept)| {
+                shard.clear();
+                shard.extend(c.of(q).map(|(d, r)| (d, r as i64 + offset)));
+                // FAISS orders by distance; ties by row here.
+                for run in shard.chunk_by_mut(|x, y| x.0 == y.0) {
+                    run.sort_unstable_by_key(|x| x.1);
+                }
+                let old = &kept[..kept.iter().take_while(|x| x.1 >= 0).count()];
+                merged.clear();
+                let (mut i, mut j) = (0, 0);
+                while merged.len() < k && (i < old.len() || j < shard.len()) {
+                    let take_old = j == shard.len()
+                        || (i < old.len()
+                            && old[i]
+                                .0
+                                .total_cmp(&shard[j].0)
+                                .then(old[i].1.cmp(&shard[j].1))
+                                .is_lt());
+                    if take_old {
+                        merged.push(old[i]);
+                        i += 1;
+                    } else {
+                        merged.push(shard[j]);
+                        j += 1;
+                    }
+                }
+                merged.resize(k, (f32::INFINITY, -1));
+                kept.copy_from_slice(&merged[..k]);
+            },
+        );
     }
     Ok(Candidates {
         k,

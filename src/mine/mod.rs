@@ -567,7 +567,15 @@ impl<'t> Miner<'t> {
 
     /// Saves the neighbour index for a later run (`--load-index`).
     pub fn save_index(&self, path: &Path) -> Result<()> {
-        self.index.save(path)
+        if self.exact() && self.params.memory_limit.is_some() {
+            // Saving makes a Flat index: a copy of every vector, beyond what the limit allows.
+            return Err(crate::error::Error::Config(
+                "--save-index of an exact index under --memory-limit: it would copy every \
+                 vector (an exact index needs no file: give none)"
+                    .into(),
+            ));
+        }
+        self.index.save(path, &self.vectors)
     }
 
     /// The `k` candidates the index proposes for each anchor (the anchor itself left out).
