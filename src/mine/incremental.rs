@@ -25,6 +25,10 @@ use crate::config::{Metric, NegativeSampling};
 /// New rows compared at once: bounds the products held (anchors of a group times these).
 const NEW_ROWS_CHUNK: usize = 4096;
 
+/// A label no query has (queries are all of label 0), for new documents: none is a positive.
+const NOT_A_QUERY_LABEL: u32 = u32::MAX;
+static NOT_A_QUERY_LABELS: [u32; NEW_ROWS_CHUNK] = [NOT_A_QUERY_LABEL; NEW_ROWS_CHUNK];
+
 /// Anchors per parallel task.
 const ANCHOR_GROUP: usize = 256;
 
@@ -473,10 +477,9 @@ impl Miner<'_> {
         let first = rows[0] as usize;
         // A query's "label" is its known positives, and no new document is one: the qrels
         // stay as they were, and name only documents of the corpus then.
-        let others;
         let labels = if self.queries.is_some() {
-            others = vec![record.label.wrapping_add(1); rows.len()];
-            &others[..]
+            debug_assert_ne!(record.label, NOT_A_QUERY_LABEL);
+            &NOT_A_QUERY_LABELS[..rows.len()]
         } else {
             &self.table.label_codes[first..first + rows.len()]
         };

@@ -35,7 +35,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use crate::config::{Metric, MiningParams};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::index::{
     BuildMemory, Candidates, IndexInfo, IndexSpec, NeighbourIndex, faiss_error_factor, is_exact,
     resolve_factory,
@@ -569,7 +569,7 @@ impl<'t> Miner<'t> {
     pub fn save_index(&self, path: &Path) -> Result<()> {
         if self.exact() && self.params.memory_limit.is_some() {
             // Saving makes a Flat index: a copy of every vector, beyond what the limit allows.
-            return Err(crate::error::Error::Config(
+            return Err(Error::Config(
                 "--save-index of an exact index under --memory-limit: it would copy every \
                  vector (an exact index needs no file: give none)"
                     .into(),

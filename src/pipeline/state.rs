@@ -265,11 +265,7 @@ impl StateRun {
             inputs: self.inputs.clone(),
             fixed: self.fixed.clone(),
             rows: table.rows() as u64,
-            labels: if job.config.input.retrieval() {
-                Vec::new()
-            } else {
-                label_texts(table)?
-            },
+            labels: label_texts(table)?,
             blocks_id,
         };
         let json = serde_json::to_vec_pretty(&facts).expect("state facts serialise");
@@ -337,12 +333,8 @@ fn mine_new(
         new_rows: (n - old_rows) as u64,
         ..Changes::default()
     };
-    let retrieval = job.config.input.retrieval();
-    let codes = if retrieval {
-        Vec::new()
-    } else {
-        code_map(&facts.labels, table)?
-    };
+    // An unlabelled corpus has the one label `all`.
+    let codes = code_map(&facts.labels, table)?;
     let path = dir.join(BLOCKS);
     let mut old = BlockReader::open(&path)?;
     if old.id != facts.blocks_id {
@@ -356,7 +348,11 @@ fn mine_new(
     // (keys only enter below the sample's largest) are dropped.
     // In retrieval mode the anchors are the queries, which do not change.
     let anchor_rows = miner.anchor_rows();
-    let old_anchor_rows = if retrieval { anchor_rows } else { old_rows };
+    let old_anchor_rows = if job.config.input.retrieval() {
+        anchor_rows
+    } else {
+        old_rows
+    };
     let old_anchors = match job.config.mine.anchors_sample {
         Some(m) => m.min(old_anchor_rows),
         None => old_anchor_rows,
@@ -371,7 +367,7 @@ fn mine_new(
             changes.anchors_dropped += dropped as u64;
             changes.triplets_removed += triplets as u64;
         }
-        for r in block.anchors.iter_mut().filter(|_| !retrieval) {
+        for r in &mut block.anchors {
             r.label = codes[r.label as usize];
             if let Some(near) = &mut r.neighbour_labels {
                 near.majority = codes[near.majority as usize];
@@ -401,12 +397,8 @@ fn mine_new(
         anchors_updated = changes.anchors_updated,
         "state sifted"
     );
-    // New rows are anchors too (new documents are not).
-    let first_new = if retrieval {
-        anchors.len()
-    } else {
-        anchors.partition_point(|&a| (a as usize) < old_rows)
-    };
+    // New rows are anchors too (new documents are not: the queries stay).
+    let first_new = anchors.partition_point(|&a| (a as usize) < old_anchor_rows);
     let mine: Vec<u32> = again
         .into_iter()
         .chain(anchors[first_new..].iter().copied())
