@@ -261,6 +261,9 @@ pub struct Miner<'t> {
     /// before the pass and ranks sparse bands' from the rows it kept (else the pass finds
     /// every sample, and a second pass ranks them).
     sample_shortcuts: bool,
+    /// Anchors of at least this many (anchor, positive) pairs share one selector in the
+    /// one-pass engine (tests lower it).
+    gap_min_pairs: usize,
     /// Which search parameters were set explicitly (`nprobe`, `efSearch`, `k`): recall
     /// tuning keeps them.
     explicit: (bool, bool, bool),
@@ -360,6 +363,7 @@ impl<'t> Miner<'t> {
             keep_neighbours: self.keep_neighbours,
             portable_scan: self.portable_scan,
             sample_shortcuts: self.sample_shortcuts,
+            gap_min_pairs: self.gap_min_pairs,
             explicit: self.explicit,
         }
     }
@@ -507,6 +511,7 @@ impl<'t> Miner<'t> {
             keep_neighbours: false,
             portable_scan: false,
             sample_shortcuts: true,
+            gap_min_pairs: onepass::GAP_MIN_PAIRS,
             explicit: (
                 params.nprobe.is_some(),
                 params.ef_search.is_some(),
@@ -548,6 +553,14 @@ impl<'t> Miner<'t> {
     #[doc(hidden)]
     pub fn set_sample_shortcuts(&mut self, on: bool) {
         self.sample_shortcuts = on;
+    }
+
+    /// Anchors of at least `pairs` (anchor, positive) pairs share one selector in the
+    /// one-pass engine (else each pair has its own); for tests that check both. Results are
+    /// the same.
+    #[doc(hidden)]
+    pub fn set_gap_min_pairs(&mut self, pairs: usize) {
+        self.gap_min_pairs = pairs.max(1);
     }
 
     /// Time and queries of the neighbour searches so far.

@@ -27,6 +27,9 @@ use crate::config::{Metric, NegativeSampling, NegativeStrategy};
 use crate::error::Result;
 use crate::score::TripletKind;
 
+mod gaps;
+pub(super) use gaps::MIN_PAIRS as GAP_MIN_PAIRS;
+
 unsafe extern "C" {
     // The BLAS FAISS links (OpenBLAS here), Fortran interface: column-major.
     fn sgemm_(
@@ -179,6 +182,9 @@ struct PairState {
     prune_at: usize,
     /// Reused by [`prune`].
     scratch: Vec<f32>,
+    /// The exact distances of `near`'s rows, in its order, when known before [`finish`]
+    /// (rows an anchor's pairs share: [`gaps`]); else empty.
+    exact: Vec<f32>,
     /// Under `--sample random`: the pair's sample is the qualifying rows of smallest key.
     keyed: Option<Keyed>,
 }
@@ -336,6 +342,8 @@ struct AnchorState {
     ranks_only: bool,
     /// Reused by [`scan`].
     edges: Vec<Edges>,
+    /// For an anchor of many pairs: one selector for them all ([`gaps`]).
+    gaps: Option<gaps::Gaps>,
 }
 
 /// Resolves every planned anchor of `plans` (those with a positive) in one pass over the
@@ -344,28 +352,40 @@ pub(super) fn resolve_all(m: &mut Miner, plans: &[AnchorPlan]) -> Result<Vec<Opt
     let planned: Vec<usize> = (0..plans.len())
         .filter(|&i| plans[i].hardest_positive_distance.is_some())
         .collect();
-    let tiles = m.tiles;
     let started = std::time::Instant::now();
+    // Anchors of many pairs, whose state is larger, in groups of their own: fewer anchors
+    // and more rows per tile (the same memory), so each anchor's state stays in cache
+    // while it scans a tile.
+    let (many, few): (Vec<usize>, Vec<usize>) = planned
+        .iter()
+        .copied()
+        .partition(|&i| gaps::applies(m, &plans[i]));
+    let threads = rayon::current_num_threads();
+    let mut groups: Vec<(&[usize], Tiles)> = Vec::new();
+    for (list, tiles) in [(&few, m.tiles), (&many, gaps::tiles(m.tiles))] {
+        // Groups for every thread even when anchors are few.
+        let per_group = tiles.anchors.min(list.len().div_ceil(threads)).max(1);
+        for range in groups_within_memory(m, plans, list, per_group) {
+            groups.push((&list[range], tiles));
+        }
+    }
     let resolved: Vec<Vec<Resolved>> = {
         let m = &*m;
         // Each group multiplies on its own thread: BLAS's threads would only wait between
         // the small products and the scans.
         let _single = crate::process::BlasThreads::single();
-        // Groups for every thread even when anchors are few.
-        let per_group = tiles
-            .anchors
-            .min(planned.len().div_ceil(rayon::current_num_threads()))
-            .max(1);
-        groups_within_memory(m, plans, &planned, per_group)
-            .into_par_iter()
-            .map(|range| resolve_group(m, plans, &planned[range], tiles))
+        groups
+            .par_iter()
+            .map(|&(group, tiles)| resolve_group(m, plans, group, tiles))
             .collect::<Result<_>>()?
     };
     m.search.seconds += started.elapsed().as_secs_f64();
     m.search.queries += planned.len() as u64;
     let mut out: Vec<Option<Resolved>> = (0..plans.len()).map(|_| None).collect();
-    for (&i, r) in planned.iter().zip(resolved.into_iter().flatten()) {
-        out[i] = Some(r);
+    for ((group, _), resolved) in groups.iter().zip(resolved) {
+        for (&i, r) in group.iter().zip(resolved) {
+            out[i] = Some(r);
+        }
     }
     Ok(out)
 }
@@ -512,6 +532,7 @@ fn resolve_group(
                                     keyed.is_some() && m.sample_shortcuts,
                                 ),
                                 scratch: Vec::new(),
+                                exact: Vec::new(),
                                 keyed,
                             }
                         })
@@ -522,9 +543,15 @@ fn resolve_group(
                 slack: 2.0 * gemm_error_bound(dim, query_norm_of(plan.anchor), max_norm),
                 ranks_only: drawn.is_some(),
                 edges: Vec::new(),
+                gaps: None,
             }
         })
         .collect();
+    for (state, &i) in states.iter_mut().zip(group) {
+        if gaps::applies(m, &plans[i]) {
+            state.gaps = Some(gaps::Gaps::new(&state.pairs, state.slack, limit));
+        }
+    }
     let sweep = Sweep {
         m,
         plans,
@@ -538,6 +565,15 @@ fn resolve_group(
     with_rows(m, states, |b, mut state, rows| {
         let anchor = &queries[b * dim..(b + 1) * dim];
         let plan = &plans[group[b]];
+        if let Some(gaps) = state.gaps.take() {
+            let cx = gaps::Ctx {
+                m,
+                plan,
+                limit,
+                slack: state.slack,
+            };
+            gaps.finish(&mut state.pairs, &cx, rows, anchor);
+        }
         match drawn[b].take() {
             Some(triplets) => {
                 // The pairs of the pass were the samples' ranks; the rest as for any anchor.
@@ -668,6 +704,7 @@ fn sample_pairs(triplets: &[Triplet]) -> Vec<PairState> {
             cut: f32::INFINITY,
             prune_at: usize::MAX,
             scratch: Vec::new(),
+            exact: Vec::new(),
             keyed: None,
         })
         .collect()
@@ -700,7 +737,8 @@ fn runs_within_budget(m: &Miner, states: &[AnchorState]) -> Vec<std::ops::Range<
         .iter()
         .map(|s| {
             let pairs: usize = s.pairs.iter().map(|p| p.near.len()).sum();
-            pairs + s.nearest_negative.entries.len() + s.nearest_rows.entries.len()
+            let gaps = s.gaps.as_ref().map_or(0, |g| g.kept().count());
+            pairs + gaps + s.nearest_negative.entries.len() + s.nearest_rows.entries.len()
         })
         .collect();
     let budget = m
@@ -797,6 +835,7 @@ fn rank_samples(
             slack: 2.0 * gemm_error_bound(dim, qn, max_norm),
             ranks_only: true,
             edges: Vec::new(),
+            gaps: None,
         })
         .collect();
     sub.run(&mut states, usize::MAX);
@@ -903,6 +942,11 @@ fn scan(
     first: u32,
     limit: usize,
 ) {
+    if let Some(mut g) = state.gaps.take() {
+        gaps::scan(m, plan, state, &mut g, row, norms, to_d, first, limit);
+        state.gaps = Some(g);
+        return;
+    }
     let slack = state.slack;
     let mut edges = std::mem::take(&mut state.edges);
     edges.clear();
@@ -1344,11 +1388,7 @@ fn keep(
 /// certainly in the band and certainly a negative.
 fn prune(m: &Miner, plan: &AnchorPlan, pair: &mut PairState, limit: usize, slack: f32) {
     let band = pair.band;
-    let certainly_qualifies = |d: f32, r: u32| {
-        d - slack > band.lo + band.tol
-            && d + slack < band.hi - band.tol
-            && m.is_negative(plan.anchor, plan.label, r)
-    };
+    let certainly_qualifies = |d: f32, r: u32| certainly_qualifies(m, plan, band, slack, d, r);
     if let Some(keyed) = &mut pair.keyed {
         // A sample keeps the smallest keys: beyond the `limit`-th key of rows certainly
         // qualifying, no row can be drawn.
@@ -1382,7 +1422,29 @@ fn prune(m: &Miner, plan: &AnchorPlan, pair: &mut PairState, limit: usize, slack
     let (_, nth, _) = certain.select_nth_unstable_by(limit - 1, f32::total_cmp);
     pair.cut = pair.cut.min(*nth + slack);
     let cut = pair.cut;
-    pair.near.retain(|e| e.0 <= cut);
+    if pair.exact.is_empty() {
+        pair.near.retain(|e| e.0 <= cut);
+    } else {
+        let mut kept = pair.near.iter().map(|e| e.0 <= cut);
+        pair.exact.retain(|_| kept.next().unwrap_or(false));
+        pair.near.retain(|e| e.0 <= cut);
+    }
+}
+
+/// Whether row `r` at GEMM distance `d` (within `slack` of its exact one) is certainly in
+/// `band` and certainly a negative of the anchor.
+#[inline]
+fn certainly_qualifies(
+    m: &Miner,
+    plan: &AnchorPlan,
+    band: Band,
+    slack: f32,
+    d: f32,
+    r: u32,
+) -> bool {
+    d - slack > band.lo + band.tol
+        && d + slack < band.hi - band.tol
+        && m.is_negative(plan.anchor, plan.label, r)
 }
 
 /// Where exact distances read the table's rows: the table in memory, or rows read from a
@@ -1407,6 +1469,7 @@ impl RowSource {
                     .into_iter()
                     .chain(s.pairs.iter().map(|p| &p.near))
                     .flatten()
+                    .chain(s.gaps.iter().flat_map(|g| g.kept()))
                     .map(|e| e.1)
             })
             .collect();
@@ -1519,7 +1582,18 @@ fn finish(
             prune(m, plan, pair, limit, state.slack);
         }
         let d_ap = pair.d_ap;
-        let rows = exact(&pair.near);
+        let rows = if pair.exact.is_empty() {
+            exact(&pair.near)
+        } else {
+            let mut list: Vec<(f32, u32)> = pair
+                .exact
+                .iter()
+                .zip(&pair.near)
+                .map(|(&d, &(_, r))| (d, r))
+                .collect();
+            super::sort_nearest(&mut list);
+            list
+        };
         if let Some(keyed) = pair.keyed {
             // The sample: the qualifying rows of smallest key, in rank order once ranked
             // (here from the whole band, else by a second sweep: [`rank_samples`]).

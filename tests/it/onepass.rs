@@ -94,6 +94,97 @@ fn selectors_that_prune_keep_exact_ranks() {
     }
 }
 
+/// The one-pass engine with every anchor's pairs sharing one selector (or each its own), on
+/// both scan paths.
+fn mine_shared(
+    table: &Table,
+    p: &MiningParams,
+    tiles: Tiles,
+    shared: bool,
+    portable: bool,
+) -> MinedBlock {
+    let mut miner = Miner::new(table, p).unwrap();
+    miner.set_tiles(tiles);
+    miner.set_portable_scan(portable);
+    miner.set_gap_min_pairs(if shared { 1 } else { usize::MAX });
+    miner.mine_all().unwrap()
+}
+
+#[test]
+fn anchors_of_many_positives_share_one_selector_that_equals_the_oracle() {
+    // Few labels: every anchor has dozens of positives, whose bands overlap and interleave;
+    // each pair's negatives and ranks must be what its own search gives.
+    for (table, metric) in [
+        (blob_table(301, 8, 4, 21), Metric::L2sq),
+        (blob_table(301, 8, 5, 22), Metric::Cosine),
+        (grid_table(257, 3, 4, 3, 23), Metric::L2sq),
+    ] {
+        for s in STRATEGIES {
+            for n in [Count::AtMost(1), Count::AtMost(5), Count::All] {
+                for margin in [0.0, 0.3, 2.0] {
+                    let p = MiningParams {
+                        metric,
+                        negatives: s,
+                        num_negatives: n,
+                        positives: PositiveStrategy::All,
+                        num_positives: Count::All,
+                        margin,
+                        ..Default::default()
+                    };
+                    let (triplets, anchors) = Oracle::new(&table, metric).mine(&p);
+                    for portable in [false, true] {
+                        let tiles = Tiles {
+                            anchors: 29,
+                            rows: 70,
+                        };
+                        let mined = mine_shared(&table, &p, tiles, true, portable);
+                        assert_eq!(outcomes(mined.anchors), anchors, "{p:?} {portable}");
+                        assert_eq!(mined.triplets, triplets, "{p:?} {portable}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_shared_selector_equals_one_per_pair_at_tile_edges_and_ties() {
+    // All-tied rows (every distance 0), and tables not a multiple of the tile.
+    for table in [grid_table(120, 4, 3, 1, 3), blob_table(203, 6, 3, 11)] {
+        for s in STRATEGIES {
+            for n in [Count::AtMost(2), Count::All] {
+                let p = MiningParams {
+                    negatives: s,
+                    num_negatives: n,
+                    positives: PositiveStrategy::All,
+                    num_positives: Count::All,
+                    margin: 0.1,
+                    ..Default::default()
+                };
+                for tiles in [
+                    Tiles {
+                        anchors: 1,
+                        rows: 1,
+                    },
+                    Tiles {
+                        anchors: 16,
+                        rows: 17,
+                    },
+                    Tiles {
+                        anchors: 500,
+                        rows: 5000,
+                    },
+                ] {
+                    let own = mine_shared(&table, &p, tiles, false, false);
+                    let shared = mine_shared(&table, &p, tiles, true, false);
+                    assert_eq!(shared.anchors, own.anchors, "{p:?} {tiles:?}");
+                    assert_eq!(shared.triplets, own.triplets, "{p:?} {tiles:?}");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn all_tied_bands_are_ranked_by_row() {
     // Every vector the same: every distance 0, every order decided by row.
@@ -173,6 +264,8 @@ proptest! {
         margin in prop_oneof![Just(0.0f32), Just(0.2f32), Just(1.5f32)],
         tiles in (1usize..20, 1usize..40).prop_map(|(anchors, rows)| Tiles { anchors, rows }),
         portable in any::<bool>(),
+        num_positives in prop_oneof![Just(Count::AtMost(2)), Just(Count::All)],
+        shared in any::<bool>(),
     ) {
         let p = MiningParams {
             metric,
@@ -180,13 +273,17 @@ proptest! {
             negatives: strategy,
             num_negatives: n,
             positives,
-            num_positives: Count::AtMost(2),
+            num_positives,
             ..Default::default()
         };
         let ladder = mine(&table, &p, false, Tiles::default());
         let mut miner = Miner::new(&table, &p).unwrap();
         miner.set_tiles(tiles);
         miner.set_portable_scan(portable);
+        if shared {
+            // Every anchor's pairs share one selector, even one pair.
+            miner.set_gap_min_pairs(1);
+        }
         let one_pass = miner.mine_all().unwrap();
         prop_assert_eq!(one_pass.anchors, ladder.anchors);
         prop_assert_eq!(one_pass.triplets, ladder.triplets);

@@ -1,0 +1,626 @@
+//! One selector per anchor for anchors of many (anchor, positive) pairs (`--positives all`).
+//!
+//! In: an anchor's pairs (bands, not sampled) and the distances of its pass. Out: each pair's
+//! `below` count and kept rows, as its own selector would have left them for [`super::finish`].
+//!
+//! Every band is `[d_ap + c1, d_ap + c2]` for constants of the strategy, so sorted by `d_ap`
+//! both edges rise. A pair's answer is its `N` nearest qualifying rows at or above its lower
+//! edge: they lie in its own *gap* (from its lower edge to the next pair's) or in the gaps
+//! after it, and of each gap only the nearest rows can be among them. So each row goes to one
+//! gap (the gaps' `N`-nearest selectors are the pairs' own, pruned by their own bands), and
+//! each pair's count of rows before its band is a sum of the gaps' counts: per row one lookup
+//! in a grid over the gaps' edges instead of a test per pair. At the end each pair gathers
+//! the gaps from its own on, as far as its band and its `N`-th certain negative reach.
+
+use super::{
+    AnchorState, Band, CHUNK, Nearest, PairState, RowSource, Tiles, ToDistance,
+    certainly_qualifies, offer_nearest, window,
+};
+use crate::config::NegativeSampling;
+use crate::mine::Miner;
+use crate::mine::positives::AnchorPlan;
+
+/// Anchors with at least this many pairs scan through gaps (fewer: a test per pair, in
+/// registers, is cheaper).
+pub(in crate::mine) const MIN_PAIRS: usize = 9;
+
+/// Whether `plan`'s anchor scans through gaps: many pairs, bands (no rank window), nearest
+/// first (a random sample keys each pair's rows apart).
+pub(super) fn applies(m: &Miner, plan: &AnchorPlan) -> bool {
+    (m.gap_min_pairs..=MAX_PAIRS).contains(&plan.positives.len())
+        && m.params.sample != NegativeSampling::Random
+        && window(m).is_none()
+}
+
+/// The tile shape for anchors that scan through gaps: a sixteenth of the anchors, sixteen
+/// times the rows (the same memory). Each anchor's gaps (its grid, counts and kept rows, tens
+/// of KiB for a hundred pairs) are then read for thousands of rows at a time, from cache:
+/// 30,000 x 128, 300 labels, overlapping, `--positives all` (AMD EPYC, 2 cores): 1,024 x 512
+/// 20.0 s, 256 x 4,096 12.3 s, 128 x 8,192 11.7 s, 64 x 16,384 10.2 s.
+pub(super) fn tiles(t: Tiles) -> Tiles {
+    Tiles {
+        anchors: (t.anchors / 16).max(1),
+        rows: t.rows.saturating_mul(16),
+    }
+}
+
+/// For at most this many negatives per pair, each gap keeps its nearest certain negatives'
+/// distances in order, so that its cut tightens with every one (more: by selection, now
+/// and then).
+const IN_ORDER_MAX: usize = 32;
+
+/// Grid cells per gap: the fewer cells hold several gaps' edges (looked up one by one), the
+/// faster a row's gap is found.
+const CELLS_PER_GAP: usize = 8;
+
+/// At most this many cells an anchor (its grid is read for every row of the table).
+const MAX_CELLS: usize = 1 << 14;
+
+/// Gap numbers are 16 bits in the grid (two to a cell): anchors of more pairs than this
+/// test each pair.
+pub(super) const MAX_PAIRS: usize = u16::MAX as usize - 3;
+
+/// What every step of one anchor's gaps reads: the miner, the anchor's plan, negatives per
+/// pair, and twice its GEMM error bound.
+pub(super) struct Ctx<'a> {
+    pub m: &'a Miner<'a>,
+    pub plan: &'a AnchorPlan,
+    pub limit: usize,
+    pub slack: f32,
+}
+
+impl Ctx<'_> {
+    fn certainly_qualifies(&self, band: Band, d: f32, r: u32) -> bool {
+        certainly_qualifies(self.m, self.plan, band, self.slack, d, r)
+    }
+}
+
+/// An anchor's gaps during the pass. Gap `g` holds the rows with `g` lower edges at or
+/// before them: gap 0 the rows before every band, gap `g >= 1` those of the `g`-th pair in
+/// band order (per-gap vectors below are indexed by `g - 1`).
+pub(super) struct Gaps {
+    /// Pair indices in band order (by `d_ap`, then index).
+    order: Vec<u32>,
+    /// The lower edge of each pair in band order (where its selector starts: its band's
+    /// lower edge less the tolerances), ascending.
+    starts: Vec<f32>,
+    /// Each gap's band (its pair's).
+    bands: Vec<Band>,
+    /// The grid: cell of `d` = `floor(clamp((d - origin) * scale, -1, last)) + 1`.
+    origin: f32,
+    scale: f32,
+    last: f32,
+    /// Per cell: rows in it lie in gap `gaps & 0xffff` if nearer than `split`, else in gap
+    /// `gaps >> 16` (cells holding no edge: the same gap, `split` infinite; several different
+    /// edges: [`Gaps::multi`]).
+    split: Vec<f32>,
+    gaps: Vec<u32>,
+    /// Per cell of several different edges, the first of them and the end (else unused).
+    edges_in: Vec<(u32, u32)>,
+    /// Rows seen per gap (and the two sentinels).
+    counts: Vec<u32>,
+    /// Rows of a gap beyond this distance cannot matter: its band's upper edge, or its
+    /// `limit`-th row certainly in the band and a negative (plus the slack).
+    keep: Vec<f32>,
+    /// Each gap's rows that may matter, `(GEMM distance, row)`, and when to drop those beyond
+    /// its cut again.
+    lists: Vec<Vec<(f32, u32)>>,
+    prune_at: Vec<usize>,
+    /// Negatives per pair, if at most [`IN_ORDER_MAX`] (else 0): the stride of `nearest`.
+    in_order: usize,
+    /// Per gap, the distances of its nearest rows certainly in its band and certainly
+    /// negatives, ascending (`taken` of them).
+    nearest: Vec<f32>,
+    taken: Vec<u32>,
+    /// Reused by [`Gaps::prune`].
+    scratch: Vec<f32>,
+}
+
+impl Gaps {
+    /// The gaps of an anchor's `pairs` (each `band` set, none keyed), with `slack` twice the
+    /// anchor's GEMM error bound, for `limit` negatives per pair.
+    pub(super) fn new(pairs: &[PairState], slack: f32, limit: usize) -> Gaps {
+        let n = pairs.len();
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        order.sort_by(|&a, &b| pairs[a as usize].d_ap.total_cmp(&pairs[b as usize].d_ap));
+        let bands: Vec<Band> = order.iter().map(|&i| pairs[i as usize].band).collect();
+        let starts: Vec<f32> = bands.iter().map(|b| b.lo - b.tol - slack).collect();
+        let span = starts[n - 1] - starts[0];
+        let cells = CELLS_PER_GAP.saturating_mul(n).min(MAX_CELLS);
+        let scale = cells as f32 / span;
+        let (origin, scale, last) = if span > 0.0 && span.is_finite() && scale.is_finite() {
+            (starts[0], scale, cells as f32)
+        } else {
+            // One cell for every row (edges all equal, or all `-inf`).
+            (0.0, 0.0, 0.0)
+        };
+        let in_order = if limit <= IN_ORDER_MAX { limit } else { 0 };
+        let mut keep = Vec::with_capacity(n + 3);
+        keep.push(f32::NEG_INFINITY);
+        keep.extend(bands.iter().map(|b| b.hi + b.tol + slack));
+        keep.extend([f32::INFINITY, f32::NEG_INFINITY]);
+        let mut gaps = Gaps {
+            order,
+            starts,
+            bands,
+            origin,
+            scale,
+            last,
+            split: Vec::new(),
+            gaps: Vec::new(),
+            edges_in: Vec::new(),
+            counts: vec![0; n + 3],
+            keep,
+            lists: vec![Vec::new(); n],
+            prune_at: vec![super::first_prune_at(limit, false); n],
+            in_order,
+            nearest: vec![f32::INFINITY; n * in_order],
+            taken: vec![0; if in_order > 0 { n } else { 0 }],
+            scratch: Vec::new(),
+        };
+        (gaps.split, gaps.gaps, gaps.edges_in) = gaps.grid();
+        gaps
+    }
+
+    /// The sentinel gap of rows in cells holding several edges: found by a search.
+    fn multi(&self) -> u32 {
+        self.order.len() as u32 + 1
+    }
+
+    /// The sentinel gap of the anchor's own row (its distance NaN): not counted.
+    fn nan(&self) -> u32 {
+        self.order.len() as u32 + 2
+    }
+
+    /// A row's cell (the last one for NaN). Monotone in `d`: a row whose cell comes before
+    /// (after) an edge's cell lies before (after) the edge, whatever the rounding.
+    #[inline(always)]
+    fn cell_of(&self, d: f32) -> usize {
+        if d.is_nan() {
+            return self.split.len() - 1;
+        }
+        // Infinities clamped first: `inf * 0` (one cell) would be NaN.
+        let d = d.clamp(f32::MIN, f32::MAX);
+        let x = ((d - self.origin) * self.scale).max(-1.0).min(self.last);
+        (x.floor() as i32 + 1) as usize
+    }
+
+    fn grid(&self) -> (Vec<f32>, Vec<u32>, Vec<(u32, u32)>) {
+        let last = self.last as usize;
+        let of_starts: Vec<usize> = self.starts.iter().map(|&s| self.cell_of(s)).collect();
+        let both = |below: usize, above: usize| below as u32 | (above as u32) << 16;
+        let multi = self.multi() as usize;
+        let (mut split, mut gaps, mut edges_in) = (Vec::new(), Vec::new(), Vec::new());
+        for c in 0..=last + 1 {
+            let (lo, hi) = (
+                of_starts.partition_point(|&x| x < c),
+                of_starts.partition_point(|&x| x <= c),
+            );
+            let (s, g) = if lo == hi {
+                (f32::INFINITY, both(lo, lo))
+            } else if self.starts[lo] == self.starts[hi - 1] {
+                (self.starts[lo], both(lo, hi))
+            } else {
+                (f32::INFINITY, both(multi, multi))
+            };
+            split.push(s);
+            gaps.push(g);
+            edges_in.push((lo as u32, hi as u32));
+        }
+        split.push(f32::INFINITY);
+        let nan = self.nan() as usize;
+        gaps.push(both(nan, nan));
+        edges_in.push((0, 0));
+        (split, gaps, edges_in)
+    }
+
+    /// Every row the gaps keep (for reading a spilled table's rows).
+    pub(super) fn kept(&self) -> impl Iterator<Item = &(f32, u32)> {
+        self.lists.iter().flatten()
+    }
+
+    /// The gap of a row at distance `d` in cell `cell` ([`Gaps::multi`] if the cell holds
+    /// several edges).
+    #[inline(always)]
+    fn gap_in(&self, cell: usize, d: f32) -> usize {
+        let both = self.gaps[cell];
+        (if d >= self.split[cell] {
+            both >> 16
+        } else {
+            both & 0xffff
+        }) as usize
+    }
+
+    /// The gap of a row at distance `d` in a cell of several edges: past those at or before
+    /// it (a few).
+    fn gap_among_edges(&self, d: f32) -> usize {
+        let (lo, hi) = self.edges_in[self.cell_of(d)];
+        let starts = &self.starts[lo as usize..hi as usize];
+        lo as usize + starts.iter().filter(|&&s| s <= d).count()
+    }
+
+    /// Counts row `r` at distance `d` (its cell `cell`) in its gap and keeps it there if it
+    /// may matter.
+    #[inline(always)]
+    fn offer(&mut self, cell: usize, d: f32, r: u32, cx: &Ctx) {
+        let g = self.gap_in(cell, d);
+        self.counts[g] += 1;
+        if d <= self.keep[g] {
+            self.keep_row(g, d, r, cx);
+        }
+    }
+
+    /// The rare rows: near enough to a gap's selector, or in a cell of several edges.
+    #[inline(never)]
+    fn keep_row(&mut self, mut g: usize, d: f32, r: u32, cx: &Ctx) {
+        let (limit, slack) = (cx.limit, cx.slack);
+        if g == self.multi() as usize {
+            g = self.gap_among_edges(d);
+            self.counts[g] += 1;
+        }
+        // Rows offered together were tested against the cut before any was kept.
+        if d > self.keep[g] {
+            return;
+        }
+        let at = g - 1;
+        self.lists[at].push((d, r));
+        if self.in_order > 0 {
+            if cx.certainly_qualifies(self.bands[at], d, r) {
+                let k = self.in_order;
+                let nearest = &mut self.nearest[at * k..(at + 1) * k];
+                if d < nearest[k - 1] {
+                    // Insertion into the few in order; the farthest drops out when full.
+                    let i = nearest.partition_point(|&x| x <= d);
+                    nearest.copy_within(i..k - 1, i + 1);
+                    nearest[i] = d;
+                    let taken = &mut self.taken[at];
+                    *taken = (*taken + 1).min(k as u32);
+                    if *taken as usize == k {
+                        self.keep[g] = self.keep[g].min(nearest[k - 1] + slack);
+                    }
+                }
+            }
+            if self.lists[at].len() >= self.prune_at[at] {
+                let keep = self.keep[g];
+                self.lists[at].retain(|e| e.0 <= keep);
+                self.prune_at[at] = 2 * self.lists[at].len() + 8;
+            }
+        } else if limit != usize::MAX && self.lists[at].len() >= self.prune_at[at] {
+            self.prune(at, cx);
+            self.prune_at[at] = self.lists[at].len() + limit + 8;
+        }
+    }
+
+    /// Drops the rows of gap `at + 1` beyond its `limit`-th row certainly in its band and a
+    /// negative (plus the slack), as [`super::prune`] does a pair's.
+    fn prune(&mut self, at: usize, cx: &Ctx) {
+        let (band, limit) = (self.bands[at], cx.limit);
+        let certain = &mut self.scratch;
+        certain.clear();
+        certain.extend(
+            self.lists[at]
+                .iter()
+                .filter(|&&(d, r)| cx.certainly_qualifies(band, d, r))
+                .map(|e| e.0),
+        );
+        if certain.len() < limit {
+            return;
+        }
+        let (_, nth, _) = certain.select_nth_unstable_by(limit - 1, f32::total_cmp);
+        let keep = &mut self.keep[at + 1];
+        *keep = keep.min(*nth + cx.slack);
+        let keep = *keep;
+        self.lists[at].retain(|e| e.0 <= keep);
+    }
+
+    /// Each pair's count of rows before its band and its kept rows, gathered from the gaps
+    /// from its own on while they may hold one of its `limit` nearest, with their exact
+    /// distances (each row's once, from `rows`, to `anchor`: pairs share them).
+    pub(super) fn finish(
+        mut self,
+        pairs: &mut [PairState],
+        cx: &Ctx,
+        rows: &RowSource,
+        anchor: &[f32],
+    ) {
+        let (m, limit, slack) = (cx.m, cx.limit, cx.slack);
+        let mut below = 0u32;
+        for (s, &i) in self.order.iter().enumerate() {
+            below += self.counts[s];
+            pairs[i as usize].below = below;
+        }
+        // The gaps' rows within their cuts, and their exact distances.
+        let mut exact: Vec<Vec<f32>> = Vec::with_capacity(self.order.len());
+        for (list, &keep) in self.lists.iter_mut().zip(&self.keep[1..]) {
+            list.retain(|e| e.0 <= keep);
+            rows.prefetch(m, list);
+            exact.push(
+                list.iter()
+                    .map(|&(_, r)| rows.distance(m, anchor, r))
+                    .collect(),
+            );
+        }
+        let mut certain = Vec::new();
+        for (s, &i) in self.order.iter().enumerate() {
+            let band = self.bands[s];
+            let mut reach = self.keep[s + 1];
+            let (mut near, mut near_exact): (Vec<(f32, u32)>, Vec<f32>) = (Vec::new(), Vec::new());
+            certain.clear();
+            let from = self.starts.iter().zip(&self.lists).zip(&exact).skip(s);
+            for ((&start, list), exact) in from {
+                if start > reach {
+                    break;
+                }
+                for (&(d, r), &x) in list.iter().zip(exact) {
+                    if d <= reach {
+                        near.push((d, r));
+                        near_exact.push(x);
+                        if limit != usize::MAX && cx.certainly_qualifies(band, d, r) {
+                            certain.push(d);
+                        }
+                    }
+                }
+                if limit != usize::MAX && certain.len() >= limit {
+                    let (_, nth, _) = certain.select_nth_unstable_by(limit - 1, f32::total_cmp);
+                    reach = reach.min(*nth + slack);
+                    certain.retain(|&d| d <= reach);
+                    let mut kept = near.iter().map(|e| e.0 <= reach);
+                    near_exact.retain(|_| kept.next().unwrap_or(false));
+                    near.retain(|e| e.0 <= reach);
+                }
+            }
+            let pair = &mut pairs[i as usize];
+            pair.near = near;
+            pair.exact = near_exact;
+            pair.cut = reach;
+        }
+    }
+}
+
+/// Feeds one anchor's inner products with table rows `first..first + row.len()` (turned into
+/// distances by `to_d` with each row's squared norm) to its nearest selectors and its gaps.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn scan(
+    m: &Miner,
+    plan: &AnchorPlan,
+    state: &mut AnchorState,
+    gaps: &mut Gaps,
+    row: &[f32],
+    norms: &[f32],
+    to_d: ToDistance,
+    first: u32,
+    limit: usize,
+) {
+    let whole = row.len() / CHUNK * CHUNK;
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if !m.portable_scan && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the processor has AVX2 (checked just above).
+        unsafe {
+            scan_avx2(
+                m,
+                plan,
+                state,
+                gaps,
+                (&row[..whole], &norms[..whole]),
+                to_d,
+                first,
+                limit,
+            )
+        };
+        done = whole;
+    }
+    let cx = Ctx {
+        m,
+        plan,
+        limit,
+        slack: state.slack,
+    };
+    for at in (done..row.len()).step_by(CHUNK) {
+        let len = CHUNK.min(row.len() - at);
+        let mut d = [0f32; CHUNK];
+        for (d, (&x, &norm)) in d.iter_mut().zip(row[at..at + len].iter().zip(&norms[at..])) {
+            *d = to_d.at(x, norm);
+        }
+        let base = first + at as u32;
+        let lanes = (0..len).fold(0u32, |lanes, l| {
+            lanes | ((d[l] <= small_cut(state)) as u32) << l
+        });
+        if lanes != 0 {
+            let (rows, negative) = (&mut state.nearest_rows, &mut state.nearest_negative);
+            offer_nearest(m, plan, rows, negative, state.slack, &d, lanes, base);
+        }
+        for (l, &d) in d[..len].iter().enumerate() {
+            gaps.offer(gaps.cell_of(d), d, base + l as u32, &cx);
+        }
+    }
+}
+
+fn small_cut(state: &AnchorState) -> f32 {
+    let (a, b): (&Nearest, &Nearest) = (&state.nearest_negative, &state.nearest_rows);
+    a.cut.max(b.cut)
+}
+
+/// The gaps of 8 rows at distances `d` (their cells by the same arithmetic as
+/// [`Gaps::cell_of`], then as [`Gaps::offer`] finds them), and a bit per row that may be
+/// kept.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn gaps_of_avx2(gaps: &Gaps, d: std::arch::x86_64::__m256) -> (std::arch::x86_64::__m256i, u32) {
+    use std::arch::x86_64::*;
+    let (origin, scale) = (_mm256_set1_ps(gaps.origin), _mm256_set1_ps(gaps.scale));
+    // Infinities clamped first, as there (a NaN row's cell is set apart below).
+    let clamped = _mm256_min_ps(
+        _mm256_max_ps(d, _mm256_set1_ps(f32::MIN)),
+        _mm256_set1_ps(f32::MAX),
+    );
+    // `max` returns its second operand for a NaN, as `f32::max` does.
+    let x = _mm256_max_ps(
+        _mm256_mul_ps(_mm256_sub_ps(clamped, origin), scale),
+        _mm256_set1_ps(-1.0),
+    );
+    let x = _mm256_min_ps(x, _mm256_set1_ps(gaps.last));
+    let c = _mm256_add_epi32(
+        _mm256_cvttps_epi32(_mm256_floor_ps(x)),
+        _mm256_set1_epi32(1),
+    );
+    let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(d, d));
+    let c = _mm256_blendv_epi8(c, _mm256_set1_epi32(gaps.split.len() as i32 - 1), nan);
+    // SAFETY: every cell index is below the grid's length (clamped; NaN: the last).
+    let (split, both) = unsafe {
+        (
+            _mm256_i32gather_ps::<4>(gaps.split.as_ptr(), c),
+            _mm256_i32gather_epi32::<4>(gaps.gaps.as_ptr().cast(), c),
+        )
+    };
+    let above = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(d, split));
+    let g = _mm256_blendv_epi8(
+        _mm256_and_si256(both, _mm256_set1_epi32(0xffff)),
+        _mm256_srli_epi32::<16>(both),
+        above,
+    );
+    // SAFETY: every gap number is below the cuts' length (the grid holds no other).
+    let keep = unsafe { _mm256_i32gather_ps::<4>(gaps.keep.as_ptr(), g) };
+    (
+        g,
+        _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(d, keep)) as u32,
+    )
+}
+
+/// The whole chunks of [`scan`] in AVX2: per 8 rows their cells (the same arithmetic as
+/// [`Gaps::cell_of`]), gaps and cuts gathered, compared at once; the gaps' counts one by one.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2")]
+unsafe fn scan_avx2(
+    m: &Miner,
+    plan: &AnchorPlan,
+    state: &mut AnchorState,
+    gaps: &mut Gaps,
+    (row, norms): (&[f32], &[f32]),
+    to_d: ToDistance,
+    first: u32,
+    limit: usize,
+) {
+    use std::arch::x86_64::*;
+    let cx = Ctx {
+        m,
+        plan,
+        limit,
+        slack: state.slack,
+    };
+    for c in 0..row.len() / CHUNK {
+        let at = c * CHUNK;
+        let (d0, d1) = super::chunk_distances_avx2(row, norms, at, to_d);
+        let base = first + at as u32;
+        let (mut d, mut stored) = ([0f32; CHUNK], false);
+        super::offer_chunk_nearest_avx2(m, plan, state, (d0, d1), base, &mut d, &mut stored);
+        let (g0, kept0) = gaps_of_avx2(gaps, d0);
+        let (g1, kept1) = gaps_of_avx2(gaps, d1);
+        let mut g = [0u32; CHUNK];
+        // SAFETY: `g` holds 16 u32s.
+        unsafe {
+            _mm256_storeu_si256(g.as_mut_ptr().cast(), g0);
+            _mm256_storeu_si256(g.as_mut_ptr().add(8).cast(), g1);
+        }
+        for &g in &g {
+            gaps.counts[g as usize] += 1;
+        }
+        let mut kept = kept0 | kept1 << 8;
+        if kept != 0 {
+            super::store_chunk_avx2(&mut d, (d0, d1), &mut stored);
+            while kept != 0 {
+                let l = kept.trailing_zeros() as usize;
+                kept &= kept - 1;
+                let r = base + l as u32;
+                gaps.keep_row(g[l] as usize, d[l], r, &cx);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(d_aps: &[f32], strategy: crate::config::NegativeStrategy) -> Vec<PairState> {
+        d_aps
+            .iter()
+            .map(|&d_ap| PairState {
+                d_ap,
+                band: Band::of(strategy, d_ap, 0.2),
+                below: 0,
+                near: Vec::new(),
+                cut: f32::INFINITY,
+                prune_at: 0,
+                scratch: Vec::new(),
+                exact: Vec::new(),
+                keyed: None,
+            })
+            .collect()
+    }
+
+    /// The gap of `d` as the scan finds it: through the grid, then a cell's edges.
+    fn gap_through_grid(gaps: &Gaps, d: f32) -> usize {
+        let g = gaps.gap_in(gaps.cell_of(d), d);
+        if g == gaps.multi() as usize {
+            gaps.gap_among_edges(d)
+        } else {
+            g
+        }
+    }
+
+    #[test]
+    fn a_rows_gap_is_the_number_of_edges_at_or_before_it_even_at_the_edges() {
+        use crate::config::NegativeStrategy::*;
+        // Clustered and repeated edges (several to a cell, equal ones), a lone far one, and
+        // all edges equal or at -inf (one cell).
+        let spread: Vec<f32> = (0..40).map(|i| 1.0 + (i * i) as f32 * 1e-4).collect();
+        let cases: Vec<(Vec<f32>, _)> = vec![
+            (spread.clone(), Semihard),
+            ([spread.clone(), vec![1.05, 1.05, 1.05, 3.0]].concat(), Easy),
+            (vec![0.5; 12], Semihard),
+            (spread, Hard),
+        ];
+        for (d_aps, strategy) in cases {
+            let pairs = pairs(&d_aps, strategy);
+            let gaps = Gaps::new(&pairs, 1e-5, 5);
+            let mut probes: Vec<f32> = vec![f32::NEG_INFINITY, -1.0, 0.0, 10.0, f32::INFINITY];
+            for &s in &gaps.starts {
+                probes.extend([s, s.next_down(), s.next_up(), s + 1e-4]);
+            }
+            for &d in &probes {
+                let want = gaps.starts.partition_point(|&s| s <= d);
+                assert_eq!(gap_through_grid(&gaps, d), want, "{d} in {:?}", gaps.starts);
+            }
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                use std::arch::x86_64::*;
+                for chunk in probes.chunks(8) {
+                    let mut lanes = [f32::NAN; 8];
+                    lanes[..chunk.len()].copy_from_slice(chunk);
+                    let mut got = [0u32; 8];
+                    // SAFETY: AVX2 is present (checked above); both arrays hold 8 lanes.
+                    unsafe {
+                        let (g, _) = gaps_of_avx2(&gaps, _mm256_loadu_ps(lanes.as_ptr()));
+                        _mm256_storeu_si256(got.as_mut_ptr().cast(), g);
+                    }
+                    for (l, &d) in lanes.iter().enumerate() {
+                        let want = if d.is_nan() {
+                            gaps.nan() as usize
+                        } else {
+                            gap_through_grid(&gaps, d)
+                        };
+                        let got = got[l] as usize;
+                        // A row in a cell of several edges is resolved past the vector step.
+                        assert!(
+                            got == want || got == gaps.multi() as usize,
+                            "{d}: {got} {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
