@@ -33,10 +33,11 @@ pub(super) fn applies(m: &Miner, plan: &AnchorPlan) -> bool {
 }
 
 /// The tile shape for anchors that scan through gaps: a sixteenth of the anchors, sixteen
-/// times the rows (the same memory). Each anchor's gaps (its grid, counts and kept rows, tens
-/// of KiB for a hundred pairs) are then read for thousands of rows at a time, from cache:
-/// 30,000 x 128, 300 labels, overlapping, `--positives all` (AMD EPYC, 2 cores): 1,024 x 512
-/// 20.0 s, 256 x 4,096 12.3 s, 128 x 8,192 11.7 s, 64 x 16,384 10.2 s.
+/// times the rows (the same memory). Each anchor's gaps (its grid, cuts and counts, about 7
+/// KiB for a hundred pairs, read for every row) then stay in cache for thousands of rows at a
+/// time. 30,000 x 128, 300 labels, overlapping, `--positives all` (AMD EPYC, 2 cores): 1,024 x
+/// 512 15.2 s, 64 x 8,192 8.9 s; at 100,000 rows 64 x 8,192, 128 x 4,096 and 256 x 2,048 were
+/// within the machine's noise (73.8 to 77.8 s).
 pub(super) fn tiles(t: Tiles) -> Tiles {
     Tiles {
         anchors: (t.anchors / 16).max(1),
@@ -48,6 +49,9 @@ pub(super) fn tiles(t: Tiles) -> Tiles {
 /// distances in order, so that its cut tightens with every one (more: by selection, now
 /// and then).
 const IN_ORDER_MAX: usize = 32;
+
+/// Rows whose vectors are asked for ahead of their exact distances.
+const PREFETCH_AHEAD: usize = 16;
 
 /// Grid cells per gap: the fewer cells hold several gaps' edges (looked up one by one), the
 /// faster a row's gap is found.
@@ -329,17 +333,30 @@ impl Gaps {
             below += self.counts[s];
             pairs[i as usize].below = below;
         }
-        // The gaps' rows within their cuts, and their exact distances.
-        let mut exact: Vec<Vec<f32>> = Vec::with_capacity(self.order.len());
+        // The gaps' rows within their cuts, and their exact distances: rows lie anywhere in
+        // the table, so each is asked for well before its turn (one list's are too few).
         for (list, &keep) in self.lists.iter_mut().zip(&self.keep[1..]) {
             list.retain(|e| e.0 <= keep);
-            rows.prefetch(m, list);
-            exact.push(
-                list.iter()
-                    .map(|&(_, r)| rows.distance(m, anchor, r))
-                    .collect(),
-            );
         }
+        let all: Vec<(f32, u32)> = self.lists.iter().flatten().copied().collect();
+        rows.prefetch(m, &all[..all.len().min(PREFETCH_AHEAD)]);
+        let mut exact_all = Vec::with_capacity(all.len());
+        for (i, &(_, r)) in all.iter().enumerate() {
+            if let Some(ahead) = all.get(i + PREFETCH_AHEAD) {
+                rows.prefetch(m, std::slice::from_ref(ahead));
+            }
+            exact_all.push(rows.distance(m, anchor, r));
+        }
+        let mut rest = &exact_all[..];
+        let exact: Vec<&[f32]> = self
+            .lists
+            .iter()
+            .map(|list| {
+                let (this, after) = rest.split_at(list.len());
+                rest = after;
+                this
+            })
+            .collect();
         let mut certain = Vec::new();
         for (s, &i) in self.order.iter().enumerate() {
             let band = self.bands[s];
@@ -351,7 +368,7 @@ impl Gaps {
                 if start > reach {
                     break;
                 }
-                for (&(d, r), &x) in list.iter().zip(exact) {
+                for (&(d, r), &x) in list.iter().zip(exact.iter()) {
                     if d <= reach {
                         near.push((d, r));
                         near_exact.push(x);
@@ -510,12 +527,45 @@ unsafe fn scan_avx2(
         limit,
         slack: state.slack,
     };
+    // Rows before every start lie in gap 0, rows from the last start on in the last gap
+    // (whose count no pair reads): a chunk of only such rows needs no lookup.
+    let pairs = gaps.order.len();
+    let (first_start, last_start) = (
+        _mm256_set1_ps(gaps.starts[0]),
+        _mm256_set1_ps(gaps.starts[pairs - 1]),
+    );
     for c in 0..row.len() / CHUNK {
         let at = c * CHUNK;
         let (d0, d1) = super::chunk_distances_avx2(row, norms, at, to_d);
         let base = first + at as u32;
         let (mut d, mut stored) = ([0f32; CHUNK], false);
         super::offer_chunk_nearest_avx2(m, plan, state, (d0, d1), base, &mut d, &mut stored);
+        let before = super::lanes_of_avx2(
+            _mm256_cmp_ps::<_CMP_LT_OQ>(d0, first_start),
+            _mm256_cmp_ps::<_CMP_LT_OQ>(d1, first_start),
+        );
+        let past = super::lanes_of_avx2(
+            _mm256_cmp_ps::<_CMP_GE_OQ>(d0, last_start),
+            _mm256_cmp_ps::<_CMP_GE_OQ>(d1, last_start),
+        );
+        if before | past == 0xffff {
+            gaps.counts[0] += before.count_ones();
+            let keep = _mm256_set1_ps(gaps.keep[pairs]);
+            let mut kept = past
+                & super::lanes_of_avx2(
+                    _mm256_cmp_ps::<_CMP_LE_OQ>(d0, keep),
+                    _mm256_cmp_ps::<_CMP_LE_OQ>(d1, keep),
+                );
+            if kept != 0 {
+                super::store_chunk_avx2(&mut d, (d0, d1), &mut stored);
+                while kept != 0 {
+                    let l = kept.trailing_zeros() as usize;
+                    kept &= kept - 1;
+                    gaps.keep_row(pairs, d[l], base + l as u32, &cx);
+                }
+            }
+            continue;
+        }
         let (g0, kept0) = gaps_of_avx2(gaps, d0);
         let (g1, kept1) = gaps_of_avx2(gaps, d1);
         let mut g = [0u32; CHUNK];
