@@ -549,7 +549,7 @@ fn resolve_group(
         .collect();
     for (state, &i) in states.iter_mut().zip(group) {
         if gaps::applies(m, &plans[i]) {
-            state.gaps = Some(gaps::Gaps::new(&state.pairs, state.slack, limit));
+            state.gaps = gaps::Gaps::new(&state.pairs, state.slack, limit);
         }
     }
     let sweep = Sweep {

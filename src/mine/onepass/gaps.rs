@@ -122,13 +122,17 @@ pub(super) struct Gaps {
 
 impl Gaps {
     /// The gaps of an anchor's `pairs` (each `band` set, none keyed), with `slack` twice the
-    /// anchor's GEMM error bound, for `limit` negatives per pair.
-    pub(super) fn new(pairs: &[PairState], slack: f32, limit: usize) -> Gaps {
+    /// anchor's GEMM error bound, for `limit` negatives per pair; `None` if rounding left the
+    /// starts out of `d_ap`'s order (edges an ulp apart: each pair then keeps its own).
+    pub(super) fn new(pairs: &[PairState], slack: f32, limit: usize) -> Option<Gaps> {
         let n = pairs.len();
         let mut order: Vec<u32> = (0..n as u32).collect();
         order.sort_by(|&a, &b| pairs[a as usize].d_ap.total_cmp(&pairs[b as usize].d_ap));
         let bands: Vec<Band> = order.iter().map(|&i| pairs[i as usize].band).collect();
         let starts: Vec<f32> = bands.iter().map(|b| b.lo - b.tol - slack).collect();
+        if n == 0 || !starts.is_sorted_by(|a, b| a <= b) {
+            return None;
+        }
         let span = starts[n - 1] - starts[0];
         let cells = CELLS_PER_GAP.saturating_mul(n).min(MAX_CELLS);
         let scale = cells as f32 / span;
@@ -163,7 +167,7 @@ impl Gaps {
             scratch: Vec::new(),
         };
         (gaps.split, gaps.gaps, gaps.edges_in) = gaps.grid();
-        gaps
+        Some(gaps)
     }
 
     /// The sentinel gap of rows in cells holding several edges: found by a search.
@@ -622,6 +626,16 @@ mod tests {
     }
 
     #[test]
+    fn starts_out_of_the_pairs_order_leave_each_pair_its_own_selector() {
+        use crate::config::NegativeStrategy::Easy;
+        let mut pairs = pairs(&[0.5, 0.6, 0.7], Easy);
+        assert!(Gaps::new(&pairs, 1e-5, 5).is_some());
+        // As if rounding had moved the second pair's edge below the first's.
+        pairs[1].band.lo = pairs[0].band.lo - 1e-3;
+        assert!(Gaps::new(&pairs, 1e-5, 5).is_none());
+    }
+
+    #[test]
     fn a_rows_gap_is_the_number_of_edges_at_or_before_it_even_at_the_edges() {
         use crate::config::NegativeStrategy::*;
         // Clustered and repeated edges (several to a cell, equal ones), a lone far one, and
@@ -635,7 +649,7 @@ mod tests {
         ];
         for (d_aps, strategy) in cases {
             let pairs = pairs(&d_aps, strategy);
-            let gaps = Gaps::new(&pairs, 1e-5, 5);
+            let gaps = Gaps::new(&pairs, 1e-5, 5).unwrap();
             let mut probes: Vec<f32> = vec![f32::NEG_INFINITY, -1.0, 0.0, 10.0, f32::INFINITY];
             for &s in &gaps.starts {
                 probes.extend([s, s.next_down(), s.next_up(), s + 1e-4]);
