@@ -540,3 +540,28 @@ proptest! {
         prop_assert_eq!(one_pass.triplets, ladder.triplets);
     }
 }
+
+#[test]
+fn shared_selectors_over_a_spilled_table_write_what_they_write_in_memory() {
+    // Vectors spilled (a limit of a few KiB, unchecked in tests): the kept rows' exact
+    // distances read the rows from the scratch file, the gaps' rows among them.
+    use crate::common::bin::{generated, mine_with_summary};
+    let dir = tempfile::TempDir::new().unwrap();
+    let input = generated(dir.path(), "t.parquet", 900, 12, 41);
+    let scratch = dir.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let all = ["--positives", "all", "--num-positives", "all"];
+    for (out, limited) in [("mem.parquet", false), ("spilled.parquet", true)] {
+        let mut args = vec!["--out", out];
+        args.extend(all);
+        if limited {
+            args.extend(["--memory-limit", "32KiB", "--scratch-dir"]);
+            args.push(scratch.to_str().unwrap());
+        }
+        let run = mine_with_summary(dir.path(), &input, &args).success();
+        let log = String::from_utf8_lossy(&run.get_output().stderr).to_string();
+        assert_eq!(log.contains("vectors spill"), limited, "{log}");
+    }
+    let bytes = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+    assert!(bytes("mem.parquet") == bytes("spilled.parquet"));
+}
