@@ -1422,13 +1422,17 @@ fn prune(m: &Miner, plan: &AnchorPlan, pair: &mut PairState, limit: usize, slack
     let (_, nth, _) = certain.select_nth_unstable_by(limit - 1, f32::total_cmp);
     pair.cut = pair.cut.min(*nth + slack);
     let cut = pair.cut;
-    if pair.exact.is_empty() {
-        pair.near.retain(|e| e.0 <= cut);
-    } else {
-        let mut kept = pair.near.iter().map(|e| e.0 <= cut);
-        pair.exact.retain(|_| kept.next().unwrap_or(false));
-        pair.near.retain(|e| e.0 <= cut);
+    retain_within(&mut pair.near, &mut pair.exact, cut);
+}
+
+/// Keeps the rows of `near` within `cut` (GEMM distance), and their exact distances in
+/// `exact` beside them (when known: empty, it stays so).
+fn retain_within(near: &mut Vec<(f32, u32)>, exact: &mut Vec<f32>, cut: f32) {
+    if !exact.is_empty() {
+        let mut kept = near.iter().map(|e| e.0 <= cut);
+        exact.retain(|_| kept.next().unwrap_or(false));
     }
+    near.retain(|e| e.0 <= cut);
 }
 
 /// Whether row `r` at GEMM distance `d` (within `slack` of its exact one) is certainly in

@@ -13,8 +13,8 @@
 //! the gaps from its own on, as far as its band and its `N`-th certain negative reach.
 
 use super::{
-    AnchorState, Band, CHUNK, Nearest, PairState, RowSource, Tiles, ToDistance,
-    certainly_qualifies, offer_nearest, window,
+    AnchorState, Band, CHUNK, PairState, RowSource, Tiles, ToDistance, certainly_qualifies,
+    lanes_where, offer_nearest, retain_within, window,
 };
 use crate::config::NegativeSampling;
 use crate::mine::Miner;
@@ -385,9 +385,7 @@ impl Gaps {
                     let (_, nth, _) = certain.select_nth_unstable_by(limit - 1, f32::total_cmp);
                     reach = reach.min(*nth + slack);
                     certain.retain(|&d| d <= reach);
-                    let mut kept = near.iter().map(|e| e.0 <= reach);
-                    near_exact.retain(|_| kept.next().unwrap_or(false));
-                    near.retain(|e| e.0 <= reach);
+                    retain_within(&mut near, &mut near_exact, reach);
                 }
             }
             let pair = &mut pairs[i as usize];
@@ -444,9 +442,8 @@ pub(super) fn scan(
             *d = to_d.at(x, norm);
         }
         let base = first + at as u32;
-        let lanes = (0..len).fold(0u32, |lanes, l| {
-            lanes | ((d[l] <= small_cut(state)) as u32) << l
-        });
+        let small_cut = state.nearest_negative.cut.max(state.nearest_rows.cut);
+        let lanes = lanes_where(|l| l < len && d[l] <= small_cut);
         if lanes != 0 {
             let (rows, negative) = (&mut state.nearest_rows, &mut state.nearest_negative);
             offer_nearest(m, plan, rows, negative, state.slack, &d, lanes, base);
@@ -455,11 +452,6 @@ pub(super) fn scan(
             gaps.offer(gaps.cell_of(d), d, base + l as u32, &cx);
         }
     }
-}
-
-fn small_cut(state: &AnchorState) -> f32 {
-    let (a, b): (&Nearest, &Nearest) = (&state.nearest_negative, &state.nearest_rows);
-    a.cut.max(b.cut)
 }
 
 /// The gaps of 8 rows at distances `d` (their cells by the same arithmetic as
