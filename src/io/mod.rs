@@ -6,6 +6,7 @@
 //! writers ([`ParquetSink`], [`write_parquet`]); and a distributed run's prepared table
 //! ([`save_table`], [`open_table`]).
 
+mod kept;
 mod paths;
 mod prepared;
 mod read;
@@ -14,6 +15,8 @@ mod table;
 mod vectors;
 mod write;
 
+pub(crate) use kept::save_kept;
+pub use kept::{KeptFacts, KeptRows};
 pub use paths::resolve_inputs;
 pub use prepared::{PreparedTable, open_table, save_table};
 pub use read::{BatchSource, ReadOptions, read_table, read_table_from_batches, read_table_with};

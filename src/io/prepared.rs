@@ -41,11 +41,11 @@ pub struct PreparedTable {
 
 const VECTORS: &str = "vectors.f32";
 const ROWS: &str = "rows.arrow";
-const ID: &str = "__id";
-const LABEL: &str = "__label";
+pub(super) const ID: &str = "__id";
+pub(super) const LABEL: &str = "__label";
 const POSITIVES: &str = "__positives";
 /// Prefix of the `--with` columns' names in `rows.arrow` (apart from the fields above).
-const WITH: &str = "with:";
+pub(super) const WITH: &str = "with:";
 
 /// Writes `table` into the folder `dir` (created), its vectors L2-normalised when `normalize`
 /// (and not normalised already), with `positives` (retrieval mode's queries).
@@ -62,23 +62,63 @@ pub fn save_table(
         let dest = vectors_file.dest();
         let file = File::create(vectors_file.tmp()).map_err(|e| Error::output(dest, e))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        let rows_per_chunk = ((4 << 20) / (4 * dim)).max(1);
-        let mut chunk = Vec::with_capacity(rows_per_chunk * dim);
-        for part in table.vectors.chunks(rows_per_chunk * dim) {
-            chunk.clear();
-            chunk.extend_from_slice(part);
-            if normalize && !table.normalized {
-                crate::score::normalize_rows(&mut chunk, dim);
-            }
-            if cfg!(target_endian = "big") {
-                unreachable!("tripmine runs on little-endian Linux only");
-            }
-            out.write_all(bytemuck::cast_slice(&chunk))
-                .map_err(|e| Error::output(dest, e))?;
-            table.vectors.drop_pages_over_budget();
-        }
+        write_vectors(table, 0, normalize, &mut out).map_err(|e| Error::output(dest, e))?;
         out.flush().map_err(|e| Error::output(dest, e))?;
     }
+    let batch = rows_batch(table, positives)?;
+    let rows_file = AtomicPath::new(&dir.join(ROWS))?;
+    {
+        let dest = rows_file.dest();
+        let file = File::create(rows_file.tmp()).map_err(|e| Error::output(dest, e))?;
+        let mut writer = FileWriter::try_new(BufWriter::new(file), &batch.schema())
+            .map_err(|e| Error::output(dest, e))?;
+        writer.write(&batch).map_err(|e| Error::output(dest, e))?;
+        writer.finish().map_err(|e| Error::output(dest, e))?;
+    }
+    vectors_file.commit()?;
+    rows_file.commit()?;
+    Ok(PreparedTable {
+        rows: table.rows(),
+        dim,
+        normalized: normalize || table.normalized,
+        labelled: table.labelled(),
+        sources: table
+            .sources
+            .iter()
+            .map(|s| (s.path.clone(), s.rows))
+            .collect(),
+    })
+}
+
+/// Writes the vectors of `table`'s rows from `from` on to `out`, L2-normalised when
+/// `normalize` (and not normalised already), a few MiB at a time (a spilled table's pages are
+/// dropped as they go).
+pub(super) fn write_vectors(
+    table: &Table,
+    from: usize,
+    normalize: bool,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    let dim = table.dim;
+    let rows_per_chunk = ((4 << 20) / (4 * dim)).max(1);
+    let mut chunk = Vec::with_capacity(rows_per_chunk * dim);
+    for part in table.vectors[from * dim..].chunks(rows_per_chunk * dim) {
+        chunk.clear();
+        chunk.extend_from_slice(part);
+        if normalize && !table.normalized {
+            crate::score::normalize_rows(&mut chunk, dim);
+        }
+        if cfg!(target_endian = "big") {
+            unreachable!("tripmine runs on little-endian Linux only");
+        }
+        out.write_all(bytemuck::cast_slice(&chunk))?;
+        table.vectors.drop_pages_over_budget();
+    }
+    Ok(())
+}
+
+/// One batch of `table`'s ids, labels and `--with` columns, and `positives` when given.
+pub(super) fn rows_batch(table: &Table, positives: Option<&[Vec<u32>]>) -> Result<RecordBatch> {
     let mut fields = vec![Field::new(ID, table.ids.data_type().clone(), false)];
     let mut columns: Vec<ArrayRef> = vec![table.ids.clone()];
     if let Labels::Given { column, .. } = &table.labels {
@@ -102,29 +142,10 @@ pub fn save_table(
         fields.push(Field::new(POSITIVES, list.data_type().clone(), false));
         columns.push(Arc::new(list));
     }
-    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
-    let rows_file = AtomicPath::new(&dir.join(ROWS))?;
-    {
-        let dest = rows_file.dest();
-        let file = File::create(rows_file.tmp()).map_err(|e| Error::output(dest, e))?;
-        let mut writer = FileWriter::try_new(BufWriter::new(file), &batch.schema())
-            .map_err(|e| Error::output(dest, e))?;
-        writer.write(&batch).map_err(|e| Error::output(dest, e))?;
-        writer.finish().map_err(|e| Error::output(dest, e))?;
-    }
-    vectors_file.commit()?;
-    rows_file.commit()?;
-    Ok(PreparedTable {
-        rows: table.rows(),
-        dim,
-        normalized: normalize || table.normalized,
-        labelled: table.labelled(),
-        sources: table
-            .sources
-            .iter()
-            .map(|s| (s.path.clone(), s.rows))
-            .collect(),
-    })
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }
 
 /// Opens the table [`save_table`] wrote into `dir`, its vectors mapped (under a memory limit,

@@ -14,6 +14,7 @@ use arrow::datatypes::{DataType, Float16Type, Float32Type, Float64Type, Schema};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+use super::kept::KeptRows;
 use super::paths::resolve_inputs;
 use super::table::{SourceFile, Table, check_no_nulls, first_null};
 use super::vectors::VectorSink;
@@ -32,6 +33,9 @@ pub struct ReadOptions {
     /// Check and count the vectors, but keep none (the table's vectors are then empty):
     /// for what describes a table without mining it.
     pub discard_vectors: bool,
+    /// Rows an incremental state kept: the first inputs' rows, taken from the state instead of
+    /// their files (which are not read again; the inputs after them are read).
+    pub kept: Option<KeptRows>,
 }
 
 /// Opens a Parquet input for reading, after checking what its footer claims against the file:
@@ -136,13 +140,37 @@ pub fn read_table_with(
 ) -> Result<Table> {
     let files = resolve_inputs(specs)?;
     let mut reader = TableReader::new(columns);
+    let kept = options.kept.as_ref().filter(|_| !options.discard_vectors);
+    let read_from = kept.map_or(0, |k| k.facts.sources.len());
+    if let Some(kept) = kept
+        && (read_from > files.len()
+            || kept.facts.with != columns.extra
+            || kept
+                .facts
+                .sources
+                .iter()
+                .zip(&files)
+                .any(|((p, _), f)| p != f))
+    {
+        return Err(Error::Config(format!(
+            "the rows kept in {} are not the first inputs' with these columns",
+            kept.dir.display()
+        )));
+    }
     if options.discard_vectors {
         reader.vectors = VectorSink::Discard(0);
     } else if let Some(limit) = options.memory_limit {
         // Row counts from the footers, to size the vectors before reading them, and the
         // `--with` columns' decoded sizes, which stay in memory.
         let (mut rows, mut bytes, mut extra) = (0u64, 0u64, 0u64);
-        for path in &files {
+        if let Some(kept) = kept {
+            rows = kept.facts.rows;
+            bytes = rows * kept.facts.dim as u64 * 4;
+            if !kept.facts.with.is_empty() {
+                extra = kept.columns_bytes();
+            }
+        }
+        for path in &files[read_from..] {
             let (declared, len, with) = contain_panics(path, || {
                 let (meta, len) = open_parquet(path)?;
                 let meta = meta.metadata();
@@ -160,7 +188,10 @@ pub fn read_table_with(
         plan.extra_bytes = extra;
         reader.spill = Some(plan);
     }
-    for file in &files {
+    if let Some(kept) = kept {
+        reader.take_kept(&files[0], kept)?;
+    }
+    for file in &files[read_from..] {
         reader.read_file(file)?;
     }
     reader.finish(&files[0])
@@ -329,6 +360,58 @@ impl<'a> TableReader<'a> {
                 format!("its footer declares {file_rows} rows but it holds {read}"),
             ));
         }
+        Ok(())
+    }
+
+    /// Takes the rows a state kept as the first inputs' rows, as reading their files would
+    /// have given them: the column types of the first input (from its footer, which the state
+    /// compared), ids, labels and `--with` columns, and the vectors streamed into the sink
+    /// (normalised as the new rows will be).
+    fn take_kept(&mut self, first_file: &Path, kept: &KeptRows) -> Result<()> {
+        let (builder, _) = open_parquet(first_file)?;
+        let schema = builder.schema().clone();
+        self.check_schema(first_file, &schema)?;
+        let facts = &kept.facts;
+        let labelled = self.columns.label.is_some();
+        let columns = kept.columns(labelled)?;
+        self.ids.push(columns.ids);
+        self.labels.extend(columns.labels);
+        for (parts, column) in self.extra.iter_mut().zip(columns.extra) {
+            parts.push(column);
+        }
+        let dim = facts.dim;
+        self.dim = Some((dim, first_file.into(), 0));
+        let declared = self
+            .spill
+            .as_ref()
+            .and_then(|p| p.rows)
+            .unwrap_or(facts.rows);
+        self.start_vectors(dim, declared, u64::MAX)?;
+        // Normalised rows stay as they are (normalising again could move a bit); raw rows are
+        // normalised here when the new rows will be.
+        let normalize_kept = self.normalized && !facts.normalized;
+        self.normalized |= facts.normalized;
+        let rows_per_read = ((4 << 20) / (4 * dim)).max(1);
+        kept.for_each_vectors(rows_per_read, |part| {
+            if normalize_kept {
+                for row in part.chunks_exact(dim) {
+                    self.row_buf.clear();
+                    self.row_buf.extend_from_slice(row);
+                    crate::score::normalize_row(&mut self.row_buf);
+                    self.vectors.extend(&self.row_buf)?;
+                }
+                Ok(())
+            } else {
+                self.vectors.extend(part)
+            }
+        })?;
+        self.rows = facts.rows;
+        self.sources = kept.sources();
+        tracing::debug!(
+            rows = facts.rows,
+            files = facts.sources.len(),
+            "rows kept in the state taken"
+        );
         Ok(())
     }
 

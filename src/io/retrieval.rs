@@ -48,7 +48,12 @@ pub fn read_retrieval(input: &InputOptions, options: &ReadOptions) -> Result<(Ta
     let mut query_extra = input.with.clone();
     query_extra.extend(input.positives_col.iter().cloned());
     // A dimension unlike the corpus' is refused by the miner, for library callers too.
-    let mut queries = read_table_with(&input.queries, &columns(query_extra), options)?;
+    // Only the corpus grows: rows a state kept are the corpus'.
+    let query_options = ReadOptions {
+        kept: None,
+        ..options.clone()
+    };
+    let mut queries = read_table_with(&input.queries, &columns(query_extra), &query_options)?;
     let id_name = input.id_col.as_deref().unwrap_or("id");
     let docs = IdMap::new(&corpus, id_name)?;
     let (positives, unknown_queries) = match (&input.qrels, &input.positives_col) {

@@ -176,7 +176,7 @@ fn plan_from(
         let job = Job::new(config, &run.files);
         let input_names = input_names(&run.files, batches.as_ref());
 
-        let input = read_stage(&job, batches, &mut clock, input_names.len())?;
+        let input = read_stage(&job, batches, &mut clock, input_names.len(), None)?;
         let (mut miner, anchors, recall) = index_and_tune(&job, &input, &mut clock)?;
         let stage = Stage::start("recall");
         // The sample's triplets are what the single run's blocks hold for those anchors.

@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime};
 use crate::config::{Metric, MiningConfig, MiningParams};
 use crate::error::Result;
 use crate::io::{
-    AtomicPath, BatchSource, Queries, ReadOptions, Table, TripletSink, read_retrieval,
+    AtomicPath, BatchSource, KeptRows, Queries, ReadOptions, Table, TripletSink, read_retrieval,
     read_table_from_batches, read_table_with, write_atomic, write_parquet_into,
 };
 use crate::mine::{
@@ -399,7 +399,8 @@ pub(super) fn run_job(
     };
 
     let inputs = input_names(files, batches.as_ref());
-    let input = read_stage(&job, batches, &mut clock, inputs.len())?;
+    let kept = state.as_ref().and_then(|s| s.kept_rows(config));
+    let input = read_stage(&job, batches, &mut clock, inputs.len(), kept)?;
     let (mut miner, anchors, recall) = index_and_tune(&job, &input, &mut clock)?;
     let recall_sample: &[u32] = recall.truth.as_ref().map_or(&[], |t| &t.anchors);
 
@@ -463,10 +464,18 @@ pub(super) fn read_stage(
     batches: Option<BatchSource>,
     clock: &mut Clock,
     inputs: usize,
+    kept: Option<KeptRows>,
 ) -> Result<Input> {
     let stage = Stage::start("read");
-    let input = read(job, batches)?;
-    clock.seconds.read = stage.done(input.table.rows(), &describe(&input, inputs));
+    let kept_files = kept.as_ref().map_or(0, |k| k.facts().sources.len());
+    let input = read(job, batches, kept)?;
+    let mut what = describe(&input, inputs);
+    if kept_files > 0 {
+        what.push_str(&format!(
+            "; the rows of the first {kept_files} kept in the state, their files not read"
+        ));
+    }
+    clock.seconds.read = stage.done(input.table.rows(), &what);
     abort_point("read");
     check_interrupted()?;
     release_free_heap(job.bounded);
@@ -628,7 +637,7 @@ fn describe(input: &Input, files: usize) -> String {
 
 /// Reads the table (or corpus and queries), spilling the vectors under a memory limit, and
 /// checks ids are unique.
-fn read(job: &Job, batches: Option<BatchSource>) -> Result<Input> {
+fn read(job: &Job, batches: Option<BatchSource>, kept: Option<KeptRows>) -> Result<Input> {
     let config = job.config;
     let spinner = progress(job.show, None, "reading");
     let read_options = ReadOptions {
@@ -636,6 +645,7 @@ fn read(job: &Job, batches: Option<BatchSource>) -> Result<Input> {
         scratch_dir: Some(job.scratch.clone()),
         normalize_if_spilled: config.mine.metric == Metric::Cosine,
         discard_vectors: false,
+        kept,
     };
     let input = if config.input.retrieval() {
         let (table, queries) = read_retrieval(&config.input, &read_options)?;

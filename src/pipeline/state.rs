@@ -31,11 +31,12 @@ use super::manifest::{InputStat, sha256_hex, stat_inputs};
 use super::progress;
 use crate::config::{InputOptions, MiningConfig, MiningParams, NegativeSampling};
 use crate::error::{Error, Result};
-use crate::io::{AtomicPath, Table, resolve_inputs};
+use crate::io::{AtomicPath, KeptFacts, KeptRows, Table, resolve_inputs, save_kept};
 use crate::mine::{ANCHOR_BLOCK, MinedBlock, Miner};
 
 const FACTS: &str = "state.json";
 const BLOCKS: &str = "blocks.seg";
+const ROWS: &str = "rows";
 
 /// What a state folder says of the run that left it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,6 +55,10 @@ struct StateFacts {
     labels: Vec<String>,
     /// Id of `blocks.seg`.
     blocks_id: u64,
+    /// The rows kept in `rows/` (the corpus' in retrieval mode), so that the files they came
+    /// from are not read again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kept: Option<KeptFacts>,
 }
 
 /// What an incremental run changed, for the summary and the manifest.
@@ -135,6 +140,32 @@ impl StateRun {
             fixed,
             previous,
         })
+    }
+
+    /// The rows the state kept, when this run can take them instead of reading their files:
+    /// the files are unchanged and the `--with` columns the same.
+    pub(super) fn kept_rows(&self, config: &MiningConfig) -> Option<KeptRows> {
+        let facts = self.previous.as_ref().ok()?;
+        let kept = facts.kept.as_ref()?;
+        if kept.rows != facts.rows || kept.sources.len() != facts.inputs.len() {
+            return None;
+        }
+        if kept.with != config.input.with {
+            tracing::info!(
+                stage = "state",
+                "the --with columns changed: every input file is read again"
+            );
+            return None;
+        }
+        let dir = self.dir.join(ROWS);
+        if !dir.is_dir() {
+            tracing::info!(
+                stage = "state",
+                "the state keeps no rows: every input file is read"
+            );
+            return None;
+        }
+        Some(KeptRows::new(&dir, kept.clone()))
     }
 
     fn compare(
@@ -225,6 +256,12 @@ impl StateRun {
                 table.rows()
             )));
         }
+        // Rows the previous state kept, whose file the new state's extends when this table
+        // starts with them.
+        let previous_kept = self.kept_rows(job.config).or_else(|| {
+            let facts = self.previous.as_ref().ok()?;
+            Some(KeptRows::new(&self.dir.join(ROWS), facts.kept.clone()?))
+        });
         let previous = self
             .previous
             .and_then(|facts| usable(job.config, &facts, table).map(|()| facts));
@@ -259,6 +296,12 @@ impl StateRun {
         };
         let file = writer.end([0; FIGURES])?;
         file.sync_all().map_err(|e| Error::output(&named, e))?;
+        let kept = save_kept(
+            table,
+            &job.config.input.with,
+            previous_kept.as_ref(),
+            &target.tmp().join(ROWS),
+        )?;
         let facts = StateFacts {
             tripmine_version: env!("CARGO_PKG_VERSION").into(),
             shaping: shaping(job.config),
@@ -267,6 +310,7 @@ impl StateRun {
             rows: table.rows() as u64,
             labels: label_texts(table)?,
             blocks_id,
+            kept: Some(kept),
         };
         let json = serde_json::to_vec_pretty(&facts).expect("state facts serialise");
         std::fs::write(target.tmp().join(FACTS), json)

@@ -791,3 +791,159 @@ fn incremental_runs_under_a_memory_limit_equal_a_full_run_in_memory() {
     let report = |at: &Path| crate::common::bin::read(&at.join("r.parquet"));
     assert_eq!(report(&grown).columns(), report(&full).columns());
 }
+
+/// Overwrites the bytes of `path` between its leading magic and its footer (its data pages)
+/// with zeros, keeping its size, modification time and footer: only a run that reads the
+/// data notices.
+fn wipe_data_pages(path: &Path) {
+    let modified = std::fs::metadata(path).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(path).unwrap();
+    let n = bytes.len();
+    let footer = u32::from_le_bytes(bytes[n - 8..n - 4].try_into().unwrap()) as usize;
+    bytes[4..n - 8 - footer].fill(0);
+    std::fs::write(path, &bytes).unwrap();
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(modified).unwrap();
+}
+
+#[test]
+fn an_incremental_run_reads_only_the_files_that_are_new() {
+    let (dir, files, at, state) = first_state(&[300, 40, 30], 21);
+    let full = dir.path().join("full");
+    mine(&full, &files, &[]).assert().success();
+    // The old partitions can no longer be decoded, yet look unchanged.
+    wipe_data_pages(&files[0]);
+    let broken = mine(&dir.path().join("broken"), &files[..1], &[])
+        .output()
+        .unwrap();
+    assert!(!broken.status.success(), "the wiped file still decodes");
+    let run = mine(&at, &files[..2], &[]).args(&state).assert().success();
+    let log = String::from_utf8_lossy(&run.get_output().stderr).to_string();
+    assert!(
+        log.contains("the rows of the first 1 kept in the state"),
+        "{log}"
+    );
+    wipe_data_pages(&files[1]);
+    mine(&at, &files, &[]).args(&state).assert().success();
+    assert_eq!(changes(&at)["mode"], "incremental");
+    same_outputs(&at, &full).unwrap();
+}
+
+#[test]
+fn a_run_killed_after_it_appended_to_the_kept_rows_leaves_the_previous_state_whole() {
+    // The kept vectors file is shared with the previous state and grows in place; a killed
+    // run's rows (here another partition's) must not stay in it once a later run appends its
+    // own.
+    for point in ["mine", "report", "commit"] {
+        let (dir, files, at, state) = first_state(&[300, 30, 20], 22);
+        let killed = mine(&at, &[files[0].clone(), files[2].clone()], &[])
+            .args(&state)
+            .env("TRIPMINE_TEST_ABORT_AT", point)
+            .output()
+            .unwrap();
+        assert!(!killed.status.success(), "{point}: not killed");
+        mine(&at, &files[..2], &[]).args(&state).assert().success();
+        mine(&at, &files, &[]).args(&state).assert().success();
+        assert_eq!(changes(&at)["mode"], "incremental", "{point}");
+        let full = dir.path().join("full");
+        mine(&full, &files, &[]).assert().success();
+        same_outputs(&at, &full).unwrap_or_else(|e| panic!("{point}: {e}"));
+    }
+}
+
+#[test]
+fn a_state_without_its_rows_reads_every_file_again() {
+    let (dir, files, at, state) = first_state(&[300, 40], 23);
+    std::fs::remove_dir_all(dir.path().join("state").join("rows")).unwrap();
+    let run = mine(&at, &files, &[]).args(&state).assert().success();
+    let log = String::from_utf8_lossy(&run.get_output().stderr).to_string();
+    assert!(log.contains("the state keeps no rows"), "{log}");
+    assert_eq!(changes(&at)["mode"], "incremental");
+    let full = dir.path().join("full");
+    mine(&full, &files, &[]).assert().success();
+    same_outputs(&at, &full).unwrap();
+}
+
+/// Copies the partition `path` with one more column, `day`, naming its partition.
+fn with_day_column(path: &Path, day: &str) {
+    let batch = crate::common::bin::read(path);
+    let days: ArrayRef = Arc::new(arrow::array::StringArray::from(vec![day; batch.num_rows()]));
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new("day", DataType::Utf8, false));
+    let mut columns = batch.columns().to_vec();
+    columns.push(days);
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+    std::fs::remove_file(path).unwrap();
+    tripmine::io::write_parquet(path, &batch).unwrap();
+}
+
+#[test]
+fn kept_rows_carry_with_columns_and_other_with_columns_read_the_files_again() {
+    let dir = TempDir::new().unwrap();
+    let files = partitions(dir.path(), Shape::Blobs, &[300, 40, 30], 6, 24);
+    for (i, f) in files.iter().enumerate() {
+        with_day_column(f, &format!("day-{i}"));
+    }
+    let state = ["--state", dir.path().join("state").to_str().unwrap()].map(String::from);
+    let at = dir.path().join("run");
+    let with = ["--with", "day"];
+    mine(&at, &files[..1], &with)
+        .args(&state)
+        .assert()
+        .success();
+    let run = mine(&at, &files[..2], &with)
+        .args(&state)
+        .assert()
+        .success();
+    let log = String::from_utf8_lossy(&run.get_output().stderr).to_string();
+    assert!(log.contains("kept in the state"), "{log}");
+    let full = dir.path().join("full");
+    mine(&full, &files[..2], &with).assert().success();
+    same_outputs(&at, &full).unwrap();
+    // Without the column, the kept rows hold one the run does not want: the files are read.
+    let run = mine(&at, &files, &[]).args(&state).assert().success();
+    let log = String::from_utf8_lossy(&run.get_output().stderr).to_string();
+    assert!(log.contains("every input file is read again"), "{log}");
+    assert_eq!(changes(&at)["mode"], "incremental");
+    mine(&full, &files, &[]).assert().success();
+    same_outputs(&at, &full).unwrap();
+}
+
+#[test]
+fn cosine_rows_kept_normalised_under_a_limit_serve_runs_without_one_and_back() {
+    // Under a memory limit cosine rows are normalised as they are read (and kept so); a run
+    // without a limit takes them as they are and normalises its new rows the same way, and a
+    // run under a limit again normalises raw kept rows as it takes them.
+    for limited in [[true, false, true], [false, true, false]] {
+        let dir = TempDir::new().unwrap();
+        let files = partitions(dir.path(), Shape::Blobs, &[500, 60, 40], 6, 25);
+        let scratch = dir.path().join("scratch");
+        std::fs::create_dir(&scratch).unwrap();
+        let args = ["--metric", "cosine", "--num-negatives", "3"];
+        let grown = dir.path().join("grown");
+        for (end, limit) in (1..=files.len()).zip(limited) {
+            let mut run = mine(&grown, &files[..end], &args);
+            run.arg("--state").arg(dir.path().join("state"));
+            if limit {
+                run.env("TRIPMINE_UNCHECKED_MEMORY_LIMIT", "1")
+                    .args(["--memory-limit", "4KiB", "--scratch-dir"])
+                    .arg(&scratch);
+            }
+            let log = run.assert().success().get_output().stderr.clone();
+            let log = String::from_utf8_lossy(&log);
+            assert_eq!(log.contains("vectors spilled"), limit, "{log}");
+        }
+        assert_eq!(changes(&grown)["mode"], "incremental");
+        let full = dir.path().join("full");
+        mine(&full, &files, &args).assert().success();
+        for name in ["o.parquet", "s.parquet"] {
+            let bytes = |at: &Path| std::fs::read(at.join(name)).unwrap();
+            assert!(bytes(&grown) == bytes(&full), "{limited:?}: {name} differs");
+        }
+    }
+}
