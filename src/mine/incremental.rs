@@ -73,11 +73,26 @@ struct AnchorSift {
     entries_after: Vec<u32>,
     /// Scratch: the new rows among its negatives' distances, `(d, row, exact d or NaN)`.
     among: Vec<(f32, u32, f32)>,
+    /// A query that keeps its window's rows: the new rows nearer than the last of them,
+    /// `(exact d, row)`.
+    window_joins: Vec<(f32, u32)>,
 }
 
 /// `(d, row)` order: nearer first, ties by the smaller row.
 fn before(x: (f32, u32), y: (f32, u32)) -> bool {
     x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)).is_lt()
+}
+
+/// Triplets of `new` not in `old` and of `old` not in `new`, by (positive, negative).
+fn differences(old: &[Triplet], new: &[Triplet]) -> (u64, u64) {
+    let within = |list: &[Triplet], t: &Triplet| {
+        list.iter()
+            .any(|o| (o.positive, o.negative) == (t.positive, t.negative))
+    };
+    (
+        new.iter().filter(|t| !within(old, t)).count() as u64,
+        old.iter().filter(|t| !within(new, t)).count() as u64,
+    )
 }
 
 impl Miner<'_> {
@@ -137,7 +152,9 @@ impl Miner<'_> {
             products
         };
         let (triplets, neighbours) = (&block.triplets, &block.neighbours);
-        let sifts: Vec<(AnchorSift, Option<Vec<Triplet>>)> = {
+        // Queries that keep their window's rows take new documents into it in place.
+        let window = super::onepass::kept_window(self);
+        let sifts: Vec<(AnchorSift, Option<Vec<Triplet>>, Option<MinedBlock>)> = {
             let _single = crate::process::BlasThreads::single();
             block
                 .anchors
@@ -154,6 +171,7 @@ impl Miner<'_> {
                             entries: Vec::new(),
                             entries_after: Vec::new(),
                             among: Vec::new(),
+                            window_joins: Vec::new(),
                         })
                         .collect();
                     let queries = self.gather_anchors(records.iter().map(|r| r.anchor));
@@ -167,10 +185,12 @@ impl Miner<'_> {
                             let products = &products[i * rows.len()..(i + 1) * rows.len()];
                             self.new_row_distances(record.anchor, rows, products, &mut dist);
                             let near = &neighbours[near_spans[i].clone()];
+                            let window = window.filter(|&k| near.len() == k).map(|_| near);
                             self.sift_anchor(
                                 record,
                                 &triplets[spans[i].clone()],
                                 (near, near_want),
+                                window,
                                 rows,
                                 &dist,
                                 new_max_sq,
@@ -219,7 +239,10 @@ impl Miner<'_> {
                             Some(Some(t)) => Some(t),
                             None => None,
                         };
-                        (sift, taken_in)
+                        let window = &neighbours[near_spans[i].clone()];
+                        let patched = (!sift.changed && !sift.window_joins.is_empty())
+                            .then(|| self.patch_window(&records[i], window, &sift.window_joins));
+                        (sift, taken_in, patched)
                     })
                 })
                 .collect()
@@ -227,7 +250,7 @@ impl Miner<'_> {
         let mut taken = Vec::new();
         let mut sifted = Sifted::default();
         let mut kept = MinedBlock::default();
-        for (((record, span), near), (sift, taken_in)) in
+        for (((record, span), near), (sift, taken_in, patched)) in
             block.anchors.iter().zip(&spans).zip(&near_spans).zip(sifts)
         {
             if sift.changed {
@@ -236,21 +259,23 @@ impl Miner<'_> {
                 sifted.triplets += span.len() as u64;
                 continue;
             }
+            if let Some(patched) = patched {
+                let old = &block.triplets[span.clone()];
+                let (added, removed) = differences(old, &patched.triplets);
+                sifted.updated += 1;
+                sifted.updated_added += added;
+                sifted.updated_removed += removed;
+                kept.append(patched);
+                continue;
+            }
             let mut record = *record;
             match taken_in {
                 Some(new) => {
                     let old = &block.triplets[span.clone()];
-                    let had = |t: &Triplet| {
-                        old.iter()
-                            .any(|o| (o.positive, o.negative) == (t.positive, t.negative))
-                    };
-                    let has = |t: &Triplet| {
-                        new.iter()
-                            .any(|o| (o.positive, o.negative) == (t.positive, t.negative))
-                    };
+                    let (added, removed) = differences(old, &new);
                     sifted.updated += 1;
-                    sifted.updated_added += new.iter().filter(|t| !had(t)).count() as u64;
-                    sifted.updated_removed += old.iter().filter(|t| !has(t)).count() as u64;
+                    sifted.updated_added += added;
+                    sifted.updated_removed += removed;
                     record.triplets = new.len() as u32;
                     record.bounds.other_hi = self.reached(&new);
                     kept.triplets.extend(new);
@@ -278,6 +303,30 @@ impl Miner<'_> {
         }
         *block = kept;
         (taken, sifted)
+    }
+
+    /// The query of `record` mined again from its window's rows `window` (the nearest of the
+    /// corpus then, exactly and in order) with the new documents `joins` nearer than the last
+    /// of them: they are the nearest rows of the grown corpus, and the window's selection
+    /// over them is a full run's. Its violating flag stays (the sift mines a query again when
+    /// a new row could flip it).
+    fn patch_window(
+        &self,
+        record: &AnchorRecord,
+        window: &[(f32, u32)],
+        joins: &[(f32, u32)],
+    ) -> MinedBlock {
+        let mut list: Vec<(f32, u32)> = window.iter().chain(joins).copied().collect();
+        super::sort_nearest(&mut list);
+        list.truncate(window.len());
+        let plan = super::positives::plan_queries(self, &[record.anchor])
+            .pop()
+            .expect("one query planned");
+        let mut resolved = super::negatives::resolve(self, &plan, &list, f32::INFINITY)
+            .expect("a list of every row needs no deeper search");
+        resolved.violating_neighbour = record.violating_neighbour;
+        resolved.neighbours = list;
+        super::negatives::assemble(self, vec![plan], vec![Some((resolved, false))])
     }
 
     /// Whether new rows entering a selection can be taken in without a pass over the table:
@@ -436,6 +485,7 @@ impl Miner<'_> {
         record: &AnchorRecord,
         triplets: &[Triplet],
         (near, want): (&[(f32, u32)], usize),
+        window: Option<&[(f32, u32)]>,
         rows: &[u32],
         dist: &[f32],
         new_max_sq: f32,
@@ -443,6 +493,12 @@ impl Miner<'_> {
     ) {
         let a = record.anchor;
         let b = record.bounds;
+        // A window kept takes in the rows that would move it (`any_hi` is its last row).
+        let any_hi = if window.is_some() {
+            f32::NEG_INFINITY
+        } else {
+            b.any_hi
+        };
         // The product's distance is within `slack` of the exact one.
         let slack = self.sift_slack(a, new_max_sq);
         let keys = positive_keys(self.params.seed, a);
@@ -507,7 +563,7 @@ impl Miner<'_> {
             // bounds are exact distances): where distances crowd, many rows lie within the
             // product's error of a bound.
             let moves = |d: f32, slack: f32| {
-                d <= b.any_hi + slack
+                d <= any_hi + slack
                     || if same {
                         d >= b.same_far - slack || d <= b.same_near + slack
                     } else {
@@ -518,6 +574,14 @@ impl Miner<'_> {
                 |d: f32, slack: f32| !same && d >= b.other_lo - slack && d <= b.other_hi + slack;
             if (same && keys.key(r) < b.key_cut) || (moves(d, slack) && moves(exact(), 0.0)) {
                 return true;
+            }
+            if let Some(&(last, _)) = window.and_then(|w| w.last()) {
+                // Rows entering the window (ties come after its last row) are taken in; the
+                // band lies within it.
+                if d <= last + slack && exact() < last {
+                    sift.window_joins.push((exact(), r));
+                }
+                return false;
             }
             if enters(d, slack) && enters(exact(), 0.0) {
                 if !takes_in {

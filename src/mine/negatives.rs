@@ -223,7 +223,11 @@ pub(super) fn mine(m: &mut Miner, plans: Vec<AnchorPlan>) -> Result<MinedBlock> 
 
 /// The block's triplets and anchor records, in anchor order, from each anchor's outcome
 /// (`None`: not resolved, the anchor has no positive) and whether its search was capped.
-fn assemble(m: &Miner, plans: Vec<AnchorPlan>, done: Vec<Option<(Resolved, bool)>>) -> MinedBlock {
+pub(super) fn assemble(
+    m: &Miner,
+    plans: Vec<AnchorPlan>,
+    done: Vec<Option<(Resolved, bool)>>,
+) -> MinedBlock {
     let mut block = MinedBlock::default();
     for (plan, mut outcome) in plans.into_iter().zip(done) {
         let bounds = bounds(m, &plan, outcome.as_ref().map(|o| &o.0));

@@ -97,6 +97,18 @@ fn window(m: &Miner) -> Option<usize> {
     Some(range_max.max(near).min(m.table.rows().saturating_sub(1)))
 }
 
+/// The window's rows a query keeps for an incremental run (as its neighbour list, which
+/// queries otherwise do not have), so that new documents entering the window are taken in
+/// without a pass over the corpus: its length, where the one-pass engine mines the window
+/// and it is at most [`KEPT_WINDOW`] rows.
+pub(super) fn kept_window(m: &Miner) -> Option<usize> {
+    let k = window(m)?;
+    (m.keep_neighbours && m.queries.is_some() && applies(m) && k <= KEPT_WINDOW).then_some(k)
+}
+
+/// The longest window a query keeps: `8 x KEPT_WINDOW` bytes a query in the state.
+const KEPT_WINDOW: usize = 256;
+
 /// `dot(q_b, t_j)` for every anchor row `q_b` of `q` and table row `t_j` of `t` into
 /// `out[b * rows + j]` (`q`: `anchors x dim`, `t`: `rows x dim`, both row-major).
 pub(super) fn inner_products(q: &[f32], t: &[f32], dim: usize, out: &mut [f32]) {
@@ -1561,6 +1573,9 @@ fn finish(
             .expect("a list of every row needs no deeper search");
         // Beyond the window a negative may exist that the list does not hold.
         resolved.violating_neighbour = violating_neighbour;
+        if kept_window(m).is_some() {
+            resolved.neighbours = list;
+        }
         return resolved;
     }
     let (neighbour_labels, neighbour_reach, neighbours) = if m.queries.is_some() {

@@ -148,7 +148,7 @@ pub(super) fn wanted(m: &Miner) -> usize {
 }
 
 /// Retrieval mode: every listed positive's distance computed directly.
-fn plan_queries(m: &Miner, anchors: &[u32]) -> Vec<AnchorPlan> {
+pub(super) fn plan_queries(m: &Miner, anchors: &[u32]) -> Vec<AnchorPlan> {
     anchors
         .par_iter()
         .map(|&a| {

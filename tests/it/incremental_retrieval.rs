@@ -270,3 +270,71 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn new_documents_entering_a_kept_window_are_taken_in_without_mining_the_query_again() {
+    // Queries keep their window's rows: a new document nearer than the last of them is
+    // merged in and the window's selection made again over the merged rows. The last file
+    // copies old documents under new ids, so new rows tie with rows of the windows (a tie
+    // puts the old row first).
+    let dir = TempDir::new().unwrap();
+    let (queries, mut corpus, qrels) = grown_corpus(dir.path(), &[600, 15], 41);
+    let first = read(&corpus[0]);
+    let copies = first.slice(0, 60);
+    let ids: arrow::array::StringArray = copies
+        .column_by_name("id")
+        .unwrap()
+        .as_string::<i32>()
+        .iter()
+        .map(|id| Some(format!("copy-{}", id.unwrap())))
+        .collect();
+    let mut columns = copies.columns().to_vec();
+    columns[copies.schema().index_of("id").unwrap()] = std::sync::Arc::new(ids);
+    let copies = arrow::array::RecordBatch::try_new(copies.schema(), columns).unwrap();
+    let path = dir.path().join("copies.parquet");
+    tripmine::io::write_parquet(&path, &copies).unwrap();
+    corpus.push(path);
+    let option_sets = [
+        &[
+            "--range-min",
+            "1",
+            "--range-max",
+            "8",
+            "--num-negatives",
+            "3",
+        ][..],
+        &[
+            "--range-min",
+            "2",
+            "--range-max",
+            "10",
+            "--sample",
+            "random",
+            "--num-negatives",
+            "2",
+            "--negatives",
+            "hardest",
+        ],
+        &[
+            "--metric",
+            "cosine",
+            "--range-max",
+            "12",
+            "--positive-margin",
+            "0.05",
+        ],
+    ];
+    for (i, args) in option_sets.into_iter().enumerate() {
+        let sub = dir.path().join(i.to_string());
+        let changes = grow_and_compare(
+            &sub,
+            &(queries.clone(), corpus.clone(), qrels.clone()),
+            args,
+        );
+        assert_eq!(changes["mode"], "incremental", "{args:?}: {changes}");
+        let updated = changes["anchors_updated"].as_u64().unwrap();
+        let again = changes["anchors_mined_again"].as_u64().unwrap();
+        assert!(updated > 0, "{args:?}: {changes}");
+        assert!(again < updated, "{args:?}: {changes}");
+    }
+}
