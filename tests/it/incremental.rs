@@ -758,6 +758,18 @@ fn a_run_killed_at_any_point_leaves_no_partial_delta_and_the_rerun_delta_applies
     }
 }
 
+/// `cmd` under a memory limit of `limit` (unchecked: the tests' limits of a few KiB), its
+/// vectors spilled to `scratch`.
+fn under_limit<'c>(
+    cmd: &'c mut assert_cmd::Command,
+    limit: &str,
+    scratch: &Path,
+) -> &'c mut assert_cmd::Command {
+    cmd.env("TRIPMINE_UNCHECKED_MEMORY_LIMIT", "1")
+        .args(["--memory-limit", limit, "--scratch-dir"])
+        .arg(scratch)
+}
+
 #[test]
 fn incremental_runs_under_a_memory_limit_equal_a_full_run_in_memory() {
     // Spilled vectors (a limit of a few KiB, the tests' unchecked limits): the sift reads the
@@ -769,10 +781,7 @@ fn incremental_runs_under_a_memory_limit_equal_a_full_run_in_memory() {
     let args = ["--num-negatives", "3", "--max-negative-reuse", "2"];
     let grown = dir.path().join("grown");
     for end in 1..=files.len() {
-        let run = mine(&grown, &files[..end], &args)
-            .env("TRIPMINE_UNCHECKED_MEMORY_LIMIT", "1")
-            .args(["--memory-limit", "32KiB", "--scratch-dir"])
-            .arg(&scratch)
+        let run = under_limit(&mut mine(&grown, &files[..end], &args), "32KiB", &scratch)
             .arg("--state")
             .arg(dir.path().join("state"))
             .assert()
@@ -930,9 +939,7 @@ fn cosine_rows_kept_normalised_under_a_limit_serve_runs_without_one_and_back() {
             let mut run = mine(&grown, &files[..end], &args);
             run.arg("--state").arg(dir.path().join("state"));
             if limit {
-                run.env("TRIPMINE_UNCHECKED_MEMORY_LIMIT", "1")
-                    .args(["--memory-limit", "4KiB", "--scratch-dir"])
-                    .arg(&scratch);
+                under_limit(&mut run, "4KiB", &scratch);
             }
             let log = run.assert().success().get_output().stderr.clone();
             let log = String::from_utf8_lossy(&log);
