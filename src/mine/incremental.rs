@@ -240,8 +240,14 @@ impl Miner<'_> {
                             None => None,
                         };
                         let window = &neighbours[near_spans[i].clone()];
-                        let patched = (!sift.changed && !sift.window_joins.is_empty())
-                            .then(|| self.patch_window(&records[i], window, &sift.window_joins));
+                        let patched = if !sift.changed && !sift.window_joins.is_empty() {
+                            let patched =
+                                self.patch_window(&records[i], window, &sift.window_joins);
+                            sift.changed = patched.is_none();
+                            patched
+                        } else {
+                            None
+                        };
                         (sift, taken_in, patched)
                     })
                 })
@@ -305,28 +311,43 @@ impl Miner<'_> {
         (taken, sifted)
     }
 
-    /// The query of `record` mined again from its window's rows `window` (the nearest of the
-    /// corpus then, exactly and in order) with the new documents `joins` nearer than the last
-    /// of them: they are the nearest rows of the grown corpus, and the window's selection
-    /// over them is a full run's. Its violating flag stays (the sift mines a query again when
-    /// a new row could flip it).
+    /// The anchor of `record` mined again from its window's rows `window` (the nearest of the
+    /// table then, exactly and in order) with the new rows `joins` nearer than the last of
+    /// them: they are the nearest rows of the grown table, and the window's selection over
+    /// them is a full run's. Its positives are planned again as a full run plans them (the
+    /// sift mines an anchor again when a new row could change them), which the miner does
+    /// in place for queries and labels of small groups (`None` for a larger group: mine it
+    /// again). Its violating flag stays (the sift mines it again when a new row could flip it).
     fn patch_window(
         &self,
         record: &AnchorRecord,
         window: &[(f32, u32)],
         joins: &[(f32, u32)],
-    ) -> MinedBlock {
+    ) -> Option<MinedBlock> {
+        let a = record.anchor;
+        let plan = if self.queries.is_some() {
+            super::positives::plan_queries(self, &[a])
+        } else {
+            let group = &self.groups[record.label as usize];
+            if group.len() > super::positives::SMALL_GROUP {
+                return None;
+            }
+            super::positives::plan_small_group(self, record.label, group, &[a])
+        }
+        .pop()
+        .expect("one anchor planned");
         let mut list: Vec<(f32, u32)> = window.iter().chain(joins).copied().collect();
         super::sort_nearest(&mut list);
         list.truncate(window.len());
-        let plan = super::positives::plan_queries(self, &[record.anchor])
-            .pop()
-            .expect("one query planned");
         let mut resolved = super::negatives::resolve(self, &plan, &list, f32::INFINITY)
             .expect("a list of every row needs no deeper search");
         resolved.violating_neighbour = record.violating_neighbour;
         resolved.neighbours = list;
-        super::negatives::assemble(self, vec![plan], vec![Some((resolved, false))])
+        Some(super::negatives::assemble(
+            self,
+            vec![plan],
+            vec![Some((resolved, false))],
+        ))
     }
 
     /// Whether new rows entering a selection can be taken in without a pass over the table:

@@ -97,13 +97,13 @@ fn window(m: &Miner) -> Option<usize> {
     Some(range_max.max(near).min(m.table.rows().saturating_sub(1)))
 }
 
-/// The window's rows a query keeps for an incremental run (as its neighbour list, which
-/// queries otherwise do not have), so that new documents entering the window are taken in
-/// without a pass over the corpus: its length, where the one-pass engine mines the window
-/// and it is at most [`KEPT_WINDOW`] rows.
+/// The window's rows an anchor keeps for an incremental run (as its neighbour list: the
+/// nearest rows, of which the neighbour labels read the first `suspects_k`), so that new rows
+/// entering the window are taken in without a pass over the table: its length, where the
+/// one-pass engine mines the window and it is at most [`KEPT_WINDOW`] rows.
 pub(super) fn kept_window(m: &Miner) -> Option<usize> {
     let k = window(m)?;
-    (m.keep_neighbours && m.queries.is_some() && applies(m) && k <= KEPT_WINDOW).then_some(k)
+    (m.keep_neighbours && applies(m) && k <= KEPT_WINDOW).then_some(k)
 }
 
 /// The longest window a query keeps: `8 x KEPT_WINDOW` bytes a query in the state.

@@ -14,7 +14,7 @@ use crate::index::{GroupIndex, Order};
 
 /// Groups up to this size are searched by computing every distance; larger ones through an
 /// exact FAISS index (a batched matrix product), with the same exactness rule as negatives.
-const SMALL_GROUP: usize = 256;
+pub(super) const SMALL_GROUP: usize = 256;
 
 /// Random stream of positive sampling.
 const STREAM_POSITIVE: u64 = 1;
@@ -168,7 +168,12 @@ pub(super) fn plan_queries(m: &Miner, anchors: &[u32]) -> Vec<AnchorPlan> {
 /// Every distance of the group's anchors to its members from one product (on the calling
 /// thread), then exact distances only where the answer needs them: the chosen positives,
 /// and the members within the product's error bound of the extremes.
-fn plan_small_group(m: &Miner, label: u32, group: &[u32], anchors: &[u32]) -> Vec<AnchorPlan> {
+pub(super) fn plan_small_group(
+    m: &Miner,
+    label: u32,
+    group: &[u32],
+    anchors: &[u32],
+) -> Vec<AnchorPlan> {
     let dim = m.table.dim;
     let strategy = m.params.positives;
     let n = wanted(m);
