@@ -13,6 +13,10 @@
 //! rows (no random sample, no guard): between two qualifying rows every row of another label
 //! qualifies too, so the old rows before a new negative are the old negatives before it and
 //! the rows of the anchor's label between them, counted from the first old negative's rank.
+//!
+//! Under a rank window an anchor keeps its window's rows (as its neighbour list): the new rows
+//! nearer than the last of them are merged in and the window's selection made again over the
+//! merged rows, by the code a full run uses.
 
 use rayon::prelude::*;
 
@@ -73,7 +77,7 @@ struct AnchorSift {
     entries_after: Vec<u32>,
     /// Scratch: the new rows among its negatives' distances, `(d, row, exact d or NaN)`.
     among: Vec<(f32, u32, f32)>,
-    /// A query that keeps its window's rows: the new rows nearer than the last of them,
+    /// An anchor that keeps its window's rows: the new rows nearer than the last of them,
     /// `(exact d, row)`.
     window_joins: Vec<(f32, u32)>,
 }
@@ -152,7 +156,7 @@ impl Miner<'_> {
             products
         };
         let (triplets, neighbours) = (&block.triplets, &block.neighbours);
-        // Queries that keep their window's rows take new documents into it in place.
+        // Anchors that keep their window's rows take new rows into it in place.
         let window = super::onepass::kept_window(self);
         let sifts: Vec<(AnchorSift, Option<Vec<Triplet>>, Option<MinedBlock>)> = {
             let _single = crate::process::BlasThreads::single();
