@@ -18,29 +18,29 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use arrow::array::{ArrayRef, RecordBatch};
-use arrow::ipc::reader::FileReader;
-use arrow::ipc::writer::FileWriter;
+use arrow::array::ArrayRef;
 use serde::{Deserialize, Serialize};
 
-use super::prepared::{ID, LABEL, WITH, rows_batch, write_vectors};
+use super::prepared::{
+    ID, LABEL, PreparedTable, WITH, read_rows_file, rows_batch, rows_per_chunk, write_rows_file,
+    write_vectors,
+};
 use super::table::{SourceFile, Table};
 use crate::error::{Error, Result};
 
 const VECTORS: &str = "vectors.f32";
 const ROWS: &str = "rows.arrow";
+/// The advice on a state whose kept rows cannot be read.
+const DAMAGED: &str = "the state is damaged, run with --force";
 
-/// What a state says of the rows it keeps.
+/// What a state says of the rows it keeps: what a prepared table's facts say (its vectors
+/// normalised when they were as they were read: cosine under a memory limit), and the
+/// `--with` columns kept, in order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeptFacts {
-    pub rows: u64,
-    pub dim: usize,
-    /// Whether the vectors were L2-normalised as they were read (cosine under a memory limit).
-    pub normalized: bool,
-    /// The `--with` columns kept, in order.
+    #[serde(flatten)]
+    pub table: PreparedTable,
     pub with: Vec<String>,
-    /// The files the rows came from and their rows, in order.
-    pub sources: Vec<(PathBuf, u64)>,
 }
 
 /// Rows kept in a state folder, to be read before the new files.
@@ -71,47 +71,17 @@ impl KeptRows {
 
     /// The files the kept rows came from, with their rows.
     pub(crate) fn sources(&self) -> Vec<SourceFile> {
-        self.facts
-            .sources
-            .iter()
-            .map(|(path, rows)| SourceFile {
-                path: path.clone(),
-                rows: *rows,
-            })
-            .collect()
+        self.facts.table.source_files()
     }
 
     /// Ids, labels (when `labelled`) and the `--with` columns of the kept rows.
     pub(crate) fn columns(&self, labelled: bool) -> Result<KeptColumns> {
         let path = self.dir.join(ROWS);
-        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-        let bad = |what: String| {
-            Error::BadData(format!(
-                "{}: {what}; the state is damaged, run with --force",
-                path.display()
-            ))
-        };
-        let reader = FileReader::try_new(file, None).map_err(|e| bad(e.to_string()))?;
-        let batches: Vec<RecordBatch> = reader
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| bad(e.to_string()))?;
-        let schema = batches
-            .first()
-            .map(|b| b.schema())
-            .ok_or_else(|| bad("no rows".into()))?;
-        let batch = arrow::compute::concat_batches(&schema, &batches)?;
-        if batch.num_rows() as u64 != self.facts.rows {
-            return Err(bad(format!(
-                "{} rows, its state.json {}",
-                batch.num_rows(),
-                self.facts.rows
-            )));
-        }
+        let batch = read_rows_file(&path, self.facts.table.rows, "its state.json says", DAMAGED)?;
         let column = |name: &str| {
-            batch
-                .column_by_name(name)
-                .cloned()
-                .ok_or_else(|| bad(format!("no column {name}")))
+            batch.column_by_name(name).cloned().ok_or_else(|| {
+                Error::BadData(format!("{}: no column {name}; {DAMAGED}", path.display()))
+            })
         };
         Ok(KeptColumns {
             ids: column(ID)?,
@@ -131,30 +101,25 @@ impl KeptRows {
         std::fs::metadata(self.dir.join(ROWS)).map_or(0, |m| m.len())
     }
 
-    /// The kept vectors, `rows_per_read` rows at a time, to `put`.
-    pub(crate) fn for_each_vectors(
-        &self,
-        rows_per_read: usize,
-        mut put: impl FnMut(&[f32]) -> Result<()>,
-    ) -> Result<()> {
+    /// The kept vectors, a few MiB of whole rows at a time, to `put`.
+    pub(crate) fn for_each_vectors(&self, mut put: impl FnMut(&[f32]) -> Result<()>) -> Result<()> {
         let path = self.dir.join(VECTORS);
         let mut file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-        let dim = self.facts.dim;
-        let values = self.facts.rows as usize * dim;
+        let dim = self.facts.table.dim;
+        let values = self.facts.table.rows * dim;
         let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         // A killed run may have appended rows this state does not count: they are not read.
         if len < values as u64 * 4 {
             return Err(Error::BadData(format!(
-                "{}: {len} bytes, fewer than the {} its state.json counts; the state is \
-                 damaged, run with --force",
+                "{}: {len} bytes, fewer than the {} its state.json counts; {DAMAGED}",
                 path.display(),
                 values as u64 * 4
             )));
         }
-        let mut buf = vec![0f32; rows_per_read.max(1) * dim];
+        let mut buf = vec![0f32; rows_per_chunk(dim) * dim];
         let mut left = values;
         while left > 0 {
-            let part = &mut buf[..left.min(rows_per_read.max(1) * dim)];
+            let part = &mut buf[..left.min(rows_per_chunk(dim) * dim)];
             file.read_exact(bytemuck::cast_slice_mut(part))
                 .map_err(|e| Error::io(&path, e))?;
             put(part)?;
@@ -176,14 +141,15 @@ pub(crate) fn save_kept(
     std::fs::create_dir_all(dir).map_err(|e| Error::output(dir, e))?;
     let dim = table.dim();
     let path = dir.join(VECTORS);
-    let appendable = previous.filter(|p| {
-        p.facts.dim == dim
-            && p.facts.normalized == table.normalized()
-            && p.facts.rows as usize <= table.rows()
-    });
-    let (file, from) = match appendable.and_then(|p| link_prefix(p, &path).ok()) {
-        Some(file) => (file, appendable.map_or(0, |p| p.facts.rows as usize)),
-        None => {
+    let appendable = previous
+        .map(|p| &p.facts.table)
+        .filter(|p| p.dim == dim && p.normalized == table.normalized() && p.rows <= table.rows());
+    let linked = previous
+        .filter(|_| appendable.is_some())
+        .and_then(|p| link_prefix(p, &path).ok());
+    let (file, from) = match (linked, appendable) {
+        (Some(file), Some(p)) => (file, p.rows),
+        _ => {
             let _ = std::fs::remove_file(&path);
             (File::create(&path).map_err(|e| Error::output(&path, e))?, 0)
         }
@@ -191,25 +157,11 @@ pub(crate) fn save_kept(
     let mut out = BufWriter::with_capacity(1 << 20, file);
     write_vectors(table, from, false, &mut out).map_err(|e| Error::output(&path, e))?;
     out.flush().map_err(|e| Error::output(&path, e))?;
-    let batch = rows_batch(table, None)?;
     let rows_path = dir.join(ROWS);
-    let file = File::create(&rows_path).map_err(|e| Error::output(&rows_path, e))?;
-    let mut writer = FileWriter::try_new(BufWriter::new(file), &batch.schema())
-        .map_err(|e| Error::output(&rows_path, e))?;
-    writer
-        .write(&batch)
-        .map_err(|e| Error::output(&rows_path, e))?;
-    writer.finish().map_err(|e| Error::output(&rows_path, e))?;
+    write_rows_file(&rows_batch(table, None)?, &rows_path, &rows_path)?;
     Ok(KeptFacts {
-        rows: table.rows() as u64,
-        dim,
-        normalized: table.normalized(),
+        table: PreparedTable::of(table, table.normalized()),
         with: with.to_vec(),
-        sources: table
-            .sources()
-            .iter()
-            .map(|s| (s.path.clone(), s.rows))
-            .collect(),
     })
 }
 
@@ -219,7 +171,7 @@ fn link_prefix(previous: &KeptRows, path: &Path) -> std::io::Result<File> {
     let _ = std::fs::remove_file(path);
     std::fs::hard_link(previous.dir.join(VECTORS), path)?;
     let mut file = OpenOptions::new().write(true).open(path)?;
-    let keep = previous.facts.rows * previous.facts.dim as u64 * 4;
+    let keep = (previous.facts.table.rows * previous.facts.table.dim * 4) as u64;
     if file.metadata()?.len() < keep {
         return Err(std::io::Error::other("shorter than its state counts"));
     }

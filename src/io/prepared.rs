@@ -56,7 +56,6 @@ pub fn save_table(
     dir: &Path,
 ) -> Result<PreparedTable> {
     std::fs::create_dir_all(dir).map_err(|e| Error::output(dir, e))?;
-    let dim = table.dim;
     let vectors_file = AtomicPath::new(&dir.join(VECTORS))?;
     {
         let dest = vectors_file.dest();
@@ -65,29 +64,77 @@ pub fn save_table(
         write_vectors(table, 0, normalize, &mut out).map_err(|e| Error::output(dest, e))?;
         out.flush().map_err(|e| Error::output(dest, e))?;
     }
-    let batch = rows_batch(table, positives)?;
     let rows_file = AtomicPath::new(&dir.join(ROWS))?;
-    {
-        let dest = rows_file.dest();
-        let file = File::create(rows_file.tmp()).map_err(|e| Error::output(dest, e))?;
-        let mut writer = FileWriter::try_new(BufWriter::new(file), &batch.schema())
-            .map_err(|e| Error::output(dest, e))?;
-        writer.write(&batch).map_err(|e| Error::output(dest, e))?;
-        writer.finish().map_err(|e| Error::output(dest, e))?;
-    }
+    write_rows_file(
+        &rows_batch(table, positives)?,
+        rows_file.tmp(),
+        rows_file.dest(),
+    )?;
     vectors_file.commit()?;
     rows_file.commit()?;
-    Ok(PreparedTable {
-        rows: table.rows(),
-        dim,
-        normalized: normalize || table.normalized,
-        labelled: table.labelled(),
-        sources: table
-            .sources
+    Ok(PreparedTable::of(table, normalize || table.normalized))
+}
+
+impl PreparedTable {
+    /// What `table`'s files will not say, its vectors `normalized` or not.
+    pub(super) fn of(table: &Table, normalized: bool) -> Self {
+        PreparedTable {
+            rows: table.rows(),
+            dim: table.dim,
+            normalized,
+            labelled: table.labelled(),
+            sources: table
+                .sources
+                .iter()
+                .map(|s| (s.path.clone(), s.rows))
+                .collect(),
+        }
+    }
+
+    /// The input files and their rows, as a table holds them.
+    pub(super) fn source_files(&self) -> Vec<SourceFile> {
+        self.sources
             .iter()
-            .map(|s| (s.path.clone(), s.rows))
-            .collect(),
-    })
+            .map(|(path, rows)| SourceFile {
+                path: path.clone(),
+                rows: *rows,
+            })
+            .collect()
+    }
+}
+
+/// Writes `batch` as an uncompressed Arrow IPC file at `path` (errors name `dest`).
+pub(super) fn write_rows_file(batch: &RecordBatch, path: &Path, dest: &Path) -> Result<()> {
+    let file = File::create(path).map_err(|e| Error::output(dest, e))?;
+    let mut writer = FileWriter::try_new(BufWriter::new(file), &batch.schema())
+        .map_err(|e| Error::output(dest, e))?;
+    writer.write(batch).map_err(|e| Error::output(dest, e))?;
+    writer.finish().map_err(|e| Error::output(dest, e))
+}
+
+/// The rows of the Arrow IPC file `path` as one batch, which must hold `rows` rows (as
+/// `says` says); an unreadable or short file is bad data, with `damaged` as the advice.
+pub(super) fn read_rows_file(
+    path: &Path,
+    rows: usize,
+    says: &str,
+    damaged: &str,
+) -> Result<RecordBatch> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let bad = |what: String| Error::BadData(format!("{}: {what}; {damaged}", path.display()));
+    let reader = FileReader::try_new(file, None).map_err(|e| bad(e.to_string()))?;
+    let batches: Vec<RecordBatch> = reader
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    let schema = batches
+        .first()
+        .map(|b| b.schema())
+        .ok_or_else(|| bad("no rows".into()))?;
+    let batch = arrow::compute::concat_batches(&schema, &batches)?;
+    if batch.num_rows() != rows {
+        return Err(bad(format!("{} rows, {says} {rows}", batch.num_rows())));
+    }
+    Ok(batch)
 }
 
 /// Writes the vectors of `table`'s rows from `from` on to `out`, L2-normalised when
@@ -100,9 +147,9 @@ pub(super) fn write_vectors(
     out: &mut impl Write,
 ) -> std::io::Result<()> {
     let dim = table.dim;
-    let rows_per_chunk = ((4 << 20) / (4 * dim)).max(1);
-    let mut chunk = Vec::with_capacity(rows_per_chunk * dim);
-    for part in table.vectors[from * dim..].chunks(rows_per_chunk * dim) {
+    let rows = rows_per_chunk(dim);
+    let mut chunk = Vec::with_capacity(rows * dim);
+    for part in table.vectors[from * dim..].chunks(rows * dim) {
         chunk.clear();
         chunk.extend_from_slice(part);
         if normalize && !table.normalized {
@@ -115,6 +162,11 @@ pub(super) fn write_vectors(
         table.vectors.drop_pages_over_budget();
     }
     Ok(())
+}
+
+/// Rows of `dim` values in the chunks vectors are written and read in (4 MiB).
+pub(super) fn rows_per_chunk(dim: usize) -> usize {
+    ((4 << 20) / (4 * dim.max(1))).max(1)
 }
 
 /// One batch of `table`'s ids, labels and `--with` columns, and `positives` when given.
@@ -157,48 +209,22 @@ pub fn open_table(
     memory_limit: Option<u64>,
 ) -> Result<(Table, Option<Vec<Vec<u32>>>)> {
     let path = dir.join(ROWS);
-    let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-    let bad = |e: arrow::error::ArrowError| {
-        Error::BadData(format!(
-            "{}: {e}; the prepared table is damaged or from another version",
-            path.display()
-        ))
-    };
-    let reader = FileReader::try_new(file, None).map_err(bad)?;
-    let batches: Vec<RecordBatch> = reader.collect::<std::result::Result<_, _>>().map_err(bad)?;
-    let schema = batches.first().map(|b| b.schema()).ok_or_else(|| {
-        Error::BadData(format!(
-            "{}: no rows; the plan did not finish",
-            path.display()
-        ))
-    })?;
-    let batch = arrow::compute::concat_batches(&schema, &batches)?;
-    if batch.num_rows() != facts.rows {
-        return Err(Error::BadData(format!(
-            "{}: {} rows, the plan says {}",
-            path.display(),
-            batch.num_rows(),
-            facts.rows
-        )));
-    }
+    let batch = read_rows_file(
+        &path,
+        facts.rows,
+        "the plan says",
+        "the prepared table is damaged, from another version, or its plan did not finish",
+    )?;
     let column = |name: &str| batch.column_by_name(name).cloned();
     let ids = column(ID).ok_or_else(|| Error::BadData(format!("{}: no ids", path.display())))?;
     let budget = memory_limit.map_or(usize::MAX, |l| (l / 10) as usize);
     let vectors = Vectors::map_file(&dir.join(VECTORS), facts.rows * facts.dim, budget)?;
-    let sources = facts
-        .sources
-        .iter()
-        .map(|(path, rows)| SourceFile {
-            path: path.clone(),
-            rows: *rows,
-        })
-        .collect();
     let mut table = Table::assemble(
         ids,
         column(LABEL),
         vectors,
         facts.dim,
-        sources,
+        facts.source_files(),
         (dir, "label"),
     )?;
     table.normalized = facts.normalized;

@@ -141,12 +141,13 @@ pub fn read_table_with(
     let files = resolve_inputs(specs)?;
     let mut reader = TableReader::new(columns);
     let kept = options.kept.as_ref().filter(|_| !options.discard_vectors);
-    let read_from = kept.map_or(0, |k| k.facts.sources.len());
+    let read_from = kept.map_or(0, |k| k.facts.table.sources.len());
     if let Some(kept) = kept
         && (read_from > files.len()
             || kept.facts.with != columns.extra
             || kept
                 .facts
+                .table
                 .sources
                 .iter()
                 .zip(&files)
@@ -164,8 +165,8 @@ pub fn read_table_with(
         // `--with` columns' decoded sizes, which stay in memory.
         let (mut rows, mut bytes, mut extra) = (0u64, 0u64, 0u64);
         if let Some(kept) = kept {
-            rows = kept.facts.rows;
-            bytes = rows * kept.facts.dim as u64 * 4;
+            rows = kept.facts.table.rows as u64;
+            bytes = rows * kept.facts.table.dim as u64 * 4;
             if !kept.facts.with.is_empty() {
                 extra = kept.columns_bytes();
             }
@@ -371,7 +372,7 @@ impl<'a> TableReader<'a> {
         let (builder, _) = open_parquet(first_file)?;
         let schema = builder.schema().clone();
         self.check_schema(first_file, &schema)?;
-        let facts = &kept.facts;
+        let facts = &kept.facts.table;
         let labelled = self.columns.label.is_some();
         let columns = kept.columns(labelled)?;
         self.ids.push(columns.ids);
@@ -385,27 +386,21 @@ impl<'a> TableReader<'a> {
             .spill
             .as_ref()
             .and_then(|p| p.rows)
-            .unwrap_or(facts.rows);
+            .unwrap_or(facts.rows as u64);
         self.start_vectors(dim, declared, u64::MAX)?;
         // Normalised rows stay as they are (normalising again could move a bit); raw rows are
         // normalised here when the new rows will be.
         let normalize_kept = self.normalized && !facts.normalized;
         self.normalized |= facts.normalized;
-        let rows_per_read = ((4 << 20) / (4 * dim)).max(1);
-        kept.for_each_vectors(rows_per_read, |part| {
+        kept.for_each_vectors(|part| {
             if normalize_kept {
-                for row in part.chunks_exact(dim) {
-                    self.row_buf.clear();
-                    self.row_buf.extend_from_slice(row);
-                    crate::score::normalize_row(&mut self.row_buf);
-                    self.vectors.extend(&self.row_buf)?;
-                }
-                Ok(())
+                part.chunks_exact(dim)
+                    .try_for_each(|row| self.push_vector(row, true))
             } else {
                 self.vectors.extend(part)
             }
         })?;
-        self.rows = facts.rows;
+        self.rows = facts.rows as u64;
         self.sources = kept.sources();
         tracing::debug!(
             rows = facts.rows,
@@ -648,16 +643,21 @@ impl<'a> TableReader<'a> {
                     format!("embedding holds a non-finite value ({x})"),
                 ));
             }
-            if self.normalized {
-                self.row_buf.clear();
-                self.row_buf.extend_from_slice(v);
-                crate::score::normalize_row(&mut self.row_buf);
-                self.vectors.extend(&self.row_buf)?;
-            } else {
-                self.vectors.extend(v)?;
-            }
+            self.push_vector(v, self.normalized)?;
         }
         Ok(())
+    }
+
+    /// Appends one row's vector, L2-normalised when `normalize`.
+    fn push_vector(&mut self, v: &[f32], normalize: bool) -> Result<()> {
+        if normalize {
+            self.row_buf.clear();
+            self.row_buf.extend_from_slice(v);
+            crate::score::normalize_row(&mut self.row_buf);
+            self.vectors.extend(&self.row_buf)
+        } else {
+            self.vectors.extend(v)
+        }
     }
 
     /// Sizes the vector sink once the dimension is known: the heap, or a scratch file when

@@ -243,10 +243,9 @@ impl Miner<'_> {
                             Some(Some(t)) => Some(t),
                             None => None,
                         };
-                        let window = &neighbours[near_spans[i].clone()];
                         let patched = if !sift.changed && !sift.window_joins.is_empty() {
-                            let patched =
-                                self.patch_window(&records[i], window, &sift.window_joins);
+                            let kept = &neighbours[near_spans[i].clone()];
+                            let patched = self.patch_window(&records[i], kept, &sift.window_joins);
                             sift.changed = patched.is_none();
                             patched
                         } else {

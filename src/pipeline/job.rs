@@ -467,7 +467,7 @@ pub(super) fn read_stage(
     kept: Option<KeptRows>,
 ) -> Result<Input> {
     let stage = Stage::start("read");
-    let kept_files = kept.as_ref().map_or(0, |k| k.facts().sources.len());
+    let kept_files = kept.as_ref().map_or(0, |k| k.facts().table.sources.len());
     let input = read(job, batches, kept)?;
     let mut what = describe(&input, inputs);
     if kept_files > 0 {

@@ -147,7 +147,7 @@ impl StateRun {
     pub(super) fn kept_rows(&self, config: &MiningConfig) -> Option<KeptRows> {
         let facts = self.previous.as_ref().ok()?;
         let kept = facts.kept.as_ref()?;
-        if kept.rows != facts.rows || kept.sources.len() != facts.inputs.len() {
+        if kept.table.rows as u64 != facts.rows || kept.table.sources.len() != facts.inputs.len() {
             return None;
         }
         if kept.with != config.input.with {
@@ -256,12 +256,13 @@ impl StateRun {
                 table.rows()
             )));
         }
-        // Rows the previous state kept, whose file the new state's extends when this table
-        // starts with them.
-        let previous_kept = self.kept_rows(job.config).or_else(|| {
-            let facts = self.previous.as_ref().ok()?;
-            Some(KeptRows::new(&self.dir.join(ROWS), facts.kept.clone()?))
-        });
+        // Rows the previous state kept (whatever this run read): their inputs are unchanged,
+        // so this table starts with them, and the new state's vectors file extends theirs.
+        let previous_kept = self
+            .previous
+            .as_ref()
+            .ok()
+            .and_then(|facts| Some(KeptRows::new(&self.dir.join(ROWS), facts.kept.clone()?)));
         let previous = self
             .previous
             .and_then(|facts| usable(job.config, &facts, table).map(|()| facts));

@@ -121,7 +121,12 @@ fn changes(at: &Path) -> serde_json::Value {
 
 /// The outputs of two runs are the same files, byte for byte.
 fn same_outputs(a: &Path, b: &Path) -> std::result::Result<(), String> {
-    for name in ["o.parquet", "r.parquet", "s.parquet"] {
+    same_files(a, b, &["o.parquet", "r.parquet", "s.parquet"])
+}
+
+/// The files `names` of two runs are the same, byte for byte.
+fn same_files(a: &Path, b: &Path, names: &[&str]) -> std::result::Result<(), String> {
+    for name in names {
         if std::fs::read(a.join(name)).unwrap() != std::fs::read(b.join(name)).unwrap() {
             return Err(format!("{name} differs"));
         }
@@ -806,10 +811,7 @@ fn incremental_runs_under_a_memory_limit_equal_a_full_run_in_memory() {
     assert_eq!(changes(&grown)["mode"], "incremental");
     let full = dir.path().join("full");
     mine(&full, &files, &args).assert().success();
-    for name in ["o.parquet", "s.parquet"] {
-        let bytes = |at: &Path| std::fs::read(at.join(name)).unwrap();
-        assert!(bytes(&grown) == bytes(&full), "{name} differs");
-    }
+    same_files(&grown, &full, &["o.parquet", "s.parquet"]).unwrap();
     // The report's rows (its metadata records the options as given, the limit included).
     let report = |at: &Path| crate::common::bin::read(&at.join("r.parquet"));
     assert_eq!(report(&grown).columns(), report(&full).columns());
@@ -962,9 +964,7 @@ fn cosine_rows_kept_normalised_under_a_limit_serve_runs_without_one_and_back() {
         assert_eq!(changes(&grown)["mode"], "incremental");
         let full = dir.path().join("full");
         mine(&full, &files, &args).assert().success();
-        for name in ["o.parquet", "s.parquet"] {
-            let bytes = |at: &Path| std::fs::read(at.join(name)).unwrap();
-            assert!(bytes(&grown) == bytes(&full), "{limited:?}: {name} differs");
-        }
+        same_files(&grown, &full, &["o.parquet", "s.parquet"])
+            .unwrap_or_else(|e| panic!("{limited:?}: {e}"));
     }
 }
