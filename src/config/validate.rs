@@ -224,24 +224,21 @@ impl MiningConfig {
     }
 }
 
-/// Incremental mining (`run.state`) covers input files mined exactly (labelled tables, or a
-/// corpus that grows under fixed queries): what it keeps bounds what new rows can change only
-/// there.
+/// Incremental mining (`run.state`) compares input files (labelled tables, or a corpus that
+/// grows under fixed queries), and what it keeps bounds what new rows can change only where
+/// each anchor's search went as deep as its selection needed.
 fn incremental_applies(options: &MiningOptions, in_memory: bool) -> Result<()> {
-    let mine = &options.mine;
     let unsupported = if in_memory {
         Some("rows handed over in memory (it compares input files)")
-    } else if mine.max_k.is_some() {
-        Some("max_k (a capped search is not exact)")
-    } else if !matches!(mine.index.trim(), "auto" | "Flat" | "IDMap,Flat") {
-        Some("an approximate index (use Flat)")
+    } else if options.mine.max_k.is_some() {
+        Some("max_k (a capped search gives no bounds of what it missed)")
     } else {
         None
     };
     match unsupported {
         Some(what) => Err(invalid(
             "run.state",
-            format!("incremental mining works on input files mined exactly; not with {what}"),
+            format!("incremental mining works on input files; not with {what}"),
         )),
         None => Ok(()),
     }

@@ -296,43 +296,52 @@ impl NeighbourIndex {
         rows: usize,
         spec: &IndexSpec,
     ) -> Result<Self> {
-        let mismatch =
-            |what: String| Error::Config(format!("--load-index {}: {what}", path.display()));
-        if !path.is_file() {
-            return Err(mismatch("no such file".into()));
-        }
-        let index = read_index(path.to_string_lossy().as_ref()).map_err(|e| {
-            mismatch(format!(
-                "not a FAISS index ({})",
-                faiss_message(&e.to_string())
-            ))
-        })?;
-        let loaded_metric = match index.metric_type() {
-            MetricType::L2 => Metric::L2sq,
-            MetricType::InnerProduct => Metric::Cosine,
-        };
-        if index.d() as usize != dim {
-            return Err(mismatch(format!(
-                "made for dimension {}, the input has {dim}",
-                index.d()
-            )));
-        }
-        if loaded_metric != metric {
-            return Err(mismatch(format!(
-                "made for metric {loaded_metric:?}, this run uses {metric:?}"
-            )));
-        }
+        let (index, factory) = read_saved(path, dim, metric, "--load-index")?;
         if index.ntotal() as usize != rows {
-            return Err(mismatch(format!(
-                "holds {} rows, the input has {rows}",
+            return Err(Error::Config(format!(
+                "--load-index {}: holds {} rows, the input has {rows}",
+                path.display(),
                 index.ntotal()
             )));
         }
-        let sidecar = info_path(path);
-        let factory = std::fs::read(&sidecar)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<IndexInfo>(&b).ok())
-            .map_or_else(|| format!("loaded from {}", path.display()), |i| i.factory);
+        Self::ready(index, factory, metric, dim, rows, spec)
+    }
+
+    /// An index an incremental run's state kept (saved as `--save-index` does), grown by the
+    /// rows appended to the table since (`vectors` past its first `kept_rows`): they are added
+    /// to its lists, which are not trained again, so every run of the state searches one
+    /// layout.
+    pub fn extend(
+        path: &Path,
+        vectors: &[f32],
+        dim: usize,
+        metric: Metric,
+        kept_rows: usize,
+        spec: &IndexSpec,
+        drop_pages: &dyn Fn(),
+    ) -> Result<Self> {
+        let (mut index, factory) = read_saved(path, dim, metric, "the state's index")?;
+        let rows = vectors.len() / dim;
+        if index.ntotal() as usize != kept_rows || kept_rows > rows {
+            return Err(Error::Config(format!(
+                "the state's index {} holds {} rows, the state {kept_rows}: run with --force",
+                path.display(),
+                index.ntotal()
+            )));
+        }
+        let batch_rows = spec.memory.map_or(ADD_BATCH_ROWS, |m| {
+            ADD_BATCH_ROWS.min(rows_within(m.add_bytes, dim, 2))
+        });
+        for batch in vectors[kept_rows * dim..].chunks(batch_rows * dim) {
+            index.add(batch)?;
+            drop_pages();
+        }
+        tracing::info!(
+            factory,
+            kept = kept_rows,
+            added = rows - kept_rows,
+            "index taken from the state, new rows added (not trained again)"
+        );
         Self::ready(index, factory, metric, dim, rows, spec)
     }
 
@@ -676,6 +685,41 @@ fn sample_rows(
 }
 
 /// `PATH.json`, beside a saved index.
+/// A saved index and its factory string (from its `PATH.json`), refused if it was made for
+/// another dimension or metric; `what` names it in messages.
+fn read_saved(path: &Path, dim: usize, metric: Metric, what: &str) -> Result<(IndexImpl, String)> {
+    let mismatch = |why: String| Error::Config(format!("{what} {}: {why}", path.display()));
+    if !path.is_file() {
+        return Err(mismatch("no such file".into()));
+    }
+    let index = read_index(path.to_string_lossy().as_ref()).map_err(|e| {
+        mismatch(format!(
+            "not a FAISS index ({})",
+            faiss_message(&e.to_string())
+        ))
+    })?;
+    let loaded_metric = match index.metric_type() {
+        MetricType::L2 => Metric::L2sq,
+        MetricType::InnerProduct => Metric::Cosine,
+    };
+    if index.d() as usize != dim {
+        return Err(mismatch(format!(
+            "made for dimension {}, the input has {dim}",
+            index.d()
+        )));
+    }
+    if loaded_metric != metric {
+        return Err(mismatch(format!(
+            "made for metric {loaded_metric:?}, this run uses {metric:?}"
+        )));
+    }
+    let factory = std::fs::read(info_path(path))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<IndexInfo>(&b).ok())
+        .map_or_else(|| format!("loaded from {}", path.display()), |i| i.factory);
+    Ok((index, factory))
+}
+
 fn info_path(path: &Path) -> PathBuf {
     PathBuf::from(format!("{}.json", path.display()))
 }

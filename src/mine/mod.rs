@@ -275,6 +275,8 @@ pub struct Miner<'t> {
 enum IndexSource<'p> {
     Build,
     Load(&'p Path),
+    /// A state's index over the table's first rows: the rest are added to it.
+    Extend(&'p Path, usize),
 }
 
 /// Rows read from a spilled store for one stretch of work (see [`Miner::gather_spilled`]):
@@ -374,6 +376,24 @@ impl<'t> Miner<'t> {
         Self::create(table, None, params, IndexSource::Load(index))
     }
 
+    /// An incremental run's miner (labelled table, or corpus under `queries`): the
+    /// approximate index a state kept over the first `kept_rows` rows, with the rows after
+    /// them added to it ([`NeighbourIndex::extend`]).
+    pub fn with_kept_index(
+        table: &'t Table,
+        queries: Option<&'t Queries>,
+        params: &MiningParams,
+        index: &Path,
+        kept_rows: usize,
+    ) -> Result<Self> {
+        Self::create(
+            table,
+            queries,
+            params,
+            IndexSource::Extend(index, kept_rows),
+        )
+    }
+
     fn create(
         table: &'t Table,
         queries: Option<&'t Queries>,
@@ -451,13 +471,22 @@ impl<'t> Miner<'t> {
             ef_search: params.ef_search,
             memory,
         };
-        if auto {
+        if auto && matches!(source, IndexSource::Build) {
             tracing::info!(rows = table.rows(), choice = %spec.factory, "index auto");
         }
         let index = match source {
             IndexSource::Load(path) => {
                 NeighbourIndex::load(path, dim, params.metric, table.rows(), &spec)?
             }
+            IndexSource::Extend(path, kept_rows) => NeighbourIndex::extend(
+                path,
+                &vectors,
+                dim,
+                params.metric,
+                kept_rows,
+                &spec,
+                &|| table.vectors.drop_pages_over_budget(),
+            )?,
             IndexSource::Build => {
                 NeighbourIndex::build(&vectors, dim, params.metric, &spec, &|| {
                     table.vectors.drop_pages_over_budget()
@@ -1143,6 +1172,10 @@ fn plan_build(
     }
     let index = match source {
         IndexSource::Load(path) => std::fs::metadata(path).map_or(0, |m| m.len()),
+        // The kept index's bytes grow with the rows added.
+        IndexSource::Extend(path, kept) => {
+            std::fs::metadata(path).map_or(0, |m| m.len()) / (*kept as u64).max(1) * rows
+        }
         IndexSource::Build => index_bytes(factory, rows, dim),
     };
     // k-means needs a few points per list; the sample is counted twice (FAISS trains the

@@ -315,7 +315,7 @@ pub fn mine_segment(work: &Path, segment: usize, threads: Option<usize>) -> Resu
         params.index = plan.search.index.clone();
         params.k = Some(plan.knobs.k);
         let saved = (!plan.search.exact).then(|| work.join(INDEX));
-        let mut miner = input.miner(&params, saved.as_deref())?;
+        let mut miner = input.miner(&params, saved.as_deref(), None)?;
         if !plan.search.exact {
             miner.set_search_knobs(plan.knobs)?;
         }

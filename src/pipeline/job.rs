@@ -118,6 +118,8 @@ pub(super) struct Job<'c> {
     /// The options as the user gave them, which the report records: `config` itself, except
     /// in a distributed run's finish, whose paths were made absolute for the cluster.
     given: &'c MiningConfig,
+    /// An incremental run's approximate index, kept by its state over the first rows.
+    kept_index: Option<(PathBuf, usize)>,
 }
 
 impl<'c> Job<'c> {
@@ -133,6 +135,7 @@ impl<'c> Job<'c> {
                 .clone()
                 .unwrap_or_else(std::env::temp_dir),
             given: config,
+            kept_index: None,
         }
     }
 
@@ -150,11 +153,19 @@ pub(super) struct Input {
 
 impl Input {
     /// The miner on these rows, with the index saved at `saved`, else a new one.
-    pub(super) fn miner(&self, params: &MiningParams, saved: Option<&Path>) -> Result<Miner<'_>> {
-        match (&self.queries, saved) {
-            (Some(q), saved) => Miner::retrieval(&self.table, q, params, saved),
-            (None, Some(path)) => Miner::with_saved_index(&self.table, params, path),
-            (None, None) => Miner::new(&self.table, params),
+    pub(super) fn miner(
+        &self,
+        params: &MiningParams,
+        saved: Option<&Path>,
+        kept: Option<&(PathBuf, usize)>,
+    ) -> Result<Miner<'_>> {
+        match (&self.queries, saved, kept) {
+            (queries, None, Some((path, rows))) => {
+                Miner::with_kept_index(&self.table, queries.as_ref(), params, path, *rows)
+            }
+            (Some(q), saved, _) => Miner::retrieval(&self.table, q, params, saved),
+            (None, Some(path), _) => Miner::with_saved_index(&self.table, params, path),
+            (None, None, None) => Miner::new(&self.table, params),
         }
     }
 
@@ -391,12 +402,13 @@ pub(super) fn run_job(
     batches: Option<BatchSource>,
 ) -> Result<Summary> {
     let mut clock = Clock::start();
-    let job = Job::new(config, files);
+    let mut job = Job::new(config, files);
     // A state that cannot serve is refused before anything is read.
     let state = match &config.run.state {
         Some(dir) => Some(StateRun::examine(config, dir, files)?),
         None => None,
     };
+    job.kept_index = state.as_ref().and_then(StateRun::kept_index);
 
     let inputs = input_names(files, batches.as_ref());
     let kept = state.as_ref().and_then(|s| s.kept_rows(config));
@@ -407,7 +419,8 @@ pub(super) fn run_job(
     let stage = Stage::start("mine");
     let (mined, state) = match state {
         Some(run) => {
-            let (mined, state) = mine_with_state(&job, &mut miner, &input, &anchors, run)?;
+            let (mined, state) =
+                mine_with_state(&job, &mut miner, &input, &anchors, recall_sample, run)?;
             (mined, Some(state))
         }
         None => (
@@ -437,12 +450,14 @@ fn mine_with_state(
     miner: &mut Miner,
     input: &Input,
     anchors: &[u32],
+    recall_sample: &[u32],
     run: StateRun,
 ) -> Result<(Mined, PendingState)> {
     let search_before = miner.search_stats();
     miner.keep_neighbours();
     let mut emitter = Emitter::new(job, input, miner.cross_anchor_budget())?;
-    let (state, mut changes) = run.mine(job, miner, input, anchors, &mut emitter)?;
+    let (state, mut changes, sampled) =
+        run.mine(job, miner, input, anchors, &mut emitter, recall_sample)?;
     abort_point("mine");
     let mut emitted = emitter.close()?;
     if let Some((_, counts)) = &emitted.delta {
@@ -452,7 +467,7 @@ fn mine_with_state(
     emitted.changes = Some(changes);
     let mined = Mined {
         emitted,
-        sampled: Vec::new(),
+        sampled,
         search: miner.search_stats().since(search_before),
     };
     Ok((mined, state))
@@ -676,7 +691,11 @@ fn read(job: &Job, batches: Option<BatchSource>, kept: Option<KeptRows>) -> Resu
 fn build_index<'t>(job: &Job, input: &'t Input) -> Result<Miner<'t>> {
     let config = job.config;
     let spinner = progress(job.show, None, "building index");
-    let miner = input.miner(&config.mine, config.input.load_index.as_deref())?;
+    let miner = input.miner(
+        &config.mine,
+        config.input.load_index.as_deref(),
+        job.kept_index.as_ref(),
+    )?;
     if let Some(path) = &config.output.save_index {
         miner.save_index(path)?;
     }

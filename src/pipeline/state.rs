@@ -32,11 +32,12 @@ use super::progress;
 use crate::config::{InputOptions, MiningConfig, MiningParams, NegativeSampling};
 use crate::error::{Error, Result};
 use crate::io::{AtomicPath, KeptFacts, KeptRows, Table, resolve_inputs, save_kept};
-use crate::mine::{ANCHOR_BLOCK, MinedBlock, Miner};
+use crate::mine::{ANCHOR_BLOCK, MinedBlock, Miner, Triplet};
 
 const FACTS: &str = "state.json";
 const BLOCKS: &str = "blocks.seg";
 const ROWS: &str = "rows";
+const INDEX: &str = "index.faiss";
 
 /// What a state folder says of the run that left it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,6 +60,10 @@ struct StateFacts {
     /// from are not read again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     kept: Option<KeptFacts>,
+    /// The approximate index searched (its factory string), kept in `index.faiss` so that
+    /// later runs add their new rows to it instead of training another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    index: Option<String>,
 }
 
 /// What an incremental run changed, for the summary and the manifest.
@@ -168,6 +173,22 @@ impl StateRun {
         Some(KeptRows::new(&dir, kept.clone()))
     }
 
+    /// The approximate index the state kept and the rows it holds, when this run is
+    /// incremental: its new rows are added to it.
+    pub(super) fn kept_index(&self) -> Option<(PathBuf, usize)> {
+        let facts = self.previous.as_ref().ok()?;
+        facts.index.as_ref()?;
+        let path = self.dir.join(INDEX);
+        if !path.is_file() {
+            tracing::info!(
+                stage = "state",
+                "the state's index is missing: a new one is built"
+            );
+            return None;
+        }
+        Some((path, facts.rows as usize))
+    }
+
     fn compare(
         config: &MiningConfig,
         dir: &Path,
@@ -239,7 +260,8 @@ impl StateRun {
     }
 
     /// Mines what the state does not answer (every anchor in a full run), writes the new state
-    /// under a temporary name and replays every anchor's block into `emitter`.
+    /// under a temporary name and replays every anchor's block into `emitter`; the triplets
+    /// of `recall_sample`'s anchors are kept for the recall measured.
     pub(super) fn mine(
         self,
         job: &Job,
@@ -247,15 +269,9 @@ impl StateRun {
         input: &Input,
         anchors: &[u32],
         emitter: &mut Emitter,
-    ) -> Result<(PendingState, Changes)> {
+        recall_sample: &[u32],
+    ) -> Result<(PendingState, Changes, Vec<Triplet>)> {
         let table = &input.table;
-        if !miner.exact() {
-            return Err(Error::Config(format!(
-                "--state mines exactly, and --index auto chose {} for {} rows: give --index Flat",
-                miner.index_info().factory,
-                table.rows()
-            )));
-        }
         // Rows the previous state kept (whatever this run read): their inputs are unchanged,
         // so this table starts with them, and the new state's vectors file extends theirs.
         let previous_kept = self
@@ -303,7 +319,16 @@ impl StateRun {
             previous_kept.as_ref(),
             &target.tmp().join(ROWS),
         )?;
+        // An approximate index is kept with the rows it holds; an exact one needs no file.
+        let index = match miner.exact() {
+            true => None,
+            false => {
+                miner.save_index(&target.tmp().join(INDEX))?;
+                Some(miner.index_info().factory.clone())
+            }
+        };
         let facts = StateFacts {
+            index,
             tripmine_version: env!("CARGO_PKG_VERSION").into(),
             shaping: shaping(job.config),
             inputs: self.inputs.clone(),
@@ -330,7 +355,19 @@ impl StateRun {
             emitter.observe_all(replay)?;
         }
         emitter.emit_all(&mut replay()?)?;
-        Ok((PendingState { target }, changes))
+        let mut sampled = Vec::new();
+        if !recall_sample.is_empty() {
+            let mut blocks = replay()?;
+            while let Some(block) = blocks.next_block()? {
+                sampled.extend(
+                    block
+                        .triplets
+                        .iter()
+                        .filter(|t| recall_sample.binary_search(&t.anchor).is_ok()),
+                );
+            }
+        }
+        Ok((PendingState { target }, changes, sampled))
     }
 }
 

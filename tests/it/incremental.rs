@@ -14,7 +14,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tempfile::TempDir;
 
-use crate::common::bin::tripmine;
+use crate::common::bin::{same_report_but_timings, tripmine};
 
 /// Rows of a partition file: global ids, labels and embeddings of dimension `dim`.
 struct Rows {
@@ -151,6 +151,16 @@ fn first_state(sizes: &[usize], seed: u64) -> (TempDir, Vec<PathBuf>, PathBuf, [
 /// Mines `files` with a state one more file at a time, then all at once without: the last
 /// incremental run equals the full run. Returns the last incremental run's changes.
 fn grow_and_compare(dir: &Path, files: &[PathBuf], args: &[&str]) -> serde_json::Value {
+    let (grown, full) = grow_and_mine_all(dir, files, args);
+    if let Err(e) = same_outputs(&grown, &full) {
+        panic!("{e} after an incremental run with {args:?}");
+    }
+    changes(&grown)
+}
+
+/// Mines `files` with a state one more file at a time (in `dir/grown`), then all at once
+/// without (in `dir/full`).
+fn grow_and_mine_all(dir: &Path, files: &[PathBuf], args: &[&str]) -> (PathBuf, PathBuf) {
     let state = dir.join("state");
     let state_arg = ["--state", state.to_str().unwrap()];
     let grown = dir.join("grown");
@@ -162,10 +172,7 @@ fn grow_and_compare(dir: &Path, files: &[PathBuf], args: &[&str]) -> serde_json:
     }
     let full = dir.join("full");
     mine(&full, files, args).assert().success();
-    if let Err(e) = same_outputs(&grown, &full) {
-        panic!("{e} after an incremental run with {args:?}");
-    }
-    changes(&grown)
+    (grown, full)
 }
 
 /// A sample of anchors: new rows of smaller key take earlier picks' places.
@@ -516,14 +523,99 @@ fn a_state_of_another_version_is_refused() {
 fn options_incremental_mining_does_not_cover_are_refused_at_start() {
     let dir = TempDir::new().unwrap();
     let files = partitions(dir.path(), Shape::Blobs, &[100], 3, 7);
-    for extra in [&["--index", "IVF4,Flat"][..], &["--max-k", "128"]] {
-        let out = mine(dir.path(), &files, extra)
-            .args(["--state", "st"])
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{extra:?}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("incremental mining"), "{extra:?}: {stderr}");
+    let out = mine(dir.path(), &files, &["--max-k", "128"])
+        .args(["--state", "st"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("incremental mining"), "{stderr}");
+}
+
+/// The summary of the run in `at`.
+fn summary(at: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(at.join("summary.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn an_ivf_index_probing_every_list_grows_in_the_state_to_a_full_runs_outputs() {
+    // Every list probed with the vectors stored whole: the search is exhaustive whatever the
+    // lists' centroids, so the kept index (trained on the first file only) and a full run's
+    // (trained on all) must give the same triplets.
+    let dir = TempDir::new().unwrap();
+    let files = partitions(dir.path(), Shape::Blobs, &[400, 60, 50], 6, 21);
+    for args in [
+        &["--index", "IVF4,Flat", "--nprobe", "4"][..],
+        &[
+            "--index",
+            "IVF4,Flat",
+            "--nprobe",
+            "4",
+            "--negatives",
+            "hardest",
+            "--num-negatives",
+            "3",
+            "--positives",
+            "hardest",
+        ],
+    ] {
+        let run = TempDir::new_in(dir.path()).unwrap();
+        let (grown, full) = grow_and_mine_all(run.path(), &files, args);
+        same_files(&grown, &full, &["o.parquet", "s.parquet"]).unwrap();
+        same_report_but_timings(&grown, &full).unwrap();
+        let changes = changes(&grown);
+        assert_eq!(changes["mode"], "incremental", "{args:?}");
+        assert_eq!(changes["new_rows"], 50, "{args:?}");
+        let facts: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.path().join("state/state.json")).unwrap())
+                .unwrap();
+        assert_eq!(facts["index"], "IVF4,Flat", "{args:?}");
+        assert_eq!(summary(&run.path().join("grown"))["exact"], false);
+    }
+}
+
+#[test]
+fn an_approximate_index_is_kept_in_the_state_and_takes_each_runs_new_rows() {
+    let dir = TempDir::new().unwrap();
+    let files = partitions(dir.path(), Shape::Blobs, &[600, 80, 70], 6, 22);
+    let state = dir.path().join("state");
+    let args = [
+        "--index",
+        "IVF8,SQ8",
+        "--nprobe",
+        "2",
+        "--state",
+        state.to_str().unwrap(),
+        "-v",
+    ];
+    let at = dir.path().join("run");
+    mine(&at, &files[..1], &args).assert().success();
+    let kept_index = || std::fs::read(state.join("index.faiss")).unwrap();
+    let mut indexes = vec![kept_index()];
+    for end in 2..=3 {
+        if end == 3 {
+            // The index and the state's rows must agree: a state whose index lost rows is
+            // refused rather than searched.
+            std::fs::write(state.join("index.faiss"), &indexes[0]).unwrap();
+            let out = mine(&at, &files[..end], &args).output().unwrap();
+            assert_eq!(out.status.code(), Some(2));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains("holds 600 rows, the state 680"), "{stderr}");
+            std::fs::write(state.join("index.faiss"), &indexes[1]).unwrap();
+        }
+        let out = mine(&at, &files[..end], &args).output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{log}");
+        // The state's lists take the new rows; no index is trained again.
+        assert!(log.contains("index taken from the state"), "{log}");
+        assert!(!log.contains("training index"), "{log}");
+        let c = changes(&at);
+        assert_eq!(c["mode"], "incremental");
+        assert!(c["anchors_mined_again"].as_u64().unwrap() < 600, "{c}");
+        let s = summary(&at);
+        assert!(s["totals"]["recall_negatives"].as_f64().is_some(), "{s}");
+        indexes.push(kept_index());
+        assert!(indexes[end - 1].len() > indexes[end - 2].len());
     }
 }
 

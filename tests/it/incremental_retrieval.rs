@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use arrow::array::{AsArray, BooleanArray};
 use tempfile::TempDir;
 
-use crate::common::bin::{read, tripmine};
+use crate::common::bin::{read, same_report_but_timings, tripmine};
 
 /// A retrieval example (`tripmine gen --retrieval`) whose corpus is cut into files of
 /// `sizes` documents, and qrels naming only documents of the first: the queries, the corpus
@@ -180,6 +180,42 @@ fn a_grown_corpus_mined_incrementally_equals_a_full_run_for_every_option_set() {
         assert_eq!(changes["mode"], "incremental", "{args:?}: {changes}");
         assert_eq!(changes["new_rows"], 9, "{args:?}");
     }
+}
+
+#[test]
+fn an_ivf_index_probing_every_list_grows_with_the_corpus_to_a_full_runs_outputs() {
+    // Every list probed, vectors stored whole: the kept index (trained on the first file)
+    // searches as exhaustively as a full run's.
+    let dir = TempDir::new().unwrap();
+    let (queries, corpus, qrels) = grown_corpus(dir.path(), &[600, 12, 9], 41);
+    let args = [
+        "--index",
+        "IVF4,Flat",
+        "--nprobe",
+        "4",
+        "--num-negatives",
+        "3",
+    ];
+    let state = dir.path().join("state");
+    let with_state: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(["--state", state.to_str().unwrap()])
+        .collect();
+    let (grown, full) = (dir.path().join("grown"), dir.path().join("full"));
+    for end in 1..=corpus.len() {
+        mine(&grown, &queries, &corpus[..end], &qrels, &with_state);
+    }
+    mine(&full, &queries, &corpus, &qrels, &args);
+    let triplets = |at: &Path| std::fs::read(at.join("o.parquet")).unwrap();
+    assert!(triplets(&grown) == triplets(&full), "o.parquet differs");
+    same_report_but_timings(&grown, &full).unwrap();
+    let changes = changes(&grown);
+    assert_eq!(changes["mode"], "incremental", "{changes}");
+    assert_eq!(changes["new_rows"], 9);
+    let facts: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("state.json")).unwrap()).unwrap();
+    assert_eq!(facts["index"], "IVF4,Flat");
 }
 
 #[test]

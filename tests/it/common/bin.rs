@@ -84,3 +84,33 @@ pub fn read(path: &Path) -> RecordBatch {
     let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
     arrow::compute::concat_batches(&schema, &batches).unwrap()
 }
+
+/// The reports of two approximate runs hold the same rows and figures: only what their
+/// timings gave differ (the seconds in `tripmine.search`, and the warning that compares the
+/// approximate search's estimated time with exact mining's).
+pub fn same_report_but_timings(a: &Path, b: &Path) -> std::result::Result<(), String> {
+    let (a, b) = (a.join("r.parquet"), b.join("r.parquet"));
+    if read(&a).columns() != read(&b).columns() {
+        return Err("the report's rows differ".into());
+    }
+    let figures = |path: &Path| {
+        let file = std::fs::File::open(path).unwrap();
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        let mut m: std::collections::BTreeMap<_, _> =
+            builder.schema().metadata().clone().into_iter().collect();
+        m.remove("tripmine.search");
+        let warnings: Vec<String> = serde_json::from_str(&m["tripmine.warnings"]).unwrap();
+        let timed = |w: &String| w.contains("is estimated at");
+        let warnings: Vec<String> = warnings.into_iter().filter(|w| !timed(w)).collect();
+        m.insert(
+            "tripmine.warnings".into(),
+            serde_json::to_string(&warnings).unwrap(),
+        );
+        m
+    };
+    assert!(figures(&a).contains_key("tripmine.totals"));
+    if figures(&a) != figures(&b) {
+        return Err("the report's figures differ".into());
+    }
+    Ok(())
+}
