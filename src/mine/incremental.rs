@@ -61,7 +61,28 @@ pub struct NewRows {
     old_rows: usize,
     rows: Vec<u32>,
     max_sq: f32,
+    /// With an approximate index, the new rows each old anchor looks at (else all of them).
+    listed: Option<ListedRows>,
 }
+
+/// The new rows each old anchor looks at when the index is approximate: those whose own
+/// search found the anchor among their nearest rows, and those of its label (which its
+/// positive choice and violating flag read at any distance). Ascending, per old row.
+struct ListedRows {
+    starts: Vec<usize>,
+    rows: Vec<u32>,
+}
+
+impl ListedRows {
+    fn of(&self, anchor: u32) -> &[u32] {
+        let a = anchor as usize;
+        &self.rows[self.starts[a]..self.starts[a + 1]]
+    }
+}
+
+/// Listing new rows per anchor pays while the pairs of one label are at most this share of
+/// all (new row, old anchor) pairs; beyond, every anchor looks at every new row.
+const LISTED_PAIRS_SHARE: usize = 8;
 
 /// What sifting found for one anchor.
 struct AnchorSift {
@@ -77,10 +98,15 @@ struct AnchorSift {
     entries_after: Vec<u32>,
     /// Scratch: the new rows among its negatives' distances, `(d, row, exact d or NaN)`.
     among: Vec<(f32, u32, f32)>,
+    /// Scratch: the labels of listed new rows.
+    labels: Vec<u32>,
     /// An anchor that keeps its window's rows: the new rows nearer than the last of them,
     /// `(exact d, row)`.
     window_joins: Vec<(f32, u32)>,
 }
+
+/// What an anchor (its index among those looking) does with new rows and their distances.
+type LookAt<'f> = dyn FnMut(usize, &[u32], &[f32]) + 'f;
 
 /// `(d, row)` order: nearer first, ties by the smaller row.
 fn before(x: (f32, u32), y: (f32, u32)) -> bool {
@@ -110,7 +136,71 @@ impl Miner<'_> {
                 .map(|&r| self.norms_sq[r as usize])
                 .fold(0.0, f32::max),
             rows,
+            listed: None,
         }
+    }
+
+    /// As [`Miner::new_rows`], for an approximate index on a labelled table: each old anchor
+    /// looks only at the new rows whose search (at the run's depth `k`) found it among their
+    /// nearest, and at those of its label; the approximate index already stands for an
+    /// exhaustive search, and the sift's product of every new row with every old anchor
+    /// would cost a fifth of a full run. Every row when labels are so large that their pairs
+    /// alone come near that product.
+    pub fn new_rows_searched(&mut self, old_rows: usize) -> crate::error::Result<NewRows> {
+        let mut new = self.new_rows(old_rows);
+        if self.exact() || self.queries.is_some() || new.rows.is_empty() {
+            return Ok(new);
+        }
+        let same_label_pairs: usize = new
+            .rows
+            .iter()
+            .map(|&r| {
+                let group = &self.groups[self.label(r) as usize];
+                group.partition_point(|&m| (m as usize) < old_rows)
+            })
+            .sum();
+        if same_label_pairs > new.rows.len() * old_rows / LISTED_PAIRS_SHARE {
+            return Ok(new);
+        }
+        let k = self.search_knobs().k;
+        let mut pairs: Vec<(u32, u32)> = Vec::with_capacity(same_label_pairs + new.rows.len() * k);
+        for chunk in new.rows.chunks(NEW_ROWS_CHUNK) {
+            let queries = self.gather_anchors(chunk.iter().copied());
+            let found = self.search_index(&queries, k + 1)?;
+            for (q, &r) in chunk.iter().enumerate() {
+                pairs.extend(
+                    found
+                        .of(q)
+                        .filter(|&(_, a)| (a as usize) < old_rows)
+                        .map(|(_, a)| (a, r)),
+                );
+            }
+        }
+        for &r in &new.rows {
+            let group = &self.groups[self.label(r) as usize];
+            let old = &group[..group.partition_point(|&m| (m as usize) < old_rows)];
+            pairs.extend(old.iter().map(|&a| (a, r)));
+        }
+        pairs.par_sort_unstable();
+        pairs.dedup();
+        let mut starts = vec![0usize; old_rows + 1];
+        for &(a, _) in &pairs {
+            starts[a as usize + 1] += 1;
+        }
+        for a in 0..old_rows {
+            starts[a + 1] += starts[a];
+        }
+        tracing::info!(
+            stage = "state",
+            pairs = pairs.len(),
+            k,
+            "new rows listed per old anchor by the index's search and their labels"
+        );
+        new.listed = Some(ListedRows {
+            starts,
+            rows: pairs.into_iter().map(|(_, r)| r).collect(),
+        });
+        Ok(new)
     }
 
     /// Takes out of `block` the anchors that a row of `new` could
@@ -155,6 +245,34 @@ impl Miner<'_> {
             inner_products(queries, vectors, self.table.dim, &mut products);
             products
         };
+        // Hands each of `anchors` (their vectors in `queries`) the new rows it looks at with
+        // their product distances: every new row, chunk by chunk, or the anchor's own list.
+        let look = |anchors: &[u32], queries: &[f32], f: &mut LookAt| {
+            let mut dist = Vec::with_capacity(NEW_ROWS_CHUNK);
+            match &new.listed {
+                None => {
+                    for (rows, vectors) in new_vectors() {
+                        let products = products_of(queries, anchors.len(), vectors, rows.len());
+                        for (q, &a) in anchors.iter().enumerate() {
+                            let products = &products[q * rows.len()..(q + 1) * rows.len()];
+                            self.new_row_distances(a, rows, products, &mut dist);
+                            f(q, rows, &dist);
+                        }
+                    }
+                }
+                Some(listed) => {
+                    for (q, &a) in anchors.iter().enumerate() {
+                        let rows = listed.of(a);
+                        if rows.is_empty() {
+                            continue;
+                        }
+                        let query = &queries[q * dim..(q + 1) * dim];
+                        self.listed_row_distances(a, query, rows, &mut dist);
+                        f(q, rows, &dist);
+                    }
+                }
+            }
+        };
         let (triplets, neighbours) = (&block.triplets, &block.neighbours);
         // Anchors that keep their window's rows take new rows into it in place.
         let window = super::onepass::kept_window(self);
@@ -175,60 +293,51 @@ impl Miner<'_> {
                             entries: Vec::new(),
                             entries_after: Vec::new(),
                             among: Vec::new(),
+                            labels: Vec::new(),
                             window_joins: Vec::new(),
                         })
                         .collect();
-                    let queries = self.gather_anchors(records.iter().map(|r| r.anchor));
-                    let mut dist = Vec::with_capacity(NEW_ROWS_CHUNK);
-                    for (rows, vectors) in new_vectors() {
-                        let products = products_of(&queries, records.len(), vectors, rows.len());
-                        for (i, record) in records.iter().enumerate() {
-                            if sifts[i].changed {
-                                continue;
-                            }
-                            let products = &products[i * rows.len()..(i + 1) * rows.len()];
-                            self.new_row_distances(record.anchor, rows, products, &mut dist);
-                            let near = &neighbours[near_spans[i].clone()];
-                            let window = window.filter(|&k| near.len() == k).map(|_| near);
-                            self.sift_anchor(
-                                record,
-                                &triplets[spans[i].clone()],
-                                (near, near_want),
-                                window,
-                                rows,
-                                &dist,
-                                new_max_sq,
-                                &mut sifts[i],
-                            );
+                    let anchors: Vec<u32> = records.iter().map(|r| r.anchor).collect();
+                    let queries = self.gather_anchors(anchors.iter().copied());
+                    look(&anchors, &queries, &mut |i, rows, dist| {
+                        if sifts[i].changed {
+                            return;
                         }
-                    }
+                        let near = &neighbours[near_spans[i].clone()];
+                        let window = window.filter(|&k| near.len() == k).map(|_| near);
+                        self.sift_anchor(
+                            &records[i],
+                            &triplets[spans[i].clone()],
+                            (near, near_want),
+                            window,
+                            rows,
+                            dist,
+                            new_max_sq,
+                            &mut sifts[i],
+                        );
+                    });
                     // The new rows nearer than each entry: a second look at the new rows, for
                     // the anchors that have entries.
                     let entering: Vec<usize> = (0..records.len())
                         .filter(|&i| !sifts[i].changed && !sifts[i].entries.is_empty())
                         .collect();
                     if !entering.is_empty() {
-                        let queries =
-                            self.gather_anchors(entering.iter().map(|&i| records[i].anchor));
+                        let anchors: Vec<u32> =
+                            entering.iter().map(|&i| records[i].anchor).collect();
+                        let queries = self.gather_anchors(anchors.iter().copied());
                         for &i in &entering {
                             sifts[i].entries_after = vec![0; sifts[i].entries.len()];
                         }
-                        for (rows, vectors) in new_vectors() {
-                            let products =
-                                products_of(&queries, entering.len(), vectors, rows.len());
-                            for (q, &i) in entering.iter().enumerate() {
-                                let a = records[i].anchor;
-                                let products = &products[q * rows.len()..(q + 1) * rows.len()];
-                                self.new_row_distances(a, rows, products, &mut dist);
-                                let slack = self.sift_slack(a, new_max_sq);
-                                let sift = &mut sifts[i];
-                                for (&entry, after) in
-                                    sift.entries.iter().zip(sift.entries_after.iter_mut())
-                                {
-                                    *after += self.count_nearer(a, rows, &dist, slack, entry);
-                                }
+                        look(&anchors, &queries, &mut |q, rows, dist| {
+                            let a = anchors[q];
+                            let slack = self.sift_slack(a, new_max_sq);
+                            let sift = &mut sifts[entering[q]];
+                            for (&entry, after) in
+                                sift.entries.iter().zip(sift.entries_after.iter_mut())
+                            {
+                                *after += self.count_nearer(a, rows, dist, slack, entry);
                             }
-                        }
+                        });
                     }
                     sifts.into_iter().enumerate().map(move |(i, mut sift)| {
                         let taken_in = (!sift.changed && !sift.entries.is_empty()).then(|| {
@@ -387,6 +496,20 @@ impl Miner<'_> {
             }
             Metric::Cosine => out.extend(products.iter().map(|&x| 1.0 - x)),
         }
+    }
+
+    /// As [`Miner::new_row_distances`], for listed rows (any positions), from their products
+    /// with the anchor's vector `query`.
+    fn listed_row_distances(&self, a: u32, query: &[f32], rows: &[u32], out: &mut Vec<f32>) {
+        out.clear();
+        let a_sq = self.anchor_norm_sq(a);
+        out.extend(rows.iter().map(|&r| {
+            let x = crate::score::dot(query, self.row(r)) as f32;
+            match self.params.metric {
+                Metric::L2sq => a_sq + self.norms_sq[r as usize] - 2.0 * x,
+                Metric::Cosine => 1.0 - x,
+            }
+        }));
     }
 
     /// How far a product's distance from anchor `a` to a new row may be from the exact one.
@@ -555,13 +678,19 @@ impl Miner<'_> {
         let nearer_than_all = dist.iter().map(|&d| u32::from(d < rank_lo)).sum::<u32>();
         sift.among.clear();
         let first = rows[0] as usize;
+        let contiguous = rows[rows.len() - 1] as usize == first + rows.len() - 1;
         // A query's "label" is its known positives, and no new document is one: the qrels
         // stay as they were, and name only documents of the corpus then.
+        let mut listed_labels = std::mem::take(&mut sift.labels);
         let labels = if self.queries.is_some() {
             debug_assert_ne!(record.label, NOT_A_QUERY_LABEL);
             &NOT_A_QUERY_LABELS[..rows.len()]
-        } else {
+        } else if contiguous {
             &self.table.label_codes[first..first + rows.len()]
+        } else {
+            listed_labels.clear();
+            listed_labels.extend(rows.iter().map(|&r| self.label(r)));
+            &listed_labels[..]
         };
         // Without short-circuits, so that a run of rows is judged in vector registers: the
         // rows that need a look are rare.
@@ -637,6 +766,7 @@ impl Miner<'_> {
                 }
             }
         }
+        sift.labels = listed_labels;
         // New rows come after every old row: a tie leaves the negative first.
         for (t, shift) in triplets.iter().zip(sift.shifts.iter_mut()) {
             *shift += nearer_than_all;

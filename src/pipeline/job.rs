@@ -625,7 +625,8 @@ pub(super) fn conclude(
 /// Before mining: the recall sample mined exactly, the search tuned, `auto`'s choice.
 fn prepare_search(job: &Job, miner: &mut Miner, anchors: &[u32]) -> Result<RecallPlan> {
     let spinner = progress(job.show, None, "measuring recall");
-    let plan = recall::prepare(&job.config.mine, miner, anchors)?;
+    let kept = job.kept_index.is_some();
+    let plan = recall::prepare(&job.config.mine, miner, anchors, kept)?;
     spinner.finish_and_clear();
     Ok(plan)
 }

@@ -38,11 +38,14 @@ pub(super) struct RecallPlan {
 
 /// Before mining with an approximate index: mines the recall sample exactly, tunes the search
 /// for the target, and under `index = "auto"` switches to the exact engine when it is the
-/// cheaper way to the target (or the approximate index cannot reach it).
+/// cheaper way to the target (or the approximate index cannot reach it). An index an
+/// incremental run's state `kept` was chosen by the run that built it, and such a run mines
+/// a few anchors: exact mining is neither timed nor weighed.
 pub(super) fn prepare(
     params: &MiningParams,
     miner: &mut Miner,
     anchors: &[u32],
+    kept: bool,
 ) -> Result<RecallPlan> {
     let none = RecallPlan {
         truth: None,
@@ -58,12 +61,12 @@ pub(super) fn prepare(
         peak_mib = crate::memory::mib(crate::memory::Resident::now().peak),
         "recall sample mined exactly"
     );
-    let auto = params.index.trim().eq_ignore_ascii_case("auto");
+    let auto = params.index.trim().eq_ignore_ascii_case("auto") && !kept;
     // Exact mining is timed for `auto` (it bounds what tuning may spend, and is weighed
     // against the tuned index) and for a named index with a target (weighed only: an index
     // the user named is kept, but at a setting that reaches, or chases, the target, an
     // approximate search can cost more than exact mining).
-    let exact_per_anchor = if auto || params.target_recall > 0.0 {
+    let exact_per_anchor = if !kept && (auto || params.target_recall > 0.0) {
         let timing = sample_anchors(anchors, auto_timing_anchors(), params.seed, 1);
         let s = miner.exact_seconds_per_anchor(&timing)?;
         tracing::debug!(

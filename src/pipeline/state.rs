@@ -425,7 +425,7 @@ fn mine_new(
     let mut kept = HeldBlocks::new(&job.scratch)?;
     let mut again: Vec<u32> = Vec::new();
     let mut seen = 0usize;
-    let new = miner.new_rows(old_rows);
+    let new = miner.new_rows_searched(old_rows)?;
     // Under `--anchors-sample` the old anchors were the old rows' sample; those that left it
     // (keys only enter below the sample's largest) are dropped.
     // In retrieval mode the anchors are the queries, which do not change.

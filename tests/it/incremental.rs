@@ -537,20 +537,37 @@ fn summary(at: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(at.join("summary.json")).unwrap()).unwrap()
 }
 
+/// An IVF index that probes every list and stores the vectors whole: its search is
+/// exhaustive whatever the lists' centroids (the kept index was trained on the first file
+/// only, a full run's on all).
+const EXHAUSTIVE_IVF: [&str; 4] = ["--index", "IVF4,Flat", "--nprobe", "4"];
+
+/// Grows `files` with `args` and the exhaustive IVF index, incrementally and at once: the
+/// outputs must be the same (but the report's timings); the last run's changes and log.
+fn grow_exhaustive_ivf(dir: &Path, files: &[PathBuf], args: &[&str]) -> serde_json::Value {
+    let args: Vec<&str> = EXHAUSTIVE_IVF.iter().chain(args).copied().collect();
+    let (grown, full) = grow_and_mine_all(dir, files, &args);
+    same_files(&grown, &full, &["o.parquet", "s.parquet"])
+        .unwrap_or_else(|e| panic!("{e} with {args:?}"));
+    same_report_but_timings(&grown, &full).unwrap_or_else(|e| panic!("{e} with {args:?}"));
+    let facts: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("state/state.json")).unwrap()).unwrap();
+    assert_eq!(facts["index"], "IVF4,Flat", "{args:?}");
+    assert_eq!(summary(&grown)["exact"], false);
+    changes(&grown)
+}
+
 #[test]
-fn an_ivf_index_probing_every_list_grows_in_the_state_to_a_full_runs_outputs() {
-    // Every list probed with the vectors stored whole: the search is exhaustive whatever the
-    // lists' centroids, so the kept index (trained on the first file only) and a full run's
-    // (trained on all) must give the same triplets.
+fn an_ivf_index_searching_every_row_grows_in_the_state_to_a_full_runs_outputs() {
+    // 40 labels: few rows of a label, so each old anchor looks only at the new rows whose
+    // search found it and those of its label; `--k` past the table's rows lists every pair.
     let dir = TempDir::new().unwrap();
-    let files = partitions(dir.path(), Shape::Blobs, &[400, 60, 50], 6, 21);
+    let files = partitions(dir.path(), Shape::Blobs, &[800, 60, 50], 40, 21);
     for args in [
-        &["--index", "IVF4,Flat", "--nprobe", "4"][..],
+        &["--k", "1000"][..],
         &[
-            "--index",
-            "IVF4,Flat",
-            "--nprobe",
-            "4",
+            "--k",
+            "1000",
             "--negatives",
             "hardest",
             "--num-negatives",
@@ -558,26 +575,56 @@ fn an_ivf_index_probing_every_list_grows_in_the_state_to_a_full_runs_outputs() {
             "--positives",
             "hardest",
         ],
+        // Few labels: every old anchor looks at every new row.
+        &["--seed", "4"],
     ] {
         let run = TempDir::new_in(dir.path()).unwrap();
-        let (grown, full) = grow_and_mine_all(run.path(), &files, args);
-        same_files(&grown, &full, &["o.parquet", "s.parquet"]).unwrap();
-        same_report_but_timings(&grown, &full).unwrap();
-        let changes = changes(&grown);
+        let files = if args.contains(&"--seed") {
+            partitions(run.path(), Shape::Blobs, &[400, 60, 50], 6, 21)
+        } else {
+            files.clone()
+        };
+        let changes = grow_exhaustive_ivf(run.path(), &files, args);
         assert_eq!(changes["mode"], "incremental", "{args:?}");
         assert_eq!(changes["new_rows"], 50, "{args:?}");
-        let facts: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(run.path().join("state/state.json")).unwrap())
-                .unwrap();
-        assert_eq!(facts["index"], "IVF4,Flat", "{args:?}");
-        assert_eq!(summary(&run.path().join("grown"))["exact"], false);
+    }
+}
+
+#[test]
+fn new_rows_far_from_every_anchor_still_reach_the_anchors_of_their_label() {
+    // New rows of old labels, far from every old row and more of them than the search's
+    // depth: their own searches find one another, not the old anchors. A full run takes them
+    // as the hardest positives of their labels' anchors; an incremental run must mine those
+    // anchors again (listed by label), not keep their old positives.
+    let dir = TempDir::new().unwrap();
+    let mut files = partitions(dir.path(), Shape::Blobs, &[800], 40, 23);
+    let (dim, count) = (6usize, 90usize);
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let far = Rows {
+        ids: (0..count as i64).map(|i| 100_000 + i).collect(),
+        labels: (0..count as i64).map(|i| i % 8).collect(),
+        values: (0..count * dim)
+            .map(|j| if j % dim == 0 { 40.0 } else { 0.0 } + rng.random_range(-1.0f32..1.0))
+            .collect(),
+    };
+    let path = dir.path().join("far.parquet");
+    write_rows(&path, &far, dim as i32);
+    files.push(path);
+    for args in [&["--positives", "hardest"][..], &[]] {
+        let run = TempDir::new_in(dir.path()).unwrap();
+        let changes = grow_exhaustive_ivf(run.path(), &files, args);
+        assert_eq!(changes["mode"], "incremental", "{args:?}");
+        assert!(
+            changes["anchors_mined_again"].as_u64().unwrap() > 0,
+            "{args:?}: {changes}"
+        );
     }
 }
 
 #[test]
 fn an_approximate_index_is_kept_in_the_state_and_takes_each_runs_new_rows() {
     let dir = TempDir::new().unwrap();
-    let files = partitions(dir.path(), Shape::Blobs, &[600, 80, 70], 6, 22);
+    let files = partitions(dir.path(), Shape::Blobs, &[600, 80, 70], 40, 22);
     let state = dir.path().join("state");
     let args = [
         "--index",
@@ -606,8 +653,10 @@ fn an_approximate_index_is_kept_in_the_state_and_takes_each_runs_new_rows() {
         let out = mine(&at, &files[..end], &args).output().unwrap();
         let log = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{log}");
-        // The state's lists take the new rows; no index is trained again.
+        // The state's lists take the new rows; no index is trained again. Each old anchor
+        // looks at the new rows whose search found it and those of its label.
         assert!(log.contains("index taken from the state"), "{log}");
+        assert!(log.contains("new rows listed per old anchor"), "{log}");
         assert!(!log.contains("training index"), "{log}");
         let c = changes(&at);
         assert_eq!(c["mode"], "incremental");
