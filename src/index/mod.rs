@@ -563,6 +563,10 @@ impl NeighbourIndex {
             let shard_rows = rows_within(SHARD_BYTES, dim, 1).min(ADD_BATCH_ROWS);
             return search_shards(base, dim, metric, queries, k, shard_rows, drop_pages);
         };
+        // An approximate search runs its own OpenMP threads; OpenBLAS threads (its coarse
+        // quantizer's products) beside them spin on the same cores after each call, into the
+        // exact rescoring that follows (15% of the mining on E3's shape).
+        let _blas = (!is_exact(&self.info.factory)).then(crate::process::BlasThreads::single);
         let mut c = Candidates::from_search(index.search(queries, k)?, k);
         to_distance(self.metric, &mut c.dist);
         Ok(c)
