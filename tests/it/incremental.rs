@@ -575,6 +575,7 @@ fn an_ivf_index_searching_every_row_grows_in_the_state_to_a_full_runs_outputs() 
             "--positives",
             "hardest",
         ],
+        &["--k", "1000", "--metric", "cosine", "--suspects-k", "4"],
         // Few labels: every old anchor looks at every new row.
         &["--seed", "4"],
     ] {
