@@ -253,13 +253,7 @@ impl NeighbourIndex {
                 ))
             })?;
         }
-        let batch_rows = spec.memory.map_or(ADD_BATCH_ROWS, |m| {
-            ADD_BATCH_ROWS.min(rows_within(m.add_bytes, dim, 2))
-        });
-        for batch in vectors.chunks(batch_rows * dim) {
-            index.add(batch)?;
-            drop_pages();
-        }
+        add_in_batches(&mut index, vectors, dim, spec, drop_pages)?;
         Self::ready(index, factory.to_string(), metric, dim, rows, spec)
     }
 
@@ -329,13 +323,13 @@ impl NeighbourIndex {
                 index.ntotal()
             )));
         }
-        let batch_rows = spec.memory.map_or(ADD_BATCH_ROWS, |m| {
-            ADD_BATCH_ROWS.min(rows_within(m.add_bytes, dim, 2))
-        });
-        for batch in vectors[kept_rows * dim..].chunks(batch_rows * dim) {
-            index.add(batch)?;
-            drop_pages();
-        }
+        add_in_batches(
+            &mut index,
+            &vectors[kept_rows * dim..],
+            dim,
+            spec,
+            drop_pages,
+        )?;
         tracing::info!(
             factory,
             kept = kept_rows,
@@ -688,7 +682,24 @@ fn sample_rows(
     out
 }
 
-/// `PATH.json`, beside a saved index.
+/// Adds `vectors` to `index` in batches that fit the build's memory (`drop_pages` after each).
+fn add_in_batches(
+    index: &mut IndexImpl,
+    vectors: &[f32],
+    dim: usize,
+    spec: &IndexSpec,
+    drop_pages: &dyn Fn(),
+) -> Result<()> {
+    let batch_rows = spec.memory.map_or(ADD_BATCH_ROWS, |m| {
+        ADD_BATCH_ROWS.min(rows_within(m.add_bytes, dim, 2))
+    });
+    for batch in vectors.chunks(batch_rows * dim) {
+        index.add(batch)?;
+        drop_pages();
+    }
+    Ok(())
+}
+
 /// A saved index and its factory string (from its `PATH.json`), refused if it was made for
 /// another dimension or metric; `what` names it in messages.
 fn read_saved(path: &Path, dim: usize, metric: Metric, what: &str) -> Result<(IndexImpl, String)> {
@@ -724,6 +735,7 @@ fn read_saved(path: &Path, dim: usize, metric: Metric, what: &str) -> Result<(In
     Ok((index, factory))
 }
 
+/// `PATH.json`, beside a saved index.
 fn info_path(path: &Path) -> PathBuf {
     PathBuf::from(format!("{}.json", path.display()))
 }

@@ -151,19 +151,20 @@ impl Miner<'_> {
         if self.exact() || self.queries.is_some() || new.rows.is_empty() {
             return Ok(new);
         }
-        let same_label_pairs: usize = new
-            .rows
-            .iter()
-            .map(|&r| {
-                let group = &self.groups[self.label(r) as usize];
-                group.partition_point(|&m| (m as usize) < old_rows)
-            })
-            .sum();
+        // The old rows of a new row's label (groups are in row order).
+        let old_of_label = |r: u32| {
+            let group = &self.groups[self.label(r) as usize];
+            &group[..group.partition_point(|&m| (m as usize) < old_rows)]
+        };
+        let same_label_pairs: usize = new.rows.iter().map(|&r| old_of_label(r).len()).sum();
         if same_label_pairs > new.rows.len() * old_rows / LISTED_PAIRS_SHARE {
             return Ok(new);
         }
         let k = self.search_knobs().k;
         let mut pairs: Vec<(u32, u32)> = Vec::with_capacity(same_label_pairs + new.rows.len() * k);
+        for &r in &new.rows {
+            pairs.extend(old_of_label(r).iter().map(|&a| (a, r)));
+        }
         for chunk in new.rows.chunks(NEW_ROWS_CHUNK) {
             let queries = self.gather_anchors(chunk.iter().copied());
             let found = self.search_index(&queries, k + 1)?;
@@ -175,11 +176,6 @@ impl Miner<'_> {
                         .map(|(_, a)| (a, r)),
                 );
             }
-        }
-        for &r in &new.rows {
-            let group = &self.groups[self.label(r) as usize];
-            let old = &group[..group.partition_point(|&m| (m as usize) < old_rows)];
-            pairs.extend(old.iter().map(|&a| (a, r)));
         }
         pairs.par_sort_unstable();
         pairs.dedup();
@@ -505,10 +501,7 @@ impl Miner<'_> {
         let a_sq = self.anchor_norm_sq(a);
         out.extend(rows.iter().map(|&r| {
             let x = crate::score::dot(query, self.row(r)) as f32;
-            match self.params.metric {
-                Metric::L2sq => a_sq + self.norms_sq[r as usize] - 2.0 * x,
-                Metric::Cosine => 1.0 - x,
-            }
+            self.product_distance(a_sq, r, x)
         }));
     }
 

@@ -354,11 +354,11 @@ impl StateRun {
         if emitter.needs_every_block() {
             emitter.observe_all(replay)?;
         }
-        emitter.emit_all(&mut replay()?)?;
+        // The recall sample's triplets are taken as the blocks go by.
         let mut sampled = Vec::new();
-        if !recall_sample.is_empty() {
-            let mut blocks = replay()?;
-            while let Some(block) = blocks.next_block()? {
+        let mut blocks = replay()?;
+        while let Some(block) = blocks.next_block()? {
+            if !recall_sample.is_empty() {
                 sampled.extend(
                     block
                         .triplets
@@ -366,6 +366,7 @@ impl StateRun {
                         .filter(|t| recall_sample.binary_search(&t.anchor).is_ok()),
                 );
             }
+            emitter.emit(block)?;
         }
         Ok((PendingState { target }, changes, sampled))
     }
