@@ -645,6 +645,7 @@ impl Miner<'_> {
         self.params.nprobe = None;
         self.params.ef_search = None;
         self.anchor_lists = Default::default();
+        self.list_copy = None;
         self.start_k = first_k(&self.params, self.table.rows(), self.queries.is_some());
     }
 }

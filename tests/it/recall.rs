@@ -325,7 +325,10 @@ fn spilled_runs_mined_in_ivf_list_order_equal_in_memory_runs() {
         mine(dir.path(), &input, &spilled)
             .success()
             .stderr(predicate::str::contains("vectors spill to a scratch file"))
-            .stderr(predicate::str::contains("IVF-list order"));
+            .stderr(predicate::str::contains("IVF-list order"))
+            .stderr(predicate::str::contains(
+                "spilled rows copied in IVF-list order",
+            ));
         let from_scratch = std::fs::read(dir.path().join("triplets.parquet")).unwrap();
         assert!(in_memory == from_scratch, "{strategy:?}: the same triplets");
         let s = summary(dir.path());
