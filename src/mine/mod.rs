@@ -1260,7 +1260,15 @@ fn plan_build(
     let (rows, dim) = (table.rows() as u64, table.dim as u64);
     table.vectors.drop_all_pages();
     let held = Resident::now().now;
-    let room = |f: &str| held + index_bytes(f, rows, dim) + reuse_cap + MIN_SCRATCH + RESERVE;
+    // A spilled table under an IVF index is read back in list order: each row's position in
+    // the copy and its place among the gathered rows, 4 bytes each.
+    let list_order = if table.vectors.is_spilled() && crate::index::ivf_lists(factory).is_some() {
+        rows * 8
+    } else {
+        0
+    };
+    let room =
+        |f: &str| held + index_bytes(f, rows, dim) + list_order + reuse_cap + MIN_SCRATCH + RESERVE;
     while auto && room(factory) > limit && !crate::memory::unchecked() {
         let Some(smaller) = halved_codes(factory, table.dim) else {
             break;
@@ -1286,6 +1294,12 @@ fn plan_build(
             index.max(least_training),
         ),
     ];
+    if list_order > 0 {
+        parts.push((
+            "reading the spilled rows back list by list needs".to_string(),
+            list_order,
+        ));
+    }
     if reuse_cap > 0 {
         parts.push(("the negative reuse cap needs".to_string(), reuse_cap));
     }
@@ -1295,7 +1309,7 @@ fn plan_build(
     let free = if crate::memory::unchecked() {
         u64::MAX
     } else {
-        limit - held - RESERVE
+        limit - held - RESERVE - list_order
     };
     Ok(BuildMemory {
         // Training comes before the codes are added: it may use all but the least scratch.
