@@ -326,6 +326,18 @@ impl SharedOut {
         }
     }
 
+    /// `len` bytes from `at`, to be written by one task.
+    ///
+    /// # Safety
+    /// No other task writes or reads them while the slice lives, and the buffer given to
+    /// [`SharedOut::new`] outlives it.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, at: usize, len: usize) -> &mut [u8] {
+        assert!(at + len <= self.len);
+        // SAFETY: in bounds (asserted); exclusive by the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }
+    }
+
     /// # Safety
     /// No other task writes or reads `at..at + bytes.len()` meanwhile, and the buffer given
     /// to [`SharedOut::new`] outlives the call.
@@ -371,9 +383,20 @@ fn read_rows_at(
                     end += 1;
                 }
                 let span = (at[end - 1] - first + 1) as usize;
+                let offset = first as u64 * row_bytes as u64;
+                let read = |buf: &mut [u8]| {
+                    file.read_exact_at(buf, offset)
+                        .map_err(|e| Error::io(Path::new("<scratch>"), e))
+                };
+                if slots.is_none() && span == end - i {
+                    // Consecutive rows into consecutive slots: straight into `out`.
+                    // SAFETY: slots `base + i..base + end` are this task's alone.
+                    read(unsafe { dst.slice((base + i) * row_bytes, span * row_bytes) })?;
+                    i = end;
+                    continue;
+                }
                 span_buf.resize(span * row_bytes, 0);
-                file.read_exact_at(&mut span_buf, first as u64 * row_bytes as u64)
-                    .map_err(|e| Error::io(Path::new("<scratch>"), e))?;
+                read(&mut span_buf)?;
                 for (t, &p) in at[i..end].iter().enumerate() {
                     let from = (p - first) as usize * row_bytes;
                     // SAFETY: slots are distinct, so each task writes rows no other touches;

@@ -538,19 +538,16 @@ impl<'t> Miner<'t> {
                 })?
             }
         };
-        let list_copy = match params.memory_limit {
-            Some(limit) if matches!(vectors, Cow::Borrowed(_)) => {
-                copy_in_list_order(table, &index, limit.0.saturating_sub(reuse_cap))
-            }
-            _ => None,
-        };
-        // A spilled table's rows are gathered for each stretch of work: their lookup (4 bytes
-        // a row) is resident before the scratch is measured.
+        // A spilled table's rows are gathered for each stretch of work (as
+        // `gather_budget_rows` says): the copy they are read from, and their lookup (4 bytes a
+        // row), are resident before the scratch is measured.
         let mut gathered = Gathered::default();
-        if params.memory_limit.is_some()
+        let mut list_copy = None;
+        if let Some(limit) = params.memory_limit
             && matches!(vectors, Cow::Borrowed(_))
             && table.vectors.is_spilled()
         {
+            list_copy = copy_in_list_order(table, &index, limit.0.saturating_sub(reuse_cap));
             gathered.slot_of = vec![NOT_GATHERED; table.rows()];
         }
         // What the limit leaves once the table and the index are resident is shared among
@@ -1135,12 +1132,18 @@ impl<'t> Miner<'t> {
         rows.dedup();
         // Free the previous buffer first, so two are never held at once.
         self.gathered.clear();
-        let data = match &self.list_copy {
-            Some(copy) => copy.gather_rows(&rows)?,
-            None => self.table.vectors.gather_rows(&rows, self.table.dim)?,
-        };
+        let data = self.read_rows(&rows)?;
         self.gathered.replace(rows, data, self.table.rows());
         Ok(())
+    }
+
+    /// Spilled store only: `rows` (ascending) read with `pread`, from the copy in list order
+    /// where there is one.
+    fn read_rows(&self, rows: &[u32]) -> Result<Vec<f32>> {
+        match &self.list_copy {
+            Some(copy) => copy.gather_rows(rows),
+            None => self.table.vectors.gather_rows(rows, self.table.dim),
+        }
     }
 
     /// Frees the gathered rows.
@@ -1195,12 +1198,7 @@ impl<'t> Miner<'t> {
             wanted.sort_unstable();
             wanted.dedup();
             // On a read error, the mapping gives the same values (or the same error).
-            match &self.list_copy {
-                Some(copy) => copy.gather_rows(&wanted),
-                None => self.table.vectors.gather_rows(&wanted, d),
-            }
-            .ok()
-            .map(|data| (wanted, data))
+            self.read_rows(&wanted).ok().map(|data| (wanted, data))
         } else {
             None
         };
@@ -1220,7 +1218,7 @@ impl<'t> Miner<'t> {
 /// (see [`ReorderedRows`]), in passes of a quarter of what the limit leaves; `None` for other
 /// indexes, or if the copy cannot be written (the table's own file is read then, slower).
 fn copy_in_list_order(table: &Table, index: &NeighbourIndex, limit: u64) -> Option<ReorderedRows> {
-    if !table.vectors.is_spilled() || crate::index::is_exact(&index.info().factory) {
+    if crate::index::is_exact(&index.info().factory) {
         return None;
     }
     let lists = index.lists_of_rows().filter(|l| !l.contains(&u32::MAX))?;
