@@ -20,7 +20,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::config::Metric;
 use crate::error::faiss_message;
 use crate::error::{Error, Result};
-use crate::io::{AtomicPath, write_atomic};
+use crate::io::{AtomicPath, Sweeper, sweep, write_atomic};
 
 /// Candidate rows of a batch of queries, `k` per query, nearest (or farthest) first.
 ///
@@ -214,14 +214,14 @@ fn faiss_metric(metric: Metric) -> MetricType {
 impl NeighbourIndex {
     /// Builds `spec.factory` over `vectors` (already normalised for cosine), training on a
     /// seeded sample of `spec.train_sample` rows where the index needs it.
-    /// Builds the index over `vectors`, added in batches with `drop_pages` called after each
-    /// (a spilled store drops its pages there).
+    /// Builds the index over `vectors`, swept in batches that `pages` hears of (a spilled
+    /// store reads ahead and drops its pages there).
     pub fn build(
         vectors: &[f32],
         dim: usize,
         metric: Metric,
         spec: &IndexSpec,
-        drop_pages: &dyn Fn(),
+        pages: &dyn Sweeper,
     ) -> Result<Self> {
         let factory = spec.factory.as_str();
         let rows = vectors.len() / dim;
@@ -243,7 +243,7 @@ impl NeighbourIndex {
             let most = spec.memory.map_or(spec.train_sample, |m| {
                 spec.train_sample.min(rows_within(m.train_bytes, dim, 2))
             });
-            let train = sample_rows(vectors, dim, most, spec.seed, drop_pages);
+            let train = sample_rows(vectors, dim, most, spec.seed, pages);
             tracing::info!(factory, rows = train.len() / dim, "training index");
             index.train(&train).map_err(|e| {
                 Error::Config(format!(
@@ -253,7 +253,7 @@ impl NeighbourIndex {
                 ))
             })?;
         }
-        add_in_batches(&mut index, vectors, dim, spec, drop_pages)?;
+        add_in_batches(&mut index, vectors, dim, spec, pages)?;
         Self::ready(index, factory.to_string(), metric, dim, rows, spec)
     }
 
@@ -312,7 +312,7 @@ impl NeighbourIndex {
         metric: Metric,
         kept_rows: usize,
         spec: &IndexSpec,
-        drop_pages: &dyn Fn(),
+        pages: &dyn Sweeper,
     ) -> Result<Self> {
         let (mut index, factory) = read_saved(path, dim, metric, "the state's index")?;
         let rows = vectors.len() / dim;
@@ -323,13 +323,7 @@ impl NeighbourIndex {
                 index.ntotal()
             )));
         }
-        add_in_batches(
-            &mut index,
-            &vectors[kept_rows * dim..],
-            dim,
-            spec,
-            drop_pages,
-        )?;
+        add_in_batches(&mut index, &vectors[kept_rows * dim..], dim, spec, pages)?;
         tracing::info!(
             factory,
             kept = kept_rows,
@@ -376,7 +370,7 @@ impl NeighbourIndex {
         let index = match &self.index {
             Some(index) => index,
             None => {
-                made = flat_over(vectors, self.info.dim, self.metric, &|| {})?;
+                made = flat_over(vectors, self.info.dim, self.metric, &())?;
                 &made
             }
         };
@@ -539,23 +533,23 @@ impl NeighbourIndex {
     }
 
     /// The `k` nearest candidates of each query (rows of `queries`). `base` is the vectors
-    /// indexed, which an index of shards reads (calling `drop_pages` after each shard).
+    /// indexed, which an index of shards sweeps (telling `pages`).
     pub fn search(
         &mut self,
         queries: &[f32],
         k: usize,
         base: &[f32],
-        drop_pages: &dyn Fn(),
+        pages: &dyn Sweeper,
     ) -> Result<Candidates> {
         let k = k.min(self.rows).max(1);
         if self.index.is_none() && self.copy_when_searched {
-            self.index = Some(flat_over(base, self.info.dim, self.metric, drop_pages)?);
+            self.index = Some(flat_over(base, self.info.dim, self.metric, pages)?);
         }
         let Some(index) = &mut self.index else {
             let (dim, metric) = (self.info.dim, self.metric);
             // Shards of a few MiB: each is copied into a small Flat index for the search.
             let shard_rows = rows_within(SHARD_BYTES, dim, 1).min(ADD_BATCH_ROWS);
-            return search_shards(base, dim, metric, queries, k, shard_rows, drop_pages);
+            return search_shards(base, dim, metric, queries, k, shard_rows, pages);
         };
         // An approximate search runs its own OpenMP threads; OpenBLAS threads (its coarse
         // quantizer's products) beside them spin on the same cores after each call, into the
@@ -576,17 +570,16 @@ fn to_distance(metric: Metric, dist: &mut [f32]) {
     }
 }
 
-/// A Flat index over `vectors`, added in batches (`drop_pages` called after each).
+/// A Flat index over `vectors`, swept in batches (telling `pages`).
 fn flat_over(
     vectors: &[f32],
     dim: usize,
     metric: Metric,
-    drop_pages: &dyn Fn(),
+    pages: &dyn Sweeper,
 ) -> Result<IndexImpl> {
     let mut flat = index_factory(dim as u32, "Flat", faiss_metric(metric))?;
-    for batch in vectors.chunks(ADD_BATCH_ROWS * dim) {
+    for batch in sweep(vectors, ADD_BATCH_ROWS * dim, pages) {
         flat.add(batch)?;
-        drop_pages();
     }
     Ok(flat)
 }
@@ -603,14 +596,14 @@ fn search_shards(
     queries: &[f32],
     k: usize,
     shard_rows: usize,
-    drop_pages: &dyn Fn(),
+    pages: &dyn Sweeper,
 ) -> Result<Candidates> {
     let nq = queries.len() / dim;
     // `k` slots a query, empty ones (row -1) last.
     let mut best: Vec<(f32, i64)> = vec![(f32::INFINITY, -1); nq * k];
-    for (s, shard) in base.chunks(shard_rows * dim).enumerate() {
+    for (s, shard) in sweep(base, shard_rows * dim, pages).enumerate() {
         let offset = (s * shard_rows) as i64;
-        let mut flat = flat_over(shard, dim, metric, drop_pages)?;
+        let mut flat = flat_over(shard, dim, metric, &())?;
         let kk = k.min(shard.len() / dim);
         let mut c = Candidates::from_search(flat.search(queries, kk)?, kk);
         to_distance(metric, &mut c.dist);
@@ -656,13 +649,16 @@ fn search_shards(
     })
 }
 
+/// Rows a block of the sweep that takes a training sample covers.
+const SAMPLE_BLOCK_ROWS: usize = 16_384;
+
 /// A seeded sample of at most `max` rows, in row order.
 fn sample_rows(
     vectors: &[f32],
     dim: usize,
     max: usize,
     seed: u64,
-    drop_pages: &dyn Fn(),
+    pages: &dyn Sweeper,
 ) -> Vec<f32> {
     let rows = vectors.len() / dim;
     if rows <= max {
@@ -672,30 +668,30 @@ fn sample_rows(
     let mut picked = rand::seq::index::sample(&mut rng, rows, max).into_vec();
     picked.sort_unstable();
     let mut out = Vec::with_capacity(max * dim);
-    for (i, r) in picked.into_iter().enumerate() {
-        out.extend_from_slice(&vectors[r * dim..(r + 1) * dim]);
-        // A sample spread over a spilled store touches most of its pages.
-        if i % 4096 == 4095 {
-            drop_pages();
+    // A sample spread over a spilled store touches most of its pages: swept in order.
+    let mut picked = picked.into_iter().peekable();
+    for (b, block) in sweep(vectors, SAMPLE_BLOCK_ROWS * dim, pages).enumerate() {
+        let first = b * SAMPLE_BLOCK_ROWS;
+        while let Some(r) = picked.next_if(|&r| r < first + block.len() / dim) {
+            out.extend_from_slice(&block[(r - first) * dim..(r - first + 1) * dim]);
         }
     }
     out
 }
 
-/// Adds `vectors` to `index` in batches that fit the build's memory (`drop_pages` after each).
+/// Adds `vectors` to `index` in batches that fit the build's memory (telling `pages`).
 fn add_in_batches(
     index: &mut IndexImpl,
     vectors: &[f32],
     dim: usize,
     spec: &IndexSpec,
-    drop_pages: &dyn Fn(),
+    pages: &dyn Sweeper,
 ) -> Result<()> {
     let batch_rows = spec.memory.map_or(ADD_BATCH_ROWS, |m| {
         ADD_BATCH_ROWS.min(rows_within(m.add_bytes, dim, 2))
     });
-    for batch in vectors.chunks(batch_rows * dim) {
+    for batch in sweep(vectors, batch_rows * dim, pages) {
         index.add(batch)?;
-        drop_pages();
     }
     Ok(())
 }
@@ -784,10 +780,10 @@ mod tests {
                 ef_search: None,
                 memory: None,
             };
-            let mut flat = NeighbourIndex::build(&base, dim, metric, &spec, &|| {}).unwrap();
-            let want = flat.search(&queries, k, &base, &|| {}).unwrap();
+            let mut flat = NeighbourIndex::build(&base, dim, metric, &spec, &()).unwrap();
+            let want = flat.search(&queries, k, &base, &()).unwrap();
             // Shards of 32 rows, fewer than k: 32 of them, the last of 8 rows.
-            let got = search_shards(&base, dim, metric, &queries, k, 32, &|| {}).unwrap();
+            let got = search_shards(&base, dim, metric, &queries, k, 32, &()).unwrap();
             assert_eq!(
                 got.rows, want.rows,
                 "{metric:?}: the same rows in the same order"

@@ -23,7 +23,7 @@ pub use read::{BatchSource, ReadOptions, read_table, read_table_from_batches, re
 pub(crate) use read::{open_parquet, read_columns};
 pub use retrieval::{Queries, read_retrieval};
 pub use table::{Labels, SourceFile, Table};
-pub use vectors::{ReorderedRows, Vectors};
+pub use vectors::{ReorderedRows, Sweeper, Vectors, sweep};
 pub use write::{
     AtomicPath, ParquetSink, PartitionedSink, SUCCESS_MARKER, TripletSink, is_folder_output,
     write_atomic, write_parquet, write_parquet_into,

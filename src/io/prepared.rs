@@ -149,7 +149,7 @@ pub(super) fn write_vectors(
     let dim = table.dim;
     let rows = rows_per_chunk(dim);
     let mut chunk = Vec::with_capacity(rows * dim);
-    for part in table.vectors[from * dim..].chunks(rows * dim) {
+    for part in super::sweep(&table.vectors[from * dim..], rows * dim, &table.vectors) {
         chunk.clear();
         chunk.extend_from_slice(part);
         if normalize && !table.normalized {
@@ -159,7 +159,6 @@ pub(super) fn write_vectors(
             unreachable!("tripmine runs on little-endian Linux only");
         }
         out.write_all(bytemuck::cast_slice(&chunk))?;
-        table.vectors.drop_pages_over_budget();
     }
     Ok(())
 }

@@ -233,6 +233,91 @@ impl Vectors {
     }
 }
 
+/// What a sweep over rows that may live in a spilled store tells the store as it goes.
+/// The mapping carries random-access advice (no readahead, so that scattered faults do not
+/// map whole folios), and a system that reclaims cold page cache (DAMON, a container's
+/// limit) may have evicted what an earlier stage read: without being told what comes next,
+/// a sweep would bring each page back with its own 4 KiB read.
+pub trait Sweeper: Sync {
+    /// `next` will be read soon: start reading it into the page cache.
+    fn ahead(&self, next: &[f32]);
+    /// A part was read: drop the pages mapped past the store's budget.
+    fn swept(&self);
+}
+
+impl Sweeper for Vectors {
+    fn ahead(&self, next: &[f32]) {
+        use std::os::fd::AsRawFd;
+        let Inner::Mapped(spill) = &self.0 else {
+            return;
+        };
+        // Only a part of the mapping (not, say, a normalised copy of it).
+        let base = spill.pages.map.as_ptr() as usize;
+        let start = next.as_ptr() as usize;
+        let len = std::mem::size_of_val(next);
+        if start < base || start + len > base + spill.pages.map.len() || len == 0 {
+            return;
+        }
+        // SAFETY: a valid descriptor; the advice starts reads into the page cache and maps
+        // nothing into this process.
+        unsafe {
+            libc::posix_fadvise(
+                spill.file.as_raw_fd(),
+                (start - base) as libc::off_t,
+                len as libc::off_t,
+                libc::POSIX_FADV_WILLNEED,
+            );
+        }
+    }
+
+    fn swept(&self) {
+        self.drop_pages_over_budget();
+    }
+}
+
+/// Rows on the heap: nothing to tell.
+impl Sweeper for () {
+    fn ahead(&self, _: &[f32]) {}
+    fn swept(&self) {}
+}
+
+/// `values` in chunks of `chunk` values (at least one) for a sweep in order: each chunk is
+/// read ahead while the one before it is in use, and the pages swept are dropped past the
+/// budget once each chunk is done.
+pub fn sweep<'a>(values: &'a [f32], chunk: usize, by: &'a dyn Sweeper) -> Sweep<'a> {
+    Sweep {
+        chunks: values.chunks(chunk.max(1)).peekable(),
+        by,
+        started: false,
+    }
+}
+
+/// See [`sweep`].
+pub struct Sweep<'a> {
+    chunks: std::iter::Peekable<std::slice::Chunks<'a, f32>>,
+    by: &'a dyn Sweeper,
+    started: bool,
+}
+
+impl<'a> Iterator for Sweep<'a> {
+    type Item = &'a [f32];
+
+    fn next(&mut self) -> Option<&'a [f32]> {
+        if self.started {
+            self.by.swept();
+        }
+        let current = self.chunks.next()?;
+        if !self.started {
+            self.by.ahead(current);
+            self.started = true;
+        }
+        if let Some(next) = self.chunks.peek() {
+            self.by.ahead(next);
+        }
+        Some(current)
+    }
+}
+
 impl Deref for Vectors {
     type Target = [f32];
     fn deref(&self) -> &[f32] {
@@ -611,6 +696,105 @@ mod tests {
         let vectors = sink.finish().unwrap();
         assert!(vectors.is_spilled());
         vectors
+    }
+
+    /// Which pages of `part` of `store`'s mapping are in the page cache.
+    fn cached_pages(store: &Vectors, part: std::ops::Range<usize>) -> Vec<bool> {
+        let page = 4096;
+        let base = store.as_ptr() as usize;
+        let (lo, hi) = (part.start * 4 / page, (part.end * 4).div_ceil(page));
+        let mut cached = vec![0u8; hi - lo];
+        // SAFETY: the range lies in the store's live mapping, page-aligned; `cached` has a
+        // byte a page.
+        let ok = unsafe {
+            libc::mincore(
+                (base + lo * page) as *mut libc::c_void,
+                (hi - lo) * page,
+                cached.as_mut_ptr(),
+            )
+        };
+        assert_eq!(ok, 0, "mincore");
+        cached.iter().map(|c| c & 1 == 1).collect()
+    }
+
+    #[test]
+    fn reading_ahead_brings_a_part_of_a_spilled_store_into_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let dim = 64;
+        // 1 MiB: 256 pages.
+        let store = spilled(dir.path(), 4096, dim);
+        let part = 1024 * dim..2048 * dim;
+        if cached_pages(&store, part.clone()).iter().any(|&c| c) {
+            // The spill's pages were not evicted (a file system that keeps them): nothing
+            // to read ahead here.
+            eprintln!("skipped: the scratch file system keeps written pages cached");
+            return;
+        }
+        store.ahead(&store[part.clone()]);
+        let started = std::time::Instant::now();
+        while cached_pages(&store, part.clone()).iter().any(|&c| !c) {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "the part was not read ahead"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(&store[part.start..part.start + 2], &[65536.0, 65537.0]);
+    }
+
+    #[test]
+    fn a_slice_outside_the_store_is_not_read_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = spilled(dir.path(), 4096, 64);
+        let copy = store.to_vec();
+        store.drop_all_pages();
+        // SAFETY: a valid descriptor.
+        unsafe {
+            use std::os::fd::AsRawFd;
+            let Inner::Mapped(spill) = &store.0 else {
+                unreachable!()
+            };
+            libc::posix_fadvise(spill.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+        }
+        if cached_pages(&store, 0..4096 * 64).iter().any(|&c| c) {
+            eprintln!("skipped: the scratch file system keeps pages cached");
+            return;
+        }
+        store.ahead(&copy[..1024 * 64]);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(cached_pages(&store, 0..4096 * 64).iter().all(|&c| !c));
+    }
+
+    /// Records what a sweep tells it.
+    #[derive(Default)]
+    struct Told(std::sync::Mutex<Vec<String>>);
+
+    impl Sweeper for Told {
+        fn ahead(&self, next: &[f32]) {
+            self.0.lock().unwrap().push(format!("ahead {}", next[0]));
+        }
+        fn swept(&self) {
+            self.0.lock().unwrap().push("swept".into());
+        }
+    }
+
+    #[test]
+    fn a_sweep_reads_each_chunk_ahead_before_the_one_before_it_is_used_and_drops_after_each() {
+        let values: Vec<f32> = (0..10).map(|v| v as f32).collect();
+        let told = Told::default();
+        let mut seen = Vec::new();
+        for chunk in sweep(&values, 4, &told) {
+            told.0.lock().unwrap().push(format!("use {}", chunk[0]));
+            seen.extend_from_slice(chunk);
+        }
+        assert_eq!(seen, values);
+        assert_eq!(
+            told.0.into_inner().unwrap(),
+            [
+                "ahead 0", "ahead 4", "use 0", "swept", "ahead 8", "use 4", "swept", "use 8",
+                "swept"
+            ]
+        );
     }
 
     #[test]

@@ -40,7 +40,7 @@ use crate::index::{
     BuildMemory, Candidates, IndexInfo, IndexSpec, NeighbourIndex, faiss_error_factor, is_exact,
     resolve_factory,
 };
-use crate::io::{Queries, ReorderedRows, Table};
+use crate::io::{Queries, ReorderedRows, Table, sweep};
 use crate::memory::Scratch;
 use crate::score::{dot, normalize_rows};
 
@@ -450,7 +450,10 @@ impl<'t> Miner<'t> {
         let prepared = |t: &'t Table| -> (Cow<'t, [f32]>, Vec<f32>) {
             let vectors: Cow<'t, [f32]> = match params.metric {
                 Metric::Cosine if !t.normalized => {
-                    let mut v = t.vectors.to_vec();
+                    let mut v = Vec::with_capacity(t.vectors.len());
+                    for chunk in sweep(&t.vectors, sweep_rows(dim) * dim, &t.vectors) {
+                        v.extend_from_slice(chunk);
+                    }
                     normalize_rows(&mut v, dim);
                     Cow::Owned(v)
                 }
@@ -458,9 +461,8 @@ impl<'t> Miner<'t> {
             };
             // In chunks, so that a spilled store can drop the pages swept.
             let mut norms_sq = Vec::with_capacity(t.rows());
-            for chunk in vectors.chunks(sweep_rows(dim) * dim) {
+            for chunk in sweep(&vectors, sweep_rows(dim) * dim, &t.vectors) {
                 norms_sq.par_extend(chunk.par_chunks(dim).map(|r| dot(r, r) as f32));
-                t.vectors.drop_pages_over_budget();
             }
             (vectors, norms_sq)
         };
@@ -530,12 +532,10 @@ impl<'t> Miner<'t> {
                 params.metric,
                 kept_rows,
                 &spec,
-                &|| table.vectors.drop_pages_over_budget(),
+                &table.vectors,
             )?,
             IndexSource::Build => {
-                NeighbourIndex::build(&vectors, dim, params.metric, &spec, &|| {
-                    table.vectors.drop_pages_over_budget()
-                })?
+                NeighbourIndex::build(&vectors, dim, params.metric, &spec, &table.vectors)?
             }
         };
         // A spilled table's rows are gathered for each stretch of work (as
@@ -704,15 +704,11 @@ impl<'t> Miner<'t> {
         let dim = table.dim;
         let chunk = self.search_chunk(k, usize::MAX);
         if queries.len() <= chunk * dim {
-            return self.index.search(queries, k, &self.vectors, &|| {
-                table.vectors.drop_pages_over_budget()
-            });
+            return self.index.search(queries, k, &self.vectors, &table.vectors);
         }
         let mut all: Option<Candidates> = None;
         for part in queries.chunks(chunk * dim) {
-            let c = self.index.search(part, k, &self.vectors, &|| {
-                table.vectors.drop_pages_over_budget()
-            })?;
+            let c = self.index.search(part, k, &self.vectors, &table.vectors)?;
             match &mut all {
                 None => all = Some(c),
                 Some(all) => all.append(c),
@@ -750,10 +746,7 @@ impl<'t> Miner<'t> {
             a
         };
         let mut sum = vec![0f64; dim];
-        for chunk in self
-            .vectors
-            .chunks(sweep_rows(self.table.dim) * self.table.dim)
-        {
+        for chunk in sweep(&self.vectors, sweep_rows(dim) * dim, &self.table.vectors) {
             let part = chunk
                 .par_chunks(dim)
                 .fold(
@@ -767,7 +760,6 @@ impl<'t> Miner<'t> {
                 )
                 .reduce(|| vec![0f64; dim], add);
             sum = add(sum, part);
-            self.table.vectors.drop_pages_over_budget();
         }
         let mean_sq_norm = self.norms_sq.iter().map(|&x| x as f64).sum::<f64>() / n;
         let mean_norm_sq: f64 = sum.iter().map(|s| (s / n) * (s / n)).sum();

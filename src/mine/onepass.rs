@@ -25,6 +25,7 @@ use super::positives::AnchorPlan;
 use super::{Miner, Triplet};
 use crate::config::{Metric, NegativeSampling, NegativeStrategy};
 use crate::error::Result;
+use crate::io::sweep;
 use crate::score::TripletKind;
 
 mod gaps;
@@ -777,14 +778,15 @@ impl Sweep<'_> {
         let (dim, n) = (m.table.dim, m.table.rows());
         let rows_per_tile = self.tiles.rows.max(1);
         let mut tile = vec![0f32; group.len() * rows_per_tile];
-        for start in (0..n).step_by(rows_per_tile) {
-            let end = (start + rows_per_tile).min(n);
-            let width = end - start;
-            let table = &m.vectors[start * dim..end * dim];
+        // A spilled table is read in order through its mapping: the next tile is read ahead
+        // while this one is used, and what was swept is dropped.
+        let tiles = sweep(&m.vectors[..n * dim], rows_per_tile * dim, &m.table.vectors);
+        for (t, table) in tiles.enumerate() {
+            let start = t * rows_per_tile;
+            let width = table.len() / dim;
+            let end = start + width;
             let tile = &mut tile[..group.len() * width];
             inner_products(self.queries, table, dim, tile);
-            // A spilled table is read in order through its mapping: drop what was swept.
-            m.table.vectors.drop_pages_over_budget();
             let norms = &m.norms_sq[start..end];
             for (((row, state), &i), &qn) in tile
                 .chunks_mut(width)
