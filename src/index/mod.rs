@@ -213,9 +213,9 @@ fn faiss_metric(metric: Metric) -> MetricType {
 
 impl NeighbourIndex {
     /// Builds `spec.factory` over `vectors` (already normalised for cosine), training on a
-    /// seeded sample of `spec.train_sample` rows where the index needs it.
-    /// Builds the index over `vectors`, swept in batches that `pages` hears of (a spilled
-    /// store reads ahead and drops its pages there).
+    /// seeded sample of `spec.train_sample` rows where the index needs it. The sample and the
+    /// batches added are swept in order, told to `pages` (a spilled store reads ahead and
+    /// drops its pages there).
     pub fn build(
         vectors: &[f32],
         dim: usize,
