@@ -142,15 +142,19 @@ pub(super) fn inner_products(q: &[f32], t: &[f32], dim: usize, out: &mut [f32]) 
 }
 
 /// A bound on |GEMM distance - exact distance| for an anchor of squared norm `a_sq` against
-/// rows of squared norm at most `r_sq`: the inner product's rounding (`gamma_dim |a| |r|`, for
-/// any order of summation; twice, as the distance holds `-2 a.r`), plus the rounding of the
-/// norms, of the two additions and of the exact distance itself (each at most `eps` times
-/// `|a|^2 + |r|^2` or the distance, which is at most twice that).
+/// rows of squared norm at most `r_sq`: the inner product's rounding (`gamma_dim |a| |r|` with
+/// `gamma_n = n u / (1 - n u)` and `u = 2^-24`, f32's unit roundoff, for any order of
+/// summation, with or without fused multiply-adds; twice, as the distance holds `-2 a.r`),
+/// plus the rounding of the norms (summed in f64, rounded once), of the two additions and of
+/// the exact distance itself: at most `u` times `|a|^2 + |r|^2` for each of the first three
+/// and `u` times the distance, at most twice that, for the last two, `6 u (|a|^2 + |r|^2)`,
+/// bounded here by `16 u` (f64's own rounding and second-order terms are far below the
+/// difference). The bound decides which rows are checked exactly, never a result.
 pub(super) fn gemm_error_bound(dim: usize, a_sq: f32, r_sq: f32) -> f32 {
-    let eps = f32::EPSILON as f64;
-    let gamma = dim as f64 * eps / (1.0 - dim as f64 * eps);
+    let u = f32::EPSILON as f64 / 2.0;
+    let gamma = dim as f64 * u / (1.0 - dim as f64 * u);
     let (a_sq, r_sq) = (a_sq as f64, r_sq as f64);
-    (2.0 * gamma * (a_sq * r_sq).sqrt() + 8.0 * eps * (a_sq + r_sq)) as f32
+    (2.0 * gamma * (a_sq * r_sq).sqrt() + 16.0 * u * (a_sq + r_sq)) as f32
 }
 
 /// The band of a strategy in distance, `[lo, hi]` before rounding: a row is certainly in it
@@ -1696,6 +1700,55 @@ fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::{RngExt, SeedableRng};
+
+    /// The largest `|GEMM distance - exact distance| / bound` over all pairs of `anchors` and
+    /// `rows` (row-major, `dim` wide), the distances as the scan computes them.
+    fn worst_error_over_bound(anchors: &[f32], rows: &[f32], dim: usize) -> f64 {
+        let norm = |v: &[f32]| crate::score::dot(v, v) as f32;
+        let r_sq: Vec<f32> = rows.chunks(dim).map(norm).collect();
+        let max_sq = r_sq.iter().copied().fold(0.0, f32::max);
+        let n = rows.len() / dim;
+        let mut x = vec![0f32; anchors.len() / dim * n];
+        inner_products(anchors, rows, dim, &mut x);
+        let mut worst = 0f64;
+        for (b, a) in anchors.chunks(dim).enumerate() {
+            let to_d = ToDistance::L2 { query_sq: norm(a) };
+            let bound = gemm_error_bound(dim, norm(a), max_sq) as f64;
+            for (j, r) in rows.chunks(dim).enumerate() {
+                let gemm = to_d.at(x[b * n + j], r_sq[j]) as f64;
+                let exact = crate::score::l2sq(a, r) as f64;
+                worst = worst.max((gemm - exact).abs() / bound);
+            }
+        }
+        worst
+    }
+
+    #[test]
+    fn gemm_distances_lie_within_the_error_bound_of_the_exact_ones() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for dim in [3usize, 64, 128, 301] {
+            // Noise around one far centre: distances cancel almost all of the norms (the
+            // bound's worst case), and plain noise.
+            let centre: Vec<f32> = (0..dim).map(|_| rng.random_range(-30.0..30.0)).collect();
+            let mut near = |spread: f32, count: usize| -> Vec<f32> {
+                (0..count * dim)
+                    .map(|i| centre[i % dim] + rng.random_range(-spread..spread))
+                    .collect()
+            };
+            let (anchors, rows) = (near(1e-2, 40), near(1e-2, 700));
+            let worst = worst_error_over_bound(&anchors, &rows, dim);
+            assert!(worst <= 1.0, "dim {dim}, clustered: {worst}");
+            let noise = |rng: &mut rand_chacha::ChaCha8Rng, count: usize| -> Vec<f32> {
+                (0..count * dim)
+                    .map(|_| rng.random_range(-1.0..1.0))
+                    .collect()
+            };
+            let (anchors, rows) = (noise(&mut rng, 40), noise(&mut rng, 700));
+            let worst = worst_error_over_bound(&anchors, &rows, dim);
+            assert!(worst <= 1.0, "dim {dim}, noise: {worst}");
+        }
+    }
 
     #[test]
     fn keys_are_a_permutation_that_rows_can_be_visited_in() {
