@@ -22,6 +22,15 @@ import numpy as np
 import pyarrow.parquet as pq
 
 
+def read_vectors(path, column="embedding"):
+    """The table's vector column as one contiguous `rows x dim` float32 array."""
+    col = pq.read_table(path, columns=[column]).column(column).combine_chunks()
+    dim = col.type.list_size
+    return np.ascontiguousarray(
+        col.values.to_numpy(zero_copy_only=False).reshape(-1, dim), dtype=np.float32
+    )
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("table")
@@ -35,12 +44,8 @@ def main():
     a = ap.parse_args()
 
     t = time.perf_counter()
-    col = pq.read_table(a.table, columns=[a.column]).column(a.column).combine_chunks()
-    dim = col.type.list_size
-    x = np.ascontiguousarray(
-        col.values.to_numpy(zero_copy_only=False).reshape(-1, dim), dtype=np.float32
-    )
-    n = x.shape[0]
+    x = read_vectors(a.table, a.column)
+    n, dim = x.shape
     print(f"read {n} x {dim} in {time.perf_counter() - t:.1f} s; {faiss.omp_get_max_threads()} threads")
 
     rng = np.random.default_rng(a.seed)

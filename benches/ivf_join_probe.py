@@ -18,15 +18,14 @@ import faiss
 import numpy as np
 import pyarrow.parquet as pq
 
+from faiss_search import read_vectors
+
 path = sys.argv[1]
 nlist = int(sys.argv[2]) if len(sys.argv) > 2 else 8192
 t = time.perf_counter()
-tab = pq.read_table(path, columns=["label", "embedding"])
-col = tab.column("embedding").combine_chunks()
-dim = col.type.list_size
-x = np.ascontiguousarray(col.values.to_numpy(zero_copy_only=False).reshape(-1, dim), dtype=np.float32)
-lab = tab.column("label").to_numpy()
-n = len(x)
+x = read_vectors(path)
+lab = pq.read_table(path, columns=["label"]).column("label").to_numpy()
+n, dim = x.shape
 print(f"read {n} x {dim} in {time.perf_counter()-t:.1f} s", flush=True)
 rng = np.random.default_rng(42)
 

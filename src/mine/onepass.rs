@@ -1724,29 +1724,32 @@ mod tests {
         worst
     }
 
+    /// `count` rows of `centre` plus uniform noise in `[-spread, spread)` per value.
+    fn around(
+        rng: &mut rand_chacha::ChaCha8Rng,
+        centre: &[f32],
+        spread: f32,
+        count: usize,
+    ) -> Vec<f32> {
+        (0..count * centre.len())
+            .map(|i| centre[i % centre.len()] + rng.random_range(-spread..spread))
+            .collect()
+    }
+
     #[test]
     fn gemm_distances_lie_within_the_error_bound_of_the_exact_ones() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         for dim in [3usize, 64, 128, 301] {
             // Noise around one far centre: distances cancel almost all of the norms (the
-            // bound's worst case), and plain noise.
-            let centre: Vec<f32> = (0..dim).map(|_| rng.random_range(-30.0..30.0)).collect();
-            let mut near = |spread: f32, count: usize| -> Vec<f32> {
-                (0..count * dim)
-                    .map(|i| centre[i % dim] + rng.random_range(-spread..spread))
-                    .collect()
-            };
-            let (anchors, rows) = (near(1e-2, 40), near(1e-2, 700));
-            let worst = worst_error_over_bound(&anchors, &rows, dim);
-            assert!(worst <= 1.0, "dim {dim}, clustered: {worst}");
-            let noise = |rng: &mut rand_chacha::ChaCha8Rng, count: usize| -> Vec<f32> {
-                (0..count * dim)
-                    .map(|_| rng.random_range(-1.0..1.0))
-                    .collect()
-            };
-            let (anchors, rows) = (noise(&mut rng, 40), noise(&mut rng, 700));
-            let worst = worst_error_over_bound(&anchors, &rows, dim);
-            assert!(worst <= 1.0, "dim {dim}, noise: {worst}");
+            // bound's worst case), and plain noise around the origin.
+            let far: Vec<f32> = (0..dim).map(|_| rng.random_range(-30.0..30.0)).collect();
+            let origin = vec![0f32; dim];
+            for (name, centre, spread) in [("clustered", &far, 1e-2), ("noise", &origin, 1.0)] {
+                let anchors = around(&mut rng, centre, spread, 40);
+                let rows = around(&mut rng, centre, spread, 700);
+                let worst = worst_error_over_bound(&anchors, &rows, dim);
+                assert!(worst <= 1.0, "dim {dim}, {name}: {worst}");
+            }
         }
     }
 
