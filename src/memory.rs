@@ -36,8 +36,7 @@ pub fn mib(bytes: u64) -> u64 {
 }
 
 /// Kept out of every budget: the allocator's slack (glibc keeps freed pieces in per-thread
-/// arenas between trims; the exact engine keeps at most 2.2 MiB of spare lists a thread),
-/// thread stacks, BLAS and FAISS scratch of fixed size (a Flat search
+/// arenas between trims), thread stacks, BLAS and FAISS scratch of fixed size (a Flat search
 /// multiplies in blocks of 4,096 x 1,024 floats, 16 MiB; OpenBLAS packs panels in buffers of
 /// its own), and pages of the program's code touched for the first time.
 pub const RESERVE: u64 = 48 << 20;

@@ -30,12 +30,46 @@ fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f64, f64) -> f64) -> f64 {
 /// Squared Euclidean distance, accumulated in `f64`, rounded once to `f32`.
 #[inline]
 pub fn l2sq(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the processor has AVX2 (checked just above).
+        return unsafe { l2sq_avx2(a, b) };
+    }
+    l2sq_portable(a, b)
+}
+
+fn l2sq_portable(a: &[f32], b: &[f32]) -> f32 {
+    lane_sum(a, b, |x, y| (x - y) * (x - y)) as f32
+}
+
+/// [`l2sq`] with the four lanes in one AVX2 register: the same operations on each lane
+/// (Rust never fuses a multiply and an add), so the same bits, twice as fast where the
+/// baseline build uses two SSE2 registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn l2sq_avx2(a: &[f32], b: &[f32]) -> f32 {
     lane_sum(a, b, |x, y| (x - y) * (x - y)) as f32
 }
 
 /// Inner product, accumulated in `f64`.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the processor has AVX2 (checked just above).
+        return unsafe { dot_avx2(a, b) };
+    }
+    dot_portable(a, b)
+}
+
+fn dot_portable(a: &[f32], b: &[f32]) -> f64 {
+    lane_sum(a, b, |x, y| x * y)
+}
+
+/// [`dot`] in AVX2, the same bits (see [`l2sq_avx2`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn dot_avx2(a: &[f32], b: &[f32]) -> f64 {
     lane_sum(a, b, |x, y| x * y)
 }
 
@@ -127,6 +161,24 @@ mod tests {
             let b: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos()).collect();
             let want = naive_l2sq(&a, &b);
             assert!((l2sq(&a, &b) as f64 - want).abs() <= 1e-6 * want.max(1.0));
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_distances_have_the_portable_ones_bits() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        // Lengths around the lanes and the vector width, values of mixed scale and sign
+        // (where a different order of additions would change the last bits).
+        for len in (0..40).chain([127, 128, 129, 301]) {
+            let a: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin() * 1e3).collect();
+            let b: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos() * 1e-2).collect();
+            // SAFETY: the processor has AVX2 (checked above).
+            let (l2, dot_) = unsafe { (l2sq_avx2(&a, &b), dot_avx2(&a, &b)) };
+            assert_eq!(l2.to_bits(), l2sq_portable(&a, &b).to_bits(), "l2sq, {len}");
+            assert_eq!(dot_.to_bits(), dot_portable(&a, &b).to_bits(), "dot, {len}");
         }
     }
 

@@ -792,13 +792,16 @@ impl Sweep<'_> {
             let tile = &mut tile[..group.len() * width];
             inner_products(self.queries, table, dim, tile);
             let norms = &m.norms_sq[start..end];
-            for (((row, state), &i), &qn) in tile
-                .chunks_mut(width)
-                .zip(states.iter_mut())
-                .zip(group)
-                .zip(self.query_norms)
-            {
-                let plan = &plans[i];
+            for b in 0..group.len() {
+                let (row, plan, qn) = (
+                    &mut tile[b * width..(b + 1) * width],
+                    &plans[group[b]],
+                    self.query_norms[b],
+                );
+                if let Some(gaps) = states.get(b + 1).and_then(|s| s.gaps.as_ref()) {
+                    gaps.prefetch();
+                }
+                let state = &mut states[b];
                 if let Some(s) = m.anchor_self(plan.anchor)
                     && (start..end).contains(&(s as usize))
                 {
@@ -1491,8 +1494,8 @@ impl RowSource {
                     .into_iter()
                     .chain(s.pairs.iter().map(|p| &p.near))
                     .flatten()
-                    .chain(s.gaps.iter().flat_map(|g| g.kept()))
                     .map(|e| e.1)
+                    .chain(s.gaps.iter().flat_map(|g| g.kept()))
             })
             .collect();
         rows.sort_unstable();
