@@ -499,6 +499,21 @@ fn read_rows_at(
         })
 }
 
+/// Asks the kernel to back `region` (not yet touched) with 2 MiB pages where it can. The
+/// exact engine reads rows of the table at random at the end of each anchor (a thousand an
+/// anchor under `--positives all`): with 4 KiB pages nearly each of those reads also missed
+/// the TLB once the table outgrew its reach. Advice only: where the system says no (huge pages
+/// off), nothing changes.
+fn advise_huge_pages<T>(region: &mut [std::mem::MaybeUninit<T>]) {
+    const PAGE: usize = 4096;
+    let (at, len) = (region.as_mut_ptr() as usize, std::mem::size_of_val(region));
+    let (start, end) = (at.next_multiple_of(PAGE), (at + len) / PAGE * PAGE);
+    if end >= start + (2 << 20) {
+        // SAFETY: advice on whole pages inside this allocation; it changes no contents.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+    }
+}
+
 /// Where the reader puts rows.
 pub(crate) enum VectorSink {
     Heap(Vec<f32>),
@@ -534,6 +549,7 @@ impl VectorSink {
     pub(crate) fn reserve(&mut self, values: usize) {
         if let VectorSink::Heap(v) = self {
             v.reserve(values);
+            advise_huge_pages(v.spare_capacity_mut());
         }
     }
 
