@@ -1525,18 +1525,9 @@ impl RowSource {
     /// Asks the processor for the vectors of `entries`' rows ahead of their exact distances:
     /// they lie anywhere in the table, and one after the other each would wait on memory.
     fn prefetch(&self, m: &Miner, entries: &[(f32, u32)]) {
-        #[cfg(target_arch = "x86_64")]
         for &(_, r) in entries {
-            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-            let row = self.row(m, r);
-            // A cache line holds 16 floats.
-            for at in (0..row.len()).step_by(16) {
-                // SAFETY: a prefetch of an address inside `row`; it reads nothing.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().add(at).cast()) };
-            }
+            super::prefetch_lines(self.row(m, r));
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (m, entries);
     }
 }
 

@@ -264,23 +264,13 @@ impl Gaps {
     /// cuts and counts) and what a kept row touches: between two tiles of an anchor the
     /// other anchors of its group push them out of the caches.
     pub(super) fn prefetch(&self) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            fn lines<T>(v: &[T]) {
-                use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-                let (p, bytes) = (v.as_ptr().cast::<i8>(), std::mem::size_of_val(v));
-                for at in (0..bytes).step_by(64) {
-                    // SAFETY: a prefetch of an address inside `v`; it reads nothing.
-                    unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(at)) };
-                }
-            }
-            lines(&self.cells);
-            lines(&self.keep);
-            lines(&self.counts);
-            lines(&self.bands);
-            lines(&self.nearest);
-            lines(&self.taken);
-        }
+        use crate::mine::prefetch_lines;
+        prefetch_lines(&self.cells);
+        prefetch_lines(&self.keep);
+        prefetch_lines(&self.counts);
+        prefetch_lines(&self.bands);
+        prefetch_lines(&self.nearest);
+        prefetch_lines(&self.taken);
     }
 
     /// Every row the gaps keep (for reading a spilled table's rows).
@@ -316,11 +306,6 @@ impl Gaps {
         }
     }
 
-    /// Gap `g`'s cut lowered to `cut` (if below it).
-    fn tighten(&mut self, g: usize, cut: f32) {
-        self.keep[g] = self.keep[g].min(cut);
-    }
-
     /// The rare rows: near enough to a gap's selector, or in a cell of several edges.
     #[inline(never)]
     fn keep_row(&mut self, mut g: usize, d: f32, r: u32, cx: &Ctx) {
@@ -352,8 +337,7 @@ impl Gaps {
                 let taken = &mut self.taken[at];
                 *taken = (*taken + 1).min(k as u32);
                 if *taken as usize == k {
-                    let cut = nearest[k - 1] + cx.slack;
-                    self.tighten(g, cut);
+                    self.keep[g] = self.keep[g].min(nearest[k - 1] + cx.slack);
                 }
             }
         }
@@ -368,7 +352,7 @@ impl Gaps {
     fn compact(&mut self, cx: &Ctx) {
         let limit = cx.limit;
         if self.in_order == 0 && limit != usize::MAX {
-            let mut certain = std::mem::take(&mut self.scratch);
+            let certain = &mut self.scratch;
             certain.clear();
             certain.extend(
                 self.kept
@@ -379,14 +363,19 @@ impl Gaps {
             certain.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
             for run in certain.chunk_by(|a, b| a.0 == b.0) {
                 if run.len() >= limit {
-                    self.tighten(run[0].0 as usize + 1, run[limit - 1].1 + cx.slack);
+                    let keep = &mut self.keep[run[0].0 as usize + 1];
+                    *keep = keep.min(run[limit - 1].1 + cx.slack);
                 }
             }
-            self.scratch = certain;
         }
+        self.drop_beyond_cuts();
+        self.compact_at = (2 * self.kept.len()).saturating_add(self.compact_base);
+    }
+
+    /// Drops the kept rows beyond their gaps' cuts.
+    fn drop_beyond_cuts(&mut self) {
         let keep = &self.keep;
         self.kept.retain(|k| k.d <= keep[k.at as usize + 1]);
-        self.compact_at = (2 * self.kept.len()).saturating_add(self.compact_base);
     }
 
     /// Each pair's count of rows before its band and its kept rows, gathered from the gaps
@@ -407,8 +396,7 @@ impl Gaps {
         }
         // The rows within their gaps' cuts, gap by gap (each gap's in the order seen).
         let n = self.order.len();
-        let keep = &self.keep;
-        self.kept.retain(|k| k.d <= keep[k.at as usize + 1]);
+        self.drop_beyond_cuts();
         let mut bounds = vec![0usize; n + 1];
         for k in &self.kept {
             bounds[k.at as usize + 1] += 1;
@@ -585,9 +573,9 @@ fn gaps_of_avx2(gaps: &Gaps, d: std::arch::x86_64::__m256) -> (std::arch::x86_64
     )
 }
 
-/// The whole chunks of [`scan`] in AVX2: per 16 rows their cells in two vectors, then each
-/// row's cell read and counted one by one (on AMD the processor's gathers are slower than
-/// plain loads).
+/// The whole chunks of [`scan`] in AVX2: per 8 rows their cells (the same arithmetic as
+/// [`Gaps::cell_of`]), gaps and cuts gathered, compared at once; the gaps' counts one by one.
+/// (Reading each row's cell with plain loads instead was slower on AMD.)
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2")]
