@@ -27,6 +27,59 @@ fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f64, f64) -> f64) -> f64 {
     (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
+/// [`lane_sum`] of `a` with each of `R` rows at once: each row's additions in the same order
+/// (so the same bits), the rows' dependency chains interleaved, which one row alone leaves
+/// waiting on the latency of its additions.
+#[inline(always)]
+fn lane_sums<const R: usize>(a: &[f32], b: [&[f32]; R], f: impl Fn(f64, f64) -> f64) -> [f64; R] {
+    let mut acc = [[0f64; 4]; R];
+    let whole = a.len() / 4 * 4;
+    for at in (0..whole).step_by(4) {
+        let x = &a[at..at + 4];
+        for (acc, b) in acc.iter_mut().zip(&b) {
+            let y = &b[at..at + 4];
+            for l in 0..4 {
+                acc[l] += f(x[l] as f64, y[l] as f64);
+            }
+        }
+    }
+    std::array::from_fn(|k| {
+        debug_assert_eq!(a.len(), b[k].len());
+        let tail: f64 = a[whole..]
+            .iter()
+            .zip(&b[k][whole..])
+            .map(|(x, y)| f(*x as f64, *y as f64))
+            .sum();
+        let acc = acc[k];
+        (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+    })
+}
+
+/// Rows whose exact distances [`Metric::distances`] computes together.
+pub const ROWS_AT_ONCE: usize = 4;
+
+fn l2sq_many_portable(a: &[f32], b: [&[f32]; ROWS_AT_ONCE]) -> [f64; ROWS_AT_ONCE] {
+    lane_sums(a, b, |x, y| (x - y) * (x - y))
+}
+
+fn dot_many_portable(a: &[f32], b: [&[f32]; ROWS_AT_ONCE]) -> [f64; ROWS_AT_ONCE] {
+    lane_sums(a, b, |x, y| x * y)
+}
+
+/// [`l2sq_many_portable`] in AVX2, the same bits (see [`l2sq_avx2`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn l2sq_many_avx2(a: &[f32], b: [&[f32]; ROWS_AT_ONCE]) -> [f64; ROWS_AT_ONCE] {
+    lane_sums(a, b, |x, y| (x - y) * (x - y))
+}
+
+/// [`dot_many_portable`] in AVX2, the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn dot_many_avx2(a: &[f32], b: [&[f32]; ROWS_AT_ONCE]) -> [f64; ROWS_AT_ONCE] {
+    lane_sums(a, b, |x, y| x * y)
+}
+
 /// Squared Euclidean distance, accumulated in `f64`, rounded once to `f32`.
 #[inline]
 pub fn l2sq(a: &[f32], b: &[f32]) -> f32 {
@@ -82,6 +135,29 @@ impl Metric {
             // Clamped: rounding can make 1 - cos slightly negative for near-duplicates.
             Metric::Cosine => ((1.0 - dot(a, b)) as f32).max(0.0),
         }
+    }
+
+    /// [`Metric::distance`] from `a` to each of `b`, the same bits, computed together.
+    #[inline]
+    pub fn distances(self, a: &[f32], b: [&[f32]; ROWS_AT_ONCE]) -> [f32; ROWS_AT_ONCE] {
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = std::arch::is_x86_feature_detected!("avx2");
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx2 = false;
+        let sums = match (self, avx2) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the processor has AVX2 (checked just above).
+            (Metric::L2sq, true) => unsafe { l2sq_many_avx2(a, b) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            (Metric::Cosine, true) => unsafe { dot_many_avx2(a, b) },
+            (Metric::L2sq, _) => l2sq_many_portable(a, b),
+            (Metric::Cosine, _) => dot_many_portable(a, b),
+        };
+        sums.map(|s| match self {
+            Metric::L2sq => s as f32,
+            Metric::Cosine => ((1.0 - s) as f32).max(0.0),
+        })
     }
 }
 
@@ -179,6 +255,41 @@ mod tests {
             let (l2, dot_) = unsafe { (l2sq_avx2(&a, &b), dot_avx2(&a, &b)) };
             assert_eq!(l2.to_bits(), l2sq_portable(&a, &b).to_bits(), "l2sq, {len}");
             assert_eq!(dot_.to_bits(), dot_portable(&a, &b).to_bits(), "dot, {len}");
+        }
+    }
+
+    #[test]
+    fn distances_computed_together_have_each_ones_own_bits() {
+        let l2 = |x: f64, y: f64| (x - y) * (x - y);
+        for len in (0..40).chain([127, 128, 129, 301]) {
+            let a: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin() * 1e3).collect();
+            let rows: Vec<Vec<f32>> = [1e-2, 1.0, 1e3, 7.0]
+                .iter()
+                .enumerate()
+                .map(|(k, scale)| {
+                    (0..len)
+                        .map(|i| (i as f32 * 0.11 + k as f32).cos() * scale)
+                        .collect()
+                })
+                .collect();
+            let b: [&[f32]; ROWS_AT_ONCE] = std::array::from_fn(|k| rows[k].as_slice());
+            let bits = |sums: [f64; ROWS_AT_ONCE]| sums.map(f64::to_bits);
+            assert_eq!(
+                bits(l2sq_many_portable(&a, b)),
+                bits(b.map(|b| lane_sum(&a, b, l2)))
+            );
+            assert_eq!(
+                bits(dot_many_portable(&a, b)),
+                bits(b.map(|b| dot_portable(&a, b)))
+            );
+            for metric in [Metric::L2sq, Metric::Cosine] {
+                let alone = b.map(|b| metric.distance(&a, b).to_bits());
+                assert_eq!(
+                    metric.distances(&a, b).map(f32::to_bits),
+                    alone,
+                    "{metric:?}, {len}"
+                );
+            }
         }
     }
 

@@ -1522,14 +1522,42 @@ impl RowSource {
         m.params.metric.distance(anchor, self.row(m, r))
     }
 
-    /// Asks the processor for the vectors of `entries`' rows ahead of their exact distances:
-    /// they lie anywhere in the table, and one after the other each would wait on memory.
+    /// The exact distances from `anchor` to `entries`' rows, in their order, as
+    /// [`RowSource::distance`] gives each: a few rows at a time (their additions interleaved),
+    /// each row's vector asked for well ahead (rows lie anywhere in the table, and one after
+    /// the other each would wait on memory).
+    fn distances(&self, m: &Miner, anchor: &[f32], entries: &[(f32, u32)]) -> Vec<f32> {
+        use crate::score::ROWS_AT_ONCE;
+        let prefetch = |entries| self.prefetch(m, entries);
+        prefetch(&entries[..entries.len().min(PREFETCH_AHEAD)]);
+        let mut exact = Vec::with_capacity(entries.len());
+        let mut groups = entries.chunks_exact(ROWS_AT_ONCE);
+        for (g, group) in groups.by_ref().enumerate() {
+            let ahead = (g * ROWS_AT_ONCE + PREFETCH_AHEAD).min(entries.len());
+            let next = (ahead + ROWS_AT_ONCE).min(entries.len());
+            prefetch(&entries[ahead..next]);
+            let rows = std::array::from_fn(|k| self.row(m, group[k].1));
+            exact.extend(m.params.metric.distances(anchor, rows));
+        }
+        exact.extend(
+            groups
+                .remainder()
+                .iter()
+                .map(|&(_, r)| self.distance(m, anchor, r)),
+        );
+        exact
+    }
+
+    /// Asks the processor for the vectors of `entries`' rows ahead of their exact distances.
     fn prefetch(&self, m: &Miner, entries: &[(f32, u32)]) {
         for &(_, r) in entries {
             super::prefetch_lines(self.row(m, r));
         }
     }
 }
+
+/// Rows whose vectors are asked for ahead of their exact distances.
+const PREFETCH_AHEAD: usize = 16;
 
 /// Exact distances for the kept rows, and the anchor's outcome as the ladder gives it.
 fn finish(
@@ -1543,9 +1571,11 @@ fn finish(
     let a = plan.anchor;
     let margin = m.params.margin;
     let exact = |entries: &[(f32, u32)]| -> Vec<(f32, u32)> {
-        let mut list: Vec<(f32, u32)> = entries
-            .iter()
-            .map(|&(_, r)| (rows.distance(m, anchor, r), r))
+        let exact = rows.distances(m, anchor, entries);
+        let mut list: Vec<(f32, u32)> = exact
+            .into_iter()
+            .zip(entries)
+            .map(|(x, &(_, r))| (x, r))
             .collect();
         super::sort_nearest(&mut list);
         list

@@ -50,9 +50,6 @@ pub(super) fn tiles(t: Tiles) -> Tiles {
 /// and then).
 const IN_ORDER_MAX: usize = 32;
 
-/// Rows whose vectors are asked for ahead of their exact distances.
-const PREFETCH_AHEAD: usize = 16;
-
 /// Grid cells per gap: the fewer cells hold several gaps' edges (looked up one by one), the
 /// faster a row's gap is found.
 const CELLS_PER_GAP: usize = 8;
@@ -410,16 +407,9 @@ impl Gaps {
             all[fill[k.at as usize]] = (k.d, k.r);
             fill[k.at as usize] += 1;
         }
-        // Their exact distances: rows lie anywhere in the table, so each is asked for well
-        // before its turn (one gap's are too few).
-        rows.prefetch(m, &all[..all.len().min(PREFETCH_AHEAD)]);
-        let mut exact = Vec::with_capacity(all.len());
-        for (i, &(_, r)) in all.iter().enumerate() {
-            if let Some(ahead) = all.get(i + PREFETCH_AHEAD) {
-                rows.prefetch(m, std::slice::from_ref(ahead));
-            }
-            exact.push(rows.distance(m, anchor, r));
-        }
+        // Their exact distances, all gaps' at once (one gap's rows are too few to ask for
+        // ahead).
+        let exact = rows.distances(m, anchor, &all);
         let mut certain = Vec::new();
         let (mut near, mut near_exact): (Vec<(f32, u32)>, Vec<f32>) = (Vec::new(), Vec::new());
         for (s, &i) in self.order.iter().enumerate() {
