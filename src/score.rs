@@ -10,26 +10,12 @@ use crate::config::Metric;
 /// lanes added in a fixed order so the result never depends on the machine.
 #[inline(always)]
 fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f64, f64) -> f64) -> f64 {
-    debug_assert_eq!(a.len(), b.len());
-    let mut acc = [0f64; 4];
-    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..4 {
-            acc[l] += f(x[l] as f64, y[l] as f64);
-        }
-    }
-    let tail: f64 = ra
-        .iter()
-        .zip(rb)
-        .map(|(x, y)| f(*x as f64, *y as f64))
-        .sum();
-    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+    lane_sums(a, [b], f)[0]
 }
 
 /// [`lane_sum`] of `a` with each of `R` rows at once: each row's additions in the same order
-/// (so the same bits), the rows' dependency chains interleaved, which one row alone leaves
-/// waiting on the latency of its additions.
+/// as alone (so the same bits), the rows' dependency chains interleaved, which one row alone
+/// leaves waiting on the latency of its additions.
 #[inline(always)]
 fn lane_sums<const R: usize>(a: &[f32], b: [&[f32]; R], f: impl Fn(f64, f64) -> f64) -> [f64; R] {
     let mut acc = [[0f64; 4]; R];
@@ -258,9 +244,25 @@ mod tests {
         }
     }
 
+    /// The order of additions every stored distance was computed in: element `i` to lane
+    /// `i % 4` while four remain, the lanes added pairwise, then the rest one by one.
+    fn in_lane_order(a: &[f32], b: &[f32], f: impl Fn(f64, f64) -> f64) -> f64 {
+        let whole = a.len() / 4 * 4;
+        let mut acc = [0f64; 4];
+        for i in 0..whole {
+            acc[i % 4] += f(a[i] as f64, b[i] as f64);
+        }
+        let mut tail = 0f64;
+        for i in whole..a.len() {
+            tail += f(a[i] as f64, b[i] as f64);
+        }
+        (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+    }
+
     #[test]
-    fn distances_computed_together_have_each_ones_own_bits() {
+    fn distances_alone_and_together_are_summed_in_lane_order() {
         let l2 = |x: f64, y: f64| (x - y) * (x - y);
+        let prod = |x: f64, y: f64| x * y;
         for len in (0..40).chain([127, 128, 129, 301]) {
             let a: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin() * 1e3).collect();
             let rows: Vec<Vec<f32>> = [1e-2, 1.0, 1e3, 7.0]
@@ -273,23 +275,25 @@ mod tests {
                 })
                 .collect();
             let b: [&[f32]; ROWS_AT_ONCE] = std::array::from_fn(|k| rows[k].as_slice());
-            let bits = |sums: [f64; ROWS_AT_ONCE]| sums.map(f64::to_bits);
+            let l2_want = b.map(|b| (in_lane_order(&a, b, l2) as f32).to_bits());
+            let dot_want = b.map(|b| in_lane_order(&a, b, prod));
             assert_eq!(
-                bits(l2sq_many_portable(&a, b)),
-                bits(b.map(|b| lane_sum(&a, b, l2)))
+                Metric::L2sq.distances(&a, b).map(f32::to_bits),
+                l2_want,
+                "{len}"
             );
+            assert_eq!(b.map(|b| l2sq(&a, b).to_bits()), l2_want, "{len}");
             assert_eq!(
-                bits(dot_many_portable(&a, b)),
-                bits(b.map(|b| dot_portable(&a, b)))
+                b.map(|b| dot(&a, b).to_bits()),
+                dot_want.map(f64::to_bits),
+                "{len}"
             );
-            for metric in [Metric::L2sq, Metric::Cosine] {
-                let alone = b.map(|b| metric.distance(&a, b).to_bits());
-                assert_eq!(
-                    metric.distances(&a, b).map(f32::to_bits),
-                    alone,
-                    "{metric:?}, {len}"
-                );
-            }
+            let cos_want = dot_want.map(|s| ((1.0 - s) as f32).max(0.0).to_bits());
+            assert_eq!(
+                Metric::Cosine.distances(&a, b).map(f32::to_bits),
+                cos_want,
+                "{len}"
+            );
         }
     }
 
