@@ -6,16 +6,11 @@
 
 use crate::config::Metric;
 
-/// `sum f(a_i, b_i)` in `f64` over four independent lanes (which the compiler vectorises),
-/// lanes added in a fixed order so the result never depends on the machine.
-#[inline(always)]
-fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f64, f64) -> f64) -> f64 {
-    lane_sums(a, [b], f)[0]
-}
-
-/// [`lane_sum`] of `a` with each of `R` rows at once: each row's additions in the same order
-/// as alone (so the same bits), the rows' dependency chains interleaved, which one row alone
-/// leaves waiting on the latency of its additions.
+/// `sum f(a_i, b_i)` in `f64` of `a` with each of `R` rows, over four independent lanes
+/// (which the compiler vectorises), lanes added in a fixed order so the result never depends
+/// on the machine. Each row's additions come in the same order as alone (so the same bits);
+/// several rows interleave their chains of additions, which one row alone leaves waiting on
+/// their latency.
 #[inline(always)]
 fn lane_sums<const R: usize>(a: &[f32], b: [&[f32]; R], f: impl Fn(f64, f64) -> f64) -> [f64; R] {
     let mut acc = [[0f64; 4]; R];
@@ -41,109 +36,83 @@ fn lane_sums<const R: usize>(a: &[f32], b: [&[f32]; R], f: impl Fn(f64, f64) -> 
     })
 }
 
-/// Rows whose exact distances [`Metric::distances`] computes together.
+/// Rows whose exact distances [`Metric::distances`] computes together where many are asked.
 pub const ROWS_AT_ONCE: usize = 4;
 
-fn l2sq_many_portable(a: &[f32], b: [&[f32]; ROWS_AT_ONCE]) -> [f64; ROWS_AT_ONCE] {
+fn l2sq_sums_portable<const R: usize>(a: &[f32], b: [&[f32]; R]) -> [f64; R] {
     lane_sums(a, b, |x, y| (x - y) * (x - y))
 }
 
-fn dot_many_portable(a: &[f32], b: [&[f32]; ROWS_AT_ONCE]) -> [f64; ROWS_AT_ONCE] {
+fn dot_sums_portable<const R: usize>(a: &[f32], b: [&[f32]; R]) -> [f64; R] {
     lane_sums(a, b, |x, y| x * y)
 }
 
-/// [`l2sq_many_portable`] in AVX2, the same bits (see [`l2sq_avx2`]).
+/// [`l2sq_sums_portable`] with the four lanes in one AVX2 register: the same operations on
+/// each lane (Rust never fuses a multiply and an add), so the same bits, twice as fast where
+/// the baseline build uses two SSE2 registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn l2sq_many_avx2(a: &[f32], b: [&[f32]; ROWS_AT_ONCE]) -> [f64; ROWS_AT_ONCE] {
+fn l2sq_sums_avx2<const R: usize>(a: &[f32], b: [&[f32]; R]) -> [f64; R] {
     lane_sums(a, b, |x, y| (x - y) * (x - y))
 }
 
-/// [`dot_many_portable`] in AVX2, the same bits.
+/// [`dot_sums_portable`] in AVX2, the same bits (see [`l2sq_sums_avx2`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn dot_many_avx2(a: &[f32], b: [&[f32]; ROWS_AT_ONCE]) -> [f64; ROWS_AT_ONCE] {
+fn dot_sums_avx2<const R: usize>(a: &[f32], b: [&[f32]; R]) -> [f64; R] {
     lane_sums(a, b, |x, y| x * y)
+}
+
+/// Squared Euclidean distances from `a` to each of `b`, accumulated in `f64`.
+#[inline]
+fn l2sq_sums<const R: usize>(a: &[f32], b: [&[f32]; R]) -> [f64; R] {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the processor has AVX2 (checked just above).
+        return unsafe { l2sq_sums_avx2(a, b) };
+    }
+    l2sq_sums_portable(a, b)
+}
+
+/// Inner products of `a` with each of `b`, accumulated in `f64`.
+#[inline]
+fn dot_sums<const R: usize>(a: &[f32], b: [&[f32]; R]) -> [f64; R] {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the processor has AVX2 (checked just above).
+        return unsafe { dot_sums_avx2(a, b) };
+    }
+    dot_sums_portable(a, b)
 }
 
 /// Squared Euclidean distance, accumulated in `f64`, rounded once to `f32`.
 #[inline]
 pub fn l2sq(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the processor has AVX2 (checked just above).
-        return unsafe { l2sq_avx2(a, b) };
-    }
-    l2sq_portable(a, b)
-}
-
-fn l2sq_portable(a: &[f32], b: &[f32]) -> f32 {
-    lane_sum(a, b, |x, y| (x - y) * (x - y)) as f32
-}
-
-/// [`l2sq`] with the four lanes in one AVX2 register: the same operations on each lane
-/// (Rust never fuses a multiply and an add), so the same bits, twice as fast where the
-/// baseline build uses two SSE2 registers.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn l2sq_avx2(a: &[f32], b: &[f32]) -> f32 {
-    lane_sum(a, b, |x, y| (x - y) * (x - y)) as f32
+    l2sq_sums(a, [b])[0] as f32
 }
 
 /// Inner product, accumulated in `f64`.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the processor has AVX2 (checked just above).
-        return unsafe { dot_avx2(a, b) };
-    }
-    dot_portable(a, b)
-}
-
-fn dot_portable(a: &[f32], b: &[f32]) -> f64 {
-    lane_sum(a, b, |x, y| x * y)
-}
-
-/// [`dot`] in AVX2, the same bits (see [`l2sq_avx2`]).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn dot_avx2(a: &[f32], b: &[f32]) -> f64 {
-    lane_sum(a, b, |x, y| x * y)
+    dot_sums(a, [b])[0]
 }
 
 impl Metric {
     /// The exact distance between two stored vectors (for cosine, already unit length).
     #[inline]
     pub fn distance(self, a: &[f32], b: &[f32]) -> f32 {
-        match self {
-            Metric::L2sq => l2sq(a, b),
-            // Clamped: rounding can make 1 - cos slightly negative for near-duplicates.
-            Metric::Cosine => ((1.0 - dot(a, b)) as f32).max(0.0),
-        }
+        self.distances(a, [b])[0]
     }
 
-    /// [`Metric::distance`] from `a` to each of `b`, the same bits, computed together.
+    /// [`Metric::distance`] from `a` to each of `b`, computed together (each with the bits
+    /// it has alone).
     #[inline]
-    pub fn distances(self, a: &[f32], b: [&[f32]; ROWS_AT_ONCE]) -> [f32; ROWS_AT_ONCE] {
-        #[cfg(target_arch = "x86_64")]
-        let avx2 = std::arch::is_x86_feature_detected!("avx2");
-        #[cfg(not(target_arch = "x86_64"))]
-        let avx2 = false;
-        let sums = match (self, avx2) {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the processor has AVX2 (checked just above).
-            (Metric::L2sq, true) => unsafe { l2sq_many_avx2(a, b) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above.
-            (Metric::Cosine, true) => unsafe { dot_many_avx2(a, b) },
-            (Metric::L2sq, _) => l2sq_many_portable(a, b),
-            (Metric::Cosine, _) => dot_many_portable(a, b),
-        };
-        sums.map(|s| match self {
-            Metric::L2sq => s as f32,
-            Metric::Cosine => ((1.0 - s) as f32).max(0.0),
-        })
+    pub fn distances<const R: usize>(self, a: &[f32], b: [&[f32]; R]) -> [f32; R] {
+        match self {
+            Metric::L2sq => l2sq_sums(a, b).map(|s| s as f32),
+            // Clamped: rounding can make 1 - cos slightly negative for near-duplicates.
+            Metric::Cosine => dot_sums(a, b).map(|s| ((1.0 - s) as f32).max(0.0)),
+        }
     }
 }
 
@@ -238,9 +207,10 @@ mod tests {
             let a: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin() * 1e3).collect();
             let b: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos() * 1e-2).collect();
             // SAFETY: the processor has AVX2 (checked above).
-            let (l2, dot_) = unsafe { (l2sq_avx2(&a, &b), dot_avx2(&a, &b)) };
-            assert_eq!(l2.to_bits(), l2sq_portable(&a, &b).to_bits(), "l2sq, {len}");
-            assert_eq!(dot_.to_bits(), dot_portable(&a, &b).to_bits(), "dot, {len}");
+            let (l2, dot_) = unsafe { (l2sq_sums_avx2(&a, [&b]), dot_sums_avx2(&a, [&b])) };
+            let bits = |s: [f64; 1]| s[0].to_bits();
+            assert_eq!(bits(l2), bits(l2sq_sums_portable(&a, [&b])), "l2sq, {len}");
+            assert_eq!(bits(dot_), bits(dot_sums_portable(&a, [&b])), "dot, {len}");
         }
     }
 

@@ -1489,7 +1489,6 @@ fn rng_for(seed: u64, anchor: u32, positive: u32, stream: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seeded_hash(seed, anchor as u64, positive as u64, stream))
 }
 
-/// Sorts `(distance, row)` pairs ascending, ties by row.
 /// Asks the processor for every cache line of `v` ahead of its use (a hint: it reads
 /// nothing, and does nothing off x86-64).
 #[inline]
@@ -1507,6 +1506,7 @@ fn prefetch_lines<T>(v: &[T]) {
     let _ = v;
 }
 
+/// Sorts `(distance, row)` pairs ascending, ties by row.
 fn sort_nearest(list: &mut [(f32, u32)]) {
     list.sort_unstable_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
 }

@@ -1536,7 +1536,7 @@ impl RowSource {
             let ahead = (g * ROWS_AT_ONCE + PREFETCH_AHEAD).min(entries.len());
             let next = (ahead + ROWS_AT_ONCE).min(entries.len());
             prefetch(&entries[ahead..next]);
-            let rows = std::array::from_fn(|k| self.row(m, group[k].1));
+            let rows: [&[f32]; ROWS_AT_ONCE] = std::array::from_fn(|k| self.row(m, group[k].1));
             exact.extend(m.params.metric.distances(anchor, rows));
         }
         exact.extend(
