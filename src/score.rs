@@ -7,7 +7,7 @@
 use crate::config::Metric;
 
 /// `sum f(a_i, b_i)` in `f64` of `a` with each of `R` rows, over four independent lanes
-/// (which the compiler vectorises), lanes added in a fixed order so the result never depends
+/// (element `i` to lane `i % 4`), lanes added in a fixed order so the result never depends
 /// on the machine. Each row's additions come in the same order as alone (so the same bits);
 /// several rows interleave their chains of additions, which one row alone leaves waiting on
 /// their latency.
@@ -24,16 +24,20 @@ fn lane_sums<const R: usize>(a: &[f32], b: [&[f32]; R], f: impl Fn(f64, f64) -> 
             }
         }
     }
-    std::array::from_fn(|k| {
-        debug_assert_eq!(a.len(), b[k].len());
-        let tail: f64 = a[whole..]
-            .iter()
-            .zip(&b[k][whole..])
-            .map(|(x, y)| f(*x as f64, *y as f64))
-            .sum();
-        let acc = acc[k];
-        (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
-    })
+    std::array::from_fn(|k| add_lanes(acc[k], &a[whole..], &b[k][whole..], &f))
+}
+
+/// A row's four lanes added in their fixed order, then the elements after the last whole
+/// four (`a_tail`, `b_tail`) one by one.
+#[inline(always)]
+fn add_lanes(acc: [f64; 4], a_tail: &[f32], b_tail: &[f32], f: impl Fn(f64, f64) -> f64) -> f64 {
+    debug_assert_eq!(a_tail.len(), b_tail.len());
+    let tail: f64 = a_tail
+        .iter()
+        .zip(b_tail)
+        .map(|(x, y)| f(*x as f64, *y as f64))
+        .sum();
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
 /// Rows whose exact distances [`Metric::distances`] computes together where many are asked.
@@ -47,20 +51,59 @@ fn dot_sums_portable<const R: usize>(a: &[f32], b: [&[f32]; R]) -> [f64; R] {
     lane_sums(a, b, |x, y| x * y)
 }
 
-/// [`l2sq_sums_portable`] with the four lanes in one AVX2 register: the same operations on
-/// each lane (Rust never fuses a multiply and an add), so the same bits, twice as fast where
-/// the baseline build uses two SSE2 registers.
+/// [`lane_sums`] with the four lanes in one AVX2 register, written out: the same operations
+/// on each lane (a subtraction, a multiplication and an addition, never fused), so the same
+/// bits. (Left to the compiler, the generic loop became two-lane SSE with shuffles and a
+/// bounds check per row and step: about three times the instructions.)
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn lane_sums_avx2<const R: usize, const DOT: bool>(a: &[f32], b: [&[f32]; R]) -> [f64; R] {
+    use std::arch::x86_64::*;
+    for b in &b {
+        assert_eq!(a.len(), b.len(), "rows of one length");
+    }
+    let whole = a.len() / 4 * 4;
+    let mut acc = [_mm256_setzero_pd(); R];
+    for at in (0..whole).step_by(4) {
+        // SAFETY: `at + 4 <= whole`, at most the length of `a` and of every row (asserted).
+        let x = unsafe { _mm256_cvtps_pd(_mm_loadu_ps(a.as_ptr().add(at))) };
+        for (acc, b) in acc.iter_mut().zip(&b) {
+            // SAFETY: as for `a`.
+            let y = unsafe { _mm256_cvtps_pd(_mm_loadu_ps(b.as_ptr().add(at))) };
+            let term = if DOT {
+                _mm256_mul_pd(x, y)
+            } else {
+                let d = _mm256_sub_pd(x, y);
+                _mm256_mul_pd(d, d)
+            };
+            *acc = _mm256_add_pd(*acc, term);
+        }
+    }
+    std::array::from_fn(|k| {
+        let mut lanes = [0f64; 4];
+        // SAFETY: `lanes` holds four `f64`s.
+        unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), acc[k]) };
+        let (a, b) = (&a[whole..], &b[k][whole..]);
+        if DOT {
+            add_lanes(lanes, a, b, |x, y| x * y)
+        } else {
+            add_lanes(lanes, a, b, |x, y| (x - y) * (x - y))
+        }
+    })
+}
+
+/// [`l2sq_sums_portable`] in AVX2 (see [`lane_sums_avx2`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn l2sq_sums_avx2<const R: usize>(a: &[f32], b: [&[f32]; R]) -> [f64; R] {
-    lane_sums(a, b, |x, y| (x - y) * (x - y))
+    lane_sums_avx2::<R, false>(a, b)
 }
 
-/// [`dot_sums_portable`] in AVX2, the same bits (see [`l2sq_sums_avx2`]).
+/// [`dot_sums_portable`] in AVX2 (see [`lane_sums_avx2`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn dot_sums_avx2<const R: usize>(a: &[f32], b: [&[f32]; R]) -> [f64; R] {
-    lane_sums(a, b, |x, y| x * y)
+    lane_sums_avx2::<R, true>(a, b)
 }
 
 /// Squared Euclidean distances from `a` to each of `b`, accumulated in `f64`.
