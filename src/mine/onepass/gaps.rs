@@ -74,6 +74,11 @@ impl Ctx<'_> {
     fn certainly_qualifies(&self, band: Band, d: f32, r: u32) -> bool {
         certainly_qualifies(self.m, self.plan, band, self.slack, d, r)
     }
+
+    /// [`Ctx::certainly_qualifies`] for an exact distance (no GEMM error to allow for).
+    fn certainly_qualifies_exactly(&self, band: Band, x: f32, r: u32) -> bool {
+        certainly_qualifies(self.m, self.plan, band, 0.0, x, r)
+    }
 }
 
 /// One cell of an anchor's grid: what a row in it is looked up for, in 8 bytes read
@@ -410,7 +415,33 @@ impl Gaps {
         // Their exact distances, all gaps' at once (one gap's rows are too few to ask for
         // ahead).
         let exact = rows.distances(m, anchor, &all);
+        // Each gap's cut by exact distance: no row of a gap exactly beyond its `limit`-th
+        // row certainly in its band and a negative can be one of a pair's nearest (the GEMM's
+        // error bound kept the rows within it of the cut; now they go).
         let mut certain = Vec::new();
+        let mut exact_cut = vec![f32::INFINITY; n];
+        if limit != usize::MAX {
+            for (g, cut) in exact_cut.iter_mut().enumerate() {
+                let gap = bounds[g]..bounds[g + 1];
+                if gap.len() < limit {
+                    continue;
+                }
+                certain.clear();
+                certain.extend(
+                    all[gap.clone()]
+                        .iter()
+                        .zip(&exact[gap])
+                        .filter(|&(&(_, r), &x)| {
+                            cx.certainly_qualifies_exactly(self.bands[g], x, r)
+                        })
+                        .map(|(_, &x)| x),
+                );
+                if certain.len() >= limit {
+                    let (_, nth, _) = certain.select_nth_unstable_by(limit - 1, f32::total_cmp);
+                    *cut = *nth;
+                }
+            }
+        }
         let (mut near, mut near_exact): (Vec<(f32, u32)>, Vec<f32>) = (Vec::new(), Vec::new());
         for (s, &i) in self.order.iter().enumerate() {
             let band = self.bands[s];
@@ -424,7 +455,7 @@ impl Gaps {
                 }
                 let gap = bounds[g]..bounds[g + 1];
                 for (&(d, r), &x) in all[gap.clone()].iter().zip(&exact[gap]) {
-                    if d <= reach {
+                    if d <= reach && x <= exact_cut[g] {
                         near.push((d, r));
                         near_exact.push(x);
                         if limit != usize::MAX && cx.certainly_qualifies(band, d, r) {
