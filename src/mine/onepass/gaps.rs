@@ -1,7 +1,8 @@
 //! One selector per anchor for anchors of many (anchor, positive) pairs (`--positives all`).
 //!
 //! In: an anchor's pairs (bands, not sampled) and the distances of its pass. Out: each pair's
-//! `below` count and kept rows, as its own selector would have left them for [`super::finish`].
+//! `below` count and kept rows with their exact distances for [`super::finish`]: those its own
+//! selector would have left, less the rows that cannot matter by their exact distances.
 //!
 //! Every band is `[d_ap + c1, d_ap + c2]` for constants of the strategy, so sorted by `d_ap`
 //! both edges rise. A pair's answer is its `N` nearest qualifying rows at or above its lower
@@ -9,8 +10,10 @@
 //! after it, and of each gap only the nearest rows can be among them. So each row goes to one
 //! gap (the gaps' `N`-nearest selectors are the pairs' own, pruned by their own bands), and
 //! each pair's count of rows before its band is a sum of the gaps' counts: per row one lookup
-//! in a grid over the gaps' edges instead of a test per pair. At the end each pair gathers
-//! the gaps from its own on, as far as its band and its `N`-th certain negative reach.
+//! in a grid over the gaps' edges instead of a test per pair. At the end, with the kept rows'
+//! exact distances, each gap drops the rows exactly beyond its `N`-th certain negative (the
+//! GEMM's error bound had to keep them), and each pair gathers the gaps from its own on, as
+//! far as its band and its `N`-th certain negative reach.
 
 use super::{
     AnchorState, Band, CHUNK, PairState, RowSource, Tiles, ToDistance, certainly_qualifies,
