@@ -43,16 +43,28 @@ fn add_lanes(acc: [f64; 4], a_tail: &[f32], b_tail: &[f32], f: impl Fn(f64, f64)
 /// Rows whose exact distances [`Metric::distances`] computes together where many are asked.
 pub const ROWS_AT_ONCE: usize = 4;
 
+/// One element's term of a squared Euclidean distance.
+#[inline(always)]
+fn l2sq_term(x: f64, y: f64) -> f64 {
+    (x - y) * (x - y)
+}
+
+/// One element's term of an inner product.
+#[inline(always)]
+fn dot_term(x: f64, y: f64) -> f64 {
+    x * y
+}
+
 fn l2sq_sums_portable<const R: usize>(a: &[f32], b: [&[f32]; R]) -> [f64; R] {
-    lane_sums(a, b, |x, y| (x - y) * (x - y))
+    lane_sums(a, b, l2sq_term)
 }
 
 fn dot_sums_portable<const R: usize>(a: &[f32], b: [&[f32]; R]) -> [f64; R] {
-    lane_sums(a, b, |x, y| x * y)
+    lane_sums(a, b, dot_term)
 }
 
 /// [`lane_sums`] with the four lanes in one AVX2 register, written out: the same operations
-/// on each lane (a subtraction, a multiplication and an addition, never fused), so the same
+/// on each lane as [`l2sq_term`] or [`dot_term`] and an addition, never fused, so the same
 /// bits. (Left to the compiler, the generic loop became two-lane SSE with shuffles and a
 /// bounds check per row and step: about three times the instructions.)
 #[cfg(target_arch = "x86_64")]
@@ -83,12 +95,8 @@ fn lane_sums_avx2<const R: usize, const DOT: bool>(a: &[f32], b: [&[f32]; R]) ->
         let mut lanes = [0f64; 4];
         // SAFETY: `lanes` holds four `f64`s.
         unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), acc[k]) };
-        let (a, b) = (&a[whole..], &b[k][whole..]);
-        if DOT {
-            add_lanes(lanes, a, b, |x, y| x * y)
-        } else {
-            add_lanes(lanes, a, b, |x, y| (x - y) * (x - y))
-        }
+        let term = if DOT { dot_term } else { l2sq_term };
+        add_lanes(lanes, &a[whole..], &b[k][whole..], term)
     })
 }
 
