@@ -6,9 +6,11 @@
 //! Tables: E1 (`tripmine gen` defaults of the whole-job bench: separation 1.0) and E1-overlap
 //! (separation 0.3: mean d(a, p) within 2% of mean d(a, n)), `TRIPMINE_BENCH_ROWS` x
 //! `TRIPMINE_BENCH_DIM` (default 100,000 x 128), `TRIPMINE_BENCH_LABELS` (1,000).
-//! `TRIPMINE_BENCH_TABLES=overlap` runs one table only; `TRIPMINE_BENCH_LADDER=0` skips the
-//! ladder (slow on overlapping classes); `TRIPMINE_BENCH_STRATEGIES=semihard,hard` runs the
-//! strategies whose names start so.
+//! `TRIPMINE_BENCH_TABLES=overlap` (or `e1`) runs one table only; `TRIPMINE_BENCH_LADDER=0`
+//! skips the ladder (slow on overlapping classes); `TRIPMINE_BENCH_STRATEGIES=semihard,hard`
+//! runs the strategies whose names start so; `TRIPMINE_BENCH_TILES=2048x256` sets the
+//! engine's tiles (anchors x rows; anchors of many positives take a sixteenth of the anchors
+//! and sixteen times the rows).
 //!
 //! Run: `cargo bench --bench exact_engine`
 

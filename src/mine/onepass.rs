@@ -1467,9 +1467,14 @@ fn certainly_qualifies(
     d: f32,
     r: u32,
 ) -> bool {
-    d - slack > band.lo + band.tol
-        && d + slack < band.hi - band.tol
-        && m.is_negative(plan.anchor, plan.label, r)
+    certainly_in_band(band, slack, d) && m.is_negative(plan.anchor, plan.label, r)
+}
+
+/// Whether a row at distance `d` (within `slack` of its exact one) is certainly in `band`:
+/// inside it by more than `classify`'s rounding.
+#[inline]
+fn certainly_in_band(band: Band, slack: f32, d: f32) -> bool {
+    d - slack > band.lo + band.tol && d + slack < band.hi - band.tol
 }
 
 /// Where exact distances read the table's rows: the table in memory, or rows read from a
@@ -1586,7 +1591,12 @@ fn finish(
     state.nearest_negative.prune(state.slack);
     state.nearest_rows.prune(state.slack);
     let lists = [&state.nearest_negative.entries, &state.nearest_rows.entries];
-    let near = state.pairs.iter().map(|pair| &pair.near);
+    // Pairs whose exact distances are known (from gaps) read no rows.
+    let near = state
+        .pairs
+        .iter()
+        .filter(|pair| pair.exact.is_empty())
+        .map(|pair| &pair.near);
     for list in lists.into_iter().chain(near) {
         rows.prefetch(m, list);
     }

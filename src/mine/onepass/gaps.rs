@@ -16,8 +16,8 @@
 //! far as its band and its `N`-th certain negative reach.
 
 use super::{
-    AnchorState, Band, CHUNK, PairState, RowSource, Tiles, ToDistance, certainly_qualifies,
-    lanes_where, offer_nearest, retain_within, window,
+    AnchorState, Band, CHUNK, PairState, RowSource, Tiles, ToDistance, certainly_in_band,
+    certainly_qualifies, lanes_where, offer_nearest, retain_within, window,
 };
 use crate::config::NegativeSampling;
 use crate::mine::Miner;
@@ -78,9 +78,9 @@ impl Ctx<'_> {
         certainly_qualifies(self.m, self.plan, band, self.slack, d, r)
     }
 
-    /// [`Ctx::certainly_qualifies`] for an exact distance (no GEMM error to allow for).
-    fn certainly_qualifies_exactly(&self, band: Band, x: f32, r: u32) -> bool {
-        certainly_qualifies(self.m, self.plan, band, 0.0, x, r)
+    /// Whether row `r` may be a negative of the anchor.
+    fn is_negative(&self, r: u32) -> bool {
+        self.m.is_negative(self.plan.anchor, self.plan.label, r)
     }
 }
 
@@ -239,17 +239,23 @@ impl Gaps {
     fn grid(&self) -> (Vec<Cell>, Vec<(u32, u32)>) {
         let last = self.last as usize;
         let of_starts: Vec<usize> = self.starts.iter().map(|&s| self.cell_of(s)).collect();
-        let multi = self.multi() as usize;
+        let (n, multi) = (of_starts.len(), self.multi() as usize);
         let cell = |split: f32, below: usize, above: usize| Cell {
             split,
             gaps: below as u32 | (above as u32) << 16,
         };
         let (mut cells, mut edges_in) = (Vec::new(), Vec::new());
+        // The edges in cells before `c` (`lo`) and up to it (`hi`), advanced cell by cell:
+        // the starts' cells ascend. (Two binary searches a cell were a fifth of
+        // `resolve_group`'s samples in a profile of E1.)
+        let (mut lo, mut hi) = (0, 0);
         for c in 0..=last + 1 {
-            let (lo, hi) = (
-                of_starts.partition_point(|&x| x < c),
-                of_starts.partition_point(|&x| x <= c),
-            );
+            while lo < n && of_starts[lo] < c {
+                lo += 1;
+            }
+            while hi < n && of_starts[hi] <= c {
+                hi += 1;
+            }
             cells.push(if lo == hi {
                 cell(f32::INFINITY, lo, lo)
             } else if self.starts[lo] == self.starts[hi - 1] {
@@ -418,6 +424,9 @@ impl Gaps {
         // Their exact distances, all gaps' at once (one gap's rows are too few to ask for
         // ahead).
         let exact = rows.distances(m, anchor, &all);
+        // Whether each is a negative, looked up once (the pairs below read a row several
+        // times, and its label was a cache miss each time).
+        let negative: Vec<bool> = all.iter().map(|&(_, r)| cx.is_negative(r)).collect();
         // Each gap's cut by exact distance: no row of a gap exactly beyond its `limit`-th
         // row certainly in its band and a negative can be one of a pair's nearest (the GEMM's
         // error bound kept the rows within it of the cut; now they go).
@@ -430,14 +439,15 @@ impl Gaps {
                     continue;
                 }
                 certain.clear();
+                // Certainly in the band by exact distance: no GEMM error to allow for.
                 certain.extend(
-                    all[gap.clone()]
+                    exact[gap.clone()]
                         .iter()
-                        .zip(&exact[gap])
-                        .filter(|&(&(_, r), &x)| {
-                            cx.certainly_qualifies_exactly(self.bands[g], x, r)
+                        .zip(&negative[gap])
+                        .filter(|&(&x, &negative)| {
+                            negative && certainly_in_band(self.bands[g], 0.0, x)
                         })
-                        .map(|(_, &x)| x),
+                        .map(|(&x, _)| x),
                 );
                 if certain.len() >= limit {
                     let (_, nth, _) = certain.select_nth_unstable_by(limit - 1, f32::total_cmp);
@@ -457,11 +467,15 @@ impl Gaps {
                     break;
                 }
                 let gap = bounds[g]..bounds[g + 1];
-                for (&(d, r), &x) in all[gap.clone()].iter().zip(&exact[gap]) {
+                let gap = all[gap.clone()]
+                    .iter()
+                    .zip(&exact[gap.clone()])
+                    .zip(&negative[gap]);
+                for ((&(d, r), &x), &negative) in gap {
                     if d <= reach && x <= exact_cut[g] {
                         near.push((d, r));
                         near_exact.push(x);
-                        if limit != usize::MAX && cx.certainly_qualifies(band, d, r) {
+                        if limit != usize::MAX && negative && certainly_in_band(band, slack, d) {
                             certain.push(d);
                         }
                     }
