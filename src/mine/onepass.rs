@@ -1437,13 +1437,22 @@ fn prune(m: &Miner, plan: &AnchorPlan, pair: &mut PairState, limit: usize, slack
             .filter(|&&(d, r)| certainly_qualifies(d, r))
             .map(|e| e.0),
     );
-    if certain.len() < limit {
+    let Some(nth) = nth_nearest(certain, limit) else {
         return;
-    }
-    let (_, nth, _) = certain.select_nth_unstable_by(limit - 1, f32::total_cmp);
-    pair.cut = pair.cut.min(*nth + slack);
+    };
+    pair.cut = pair.cut.min(nth + slack);
     let cut = pair.cut;
     retain_within(&mut pair.near, &mut pair.exact, cut);
+}
+
+/// The `limit`-th smallest of `distances` (which it reorders), if it holds that many: where
+/// a selector of `limit` rows can stop when they are certain ones.
+fn nth_nearest(distances: &mut [f32], limit: usize) -> Option<f32> {
+    if distances.len() < limit {
+        return None;
+    }
+    let (_, nth, _) = distances.select_nth_unstable_by(limit - 1, f32::total_cmp);
+    Some(*nth)
 }
 
 /// Keeps the rows of `near` within `cut` (GEMM distance), and their exact distances in

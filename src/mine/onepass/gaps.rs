@@ -17,7 +17,7 @@
 
 use super::{
     AnchorState, Band, CHUNK, PairState, RowSource, Tiles, ToDistance, certainly_in_band,
-    certainly_qualifies, lanes_where, offer_nearest, retain_within, window,
+    certainly_qualifies, lanes_where, nth_nearest, offer_nearest, retain_within, window,
 };
 use crate::config::NegativeSampling;
 use crate::mine::Miner;
@@ -449,9 +449,8 @@ impl Gaps {
                         })
                         .map(|(&x, _)| x),
                 );
-                if certain.len() >= limit {
-                    let (_, nth, _) = certain.select_nth_unstable_by(limit - 1, f32::total_cmp);
-                    *cut = *nth;
+                if let Some(nth) = nth_nearest(&mut certain, limit) {
+                    *cut = nth;
                 }
             }
         }
@@ -467,11 +466,11 @@ impl Gaps {
                     break;
                 }
                 let gap = bounds[g]..bounds[g + 1];
-                let gap = all[gap.clone()]
+                let in_gap = all[gap.clone()]
                     .iter()
                     .zip(&exact[gap.clone()])
                     .zip(&negative[gap]);
-                for ((&(d, r), &x), &negative) in gap {
+                for ((&(d, r), &x), &negative) in in_gap {
                     if d <= reach && x <= exact_cut[g] {
                         near.push((d, r));
                         near_exact.push(x);
@@ -480,9 +479,10 @@ impl Gaps {
                         }
                     }
                 }
-                if limit != usize::MAX && certain.len() >= limit {
-                    let (_, nth, _) = certain.select_nth_unstable_by(limit - 1, f32::total_cmp);
-                    reach = reach.min(*nth + slack);
+                if limit != usize::MAX
+                    && let Some(nth) = nth_nearest(&mut certain, limit)
+                {
+                    reach = reach.min(nth + slack);
                     certain.retain(|&d| d <= reach);
                     retain_within(&mut near, &mut near_exact, reach);
                 }
